@@ -1,0 +1,48 @@
+"""Typed errors: every user mistake gets one clear message naming the valid choices.
+
+All derive from :class:`AnysizeError` (itself a ``ValueError``) so callers can catch one type;
+the CLI maps them to exit code 2.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+
+class AnysizeError(ValueError):
+    """Base class of every error anysize raises for bad input."""
+
+
+class InvalidSizeError(AnysizeError):
+    """A width/height that is zero, negative, not divisible by the model's factor, or too large."""
+
+
+class UnknownChoiceError(AnysizeError):
+    """A name (method, scheduler, dtype, family, ...) that is not one of the valid choices."""
+
+    def __init__(self, kind: str, value: object, choices: Iterable[str]):
+        self.kind, self.value, self.choices = kind, value, sorted(choices)
+        super().__init__(f"unknown {kind} {value!r}; valid choices: {', '.join(self.choices)}")
+
+
+class ModelLoadError(AnysizeError):
+    """A model id or folder that cannot be loaded as a diffusers pipeline of a supported family."""
+
+
+class OutputError(AnysizeError):
+    """An output path that cannot be written, or exists and may not be overwritten."""
+
+
+class InvalidArgumentError(AnysizeError):
+    """Any other out-of-range or inconsistent argument (empty prompt list, bad steps, ...)."""
+
+
+class Cancelled(RuntimeError):
+    """Raised inside the sampling loop when the caller's callback asks to stop."""
+
+
+def check_choice(kind: str, value: str, choices: Iterable[str]) -> str:
+    choices = list(choices)
+    if value not in choices:
+        raise UnknownChoiceError(kind, value, choices)
+    return value

@@ -1,0 +1,7 @@
+"""Methods, one file each, all registered by name in :mod:`anysize.methods.registry`."""
+
+from .base import Method, MethodOptions
+from .registry import METHODS, create, get, names, register
+from . import direct  # noqa: F401  (registers)
+
+__all__ = ["METHODS", "Method", "MethodOptions", "create", "get", "names", "register"]

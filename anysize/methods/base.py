@@ -1,0 +1,73 @@
+"""What a method is: how one denoising step is computed on a canvas of any size.
+
+A method overrides :meth:`Method.predict` (the guided model output for the whole canvas; e.g. one
+call, or fused windows), or :meth:`Method.step` (when the step itself changes), or
+:meth:`Method.run` (multi-stage recipes built from other methods). Options are declared once as a
+dataclass so the CLI, the API, metadata and validation all read the same list.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from ..errors import InvalidArgumentError
+from ..sampling import StepContext, sample
+
+
+@dataclasses.dataclass
+class MethodOptions:
+    """Base of every method's options (none for plain methods)."""
+
+    def validate(self) -> None:
+        """Raise InvalidArgumentError for out-of-range values."""
+
+
+class Method:
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type[MethodOptions]] = MethodOptions
+    #: families this method supports (None: all)
+    families: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self, **options: Any):
+        names = {f.name for f in dataclasses.fields(self.Options)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            valid = ", ".join(sorted(names)) or "none"
+            raise InvalidArgumentError(f"method {self.name!r} has no option {', '.join(unknown)}; its options: {valid}")
+        self.options = self.Options(**options)
+        self.options.validate()
+
+    def check(self, adapter, height: int, width: int) -> None:
+        """Refuse model/size combinations this method cannot do (before any work starts)."""
+        if self.families is not None and adapter.family not in self.families:
+            raise InvalidArgumentError(
+                f"method {self.name!r} supports {', '.join(self.families)}, not {adapter.family}"
+            )
+
+    def predict(self, ctx: StepContext, x_in: Tensor) -> Tensor:
+        """Guided model output for the whole canvas at model input ``x_in``."""
+        raise NotImplementedError
+
+    def step(self, ctx: StepContext, x: Tensor) -> Tensor:
+        x_in = ctx.model_input(x)
+        return ctx.scheduler_step(self.predict(ctx, x_in), x)
+
+    def run(self, job) -> Tensor:
+        """Generate final latents for a :class:`~anysize.api.Job`: one loop from pure noise."""
+        adapter = job.adapter
+        scheduler = job.make_scheduler()
+        h, w = job.latent_hw
+        timesteps = adapter.set_timesteps(scheduler, job.steps, (h, w))
+        latents = adapter.initial_noise((job.cond.batch, adapter.latent_channels, h, w), job.generators)
+        latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)
+        return sample(
+            self, adapter, latents, job.cond, scheduler, timesteps,
+            generator=job.generators[0], callback=job.callback, cancel=job.cancel, progress=job.progress,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.options)

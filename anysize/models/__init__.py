@@ -1,0 +1,117 @@
+"""Model adapters: one per family, chosen from the loaded pipeline's components."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from ..errors import ModelLoadError, UnknownChoiceError, check_choice
+from .base import Conditioning, ModelAdapter, PromptEmbeds, Window
+from .dit import FluxAdapter, SD3Adapter
+from .sd import SD2Adapter, SDAdapter
+from .sdxl import SDXLAdapter
+
+ADAPTERS: dict[str, type[ModelAdapter]] = {
+    "sd1": SDAdapter,
+    "sd2": SD2Adapter,
+    "sdxl": SDXLAdapter,
+    "sd3": SD3Adapter,
+    "flux": FluxAdapter,
+}
+FAMILIES = tuple(ADAPTERS)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+OFFLOADS = ("none", "model", "sequential")
+
+
+def detect_family(pipe) -> str:
+    """The family of a diffusers pipeline, from its components (works for fine-tunes and forks)."""
+    comps = getattr(pipe, "components", {})
+    transformer = comps.get("transformer")
+    if transformer is not None:
+        name = type(transformer).__name__
+        if name.startswith("SD3Transformer"):
+            return "sd3"
+        if name.startswith("FluxTransformer"):
+            return "flux"
+        raise ModelLoadError(f"unsupported transformer {name}; supported families: {', '.join(FAMILIES)}")
+    unet = comps.get("unet")
+    if unet is not None and type(unet).__name__ == "UNet2DConditionModel":
+        if unet.config.get("addition_embed_type") == "text_time" and comps.get("text_encoder_2") is not None:
+            return "sdxl"
+        if comps.get("text_encoder") is not None:
+            # SD 2.x switched the transformer blocks to linear projections (and OpenCLIP); 1.x did not
+            return "sd2" if unet.config.get("use_linear_projection") else "sd1"
+    raise ModelLoadError(
+        f"{type(pipe).__name__} is not a text-to-image pipeline of a supported family ({', '.join(FAMILIES)})"
+    )
+
+
+def adapt(pipe, *, family: str | None = None, native_size=None) -> ModelAdapter:
+    """Wrap an already loaded diffusers pipeline in the adapter of its family."""
+    if isinstance(pipe, ModelAdapter):
+        return pipe
+    if family is None:
+        family = detect_family(pipe)
+    check_choice("family", family, FAMILIES)
+    return ADAPTERS[family](pipe, native_size=native_size)
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return DTYPES[check_choice("dtype", dtype, DTYPES)]
+
+
+def load(
+    model: str | os.PathLike,
+    *,
+    family: str | None = None,
+    dtype: str | torch.dtype = "fp32",
+    device: str | torch.device | None = None,
+    offload: str = "none",
+    native_size=None,
+    variant: str | None = None,
+    local_files_only: bool | None = None,
+) -> ModelAdapter:
+    """Load a diffusers pipeline from a hub id or a local folder and wrap it in its adapter.
+
+    ``offload`` is "none", "model" (whole components move to the GPU when used) or "sequential"
+    (layer by layer: slowest, least memory).
+    """
+    torch_dtype = resolve_dtype(dtype)
+    check_choice("offload", offload, OFFLOADS)
+    if family is not None:
+        check_choice("family", family, FAMILIES)
+    from diffusers import DiffusionPipeline
+
+    path = Path(model)
+    looks_local = path.exists() or str(model).startswith((".", "/", "~"))
+    if looks_local:
+        if not (path / "model_index.json").is_file():
+            raise ModelLoadError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
+        local_files_only = True
+    try:
+        pipe = DiffusionPipeline.from_pretrained(
+            str(model), torch_dtype=torch_dtype, variant=variant, local_files_only=bool(local_files_only)
+        )
+    except (OSError, ValueError, EnvironmentError) as e:
+        raise ModelLoadError(f"cannot load {model!s} as a diffusers pipeline: {e}") from e
+    if offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif device is not None:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    adapter = adapt(pipe, family=family, native_size=native_size)
+    adapter.source = str(model)
+    return adapter
+
+
+__all__ = [
+    "ADAPTERS", "FAMILIES", "DTYPES", "OFFLOADS", "Conditioning", "ModelAdapter", "PromptEmbeds", "Window",
+    "adapt", "detect_family", "load", "resolve_dtype", "UnknownChoiceError",
+]

@@ -1,0 +1,375 @@
+"""The small surface every model family shares.
+
+An adapter wraps a loaded diffusers pipeline and knows exactly one family. It encodes prompts,
+runs *one* network call on a latent window of the canvas in the model's own parametrisation
+(epsilon, v or flow velocity), converts between that parametrisation and x0 through the
+scheduler's own tables, and encodes/decodes with the VAE (tiled above a size). It knows no
+method: methods see only this surface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ..errors import InvalidArgumentError, InvalidSizeError
+from ..noise import NoiseSpace
+
+
+@dataclass(frozen=True)
+class Window:
+    """A rectangle of the latent canvas, in latent pixels.
+
+    ``canvas`` is the (height, width) of the whole latent canvas the window is cut from; adapters
+    use it for conditioning that depends on where the window sits (SDXL crop coordinates, FLUX
+    position ids, SD3 position embeddings).
+    """
+
+    top: int
+    left: int
+    height: int
+    width: int
+    canvas: tuple[int, int]
+
+    @classmethod
+    def full(cls, height: int, width: int) -> "Window":
+        return cls(0, 0, height, width, (height, width))
+
+    @property
+    def bottom(self) -> int:
+        return self.top + self.height
+
+    @property
+    def right(self) -> int:
+        return self.left + self.width
+
+    @property
+    def slices(self) -> tuple[slice, slice]:
+        return slice(self.top, self.bottom), slice(self.left, self.right)
+
+    def crop(self, x: Tensor) -> Tensor:
+        """The window's part of a (..., H, W) canvas tensor."""
+        return x[..., self.top : self.bottom, self.left : self.right]
+
+
+@dataclass
+class PromptEmbeds:
+    """Encoded prompts of one kind (positive or negative) for a batch of images.
+
+    ``embeds`` is the sequence the network cross-attends to; ``pooled`` the pooled vector for the
+    families that use one (SDXL, SD3, FLUX); ``extra`` holds any other per-prompt tensor an adapter
+    needs (FLUX text position ids). All tensors have the batch as their first dimension except
+    those listed in ``unbatched``.
+    """
+
+    embeds: Tensor
+    pooled: Tensor | None = None
+    extra: dict[str, Tensor] = field(default_factory=dict)
+    unbatched: frozenset[str] = frozenset()
+
+    @property
+    def batch(self) -> int:
+        return self.embeds.shape[0]
+
+    def cat(self, other: "PromptEmbeds") -> "PromptEmbeds":
+        def join(a, b):
+            return None if a is None else torch.cat([a, b])
+
+        extra = {
+            k: (v if k in self.unbatched else torch.cat([v, other.extra[k]])) for k, v in self.extra.items()
+        }
+        return PromptEmbeds(torch.cat([self.embeds, other.embeds]), join(self.pooled, other.pooled), extra, self.unbatched)
+
+    def repeat(self, n: int) -> "PromptEmbeds":
+        """The same prompts repeated n times along the batch (e.g. for n windows in one call)."""
+        if n == 1:
+            return self
+
+        def rep(v):
+            return None if v is None else v.repeat_interleave(n, dim=0)
+
+        extra = {k: (v if k in self.unbatched else rep(v)) for k, v in self.extra.items()}
+        return PromptEmbeds(rep(self.embeds), rep(self.pooled), extra, self.unbatched)
+
+
+@dataclass
+class Conditioning:
+    """Everything the network needs besides the latents, for a batch of ``batch`` images.
+
+    With classifier-free guidance (``negative`` set), the guided prediction is
+    ``uncond + scale * (cond - uncond)``, computed from one batched call on [negative; positive]
+    exactly as the diffusers pipelines do. ``network_guidance`` is the distilled guidance value fed
+    into the network itself (FLUX.1-dev), independent of CFG.
+    """
+
+    positive: PromptEmbeds
+    negative: PromptEmbeds | None = None
+    guidance_scale: float = 1.0
+    network_guidance: float | None = None
+
+    @property
+    def batch(self) -> int:
+        return self.positive.batch
+
+    @property
+    def do_cfg(self) -> bool:
+        return self.negative is not None
+
+    def for_cfg(self) -> PromptEmbeds:
+        """The batched [negative; positive] embeddings for one CFG network call."""
+        return self.negative.cat(self.positive) if self.do_cfg else self.positive
+
+
+class ModelAdapter:
+    """Base class: shared logic for all families. Subclasses fill in the family specifics."""
+
+    family: str = ""
+    #: the guidance value used when the user gives none, and the step count
+    default_guidance: float = 7.5
+    default_steps: int = 50
+    #: names of the schedulers that make sense for this family (see anysize.schedulers)
+    scheduler_kind: str = "diffusion"  # or "flow"
+
+    def __init__(self, pipe, *, native_size: int | tuple[int, int] | None = None):
+        self.pipe = pipe
+        if native_size is not None:
+            self._native_latent = _pair(native_size)
+        else:
+            self._native_latent = self._default_native_latent()
+        self.calls = 0  # network evaluations (one per sample in a batch), for benchmarks and tests
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def network(self) -> torch.nn.Module:
+        """The denoising network (UNet or transformer)."""
+        raise NotImplementedError
+
+    @property
+    def vae(self):
+        return self.pipe.vae
+
+    @property
+    def scheduler(self):
+        return self.pipe.scheduler
+
+    @property
+    def vae_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def latent_channels(self) -> int:
+        return self.vae.config.latent_channels
+
+    @property
+    def size_multiple(self) -> int:
+        """Pixel sizes must be multiples of this (VAE factor, times the DiT patch size)."""
+        return self.vae_factor
+
+    @property
+    def native_latent_size(self) -> tuple[int, int]:
+        """(height, width) of the latent the model was trained at."""
+        return self._native_latent
+
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """(height, width) in pixels the model was trained at."""
+        h, w = self._native_latent
+        return h * self.vae_factor, w * self.vae_factor
+
+    @property
+    def device(self) -> torch.device:
+        return self.pipe._execution_device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.network.dtype
+
+    def _default_native_latent(self) -> tuple[int, int]:
+        return _pair(self.network.config.sample_size)
+
+    # ---------------------------------------------------------------- sizes
+    def latent_shape(self, height: int, width: int, batch: int = 1) -> tuple[int, int, int, int]:
+        self.check_size(height, width)
+        f = self.vae_factor
+        return (batch, self.latent_channels, height // f, width // f)
+
+    def check_size(self, height: int, width: int) -> None:
+        m = self.size_multiple
+        for name, v in (("height", height), ("width", width)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise InvalidSizeError(f"{name} must be an integer number of pixels, got {v!r}")
+            if v <= 0:
+                raise InvalidSizeError(f"{name} must be positive, got {v}")
+            if v % m:
+                lo, hi = (v // m) * m, (v // m + 1) * m
+                valid = f"{lo} or {hi}" if lo > 0 else f"{hi}"
+                raise InvalidSizeError(
+                    f"{name} {v} is not a multiple of {m} (the {self.family} model's pixel factor); use {valid}"
+                )
+
+    # ---------------------------------------------------------------- prompts
+    def encode_prompt(
+        self,
+        prompts: Sequence[str],
+        negative: Sequence[str] | None,
+        *,
+        guidance_scale: float,
+    ) -> Conditioning:
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- network
+    def predict(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, window: Window | None = None) -> Tensor:
+        """One network call on latents ``x`` (N, C, h, w) already scaled for the model input.
+
+        ``embeds`` must have batch N. ``window`` (default: the whole of x) says where x sits in the
+        canvas. Returns the raw model output in the model's parametrisation, shaped like x.
+        """
+        if window is None:
+            window = Window.full(x.shape[-2], x.shape[-1])
+        if (window.height, window.width) != tuple(x.shape[-2:]):
+            raise InvalidArgumentError(f"window {window} does not match latents of shape {tuple(x.shape)}")
+        if embeds.batch != x.shape[0]:
+            raise InvalidArgumentError(f"{embeds.batch} prompt embeddings for a batch of {x.shape[0]} latents")
+        self.calls += x.shape[0]
+        return self._forward(x, t, embeds, window)
+
+    def _forward(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, window: Window) -> Tensor:
+        raise NotImplementedError
+
+    def predict_guided(self, x: Tensor, t: Tensor, cond: Conditioning, window: Window | None = None) -> Tensor:
+        """The guided prediction for latents x of batch ``cond.batch``, one network call.
+
+        With CFG the call runs on [x; x] with [negative; positive] embeddings, like the diffusers
+        pipelines, so results agree with them to float rounding.
+        """
+        if not cond.do_cfg:
+            return self.predict(x, t, cond.positive, window)
+        out = self.predict(torch.cat([x, x]), t, cond.for_cfg(), window)
+        uncond, text = out.chunk(2)
+        return uncond + cond.guidance_scale * (text - uncond)
+
+    # ---------------------------------------------------------------- schedules
+    @property
+    def prediction_type(self) -> str:
+        """'epsilon', 'v_prediction' or 'flow' (velocity = noise - x0)."""
+        return self.scheduler.config.get("prediction_type", "epsilon")
+
+    def set_timesteps(self, scheduler, steps: int, latent_hw: tuple[int, int]) -> Tensor:
+        """Configure ``scheduler`` for ``steps`` steps exactly as the family's pipeline does."""
+        scheduler.set_timesteps(steps, device=self.device)
+        return scheduler.timesteps
+
+    def noise_space(self, scheduler) -> NoiseSpace:
+        return NoiseSpace.of(scheduler)
+
+    def to_x0(self, scheduler, x: Tensor, out: Tensor, t: Tensor) -> Tensor:
+        """x0 predicted from the model output ``out`` at state ``x`` (scheduler state space)."""
+        return self.noise_space(scheduler).to_x0(x, out, t, self.prediction_type)
+
+    def from_x0(self, scheduler, x0: Tensor, noise: Tensor, t: Tensor) -> Tensor:
+        """The state at timestep t whose clean part is x0 and noise part ``noise``."""
+        return self.noise_space(scheduler).from_x0(x0, noise, t)
+
+    # ---------------------------------------------------------------- VAE
+    def _vae_latent_to_decoder(self, z: Tensor) -> Tensor:
+        cfg = self.vae.config
+        shift = cfg.get("shift_factor", None) or 0.0
+        return z / cfg.scaling_factor + shift
+
+    def _vae_encoder_to_latent(self, z: Tensor) -> Tensor:
+        cfg = self.vae.config
+        shift = cfg.get("shift_factor", None) or 0.0
+        return (z - shift) * cfg.scaling_factor
+
+    def _vae_dtype(self) -> torch.dtype:
+        # fp16 VAEs that ask for it (SD/SDXL `force_upcast`) decode in fp32, as the pipelines do
+        if self.vae.dtype == torch.float16 and self.vae.config.get("force_upcast", False):
+            return torch.float32
+        return self.vae.dtype
+
+    def decode(self, latents: Tensor, *, tiled: bool | str = "auto", progress: bool = False, **tile_kw) -> Tensor:
+        """Latents in model space -> images in [-1, 1], (B, 3, H, W); tiled above a size if 'auto'."""
+        from .. import tiling
+
+        vae = self.vae
+        dtype = self._vae_dtype()
+        upcast = dtype != vae.dtype
+        if upcast:
+            vae.to(dtype=dtype)
+        try:
+            z = self._vae_latent_to_decoder(latents).to(device=vae.device, dtype=dtype)
+            if tiled == "auto":
+                tiled = tiling.should_tile(vae, tuple(z.shape[-2:]))
+            with torch.no_grad():
+                if tiled:
+                    return tiling.tiled_decode(vae, z, progress=progress, **tile_kw)
+                return vae.decode(z, return_dict=False)[0]
+        finally:
+            if upcast:
+                vae.to(dtype=torch.float16)
+
+    def encode(
+        self, images: Tensor, *, generator: torch.Generator | None = None, sample: bool = True,
+        tiled: bool | str = "auto", progress: bool = False, **tile_kw,
+    ) -> Tensor:
+        """Images in [-1, 1] (B, 3, H, W) -> latents in model space (posterior sample or mode)."""
+        from .. import tiling
+
+        vae = self.vae
+        x = images.to(device=vae.device, dtype=vae.dtype)
+        if tiled == "auto":
+            f = self.vae_factor
+            tiled = tiling.should_tile(vae, (x.shape[-2] // f, x.shape[-1] // f))
+        with torch.no_grad():
+            if tiled:
+                dist = tiling.tiled_encode(vae, x, progress=progress, **tile_kw)
+            else:
+                dist = vae.encode(x).latent_dist
+        z = dist.sample(generator) if sample else dist.mode()
+        return self._vae_encoder_to_latent(z)
+
+    def postprocess(self, images: Tensor, output_type: str = "pil"):
+        """[-1, 1] image tensors -> PIL images / numpy arrays, via the pipeline's image processor."""
+        return self.pipe.image_processor.postprocess(images, output_type=output_type)
+
+    # ---------------------------------------------------------------- noise
+    def initial_noise(self, shape, generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
+        """Gaussian noise drawn exactly as the diffusers pipelines draw it (same seed, same noise)."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        return randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "family": self.family,
+            "native_size": list(self.native_size),
+            "vae_factor": self.vae_factor,
+            "latent_channels": self.latent_channels,
+            "prediction_type": self.prediction_type,
+        }
+
+
+def _pair(v) -> tuple[int, int]:
+    if isinstance(v, (list, tuple)):
+        return int(v[0]), int(v[1])
+    return int(v), int(v)
+
+
+def as_list(prompts: str | Sequence[str] | None, what: str = "prompt") -> list[str] | None:
+    if prompts is None:
+        return None
+    if isinstance(prompts, str):
+        return [prompts]
+    prompts = list(prompts)
+    if not prompts:
+        raise InvalidArgumentError(f"empty {what} list: give at least one {what}")
+    for p in prompts:
+        if not isinstance(p, str):
+            raise InvalidArgumentError(f"every {what} must be a string, got {type(p).__name__}")
+    return prompts
+
+
+ProgressFn = Callable[[int, int], None]

@@ -1,0 +1,51 @@
+"""SDXL: a U-Net with two CLIP text encoders, pooled text embedding and size/crop time ids.
+
+A window of the canvas is conditioned as a crop of the whole image: original size = canvas,
+crop top-left = the window's offset, target size = the window (all in pixels), so tiled methods
+tell SDXL where each tile sits, as DemoFusion and the SDXL paper's crop conditioning intend. For the
+full canvas this gives (H, W, 0, 0, H, W), the stock pipeline's default.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .base import Conditioning, PromptEmbeds, Window
+from .sd import UNetAdapter
+
+
+class SDXLAdapter(UNetAdapter):
+    family = "sdxl"
+    default_guidance = 5.0
+    default_steps = 50
+
+    def encode_prompt(self, prompts: Sequence[str], negative: Sequence[str] | None, *, guidance_scale: float) -> Conditioning:
+        do_cfg = guidance_scale > 1.0
+        pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
+            list(prompts),
+            device=self.device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=do_cfg,
+            negative_prompt=None if negative is None else list(negative),
+        )
+        return Conditioning(
+            PromptEmbeds(pos, pooled),
+            PromptEmbeds(neg, neg_pooled) if do_cfg else None,
+            guidance_scale=guidance_scale,
+        )
+
+    def time_ids(self, window: Window, n: int, dtype: torch.dtype) -> torch.Tensor:
+        f = self.vae_factor
+        ch, cw = window.canvas
+        ids = [ch * f, cw * f, window.top * f, window.left * f, window.height * f, window.width * f]
+        return torch.tensor([ids], dtype=dtype, device=self.device).repeat(n, 1)
+
+    def _unet_kwargs(self, embeds: PromptEmbeds, window: Window, n: int) -> dict:
+        return {
+            "added_cond_kwargs": {
+                "text_embeds": embeds.pooled,
+                "time_ids": self.time_ids(window, n, embeds.embeds.dtype),
+            }
+        }

@@ -1,0 +1,103 @@
+"""Where a scheduler keeps its state, read from the scheduler's own tables.
+
+diffusers schedulers keep the latent in one of three spaces:
+
+* ``vp``   x = a·x0 + b·n with a² + b² = 1        (DDIM, DDPM, PNDM, DPM-Solver, UniPC, DEIS, ...)
+* ``ve``   x = x0 + σ·n, model input x/√(σ²+1)    (Euler, Euler-a, Heun, LMS, KDPM2, ...)
+* ``flow`` x = (1-s)·x0 + s·n                     (FlowMatchEuler/Heun: SD3, FLUX)
+
+Methods need x0 estimates and re-noising at arbitrary timesteps for any scheduler the model
+ships; deriving both from the scheduler's tables (never a hard-coded schedule) is what makes them
+scheduler-agnostic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import InvalidArgumentError
+
+
+@dataclass(frozen=True)
+class NoiseSpace:
+    scheduler: object
+    kind: str  # "vp" | "ve" | "flow"
+
+    @classmethod
+    def of(cls, scheduler) -> "NoiseSpace":
+        name = type(scheduler).__name__
+        if name.startswith("FlowMatch") or scheduler.config.get("use_flow_sigmas", False):
+            return cls(scheduler, "flow")
+        if not hasattr(scheduler, "alphas_cumprod"):
+            raise InvalidArgumentError(f"scheduler {name} has neither flow sigmas nor an alphas_cumprod table")
+        init = float(getattr(scheduler, "init_noise_sigma", 1.0))
+        # VE-state schedulers scale the first noise by sqrt(sigma_max^2 + 1) (> 1); VP ones by 1
+        return cls(scheduler, "ve" if init > 1.0 + 1e-6 else "vp")
+
+    # ---------------------------------------------------------------- noise level at t
+    def _schedule_index(self, t: Tensor) -> int | None:
+        s = self.scheduler
+        timesteps = getattr(s, "timesteps", None)
+        sigmas = getattr(s, "sigmas", None)
+        if timesteps is None or sigmas is None or len(sigmas) < len(timesteps):
+            return None
+        hits = (timesteps.to(torch.float64) == torch.as_tensor(t, dtype=torch.float64).cpu()).nonzero()
+        return int(hits[0]) if len(hits) else None
+
+    def sigma(self, t: Tensor | float) -> float:
+        """Noise level at timestep t: VE sigma (√((1-ᾱ)/ᾱ)) for vp/ve, s ∈ [0, 1] for flow."""
+        s = self.scheduler
+        t = torch.as_tensor(t).detach().cpu().flatten()[0]
+        idx = self._schedule_index(t)
+        if idx is not None:
+            return float(s.sigmas[idx])
+        if self.kind == "flow":
+            return float(t) / s.config.num_train_timesteps
+        ac = s.alphas_cumprod.to(torch.float64)
+        # fractional timesteps (Euler with linear interpolation): interpolate the table
+        tf = float(t)
+        lo = max(0, min(int(tf), len(ac) - 1))
+        hi = min(lo + 1, len(ac) - 1)
+        w = tf - lo
+        a = float(ac[lo] * (1 - w) + ac[hi] * w)
+        return ((1 - a) / a) ** 0.5
+
+    def coefficients(self, t) -> tuple[float, float]:
+        """(a, b) with state x = a·x0 + b·n at timestep t."""
+        sig = self.sigma(t)
+        if self.kind == "flow":
+            return 1.0 - sig, sig
+        if self.kind == "ve":
+            return 1.0, sig
+        a = (1.0 / (1.0 + sig * sig)) ** 0.5
+        return a, sig * a
+
+    def input_scale(self, t) -> float:
+        """c_in: the factor scale_model_input applies to the state."""
+        if self.kind == "ve":
+            return (1.0 / (1.0 + self.sigma(t) ** 2)) ** 0.5
+        return 1.0
+
+    # ---------------------------------------------------------------- conversions
+    def to_x0(self, x: Tensor, out: Tensor, t, prediction_type: str) -> Tensor:
+        """x0 from the model output at state x (x in scheduler space, not the scaled model input)."""
+        if self.kind == "flow" or prediction_type == "flow":
+            _, s = self.coefficients(t)
+            return x - s * out
+        c = self.input_scale(t)
+        a, b = self.coefficients(t)
+        m, a, b = x * c, a * c, b * c  # model input in VP form: m = a·x0 + b·n with a² + b² = 1
+        if prediction_type == "epsilon":
+            return (m - b * out) / a
+        if prediction_type == "v_prediction":
+            return a * m - b * out
+        if prediction_type == "sample":
+            return out
+        raise InvalidArgumentError(f"unknown prediction type {prediction_type!r}")
+
+    def from_x0(self, x0: Tensor, noise: Tensor, t) -> Tensor:
+        a, b = self.coefficients(t)
+        return a * x0 + b * noise

@@ -1,0 +1,134 @@
+"""The one sampling loop.
+
+It walks the scheduler's timesteps and asks the method for each step; it knows no method. Methods
+see a :class:`StepContext` (adapter, scheduler, conditioning, step position, generator) and return
+the next state. Progress, per-step callbacks and cancellation live here once, for every method.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .errors import Cancelled
+from .models.base import Conditioning, ModelAdapter
+from .noise import NoiseSpace
+
+
+@dataclass
+class StepContext:
+    """What a method sees at one denoising step."""
+
+    adapter: ModelAdapter
+    scheduler: Any
+    cond: Conditioning
+    timesteps: Tensor
+    index: int
+    generator: torch.Generator | None
+    #: scratch space a method may use to carry state across steps of one run
+    state: dict = field(default_factory=dict)
+
+    @property
+    def t(self) -> Tensor:
+        return self.timesteps[self.index]
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+    @property
+    def is_last(self) -> bool:
+        return self.index == len(self.timesteps) - 1
+
+    @property
+    def progress(self) -> float:
+        """Fraction of the schedule done before this step (0 at the first step)."""
+        return self.index / len(self.timesteps)
+
+    @property
+    def noise_space(self) -> NoiseSpace:
+        return self.adapter.noise_space(self.scheduler)
+
+    def model_input(self, x: Tensor) -> Tensor:
+        """The state scaled for the network (identity for schedulers without input scaling)."""
+        scale = getattr(self.scheduler, "scale_model_input", None)
+        return x if scale is None else scale(x, self.t)
+
+    def scheduler_step(self, out: Tensor, x: Tensor) -> Tensor:
+        """scheduler.step with the same extra arguments the diffusers pipelines pass."""
+        return self.scheduler.step(out, self.t, x, **_step_kwargs(self.scheduler, self.generator), return_dict=False)[0]
+
+
+@dataclass
+class StepInfo:
+    """Passed to the per-step callback after each step."""
+
+    index: int
+    num_steps: int
+    timestep: Tensor
+    latents: Tensor
+    stage: str = ""
+
+
+StepCallback = Callable[[StepInfo], Any]
+
+
+def _step_kwargs(scheduler, generator) -> dict:
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs = {}
+    if "eta" in params:
+        kwargs["eta"] = 0.0
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+def sample(
+    method,
+    adapter: ModelAdapter,
+    latents: Tensor,
+    cond: Conditioning,
+    scheduler,
+    timesteps: Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    callback: StepCallback | None = None,
+    cancel: threading.Event | None = None,
+    progress: bool = True,
+    stage: str = "",
+) -> Tensor:
+    """Denoise ``latents`` along ``timesteps`` (already set on ``scheduler``) with ``method``.
+
+    ``callback(StepInfo)`` runs after each step; returning ``False`` from it, or setting ``cancel``,
+    stops the run with :class:`~anysize.errors.Cancelled`.
+    """
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)
+    state: dict = {}
+    desc = f"{method.name}{' · ' + stage if stage else ''}"
+    with torch.no_grad(), tqdm(total=len(timesteps), desc=desc, disable=not progress, leave=False) as bar:
+        for i in range(len(timesteps)):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"cancelled before step {i + 1}/{len(timesteps)}")
+            ctx = StepContext(adapter, scheduler, cond, timesteps, i, generator, state)
+            latents = method.step(ctx, latents)
+            bar.update()
+            if callback is not None:
+                if callback(StepInfo(i, len(timesteps), timesteps[i], latents, stage)) is False:
+                    raise Cancelled(f"cancelled by the callback after step {i + 1}/{len(timesteps)}")
+    return latents
+
+
+def make_generators(seed: int | Sequence[int], batch: int) -> list[torch.Generator]:
+    """One CPU generator per image: image i uses seed + i, so any image can be regenerated alone."""
+    if isinstance(seed, (list, tuple)):
+        seeds = list(seed)
+    else:
+        seeds = [int(seed) + i for i in range(batch)]
+    return [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
