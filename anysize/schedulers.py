@@ -50,7 +50,10 @@ def make_scheduler(adapter, name: str | None = None):
             f"choose one of: {', '.join(scheduler_names(adapter.scheduler_kind))}"
         )
     cls = getattr(diffusers, cls_name)
-    return cls.from_config(base.config, **overrides)
+    try:
+        return cls.from_config(base.config, **overrides)
+    except ImportError as e:  # diffusers' placeholder classes for missing optional backends (scipy for lms)
+        raise InvalidArgumentError(f"scheduler {name!r} needs a missing package: {str(e).strip()}") from e
 
 
 def scheduler_name(scheduler) -> str:
