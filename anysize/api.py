@@ -175,7 +175,7 @@ def generate(
         raise InvalidArgumentError(f"tiled_vae must be True, False or 'auto', got {tiled_vae!r}")
     if output_type not in ("pil", "np", "pt", "latent"):
         raise InvalidArgumentError(f"output_type must be one of pil, np, pt, latent; got {output_type!r}")
-    make_scheduler(adapter, scheduler)  # validates the name before any work
+    scheduler_label = scheduler_name(make_scheduler(adapter, scheduler))  # validates before any work
 
     generators = make_generators(seed, len(prompts))
     seeds = [g.initial_seed() for g in generators]
@@ -205,7 +205,7 @@ def generate(
         "steps": steps,
         "guidance": guidance,
         "seeds": seeds,
-        "scheduler": scheduler_name(job.make_scheduler()) if scheduler is None else scheduler,
+        "scheduler": scheduler_label,
         "model": getattr(adapter, "source", None) or adapter.pipe.config.get("_name_or_path", ""),
         **{k: v for k, v in adapter.describe().items() if k in ("family", "native_size", "prediction_type")},
         "dtype": str(adapter.dtype).replace("torch.", ""),

@@ -1,0 +1,574 @@
+"""The ``anysize`` command line: a thin layer over :func:`anysize.load` and :func:`anysize.generate`.
+
+Every subcommand is one builder in :data:`COMMANDS` (name -> function that adds its parser and sets
+``func``), so later ones (``upscale``, ``demo``, ``eval``, ``bench``) plug in without touching the
+others. Everything that can be checked is checked before a model is loaded; every user error ends
+as one line ``anysize: error: <message>`` on stderr with exit code 2, Ctrl-C as exit code 130,
+and neither leaves a file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import re
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from . import __version__
+from .errors import AnysizeError, Cancelled, InvalidArgumentError, InvalidSizeError, ModelLoadError, OutputError
+from .errors import check_choice
+
+PROG = "anysize"
+EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+
+#: every supported family's pixel factor is a multiple of this (SD/SDXL 8, SD3/FLUX 16)
+MIN_SIZE_FACTOR = 8
+
+TOP_EPILOG = """\
+examples:
+  # the embedded default model (a tiny stand-in: fast, noise-like images)
+  anysize generate "a red triangle on a blue background" --size 256x128 --steps 20
+
+  # SDXL at 4096x2048 on a GPU
+  anysize generate "a castle on a cliff" --model stabilityai/stable-diffusion-xl-base-1.0 \\
+      --size 4096x2048 --dtype fp16 --device cuda --method direct --seed 7 --out castle.png
+
+  # several prompts: one PNG each in a directory (image i uses seed + i)
+  anysize generate "a cat" "a dog" --seed 7 --out pets/
+  anysize generate --prompts-file prompts.txt --out batch/
+
+  anysize methods             # the registered methods and their options
+  anysize generate --help     # every generate option, with the valid choices
+"""
+
+
+class _UsageError(Exception):
+    """An argparse usage error, reported like every other error."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # noqa: D401  (argparse API)
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+
+_SIZE_RE = re.compile(r"^\s*([^xX×*]+?)\s*[xX×*]\s*([^xX×*]+?)\s*$")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"WxH"`` -> (width, height), positive integers; InvalidSizeError otherwise."""
+    m = _SIZE_RE.match(text or "")
+    if not m:
+        raise InvalidSizeError(f"size {text!r} is not WIDTHxHEIGHT (e.g. 1024x768)")
+    out = []
+    for name, part in zip(("width", "height"), m.groups()):
+        try:
+            v = int(part)
+        except ValueError:
+            raise InvalidSizeError(
+                f"size {text!r}: {name} {part!r} is not an integer; give WIDTHxHEIGHT in pixels, e.g. 1024x768"
+            ) from None
+        if v <= 0:
+            raise InvalidSizeError(f"size {text!r}: {name} must be a positive number of pixels, got {v}")
+        out.append(v)
+    return out[0], out[1]
+
+
+def check_multiple(width: int, height: int, factor: int, why: str) -> None:
+    """Sizes must be multiples of the model's pixel factor; the message proposes the nearest ones."""
+    for name, v in (("width", width), ("height", height)):
+        if v % factor:
+            lo, hi = (v // factor) * factor, (v // factor + 1) * factor
+            valid = f"{lo} or {hi}" if lo > 0 else f"{hi}"
+            raise InvalidSizeError(f"{name} {v} is not a multiple of {factor} ({why}); use {valid}")
+
+
+def parse_set(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--set key=value`` pairs -> method options; values are JSON when they parse, else strings."""
+    options: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InvalidArgumentError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        options[key] = value
+    return options
+
+
+def read_prompts(positional: Sequence[str], prompts_file: str | None) -> list[str]:
+    """Prompts from the command line, then one per non-empty line of ``prompts_file`` ('-': stdin)."""
+    prompts = list(positional or [])
+    if prompts_file is not None:
+        try:
+            if prompts_file == "-":
+                text = sys.stdin.read()
+            else:
+                text = Path(prompts_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidArgumentError(f"cannot read prompts file {prompts_file}: {getattr(e, 'strerror', None) or e}") from None
+        from_file = [line.strip() for line in text.splitlines() if line.strip()]
+        if not from_file:
+            raise InvalidArgumentError(f"prompts file {prompts_file} has no prompts (one per non-empty line)")
+        prompts += from_file
+    if not prompts:
+        raise InvalidArgumentError("no prompt given: pass one or more PROMPTs or --prompts-file FILE")
+    return prompts
+
+
+def default_device() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def check_device(device: str, offload: str) -> str:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise InvalidArgumentError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"device {device!r} is not available (no CUDA GPU visible to torch); use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InvalidArgumentError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InvalidArgumentError(f"device {device!r} is not available; use --device cpu")
+    if offload != "none" and dev.type == "cpu":
+        raise InvalidArgumentError(f"--offload {offload} moves weights to an accelerator and needs --device cuda, not cpu")
+    return device
+
+
+# ------------------------------------------------------------------------------------------ size factor
+
+
+def _model_file(model: str | None, name: str) -> Path | None:
+    """A config file of a local folder or an already cached hub model (never downloads)."""
+    if model is None:
+        return None
+    path = Path(model).expanduser()
+    if path.is_dir():
+        f = path / name
+        return f if f.is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(str(model), name)
+    except Exception:  # noqa: BLE001  (invalid repo ids and the like: just no hint)
+        return None
+    return Path(found) if isinstance(found, str) else None
+
+
+def size_factor(model: str | None, family: str | None) -> tuple[int, str] | None:
+    """The model's pixel factor from its config files when they are at hand, without loading it."""
+    if model is None:  # the embedded default: an SD 1.x pipeline
+        return 8, "the sd1 model's pixel factor"
+    try:
+        index = _model_file(model, "model_index.json")
+        vae = _model_file(model, "vae/config.json")
+        if index is None or vae is None:
+            return None
+        components = json.loads(index.read_text(encoding="utf-8"))
+        blocks = json.loads(vae.read_text(encoding="utf-8")).get("block_out_channels")
+        if not blocks:
+            return None
+        factor = 2 ** (len(blocks) - 1)
+        dit = "transformer" in components if family is None else family in ("sd3", "flux")
+        if dit:
+            factor *= 2  # DiT patch size 2
+        return factor, "this model's pixel factor"
+    except (OSError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def check_family_fits(pipe, family: str) -> None:
+    """--family overrides detection (e.g. SD 1.x vs 2.x), but cannot make one pipeline layout another."""
+    from .models import detect_family
+
+    groups = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux"}
+    try:
+        detected = detect_family(pipe)
+    except AnysizeError:
+        return  # detection failed: the override is what the user knows
+    if groups[detected] != groups[family]:
+        raise InvalidArgumentError(
+            f"--family {family} does not fit this model: its components are those of a {detected} pipeline "
+            f"({type(pipe).__name__}); leave --family out to detect it"
+        )
+
+
+# ------------------------------------------------------------------------------------------ outputs
+
+
+def default_filename(method: str, width: int, height: int, seed: int) -> str:
+    return f"anysize-{method}-{width}x{height}-s{seed}.png"
+
+
+def plan_outputs(out: str | None, n: int, method: str, size: tuple[int, int] | None, seed: int) -> list[Path] | None:
+    """The file of each image, or None when the name needs the model's native size (known after loading)."""
+    if n > 1:
+        folder = Path(out) if out is not None else Path("anysize-out")
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(f"--out {folder} is a file; with {n} prompts --out must be a directory")
+        if not folder.exists() and folder.suffix.lower() == ".png":
+            raise OutputError(f"with {n} prompts --out is a directory, not a .png file (got {folder})")
+        width = max(3, len(str(n - 1)))
+        return [folder / f"{i:0{width}d}-s{seed + i}.png" for i in range(n)]
+    if out is not None and not (Path(out).is_dir() or out.endswith(("/", os.sep))):
+        path = Path(out)
+        if path.suffix.lower() != ".png":
+            raise OutputError(f"--out {out} must end in .png (anysize writes PNG files with their parameters)")
+        return [path]
+    if size is None:
+        return None
+    name = default_filename(method, size[0], size[1], seed)
+    return [Path(out) / name if out is not None else Path(name)]
+
+
+# ------------------------------------------------------------------------------------------ library noise
+
+
+@contextlib.contextmanager
+def _library_output(quiet: bool):
+    """Silence known-harmless warnings; with --quiet also diffusers/transformers logging and bars."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*`torch_dtype` is deprecated", category=FutureWarning)
+        if not quiet:
+            yield
+            return
+        saved = []
+        for lib in ("diffusers", "transformers"):
+            try:
+                logging = __import__(f"{lib}.utils.logging", fromlist=["logging"])
+            except ImportError:  # pragma: no cover
+                continue
+            saved.append((logging, logging.get_verbosity(), logging.is_progress_bar_enabled()))
+            logging.set_verbosity_error()
+            logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            for logging, verbosity, bars in saved:
+                logging.set_verbosity(verbosity)
+                if bars:
+                    logging.enable_progress_bar()
+
+
+def _note(quiet: bool, message: str) -> None:
+    if not quiet:
+        print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------------------ generate
+
+
+def _method_lines() -> list[str]:
+    from . import methods
+
+    return [f"  {name:<14} {methods.get(name).summary}" for name in methods.names()]
+
+
+def _build_generate(sub) -> None:
+    from . import methods
+    from .models import DTYPES, FAMILIES, OFFLOADS
+    from .schedulers import SCHEDULERS, scheduler_names
+
+    description = f"""\
+Generate one PNG per prompt at any size, with a registered method.
+
+Sizes are WIDTHxHEIGHT in pixels and must be multiples of the model's pixel factor: 8 for
+SD 1.x/2.x and SDXL, 16 for SD3 and FLUX (e.g. 4096x2048). Without --size the model's native
+size is used (1024x1024 for SDXL, 512x512 for SD 1.5, 128x128 for the embedded default model).
+
+Without --model the embedded default model is used: a tiny random-weight SD 1.x pipeline that
+stands in for anysize's own toy model (built once into ~/.cache/anysize or $ANYSIZE_CACHE); it is
+fast and exercises every code path, but its images are noise-like.
+
+Every PNG carries an A1111-style "parameters" text chunk and an "anysize" JSON chunk with the full
+configuration. Files are written atomically and never overwritten without --force.
+
+methods (--method; options with --set KEY=VALUE, see 'anysize methods'):
+""" + "\n".join(_method_lines()) + f"""
+
+schedulers (--scheduler; default: the model's own):
+  U-Net models (SD 1.x/2.x, SDXL): {', '.join(scheduler_names('diffusion'))}
+  flow models (SD3, FLUX):         {', '.join(scheduler_names('flow'))}
+"""
+    epilog = """\
+examples:
+  anysize generate "a red triangle on a blue background" --size 256x128 --steps 20
+  anysize generate "a castle on a cliff" --model stabilityai/stable-diffusion-xl-base-1.0 \\
+      --size 4096x2048 --dtype fp16 --device cuda --out castle.png
+  anysize generate --prompts-file prompts.txt --seed 100 --out batch/
+"""
+    p = sub.add_parser(
+        "generate", help="generate images from text prompts at any size", description=description, epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("prompts", nargs="*", metavar="PROMPT", help="one or more prompts (one image each)")
+    p.add_argument("--prompts-file", metavar="FILE", help="more prompts, one per non-empty line ('-': stdin)")
+    p.add_argument("--negative", metavar="TEXT", default=None, help="negative prompt (for every image)")
+    p.add_argument(
+        "--model", metavar="M", default=None,
+        help="hub id (e.g. stabilityai/stable-diffusion-xl-base-1.0) or local diffusers folder "
+        "(default: the embedded default model)",
+    )
+    p.add_argument("--family", metavar="NAME", default=None,
+                   help=f"override the detected model family: {', '.join(FAMILIES)}")
+    p.add_argument("--size", metavar="WxH", default=None,
+                   help="image size in pixels, multiples of the model's factor (default: the model's native size)")
+    p.add_argument("--method", metavar="NAME", default="direct",
+                   help=f"generation method: {', '.join(methods.names())} (default: direct)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set",
+                   help="a method option (repeatable); VALUE is read as JSON when it parses, else as text")
+    p.add_argument("--steps", type=int, metavar="N", default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, metavar="G", default=None,
+                   help="classifier-free guidance scale (default: the model's)")
+    p.add_argument("--seed", type=int, metavar="S", default=0,
+                   help="random seed; image i of several uses S + i (default: 0)")
+    p.add_argument("--scheduler", metavar="NAME", default="default",
+                   help=f"default, {', '.join(SCHEDULERS)} (default: the model's own)")
+    p.add_argument("--dtype", metavar="T", default="fp32", help=f"{', '.join(DTYPES)} (default: fp32)")
+    p.add_argument("--device", metavar="DEV", default=None,
+                   help="cpu, cuda, cuda:N, mps (default: cuda if available, else cpu)")
+    p.add_argument("--offload", metavar="MODE", default="none",
+                   help=f"{', '.join(OFFLOADS)}: move weights to the GPU only while used (default: none)")
+    p.add_argument("--tiled-vae", metavar="MODE", default="auto",
+                   help="auto, on, off: decode in tiles to bound memory (default: auto, above a size)")
+    p.add_argument("--out", metavar="PATH", default=None,
+                   help="one prompt: the PNG file (default: anysize-<method>-<W>x<H>-s<seed>.png); an existing "
+                   "directory or a path ending in / gets the default name inside. Several prompts: a directory "
+                   "(default: anysize-out/) with files NNN-s<seed>.png")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or notes; print only the paths written")
+    p.set_defaults(func=cmd_generate)
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from . import api, methods
+    from .models import DTYPES, FAMILIES, OFFLOADS
+    from .schedulers import SCHEDULERS, make_scheduler
+
+    quiet = args.quiet
+    # ---- everything that can be checked without the model
+    size = parse_size(args.size) if args.size is not None else None
+    check_choice("method", args.method, methods.names())
+    options = parse_set(args.set)
+    methods.create(args.method, **options)  # unknown options / out-of-range values
+    check_choice("scheduler", args.scheduler, ["default", *SCHEDULERS])
+    check_choice("dtype", args.dtype, DTYPES)
+    check_choice("offload", args.offload, OFFLOADS)
+    if args.family is not None:
+        check_choice("family", args.family, FAMILIES)
+    tiled = {"auto": "auto", "on": True, "off": False}[check_choice("tiled-vae mode", args.tiled_vae, ["auto", "on", "off"])]
+    if args.steps is not None and args.steps <= 0:
+        raise InvalidArgumentError(f"--steps must be a positive integer, got {args.steps}")
+    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
+        raise InvalidArgumentError(f"--guidance must be a number >= 0, got {args.guidance}")
+    if not 0 <= args.seed < 2**63:
+        raise InvalidArgumentError(f"--seed must be between 0 and {2**63 - 1}, got {args.seed}")
+    device = check_device(args.device or default_device(), args.offload)
+    prompts = read_prompts(args.prompts, args.prompts_file)
+    if args.model is not None:
+        local = Path(args.model).expanduser()
+        if not local.exists() and str(args.model).startswith((".", "/", "~", os.sep)):
+            raise ModelLoadError(f"model folder {args.model} does not exist")
+    if size is not None:
+        hint = size_factor(args.model, args.family)
+        factor, why = hint or (MIN_SIZE_FACTOR, "every supported model needs at least that")
+        check_multiple(size[0], size[1], factor, why)
+    outputs = plan_outputs(args.out, len(prompts), args.method, size, args.seed)
+    for path in outputs or ():
+        from .output import check_writable
+
+        check_writable(path, args.force)
+
+    # ---- the model
+    with _library_output(quiet):
+        if args.model is None and not quiet:
+            from .defaults import DEFAULT_MODEL_NAME, cache_dir
+
+            if not (cache_dir() / DEFAULT_MODEL_NAME / "model_index.json").is_file():
+                _note(quiet, f"building the embedded default model in {cache_dir() / DEFAULT_MODEL_NAME} (once)")
+        adapter = api.load(args.model, family=args.family, dtype=args.dtype, device=device, offload=args.offload)
+        if args.family is not None:
+            check_family_fits(adapter.pipe, args.family)
+        if size is None:
+            height, width = adapter.native_size
+        else:
+            width, height = size
+        adapter.check_size(height, width)
+        make_scheduler(adapter, args.scheduler)  # a flow scheduler on a U-Net model and the like
+        if outputs is None:
+            outputs = plan_outputs(args.out, len(prompts), args.method, (width, height), args.seed)
+            from .output import check_writable
+
+            for path in outputs:
+                check_writable(path, args.force)
+
+        # ---- the work: one image at a time, each saved as soon as it is done
+        from .output import save_png
+
+        negative = args.negative or None
+        for i, (prompt, path) in enumerate(zip(prompts, outputs)):
+            if len(prompts) > 1:
+                _note(quiet, f"[{i + 1}/{len(prompts)}] {prompt}")
+            result = api.generate(
+                adapter, prompt, negative_prompt=negative, width=width, height=height, method=args.method,
+                steps=args.steps, guidance=args.guidance, seed=args.seed + i, scheduler=args.scheduler,
+                tiled_vae=tiled, progress=not quiet, method_options=options,
+            )
+            written = save_png(result.images[0], path, result.config_for(0), force=args.force)
+            print(written, flush=True)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ methods
+
+
+def _type_name(t) -> str:
+    if isinstance(t, str):
+        return t
+    return getattr(t, "__name__", None) or str(t)
+
+
+def describe_methods() -> str:
+    """The registered methods, their summaries and their options (name, type, default)."""
+    from . import methods
+
+    lines = []
+    for name in methods.names():
+        cls = methods.get(name)
+        lines.append(f"{name}: {cls.summary}")
+        families = getattr(cls, "families", None)
+        lines.append(f"  families: {', '.join(families) if families else 'all'}")
+        fields = dataclasses.fields(cls.Options)
+        if not fields:
+            lines.append("  options: none")
+        else:
+            lines.append("  options:")
+            for f in fields:
+                if f.default is not dataclasses.MISSING:
+                    default = repr(f.default)
+                elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+                    default = repr(f.default_factory())  # type: ignore[misc]
+                else:
+                    default = "required"
+                lines.append(f"    {f.name} ({_type_name(f.type)}, default {default})")
+    return "\n".join(lines)
+
+
+def _build_methods(sub) -> None:
+    p = sub.add_parser(
+        "methods", help="list the registered methods and their options",
+        description="List the registered methods, their summaries and their options (use them with "
+        "'anysize generate --method NAME --set KEY=VALUE').",
+    )
+    p.set_defaults(func=cmd_methods)
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    print(describe_methods())
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ main
+
+#: subcommand name -> builder(subparsers) that adds its parser and sets ``func``
+COMMANDS: dict[str, Callable[[Any], None]] = {
+    "generate": _build_generate,
+    "methods": _build_methods,
+}
+
+
+def _version() -> str:
+    try:
+        import diffusers
+        import torch
+
+        return f"{PROG} {__version__} (diffusers {diffusers.__version__}, torch {torch.__version__})"
+    except ImportError:  # pragma: no cover
+        return f"{PROG} {__version__}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog=PROG,
+        description="Make any pretrained text-to-image diffusion model (SD 1.x/2.x, SDXL, SD3, FLUX) "
+        "generate at any size and aspect ratio.",
+        epilog=TOP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for build in COMMANDS.values():
+        build(sub)
+    return parser
+
+
+def _fix_negative_sizes(argv: list[str]) -> list[str]:
+    """``--size -8x128`` would read as an unknown option; pass it on as ``--size=-8x128`` for a clear error."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--size" and i + 1 < len(argv) and re.match(r"^-\d", argv[i + 1]):
+            out.append(f"--size={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    return EXIT_USAGE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    argv = _fix_negative_sizes(list(sys.argv[1:] if argv is None else argv))
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            return _error(f"no command given; choose one of: {', '.join(COMMANDS)} (see '{PROG} --help')")
+        return args.func(args)
+    except SystemExit as e:  # --help, --version
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else _error(str(e.code)))
+    except _UsageError as e:
+        return _error(str(e))
+    except AnysizeError as e:
+        return _error(str(e))
+    except (KeyboardInterrupt, Cancelled):
+        print(f"\n{PROG}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `anysize methods | head`
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

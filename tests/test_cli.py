@@ -1,0 +1,392 @@
+"""The command line, run in-process through ``main([...])`` and once as ``python -m anysize``.
+
+A tiny random-weight SD 1.x pipeline saved to a folder is loaded through the real
+``from_pretrained`` path; at 128x128 px and 2 steps a whole run takes well under a second.
+"""
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+import anysize
+from anysize import api, cli
+from anysize.methods import METHODS
+from anysize.methods.base import MethodOptions
+from anysize.methods.direct import Direct
+from anysize.output import read_metadata, read_parameters
+
+FAST = ["--steps", "2", "--size", "128x128"]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from anysize.testing import save_tiny_pipeline
+
+    return save_tiny_pipeline("sd1", tmp_path_factory.mktemp("model") / "m")
+
+
+@pytest.fixture(autouse=True)
+def _workdir(tmp_path, monkeypatch):
+    """Run every test in its own empty directory, with its own anysize cache."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("ANYSIZE_CACHE", str(tmp_path / "cache"))
+    return work
+
+
+def run(capsys, *args):
+    rc = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def gen(capsys, model_dir, *args):
+    return run(capsys, "generate", *args, "--model", model_dir, *FAST, "--quiet")
+
+
+def files(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# ------------------------------------------------------------------------------------------ happy paths
+
+
+def test_generate_writes_png_with_metadata(capsys, model_dir, _workdir):
+    rc, out, err = gen(capsys, model_dir, "a red square", "--seed", "3", "--negative", "blurry", "--out", "sq.png")
+    assert rc == 0, err
+    assert out.strip() == "sq.png"
+    meta = read_metadata("sq.png")
+    assert meta["prompt"] == "a red square" and meta["negative_prompt"] == "blurry"
+    assert (meta["width"], meta["height"], meta["steps"], meta["seed"]) == (128, 128, 2, 3)
+    assert meta["method"] == "direct" and meta["model"] == str(model_dir) and meta["family"] == "sd1"
+    assert meta["versions"]["anysize"] == anysize.__version__
+    params = read_parameters("sq.png")
+    assert params.startswith("a red square\nNegative prompt: blurry\nSteps: 2, Sampler: pndm, CFG scale: 7.5, Seed: 3")
+    assert "Size: 128x128" in params and "Method: direct" in params
+    assert files(_workdir) == ["sq.png"]
+
+
+def test_same_seed_gives_identical_bytes(capsys, model_dir, _workdir):
+    for name, seed in (("a.png", 5), ("b.png", 5), ("c.png", 6)):
+        assert gen(capsys, model_dir, "a cat", "--seed", seed, "--out", name)[0] == 0
+    assert (_workdir / "a.png").read_bytes() == (_workdir / "b.png").read_bytes()
+    assert (_workdir / "a.png").read_bytes() != (_workdir / "c.png").read_bytes()
+
+
+def test_force_needed_to_overwrite(capsys, model_dir, _workdir):
+    assert gen(capsys, model_dir, "a cat", "--seed", "1", "--out", "x.png")[0] == 0
+    original = (_workdir / "x.png").read_bytes()
+    rc, out, err = gen(capsys, model_dir, "a cat", "--seed", "2", "--out", "x.png")
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("anysize: error:") and "--force" in err
+    assert (_workdir / "x.png").read_bytes() == original
+    rc, out, err = gen(capsys, model_dir, "a cat", "--seed", "2", "--out", "x.png", "--force")
+    assert rc == 0, err
+    assert (_workdir / "x.png").read_bytes() != original
+    assert read_metadata(_workdir / "x.png")["seed"] == 2
+    assert files(_workdir) == ["x.png"]
+
+
+def test_several_prompts_write_a_directory(capsys, model_dir, _workdir):
+    prompts = _workdir.parent / "prompts.txt"
+    prompts.write_text("a dog\n\n   \na bird\n", encoding="utf-8")
+    rc, out, err = gen(capsys, model_dir, "a cat", "--prompts-file", prompts, "--seed", "10", "--out", "batch")
+    assert rc == 0, err
+    assert files(_workdir) == ["batch", "batch/000-s10.png", "batch/001-s11.png", "batch/002-s12.png"]
+    assert out.split() == [os.path.join("batch", f) for f in ("000-s10.png", "001-s11.png", "002-s12.png")]
+    metas = [read_metadata(_workdir / "batch" / f"00{i}-s{10 + i}.png") for i in range(3)]
+    assert [m["prompt"] for m in metas] == ["a cat", "a dog", "a bird"]
+    assert [m["seed"] for m in metas] == [10, 11, 12]
+
+
+def test_several_prompts_default_directory(capsys, model_dir, _workdir):
+    rc, out, err = gen(capsys, model_dir, "a cat", "a dog")
+    assert rc == 0, err
+    assert files(_workdir) == ["anysize-out", "anysize-out/000-s0.png", "anysize-out/001-s1.png"]
+
+
+def test_default_model_size_and_name(capsys, model_dir, _workdir, tmp_path):
+    """No --model, --size, --out: the embedded default model at its native size, default file name."""
+    from anysize.defaults import DEFAULT_MODEL_NAME
+
+    shutil.copytree(model_dir, tmp_path / "cache" / DEFAULT_MODEL_NAME)  # as if built before (saves a build)
+    rc, out, err = run(capsys, "generate", "a cat", "--steps", "2", "--seed", "5", "--quiet")
+    assert rc == 0, err
+    assert out.strip() == "anysize-direct-128x128-s5.png"
+    meta = read_metadata(_workdir / out.strip())
+    assert meta["model"] == str(tmp_path / "cache" / DEFAULT_MODEL_NAME)
+    assert (meta["width"], meta["height"]) == (128, 128)
+    # an existing directory as --out gets the default name inside
+    (_workdir / "d").mkdir()
+    rc, out, err = gen(capsys, model_dir, "a cat", "--out", "d")
+    assert rc == 0, err
+    assert out.strip() == os.path.join("d", "anysize-direct-128x128-s0.png")
+
+
+@dataclasses.dataclass
+class _BoostOptions(MethodOptions):
+    boost: float = 1.0
+    label: str = "x"
+
+
+class _Boost(Direct):
+    name = "test-boost"
+    summary = "direct, with options (test only)"
+    Options = _BoostOptions
+
+
+def test_set_passes_method_options(capsys, model_dir, _workdir, monkeypatch):
+    monkeypatch.setitem(METHODS, _Boost.name, _Boost)
+    rc, out, err = gen(capsys, model_dir, "a cat", "--method", "test-boost", "--set", "boost=2.5", "--set", "label=a b",
+                       "--out", "o.png")
+    assert rc == 0, err
+    meta = read_metadata("o.png")
+    assert meta["method"] == "test-boost" and meta["method_options"] == {"boost": 2.5, "label": "a b"}
+    assert "boost: 2.5, label: a b, Version:" in read_parameters("o.png")
+    rc, out, err = run(capsys, "methods")
+    assert "test-boost: direct, with options (test only)" in out
+    assert "boost (float, default 1.0)" in out and "label (str, default 'x')" in out
+    rc, out, err = gen(capsys, model_dir, "a cat", "--method", "test-boost", "--set", "nope=1", "--out", "p.png")
+    assert rc == 2 and err.count("\n") == 1 and "boost, label" in err
+    assert not (_workdir / "p.png").exists()
+
+
+def test_parse_set_and_size():
+    assert cli.parse_set(["a=1", "b=text", "c=[1, 2]", "d=true", "window-size=64", "e=x=y"]) == {
+        "a": 1, "b": "text", "c": [1, 2], "d": True, "window_size": 64, "e": "x=y",
+    }
+    assert cli.parse_size("4096x2048") == (4096, 2048)
+    assert cli.parse_size(" 640 X 480 ") == (640, 480)
+
+
+# ------------------------------------------------------------------------------------------ help, methods, version
+
+
+def test_methods_lists_direct(capsys):
+    rc, out, err = run(capsys, "methods")
+    assert rc == 0
+    assert "direct: the whole canvas in one network call per step (baseline)" in out
+    assert "options: none" in out
+
+
+def test_help_teaches(capsys):
+    rc, out, _ = run(capsys, "--help")
+    assert rc == 0
+    assert 'anysize generate "a red triangle on a blue background"' in out
+    assert "--model stabilityai/stable-diffusion-xl-base-1.0" in out
+    assert "--size 4096x2048 --dtype fp16 --device cuda" in out
+    rc, out, _ = run(capsys, "generate", "--help")
+    assert rc == 0
+    assert "multiples of the model's pixel factor: 8 for" in out and "16 for SD3 and FLUX" in out
+    assert "native size" in out
+    assert "direct" in out and "dpm++2m_karras" in out and "flow_euler" in out
+    rc, out, _ = run(capsys, "--version")
+    assert rc == 0 and out.startswith(f"anysize {anysize.__version__}")
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+PRE_LOAD = [  # (args, fragment of the message): all must fail before any model is loaded
+    (["--size", "0x128"], "positive"),
+    (["--size", "-8x128"], "positive"),
+    (["--size", "100x128"], "use 96 or 104"),
+    (["--size", "128x100"], "height 100 is not a multiple of 8"),
+    (["--size", "abcx128"], "not an integer"),
+    (["--size", "128"], "WIDTHxHEIGHT"),
+    (["--method", "nope"], "unknown method 'nope'; valid choices: direct"),
+    (["--scheduler", "nope"], "valid choices: ddim, ddpm, default, dpm++2m"),
+    (["--dtype", "fp8"], "unknown dtype 'fp8'; valid choices: bf16, fp16, fp32"),
+    (["--offload", "disk"], "valid choices: model, none, sequential"),
+    (["--family", "sd9"], "valid choices: flux, sd1, sd2, sd3, sdxl"),
+    (["--tiled-vae", "maybe"], "valid choices: auto, off, on"),
+    (["--set", "nope=1"], "has no option nope; its options: none"),
+    (["--set", "nope"], "KEY=VALUE"),
+    (["--steps", "0"], "--steps must be a positive integer"),
+    (["--steps", "two"], "invalid int value"),
+    (["--guidance", "-1"], "--guidance must be a number >= 0"),
+    (["--seed", "-1"], "--seed must be between 0"),
+    (["--device", "quantum"], "unknown device"),
+    (["--model", "/nonexistent/anysize/model"], "does not exist"),
+    (["--out", "blocker/out.png"], "not a directory"),
+    (["--out", "out.jpg"], "must end in .png"),
+    (["--prompts-file", "empty.txt"], "has no prompts"),
+    (["--prompts-file", "missing.txt"], "cannot read prompts file"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+]
+
+
+@pytest.mark.parametrize("args, message", PRE_LOAD, ids=[" ".join(a) for a, _ in PRE_LOAD])
+def test_bad_input_fails_before_loading(capsys, model_dir, _workdir, monkeypatch, args, message):
+    (_workdir / "blocker").write_text("a regular file")
+    (_workdir / "empty.txt").write_text("\n  \n")
+    before = files(_workdir)
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the input was validated")
+
+    monkeypatch.setattr(api, "load", no_load)
+    model = [] if "--model" in args else ["--model", model_dir]
+    rc, out, err = run(capsys, "generate", "a cat", *model, "--steps", "2", "--out", "out.png", *args)
+    assert rc == 2
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("anysize: error: "), err
+    assert message in err
+    assert files(_workdir) == before
+
+
+POST_LOAD = [  # need the model (or its folder) to be looked at, but fail before any generation
+    (lambda m, w: ["--model", w / "emptydir"], "not a diffusers pipeline folder"),
+    (lambda m, w: ["--model", m, "--scheduler", "flow_euler"], "choose one of: ddim, ddpm"),
+    (lambda m, w: ["--model", m, "--family", "sdxl"], "--family sdxl does not fit this model"),
+]
+
+
+@pytest.mark.parametrize("make_args, message", POST_LOAD, ids=["empty-dir", "flow-scheduler", "wrong-family"])
+def test_bad_model_input(capsys, model_dir, _workdir, monkeypatch, make_args, message):
+    (_workdir / "emptydir").mkdir()
+    before = files(_workdir)
+
+    def no_generate(*a, **k):
+        raise AssertionError("generation started")
+
+    monkeypatch.setattr(api, "generate", no_generate)
+    rc, out, err = run(capsys, "generate", "a cat", *make_args(model_dir, _workdir), *FAST, "--out", "o.png", "-q")
+    assert rc == 2 and out == ""
+    assert err.count("\n") == 1 and err.startswith("anysize: error: ") and message in err, err
+    assert files(_workdir) == before
+
+
+def test_size_factor_of_a_local_model_is_known_before_loading(capsys, model_dir, monkeypatch):
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("loaded"))
+    assert cli.size_factor(str(model_dir), None) == (8, "this model's pixel factor")
+    assert cli.size_factor(str(model_dir), "flux")[0] == 16
+    assert cli.size_factor("no-such/model-anywhere", None) is None
+
+
+def test_every_output_checked_before_generating(capsys, model_dir, _workdir, monkeypatch):
+    (_workdir / "batch").mkdir()
+    (_workdir / "batch" / "001-s1.png").write_bytes(b"keep")
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("loaded"))
+    rc, out, err = gen(capsys, model_dir, "a", "b", "c", "--out", "batch")
+    assert rc == 2 and "001-s1.png already exists" in err and "--force" in err
+    assert files(_workdir) == ["batch", "batch/001-s1.png"]
+    rc, out, err = gen(capsys, model_dir, "a", "b", "--out", "b.png")
+    assert rc == 2 and "directory" in err
+
+
+def test_no_prompt(capsys, model_dir, _workdir):
+    rc, out, err = run(capsys, "generate", "--model", model_dir)
+    assert rc == 2 and "no prompt given" in err and err.count("\n") == 1
+
+
+def test_no_command(capsys):
+    rc, out, err = run(capsys)
+    assert rc == 2 and "generate, methods" in err and err.count("\n") == 1
+
+
+def test_ctrl_c_exits_130_without_files(capsys, model_dir, _workdir, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "generate", interrupted)
+    rc, out, err = gen(capsys, model_dir, "a cat", "--out", "x.png")
+    assert rc == 130
+    assert "Traceback" not in err and "interrupted" in err
+    assert files(_workdir) == []
+
+
+def test_ctrl_c_while_saving_leaves_no_partial_file(capsys, model_dir, _workdir, monkeypatch):
+    from PIL import Image
+
+    real_save = Image.Image.save
+
+    def interrupted_save(self, fp, *a, **k):
+        fp.write(b"\x89PNG partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Image.Image, "save", interrupted_save)
+    rc, out, err = gen(capsys, model_dir, "a cat", "--out", "sub/x.png")
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert rc == 130
+    assert [f for f in files(_workdir) if f.endswith((".png", ".tmp"))] == []
+
+
+# ------------------------------------------------------------------------------------------ entry point
+
+
+def test_python_dash_m_entry_point(model_dir, tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ANYSIZE_CACHE=str(tmp_path / "cache"))
+    cmd = [sys.executable, "-m", "anysize", "generate", "a cat", "--model", str(model_dir), *FAST, "--out", "cat.png"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "cat.png"
+    assert read_metadata(tmp_path / "cat.png")["prompt"] == "a cat"
+    # a bad size: exit 2 and exactly one line on stderr, nothing else (no warnings, no traceback)
+    proc = subprocess.run(cmd[:-1] + ["dog.png", "--size", "100x128"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "anysize: error: width 100 is not a multiple of 8 (this model's pixel factor); use 96 or 104"
+    ]
+    assert not (tmp_path / "dog.png").exists()
+
+
+# ------------------------------------------------------------------------------------------ default model
+
+
+def test_default_model_path_builds_once(tmp_path, monkeypatch):
+    import anysize.testing
+    from anysize.defaults import DEFAULT_MODEL_NAME, default_model_path
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ANYSIZE_CACHE", str(cache))
+    builds = []
+    real = anysize.testing.save_tiny_pipeline
+
+    def counting(family, path, **kw):
+        builds.append(family)
+        return real(family, path, **kw)
+
+    monkeypatch.setattr(anysize.testing, "save_tiny_pipeline", counting)
+    path = default_model_path()
+    assert path == cache / DEFAULT_MODEL_NAME and (path / "model_index.json").is_file()
+    assert default_model_path() == path
+    assert builds == ["sd1"]
+    assert [p.name for p in cache.iterdir()] == [DEFAULT_MODEL_NAME]  # no temporary folder left
+    adapter = anysize.load(None)
+    assert adapter.family == "sd1" and adapter.source == str(path)
+    assert adapter.native_size == (128, 128)
+
+
+def test_default_model_concurrent_builder_wins(tmp_path, monkeypatch, model_dir):
+    """If another process finishes the build first, its folder is used and ours is discarded."""
+    import anysize.testing
+    from anysize.defaults import DEFAULT_MODEL_NAME, default_model_path
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ANYSIZE_CACHE", str(cache))
+
+    def other_process_wins(family, path, **kw):
+        (path / "partial").write_text("ours, unfinished")
+        shutil.copytree(model_dir, cache / DEFAULT_MODEL_NAME)
+        return path
+
+    monkeypatch.setattr(anysize.testing, "save_tiny_pipeline", other_process_wins)
+    path = default_model_path()
+    assert (path / "model_index.json").is_file() and not (path / "partial").exists()
+    assert [p.name for p in cache.iterdir()] == [DEFAULT_MODEL_NAME]
+
+
+def test_default_model_unwritable_cache(tmp_path, monkeypatch):
+    from anysize.defaults import default_model_path
+    from anysize.errors import ModelLoadError
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("ANYSIZE_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.raises(ModelLoadError, match="ANYSIZE_CACHE"):
+        default_model_path()
