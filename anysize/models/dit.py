@@ -184,13 +184,13 @@ class FluxAdapter(DiTAdapter):
             scheduler.set_timesteps(sigmas=sigmas, device=self.device, **kwargs)
         return scheduler.timesteps
 
-    def position_ids(self, window: Window) -> Tensor:
+    def position_ids(self, window: Window, device: torch.device | None = None) -> Tensor:
         """(h/2·w/2, 3) ids (0, row, col) of the window's tokens in canvas coordinates."""
         h, w = window.height // 2, window.width // 2
         ids = torch.zeros(h, w, 3)
         ids[..., 1] += torch.arange(h)[:, None] + window.top // 2
         ids[..., 2] += torch.arange(w)[None, :] + window.left // 2
-        return ids.reshape(h * w, 3).to(device=self.device, dtype=self.dtype)
+        return ids.reshape(h * w, 3).to(device=device or self.device, dtype=self.dtype)
 
     @staticmethod
     def pack(x: Tensor) -> Tensor:
@@ -217,7 +217,7 @@ class FluxAdapter(DiTAdapter):
             pooled_projections=embeds.pooled,
             encoder_hidden_states=embeds.embeds,
             txt_ids=embeds.extra["text_ids"],
-            img_ids=self.position_ids(window),
+            img_ids=self.position_ids(window, x.device),  # x.device: cheaper than the pipeline's
             return_dict=False,
         )[0]
         return self.unpack(out, h, w)

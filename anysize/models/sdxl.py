@@ -36,16 +36,16 @@ class SDXLAdapter(UNetAdapter):
             guidance_scale=guidance_scale,
         )
 
-    def time_ids(self, window: Window, n: int, dtype: torch.dtype) -> torch.Tensor:
+    def time_ids(self, window: Window, n: int, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
         f = self.vae_factor
         ch, cw = window.canvas
         ids = [ch * f, cw * f, window.top * f, window.left * f, window.height * f, window.width * f]
-        return torch.tensor([ids], dtype=dtype, device=self.device).repeat(n, 1)
+        return torch.tensor([ids], dtype=dtype, device=device or self.device).repeat(n, 1)
 
     def _unet_kwargs(self, embeds: PromptEmbeds, window: Window, n: int) -> dict:
         return {
             "added_cond_kwargs": {
                 "text_embeds": embeds.pooled,
-                "time_ids": self.time_ids(window, n, embeds.embeds.dtype),
+                "time_ids": self.time_ids(window, n, embeds.embeds.dtype, embeds.embeds.device),
             }
         }
