@@ -171,8 +171,8 @@ def generate(
         raise InvalidArgumentError(f"guidance must be >= 0, got {guidance}")
     if isinstance(seed, (list, tuple)) and len(seed) != len(prompts):
         raise InvalidArgumentError(f"{len(seed)} seeds for {len(prompts)} prompts")
-    if tiled_vae not in (True, False, "auto"):
-        raise InvalidArgumentError(f"tiled_vae must be True, False or 'auto', got {tiled_vae!r}")
+    if tiled_vae not in (True, False, "auto", "fast"):
+        raise InvalidArgumentError(f"tiled_vae must be True, False, 'auto' or 'fast', got {tiled_vae!r}")
     if output_type not in ("pil", "np", "pt", "latent"):
         raise InvalidArgumentError(f"output_type must be one of pil, np, pt, latent; got {output_type!r}")
     scheduler_label = scheduler_name(make_scheduler(adapter, scheduler))  # validates before any work
@@ -191,7 +191,10 @@ def generate(
         if output_type == "latent":
             images = latents
         else:
-            decoded = adapter.decode(latents, tiled=tiled_vae, progress=progress)
+            if tiled_vae == "fast":  # tiled, GroupNorm statistics estimated from a small pass
+                decoded = adapter.decode(latents, tiled=True, progress=progress, stats="fast")
+            else:
+                decoded = adapter.decode(latents, tiled=tiled_vae, progress=progress)
             images = adapter.postprocess(decoded, output_type=output_type)
     seconds = time.perf_counter() - start
 

@@ -354,7 +354,9 @@ examples:
     p.add_argument("--offload", metavar="MODE", default="none",
                    help=f"{', '.join(OFFLOADS)}: move weights to the GPU only while used (default: none)")
     p.add_argument("--tiled-vae", metavar="MODE", default="auto",
-                   help="auto, on, off: decode in tiles to bound memory (default: auto, above a size)")
+                   help="auto, on, off, fast: decode in tiles with whole-image GroupNorm statistics to bound memory; "
+                   "auto tiles above 2048x2048 px; on forces it (exact statistics, ~8x a plain decode); fast "
+                   "estimates the statistics from a small pass (about the cost of a plain decode) (default: auto)")
     p.add_argument("--out", metavar="PATH", default=None,
                    help="one prompt: the PNG file (default: anysize-<method>-<W>x<H>-s<seed>.png); an existing "
                    "directory or a path ending in / gets the default name inside. Several prompts: a directory "
@@ -380,7 +382,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     check_choice("offload", args.offload, OFFLOADS)
     if args.family is not None:
         check_choice("family", args.family, FAMILIES)
-    tiled = {"auto": "auto", "on": True, "off": False}[check_choice("tiled-vae mode", args.tiled_vae, ["auto", "on", "off"])]
+    tiled = {"auto": "auto", "on": True, "off": False, "fast": "fast"}[
+        check_choice("tiled-vae mode", args.tiled_vae, ["auto", "on", "off", "fast"])]
     if args.steps is not None and args.steps <= 0:
         raise InvalidArgumentError(f"--steps must be a positive integer, got {args.steps}")
     if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):

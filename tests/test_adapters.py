@@ -158,6 +158,7 @@ def test_load_errors(tmp_path):
         (dict(prompt=["a", "b"], negative_prompt=["x", "y", "z"]), InvalidArgumentError, "negative"),
         (dict(method_options={"stride": 8}), InvalidArgumentError, "no option stride"),
         (dict(output_type="jpg"), InvalidArgumentError, "pil"),
+        (dict(tiled_vae="maybe"), InvalidArgumentError, "'fast'"),
     ],
 )
 def test_bad_input_gives_clear_typed_error(tiny, kw, err, match):
@@ -228,3 +229,19 @@ def test_from_x0_then_to_x0_roundtrip(tiny, scheduler):
     else:
         out = noise  # epsilon models
     assert torch.allclose(adapter.to_x0(s, x, out, t), x0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", [True, "fast"])
+def test_tiled_vae_modes_reach_the_decoder(tiny, monkeypatch, mode):
+    """tiled_vae=True / "fast" decode through anysize.tiling with exact / fast statistics; at this
+    size the grid is one tile, so the image equals the untiled one."""
+    from anysize import tiling
+
+    adapter = adapt(tiny("sd1"))
+    seen = []
+    real = tiling.tiled_decode
+    monkeypatch.setattr(tiling, "tiled_decode", lambda vae, z, **kw: seen.append(kw.get("stats", "exact")) or real(vae, z, **kw))
+    plain = run(adapter, steps=2, output_type="np", tiled_vae=False).images
+    tiled = run(adapter, steps=2, output_type="np", tiled_vae=mode).images
+    assert seen == ["exact" if mode is True else "fast"]
+    assert abs(plain - tiled).max() <= 1e-6

@@ -203,7 +203,7 @@ PRE_LOAD = [  # (args, fragment of the message): all must fail before any model 
     (["--dtype", "fp8"], "unknown dtype 'fp8'; valid choices: bf16, fp16, fp32"),
     (["--offload", "disk"], "valid choices: model, none, sequential"),
     (["--family", "sd9"], "valid choices: flux, sd1, sd2, sd3, sdxl"),
-    (["--tiled-vae", "maybe"], "valid choices: auto, off, on"),
+    (["--tiled-vae", "maybe"], "valid choices: auto, fast, off, on"),
     (["--set", "nope=1"], "has no option nope; its options: none"),
     (["--set", "nope"], "KEY=VALUE"),
     (["--steps", "0"], "--steps must be a positive integer"),
