@@ -245,3 +245,19 @@ def test_tiled_vae_modes_reach_the_decoder(tiny, monkeypatch, mode):
     tiled = run(adapter, steps=2, output_type="np", tiled_vae=mode).images
     assert seen == ["exact" if mode is True else "fast"]
     assert abs(plain - tiled).max() <= 1e-6
+
+
+def test_model_folder_declares_its_sampling_defaults(tmp_path):
+    from anysize.models import MODEL_DEFAULTS_FILE
+    from anysize.testing import save_tiny_pipeline
+
+    folder = save_tiny_pipeline("sd1", tmp_path / "m")
+    assert anysize.load(folder).default_steps == 50  # SD's own default without the file
+    (folder / MODEL_DEFAULTS_FILE).write_text('{"default_steps": 3, "default_guidance": 2.5, "note": "ignored"}')
+    adapter = anysize.load(folder)
+    assert (adapter.default_steps, adapter.default_guidance) == (3, 2.5)
+    result = anysize.generate(adapter, "a red square", progress=False, output_type="latent")
+    assert result.config["steps"] == 3 and result.config["guidance"] == 2.5
+    (folder / MODEL_DEFAULTS_FILE).write_text('{"default_steps": "many"}')
+    with pytest.raises(ModelLoadError, match="anysize.json"):
+        anysize.load(folder)

@@ -1,0 +1,393 @@
+"""Train anysize's toy text-to-image model from scratch: ``python -m anysize.toy.train --out DIR``.
+
+The result is a complete diffusers ``StableDiffusionPipeline`` folder (safetensors):
+
+* tokenizer: a small byte-level BPE ``CLIPTokenizer`` whose vocabulary has every toy word whole;
+* text encoder: a 4-layer ``CLIPTextModel`` (width 128), trained jointly with the U-Net;
+* VAE: an ``AutoencoderKL`` with factor 4 (128 px images <-> 4 x 32 x 32 latents);
+* U-Net: a ``UNet2DConditionModel`` with SD 1.5's block structure — four levels, cross-attention in
+  the first three down blocks and the last three up blocks, two resnets per level, the same
+  down/upsamplers and a cross-attention mid block — at small widths; native latent 32 x 32;
+* scheduler: SD 1.5's noise schedule (scaled-linear betas 0.00085–0.012, 1000 steps, epsilon), with
+  DPM-Solver++ as the default sampler.
+
+Two stages, both on procedurally generated data (:mod:`anysize.toy.data`):
+
+1. the VAE, on images (L1 + a small KL term);
+2. the text encoder and U-Net on latents of a fixed set of images encoded once (epsilon loss, 10 %
+   empty captions for classifier-free guidance, an EMA of the U-Net and text-encoder weights).
+
+Everything is seeded; the run is deterministic for a given thread count. ``--smoke`` trains a few
+steps of each stage in seconds (used by the tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..models import MODEL_DEFAULTS_FILE
+from .data import NATIVE_SIZE, make_sample
+
+#: latent factor of the toy VAE and its native latent side
+VAE_FACTOR = 4
+NATIVE_LATENT = NATIVE_SIZE // VAE_FACTOR
+TOKEN_LENGTH = 16
+
+
+@dataclass
+class TrainConfig:
+    out: str = "toy-model"
+    seed: int = 0
+    threads: int = 2
+    device: str = "cpu"  # "cuda" trains in minutes on a GPU
+    # stage 1: VAE
+    vae_steps: int = 600
+    vae_batch: int = 16
+    vae_lr: float = 1e-3
+    vae_kl_weight: float = 1e-6
+    # stage 2: text encoder + U-Net
+    dataset_size: int = 20000
+    unet_steps: int = 1500
+    batch: int = 48
+    lr: float = 1e-3
+    warmup: int = 200
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    unet_channels: tuple[int, ...] = (32, 64, 128, 128)
+    unet_heads: tuple[int, ...] = (1, 2, 4, 4)  # head width 32 everywhere (SD 1.5: 8 heads of 40-160)
+    bf16: bool = True  # bf16 autocast: ~2.5x faster on CPUs with AVX512-BF16/AMX and on GPUs
+    text_width: int = 128
+    text_layers: int = 4
+    log_every: int = 50
+    save_every: int = 1000  # also write the pipeline every N U-Net steps (an interrupted run keeps it)
+    time_budget_s: float | None = None  # stop stage 2 early when the whole run reaches this
+    save_fp16: bool = True  # ship half-precision weights (about 20 MB); they load as fp32 by default
+    default_steps: int = 20  # written to anysize.json: the sampling defaults of the trained model
+    default_guidance: float = 5.0
+
+
+SMOKE = dict(vae_steps=3, vae_batch=2, dataset_size=8, unet_steps=3, batch=4, warmup=1, log_every=1,
+             unet_channels=(32, 32, 32, 32), unet_heads=(1, 1, 1, 1), text_width=32, text_layers=1, save_every=0)
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+def build_tokenizer():
+    from ..testing.tokenizers import tiny_clip_tokenizer
+
+    tok = tiny_clip_tokenizer(num_merges=1000)  # 1000 merges: every toy word is one token
+    tok.model_max_length = TOKEN_LENGTH
+    return tok
+
+
+def build_models(cfg: TrainConfig, tokenizer) -> dict:
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(cfg.seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=cfg.text_width, intermediate_size=cfg.text_width * 4,
+        num_hidden_layers=cfg.text_layers, num_attention_heads=max(1, cfg.text_width // 32),
+        max_position_embeddings=TOKEN_LENGTH, hidden_act="quick_gelu", projection_dim=cfg.text_width,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    ))
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(32, 64, 64), layers_per_block=1, latent_channels=4, norm_num_groups=16,
+        sample_size=NATIVE_SIZE, scaling_factor=1.0,
+    )
+    unet = UNet2DConditionModel(
+        sample_size=NATIVE_LATENT, in_channels=4, out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        block_out_channels=tuple(cfg.unet_channels), layers_per_block=2, norm_num_groups=16 if min(cfg.unet_channels) % 16 == 0 else 8,
+        cross_attention_dim=cfg.text_width, attention_head_dim=tuple(cfg.unet_heads),  # diffusers: = heads
+        flip_sin_to_cos=True, freq_shift=0, act_fn="silu",
+    )
+    return {"text_encoder": text_encoder, "vae": vae, "unet": unet}
+
+
+def build_scheduler():
+    from diffusers import DPMSolverMultistepScheduler
+
+    return DPMSolverMultistepScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+        steps_offset=1, prediction_type="epsilon", algorithm_type="dpmsolver++", solver_order=2,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def image_batch(seed: int, start: int, n: int) -> tuple[torch.Tensor, list[str]]:
+    imgs, caps = [], []
+    for i in range(start, start + n):
+        img, spec = make_sample(seed, i)
+        imgs.append(img)
+        caps.append(spec.caption)
+    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return x, caps
+
+
+def _autocast(cfg: TrainConfig):
+    return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16)
+
+
+def _lr_at(step: int, cfg_lr: float, warmup: int, total: int) -> float:
+    if step < warmup:
+        return cfg_lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return cfg_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine to 10 %
+
+
+class _Log:
+    def __init__(self, out: Path):
+        self.path = out / "train_log.jsonl"
+        self.t0 = time.perf_counter()
+
+    def __call__(self, **row):
+        row["elapsed_s"] = round(time.perf_counter() - self.t0, 1)
+        line = json.dumps(row)
+        print(line, flush=True)
+        with open(self.path, "a") as f:
+            f.write(line + "\n")
+
+
+# ---------------------------------------------------------------------------------------------- stage 1
+
+
+def train_vae(vae, cfg: TrainConfig, log: _Log) -> None:
+    vae.train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    for step in range(cfg.vae_steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg.vae_lr, min(100, cfg.vae_steps // 10 + 1), cfg.vae_steps)
+        x, _ = image_batch(cfg.seed + 1, step * cfg.vae_batch, cfg.vae_batch)  # its own image stream
+        x = x.to(cfg.device)
+        with _autocast(cfg):
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample()).sample
+        l1 = (rec.float() - x).abs().mean()
+        kl = post.kl().mean() / x[0].numel()
+        loss = l1 + cfg.vae_kl_weight * kl * x[0].numel()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        if step % cfg.log_every == 0 or step == cfg.vae_steps - 1:
+            log(stage="vae", step=step, l1=round(l1.item(), 5), kl=round(kl.item(), 5))
+    vae.eval()
+
+
+@torch.no_grad()
+def encode_dataset(vae, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Posterior means and stds of ``dataset_size`` images (the U-Net's training set), and captions."""
+    means, stds, captions = [], [], []
+    for start in range(0, cfg.dataset_size, 64):
+        x, caps = image_batch(cfg.seed, start, min(64, cfg.dataset_size - start))
+        with _autocast(cfg):
+            post = vae.encode(x.to(cfg.device)).latent_dist
+        means.append(post.mean.float().cpu())
+        stds.append(post.std.float().cpu())
+        captions += caps
+    return torch.cat(means), torch.cat(stds), captions
+
+
+# ---------------------------------------------------------------------------------------------- stage 2
+
+
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - decay)
+
+
+def train_unet(unet, text_encoder, tokenizer, data, scaling: float, cfg: TrainConfig, log: _Log,
+               save=None, deadline: float | None = None):
+    from diffusers import DDPMScheduler
+
+    means, stds, captions = data
+    noise_sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                beta_schedule="scaled_linear")
+    alphas = noise_sched.alphas_cumprod
+    ids = tokenizer(captions, padding="max_length", max_length=TOKEN_LENGTH, truncation=True,
+                    return_tensors="pt").input_ids
+    empty = tokenizer([""], padding="max_length", max_length=TOKEN_LENGTH, return_tensors="pt").input_ids
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    unet.train()
+    text_encoder.train()
+    running = None
+    for step in range(cfg.unet_steps):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg.lr, cfg.warmup, cfg.unet_steps)
+        idx = torch.randint(len(means), (cfg.batch,), generator=gen)
+        z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling
+        tok = ids[idx].clone()
+        drop = torch.rand(cfg.batch, generator=gen) < cfg.caption_dropout
+        tok[drop] = empty
+        t = torch.randint(0, 1000, (cfg.batch,), generator=gen)
+        noise = torch.randn(z0.shape, generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        zt = (a.sqrt() * z0 + (1 - a).sqrt() * noise).to(cfg.device)
+        noise, tok, t = noise.to(cfg.device), tok.to(cfg.device), t.to(cfg.device)
+        with _autocast(cfg):
+            cond = text_encoder(tok)[0]
+            pred = unet(zt, t, encoder_hidden_states=cond).sample
+        loss = F.mse_loss(pred.float(), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        # EMA warm-up: short runs average over what they have
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_text, text_encoder, decay)
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        last = step == cfg.unet_steps - 1
+        out_of_time = deadline is not None and time.perf_counter() > deadline
+        if step % cfg.log_every == 0 or last or out_of_time:
+            log(stage="unet", step=step, loss=round(loss.item(), 5), loss_avg=round(running, 5),
+                lr=round(opt.param_groups[0]["lr"], 6))
+        if save is not None and cfg.save_every and step and step % cfg.save_every == 0:
+            save(ema_unet, ema_text, steps_done=step + 1)
+        if out_of_time:
+            log(stage="unet", stopped_early_at=step + 1, reason="time budget")
+            return ema_unet, ema_text, step + 1
+    return ema_unet, ema_text, cfg.unet_steps
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def save_pipeline(out: Path, tokenizer, text_encoder, vae, unet, info: dict) -> Path:
+    """Write the StableDiffusionPipeline folder atomically (built beside ``out``, then renamed)."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=build_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    if info.get("recipe", {}).get("save_fp16", False):
+        pipe.to(torch.float16)
+    pipe.save_pretrained(tmp, safe_serialization=True)
+    (tmp / "anysize_toy.json").write_text(json.dumps(info, indent=2) + "\n")
+    recipe = info.get("recipe", {})
+    defaults = {k: recipe[k] for k in ("default_steps", "default_guidance") if k in recipe}
+    (tmp / MODEL_DEFAULTS_FILE).write_text(json.dumps(defaults, indent=2) + "\n")
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.rename(out, old)
+        os.rename(tmp, out)
+        shutil.rmtree(old)
+    else:
+        os.rename(tmp, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def train(cfg: TrainConfig) -> Path:
+    torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    deadline = None if cfg.time_budget_s is None else t_start + cfg.time_budget_s
+    out = Path(cfg.out)
+    work = out.with_name(f".{out.name}.work")
+    work.mkdir(parents=True, exist_ok=True)
+    log = _Log(work)
+    log(stage="start", config=asdict(cfg), torch=torch.__version__)
+
+    tokenizer = build_tokenizer()
+    models = {k: m.to(cfg.device) for k, m in build_models(cfg, tokenizer).items()}
+    vae, unet, text_encoder = models["vae"], models["unet"], models["text_encoder"]
+    log(stage="models", params={k: sum(p.numel() for p in m.parameters()) for k, m in models.items()})
+
+    train_vae(vae, cfg, log)
+    vae.requires_grad_(False)
+    data = encode_dataset(vae, cfg)
+    latent_std = data[0].std().item()
+    scaling = 1.0 / latent_std
+    vae.register_to_config(scaling_factor=scaling)
+    log(stage="latents", n=len(data[2]), std=round(latent_std, 5), scaling_factor=round(scaling, 5))
+
+    def info(steps_done: int) -> dict:
+        return {"recipe": asdict(cfg), "unet_steps_done": steps_done,
+                "train_seconds": round(time.perf_counter() - t_start, 1),
+                "threads": cfg.threads, "device": cfg.device, "torch": torch.__version__}
+
+    def save(ema_unet, ema_text, steps_done):
+        cpu = [copy.deepcopy(m).cpu() for m in (ema_text, vae, ema_unet)]  # training goes on
+        save_pipeline(out, tokenizer, *cpu, info(steps_done))
+        log(stage="saved", path=str(out), steps_done=steps_done)
+
+    ema_unet, ema_text, done = train_unet(unet, text_encoder, tokenizer, data, scaling, cfg, log, save, deadline)
+    save(ema_unet, ema_text, done)
+    shutil.copy(work / "train_log.jsonl", out / "train_log.jsonl")
+    shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def parse_args(argv=None) -> TrainConfig:
+    ap = argparse.ArgumentParser(
+        prog="python -m anysize.toy.train",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    defaults = TrainConfig()
+    ap.add_argument("--out", default=defaults.out, help="folder of the trained pipeline (default: %(default)s)")
+    ap.add_argument("--device", default=defaults.device, help="cpu or cuda (default: %(default)s)")
+    for f in ("seed", "threads", "vae_steps", "vae_batch", "dataset_size", "unet_steps", "batch", "warmup",
+              "log_every", "save_every"):
+        ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(defaults, f))
+    for f in ("vae_lr", "lr", "ema_decay", "caption_dropout"):
+        ap.add_argument(f"--{f.replace('_', '-')}", type=float, default=getattr(defaults, f))
+    ap.add_argument("--unet-channels", type=int, nargs=4, default=list(defaults.unet_channels))
+    ap.add_argument("--unet-heads", type=int, nargs=4, default=list(defaults.unet_heads))
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 (slower)")
+    ap.add_argument("--save-fp32", dest="save_fp16", action="store_false", help="save float32 weights (2x larger)")
+    ap.add_argument("--default-steps", type=int, default=defaults.default_steps)
+    ap.add_argument("--default-guidance", type=float, default=defaults.default_guidance)
+    ap.add_argument("--time-budget-min", type=float, default=None,
+                    help="stop the U-Net stage when the whole run reaches this many minutes")
+    ap.add_argument("--smoke", action="store_true", help="a few steps of everything, tiny widths (seconds)")
+    a = ap.parse_args(argv)
+    values = {k: v for k, v in vars(a).items() if k not in ("smoke", "time_budget_min")}
+    values["unet_channels"] = tuple(values["unet_channels"])
+    values["unet_heads"] = tuple(values["unet_heads"])
+    values["time_budget_s"] = None if a.time_budget_min is None else a.time_budget_min * 60
+    cfg = TrainConfig(**values)
+    if a.smoke:
+        cfg = TrainConfig(**{**asdict(cfg), **SMOKE})
+    return cfg
+
+
+def main(argv=None) -> int:
+    cfg = parse_args(argv)
+    path = train(cfg)
+    print(f"saved {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
