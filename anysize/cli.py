@@ -288,9 +288,66 @@ def _method_lines() -> list[str]:
     return [f"  {name:<14} {methods.get(name).summary}" for name in methods.names()]
 
 
+def _add_model_options(p) -> None:
+    from .models import FAMILIES
+
+    p.add_argument(
+        "--model", metavar="M", default=None,
+        help="hub id (e.g. stabilityai/stable-diffusion-xl-base-1.0) or local diffusers folder "
+        "(default: the embedded default model)",
+    )
+    p.add_argument("--family", metavar="NAME", default=None,
+                   help=f"override the detected model family: {', '.join(FAMILIES)}")
+
+
+def _add_runtime_options(p) -> None:
+    from .models import DTYPES, OFFLOADS
+
+    p.add_argument("--dtype", metavar="T", default="fp32", help=f"{', '.join(DTYPES)} (default: fp32)")
+    p.add_argument("--device", metavar="DEV", default=None,
+                   help="cpu, cuda, cuda:N, mps (default: cuda if available, else cpu)")
+    p.add_argument("--offload", metavar="MODE", default="none",
+                   help=f"{', '.join(OFFLOADS)}: move weights to the GPU only while used (default: none)")
+
+
+def _check_model_options(args) -> str:
+    """Validate --model/--family/--dtype/--device/--offload without loading; returns the device."""
+    from .models import DTYPES, FAMILIES, OFFLOADS
+
+    check_choice("dtype", args.dtype, DTYPES)
+    check_choice("offload", args.offload, OFFLOADS)
+    if args.family is not None:
+        check_choice("family", args.family, FAMILIES)
+    device = check_device(args.device or default_device(), args.offload)
+    if args.model is not None:
+        local = Path(args.model).expanduser()
+        if not local.exists() and str(args.model).startswith((".", "/", "~", os.sep)):
+            raise ModelLoadError(f"model folder {args.model} does not exist")
+    return device
+
+
+def _check_sizes(args, sizes) -> None:
+    """Sizes must be multiples of the model's pixel factor, known before loading where possible."""
+    sizes = [s for s in sizes if s is not None]
+    if not sizes:
+        return
+    hint = size_factor(args.model, args.family)
+    factor, why = hint or (MIN_SIZE_FACTOR, "every supported model needs at least that")
+    for width, height in sizes:
+        check_multiple(width, height, factor, why)
+
+
+def _load_model(args, device: str):
+    from . import api
+
+    adapter = api.load(args.model, family=args.family, dtype=args.dtype, device=device, offload=args.offload)
+    if args.family is not None:
+        check_family_fits(adapter.pipe, args.family)
+    return adapter
+
+
 def _build_generate(sub) -> None:
     from . import methods
-    from .models import DTYPES, FAMILIES, OFFLOADS
     from .schedulers import SCHEDULERS, scheduler_names
 
     description = f"""\
@@ -328,13 +385,7 @@ examples:
     p.add_argument("prompts", nargs="*", metavar="PROMPT", help="one or more prompts (one image each)")
     p.add_argument("--prompts-file", metavar="FILE", help="more prompts, one per non-empty line ('-': stdin)")
     p.add_argument("--negative", metavar="TEXT", default=None, help="negative prompt (for every image)")
-    p.add_argument(
-        "--model", metavar="M", default=None,
-        help="hub id (e.g. stabilityai/stable-diffusion-xl-base-1.0) or local diffusers folder "
-        "(default: the embedded default model)",
-    )
-    p.add_argument("--family", metavar="NAME", default=None,
-                   help=f"override the detected model family: {', '.join(FAMILIES)}")
+    _add_model_options(p)
     p.add_argument("--size", metavar="WxH", default=None,
                    help="image size in pixels, multiples of the model's factor (default: the model's native size)")
     p.add_argument("--method", metavar="NAME", default="direct",
@@ -348,11 +399,7 @@ examples:
                    help="random seed; image i of several uses S + i (default: 0)")
     p.add_argument("--scheduler", metavar="NAME", default="default",
                    help=f"default, {', '.join(SCHEDULERS)} (default: the model's own)")
-    p.add_argument("--dtype", metavar="T", default="fp32", help=f"{', '.join(DTYPES)} (default: fp32)")
-    p.add_argument("--device", metavar="DEV", default=None,
-                   help="cpu, cuda, cuda:N, mps (default: cuda if available, else cpu)")
-    p.add_argument("--offload", metavar="MODE", default="none",
-                   help=f"{', '.join(OFFLOADS)}: move weights to the GPU only while used (default: none)")
+    _add_runtime_options(p)
     p.add_argument("--tiled-vae", metavar="MODE", default="auto",
                    help="auto, on, off, fast: decode in tiles with whole-image GroupNorm statistics to bound memory; "
                    "auto tiles above 2048x2048 px; on forces it (exact statistics, ~8x a plain decode); fast "
@@ -368,7 +415,6 @@ examples:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from . import api, methods
-    from .models import DTYPES, FAMILIES, OFFLOADS
     from .schedulers import SCHEDULERS, make_scheduler
 
     quiet = args.quiet
@@ -378,10 +424,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
     options = parse_set(args.set)
     methods.create(args.method, **options)  # unknown options / out-of-range values
     check_choice("scheduler", args.scheduler, ["default", *SCHEDULERS])
-    check_choice("dtype", args.dtype, DTYPES)
-    check_choice("offload", args.offload, OFFLOADS)
-    if args.family is not None:
-        check_choice("family", args.family, FAMILIES)
     tiled = {"auto": "auto", "on": True, "off": False, "fast": "fast"}[
         check_choice("tiled-vae mode", args.tiled_vae, ["auto", "on", "off", "fast"])]
     if args.steps is not None and args.steps <= 0:
@@ -390,16 +432,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise InvalidArgumentError(f"--guidance must be a number >= 0, got {args.guidance}")
     if not 0 <= args.seed < 2**63:
         raise InvalidArgumentError(f"--seed must be between 0 and {2**63 - 1}, got {args.seed}")
-    device = check_device(args.device or default_device(), args.offload)
+    device = _check_model_options(args)
     prompts = read_prompts(args.prompts, args.prompts_file)
-    if args.model is not None:
-        local = Path(args.model).expanduser()
-        if not local.exists() and str(args.model).startswith((".", "/", "~", os.sep)):
-            raise ModelLoadError(f"model folder {args.model} does not exist")
-    if size is not None:
-        hint = size_factor(args.model, args.family)
-        factor, why = hint or (MIN_SIZE_FACTOR, "every supported model needs at least that")
-        check_multiple(size[0], size[1], factor, why)
+    _check_sizes(args, [size])
     outputs = plan_outputs(args.out, len(prompts), args.method, size, args.seed)
     for path in outputs or ():
         from .output import check_writable
@@ -413,9 +448,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
             if not (cache_dir() / DEFAULT_MODEL_NAME / "model_index.json").is_file():
                 _note(quiet, f"building the embedded default model in {cache_dir() / DEFAULT_MODEL_NAME} (once)")
-        adapter = api.load(args.model, family=args.family, dtype=args.dtype, device=device, offload=args.offload)
-        if args.family is not None:
-            check_family_fits(adapter.pipe, args.family)
+        adapter = _load_model(args, device)
         if size is None:
             height, width = adapter.native_size
         else:
@@ -495,12 +528,162 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------------------------------ demo
+
+
+def _build_demo(sub) -> None:
+    from .toy.demo import COLUMNS, DEFAULT_PROMPT
+
+    p = sub.add_parser(
+        "demo", help="every method at native size and beyond, on one labelled comparison sheet",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=f"""\
+Generate a comparison sheet: one row per registered method, one column per size
+({', '.join(c[0] for c in COLUMNS)} of the model's native size), each cell labelled with what
+the composition analysis finds (number of prompted objects; does colour and shape match). The
+figures also go to a JSON file. On the embedded toy model the whole sheet takes a few minutes on
+2 CPU cores; 'direct' shows the seeds' failure (the object duplicated at larger sizes).""",
+        epilog="""\
+examples:
+  anysize demo                                    # anysize-demo.png + anysize-demo.json
+  anysize demo --prompt "a yellow star on a black background" --seed 3 --out star.png
+  anysize demo --methods direct --steps 10        # quicker
+""",
+    )
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of every cell (default: %(default)r)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every cell (default: 0)")
+    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--methods", nargs="+", metavar="NAME", default=None,
+                   help="only these methods (default: every registered method that supports the model)")
+    _add_model_options(p)
+    _add_runtime_options(p)
+    p.add_argument("--out", default="anysize-demo.png", help="the sheet (default: %(default)s)")
+    p.add_argument("--json", default=None, help="the metrics (default: the sheet's name with .json)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import methods
+    from .output import check_writable, save_json, save_png
+    from .toy.demo import render_sheet, run_demo
+
+    for m in args.methods or ():
+        check_choice("method", m, methods.names())
+    if args.steps is not None and args.steps <= 0:
+        raise InvalidArgumentError(f"--steps must be a positive integer, got {args.steps}")
+    device = _check_model_options(args)
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise OutputError(f"--out {out} must end in .png")
+    json_path = Path(args.json) if args.json else out.with_suffix(".json")
+    check_writable(out, args.force)
+    check_writable(json_path, args.force)
+    with _library_output(args.quiet):
+        adapter = _load_model(args, device)
+        result = run_demo(adapter, prompt=args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                          methods=args.methods, progress=not args.quiet)
+        sheet = render_sheet(result, title=f"{args.prompt!r}  seed {args.seed}  {result.config['steps']} steps")
+        save_png(sheet, out, {**result.config, "kind": "anysize demo sheet"}, force=args.force)
+        save_json(result.records(), json_path, force=args.force)
+    print(out)
+    print(json_path)
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------ eval
+
+
+def _build_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate methods: composition (object count, duplication, fidelity)",
+                       description="Evaluate methods on the toy world.")
+    evsub = p.add_subparsers(dest="eval_command", metavar="WHAT", title="evaluations")
+    c = evsub.add_parser(
+        "composition", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="how often a method keeps one object, duplicates it, or loses it, at a size",
+        description="""\
+Generate N toy-world prompts ("a red triangle on a blue background", ...) with each method at each
+size and count, by image analysis, the prompted objects in every image: the share with exactly one
+object, with several (duplication, the seeds' failure mode), with none, and with the prompted
+colour and shape. Prompt i is toy caption i (--prompt-seed), generated with seed S + i.""",
+        epilog="""\
+examples:
+  anysize eval composition --method direct --size 128x128 256x256 --n 64 --seed 0
+  anysize eval composition --method direct --size 256x128 --n 16 --out wide.json
+""",
+    )
+    c.add_argument("--method", nargs="+", default=["direct"], metavar="NAME", help="one or more methods")
+    c.add_argument("--size", nargs="+", default=None, metavar="WxH", help="one or more sizes (default: native)")
+    c.add_argument("--n", type=int, default=64, help="images per method and size (default: 64)")
+    c.add_argument("--seed", type=int, default=0, help="image i uses seed S + i (default: 0)")
+    c.add_argument("--prompt-seed", type=int, default=0, help="which toy captions (default: 0)")
+    c.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    c.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    c.add_argument("--batch", type=int, default=8, help="images per network call (default: 8)")
+    c.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set",
+                   help="a method option (repeatable)")
+    _add_model_options(c)
+    _add_runtime_options(c)
+    c.add_argument("--out", default=None,
+                   help="JSON results (default: anysize-eval-composition-<first method>-n<N>-s<S>.json)")
+    c.add_argument("--force", action="store_true", help="overwrite an existing file")
+    c.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    c.set_defaults(func=cmd_eval_composition)
+    p.set_defaults(func=lambda a: _error(f"choose an evaluation: composition (see '{PROG} eval --help')"))
+
+
+def cmd_eval_composition(args: argparse.Namespace) -> int:
+    from . import methods
+    from .eval.benchmark import composition_benchmark, format_table
+    from .output import check_writable, save_json
+
+    for m in args.method:
+        check_choice("method", m, methods.names())
+    options = parse_set(args.set)
+    for m in args.method:
+        methods.create(m, **options)
+    sizes = [parse_size(s) for s in args.size] if args.size else [None]
+    for v, name in ((args.n, "--n"), (args.batch, "--batch")):
+        if v <= 0:
+            raise InvalidArgumentError(f"{name} must be a positive integer, got {v}")
+    if args.steps is not None and args.steps <= 0:
+        raise InvalidArgumentError(f"--steps must be a positive integer, got {args.steps}")
+    device = _check_model_options(args)
+    _check_sizes(args, sizes)
+    out = Path(args.out or f"anysize-eval-composition-{args.method[0]}-n{args.n}-s{args.seed}.json")
+    if out.suffix.lower() != ".json":
+        raise OutputError(f"--out {out} must end in .json")
+    check_writable(out, args.force)
+    results = []
+    with _library_output(args.quiet):
+        adapter = _load_model(args, device)
+        for size in sizes:
+            if size is not None:
+                adapter.check_size(size[1], size[0])
+        for m in args.method:
+            for size in sizes:
+                w, h = size if size is not None else (None, None)
+                results.append(composition_benchmark(
+                    adapter, method=m, width=w, height=h, n=args.n, seed=args.seed, prompt_seed=args.prompt_seed,
+                    steps=args.steps, guidance=args.guidance, batch=args.batch, method_options=options,
+                    progress=not args.quiet,
+                ))
+        save_json({"results": results}, out, force=args.force)
+    print(format_table(results))
+    print(out)
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------ main
 
 #: subcommand name -> builder(subparsers) that adds its parser and sets ``func``
 COMMANDS: dict[str, Callable[[Any], None]] = {
     "generate": _build_generate,
     "methods": _build_methods,
+    "demo": _build_demo,
+    "eval": _build_eval,
 }
 
 

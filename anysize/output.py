@@ -26,7 +26,7 @@ from typing import Any
 
 from .errors import InvalidArgumentError, OutputError
 
-__all__ = ["PARAMETERS_KEY", "METADATA_KEY", "infotext", "save_png", "check_writable", "read_metadata", "read_parameters"]
+__all__ = ["PARAMETERS_KEY", "METADATA_KEY", "infotext", "save_png", "save_json", "check_writable", "read_metadata", "read_parameters"]
 
 PARAMETERS_KEY = "parameters"
 METADATA_KEY = "anysize"
@@ -233,6 +233,25 @@ def save_png(image, path: str | os.PathLike, config: dict, *, force: bool = Fals
         _unlink_quietly(tmp)
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:  # encoding errors, KeyboardInterrupt, ...: never leave the temporary file
+        _unlink_quietly(tmp)
+        raise
+    return path
+
+
+def save_json(payload: dict, path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write ``payload`` as indented UTF-8 JSON, with the same atomic, no-overwrite rules as :func:`save_png`."""
+    path = Path(path)
+    check_writable(path, force)
+    data = (json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _open_temp(path.parent, path.name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        _move_into_place(tmp, path, force)
+    except BaseException:
         _unlink_quietly(tmp)
         raise
     return path

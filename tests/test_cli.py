@@ -390,3 +390,113 @@ def test_default_model_unwritable_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("ANYSIZE_CACHE", str(tmp_path / "file" / "cache"))
     with pytest.raises(ModelLoadError, match="ANYSIZE_CACHE"):
         default_model_path()
+
+
+# ------------------------------------------------------------------------------------------ demo
+
+
+def test_demo_writes_sheet_and_metrics(capsys, model_dir, _workdir):
+    import json
+
+    from PIL import Image
+
+    from anysize.toy.demo import COLUMNS
+
+    rc, out, err = run(capsys, "demo", "--model", model_dir, "--steps", "2", "--seed", "4", "--out", "s.png", "-q")
+    assert rc == 0, err
+    assert out.split() == ["s.png", "s.json"]
+    records = json.loads((_workdir / "s.json").read_text())
+    assert records["config"]["seed"] == 4 and records["config"]["steps"] == 2
+    assert records["config"]["methods"] == sorted(METHODS)  # every registered method, automatically
+    cells = records["cells"]
+    assert [(c["method"], c["column"]) for c in cells] == [(m, c[0]) for m in sorted(METHODS) for c in COLUMNS]
+    sizes = {c["column"]: (c["width"], c["height"]) for c in cells}
+    assert sizes == {"native": (128, 128), "2x wide": (256, 128), "2x tall": (128, 256),
+                     "4x area": (256, 256), "16x area": (512, 512)}
+    for c in cells:
+        assert c["error"] is None and c["network_calls"] > 0
+        assert set(c["analysis"]) >= {"n_objects", "fidelity", "colour_match", "shape_match"}
+    sheet = Image.open(_workdir / "s.png")
+    # every cell at its true size side by side, plus labels
+    assert sheet.width > 128 + 256 + 128 + 256 + 512 and sheet.height > 512 * len(METHODS)
+    assert read_metadata(_workdir / "s.png")["kind"] == "anysize demo sheet"
+    # no silent overwrite, of the sheet or of the metrics
+    (_workdir / "s.png").unlink()
+    rc, out, err = run(capsys, "demo", "--model", model_dir, "--steps", "2", "--out", "s.png", "-q")
+    assert rc == 2 and "s.json already exists" in err and not (_workdir / "s.png").exists()
+
+
+def test_demo_rows_follow_the_registry(capsys, model_dir, _workdir, monkeypatch):
+    import json
+
+    monkeypatch.setitem(METHODS, _Boost.name, _Boost)
+    rc, out, err = run(capsys, "demo", "--model", model_dir, "--steps", "1", "-q",
+                       "--methods", "direct", "test-boost")
+    assert rc == 0, err
+    cells = json.loads((_workdir / "anysize-demo.json").read_text())["cells"]
+    assert sorted({c["method"] for c in cells}) == ["direct", "test-boost"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--methods", "nope"], "unknown method 'nope'; valid choices: direct"),
+    (["--steps", "0"], "--steps must be a positive integer"),
+    (["--out", "x.jpg"], "must end in .png"),
+    (["--dtype", "fp8"], "valid choices: bf16, fp16, fp32"),
+])
+def test_demo_bad_input(capsys, model_dir, _workdir, monkeypatch, args, message):
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("loaded"))
+    rc, out, err = run(capsys, "demo", "--model", model_dir, *args)
+    assert rc == 2 and out == "" and message in err and err.count("\n") == 1, err
+    assert files(_workdir) == []
+
+
+# ------------------------------------------------------------------------------------------ eval composition
+
+
+def test_eval_composition_table_and_json(capsys, model_dir, _workdir):
+    import json
+
+    from anysize.eval.benchmark import toy_prompts
+
+    rc, out, err = run(capsys, "eval", "composition", "--model", model_dir, "--method", "direct",
+                       "--size", "128x128", "256x128", "--n", "3", "--batch", "2", "--steps", "2", "--seed", "7", "-q")
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("| method | size | n | objects | one object | duplicated |")
+    assert lines[2].startswith("| direct | 128x128 | 3 |") and lines[3].startswith("| direct | 256x128 | 3 |")
+    assert lines[-1] == "anysize-eval-composition-direct-n3-s7.json"
+    results = json.loads((_workdir / lines[-1]).read_text())["results"]
+    assert [(r["config"]["width"], r["config"]["height"]) for r in results] == [(128, 128), (256, 128)]
+    for r in results:
+        assert [i["seed"] for i in r["images"]] == [7, 8, 9]
+        assert [i["prompt"] for i in r["images"]] == toy_prompts(3)
+        s = r["summary"]
+        assert s["n"] == 3 and 0 <= s["duplication_rate"] <= 1
+        # the rates are the per-image verdicts, counted
+        assert s["duplication_rate"] == pytest.approx(sum(i["n_objects"] > 1 for i in r["images"]) / 3)
+        # one network evaluation per image, step and guidance branch, whatever the batching
+        one = api.generate(api.load(str(model_dir)), "a cat", steps=2, progress=False).network_calls
+        assert r["summary"]["network_calls"] == 3 * one
+    rc, out, err = run(capsys, "eval", "composition", "--model", model_dir, "--n", "1", "--steps", "1",
+                       "--seed", "7", "--out", lines[-1], "-q")
+    assert rc == 2 and "already exists" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "nope"], "unknown method 'nope'"),
+    (["--n", "0"], "--n must be a positive integer"),
+    (["--batch", "0"], "--batch must be a positive integer"),
+    (["--size", "100x128"], "not a multiple of 8"),
+    (["--out", "r.txt"], "must end in .json"),
+    (["--set", "nope=1"], "has no option nope"),
+])
+def test_eval_composition_bad_input(capsys, model_dir, _workdir, monkeypatch, args, message):
+    monkeypatch.setattr(api, "generate", lambda *a, **k: pytest.fail("generated"))
+    rc, out, err = run(capsys, "eval", "composition", "--model", model_dir, *args)
+    assert rc == 2 and out == "" and message in err and err.count("\n") == 1, err
+    assert files(_workdir) == []
+
+
+def test_eval_needs_an_evaluation(capsys):
+    rc, out, err = run(capsys, "eval")
+    assert rc == 2 and "choose an evaluation: composition" in err

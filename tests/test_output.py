@@ -235,3 +235,15 @@ def test_metadata_is_plain_json(tmp_path):
     path = save_png(image(), tmp_path / "out.png", config())
     with Image.open(path) as im:
         assert json.loads(im.text["anysize"])["versions"]["diffusers"] == "0.42.1"
+
+
+def test_save_json_is_atomic_and_refuses_to_overwrite(tmp_path):
+    from anysize.output import save_json
+
+    path = save_json({"a": 1, "é": [1.5]}, tmp_path / "sub" / "m.json")
+    assert json.loads(path.read_text(encoding="utf-8")) == {"a": 1, "é": [1.5]}
+    with pytest.raises(OutputError, match="already exists"):
+        save_json({"a": 2}, path)
+    save_json({"a": 2}, path, force=True)
+    assert json.loads(path.read_text())["a"] == 2
+    assert sorted(p.name for p in path.parent.iterdir()) == ["m.json"]  # no temporary files left
