@@ -58,3 +58,35 @@ def test_trainer_options_parse():
     assert cfg.out == "x" and cfg.unet_steps == 7 and cfg.lr == 0.0005 and cfg.time_budget_s == 120 and not cfg.bf16
     smoke = parse_args(["--smoke"])
     assert smoke.unet_steps == SMOKE["unet_steps"] and smoke.unet_channels == SMOKE["unet_channels"]
+
+
+def test_continue_training_keeps_the_vae_and_records_the_parent(smoke_model, tmp_path):
+    out = tmp_path / "continued"
+    cfg = TrainConfig(**{**asdict(TrainConfig()), **SMOKE, "out": str(out), "threads": 1, "seed": 1,
+                         "init_from": str(smoke_model)})
+    train(cfg)
+    info = json.loads((out / "anysize_toy.json").read_text())
+    assert info["continued_from"]["unet_steps_done"] == SMOKE["unet_steps"]
+    assert '"stage": "vae"' not in (out / "train_log.jsonl").read_text()  # the VAE is not retrained
+    parent, child = anysize.load(smoke_model), anysize.load(out)
+    assert child.vae.config.scaling_factor == parent.vae.config.scaling_factor
+    for a, b in zip(parent.vae.parameters(), child.vae.parameters()):
+        assert torch.equal(a, b)
+    assert any(not torch.equal(a, b) for a, b in zip(parent.network.parameters(), child.network.parameters()))
+    assert parse_args(["--init-from", "x"]).init_from == "x"
+
+
+def test_loss_weightings():
+    from diffusers import DDPMScheduler
+
+    from anysize.toy.train import loss_weights
+
+    a = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").alphas_cumprod
+    assert torch.equal(loss_weights(a, "eps"), torch.ones(1000))
+    v = loss_weights(a, "v")
+    assert v.mean().item() == pytest.approx(1.0)
+    assert bool((v[1:] > v[:-1]).all())  # noisier steps weigh more
+    assert v[999] / v[0] == pytest.approx(a[0] / a[999])  # exactly the v-prediction loss's 1/alpha_bar
+    with pytest.raises(ValueError, match="valid choices: eps, v"):
+        loss_weights(a, "snr")
+    assert parse_args(["--loss-weighting", "v"]).loss_weighting == "v"

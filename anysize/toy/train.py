@@ -66,6 +66,10 @@ class TrainConfig:
     warmup: int = 200
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
+    # "eps": plain epsilon MSE, dominated by low-noise steps where the prompt hardly matters;
+    # "v": epsilon MSE weighted by 1/alpha_bar (= the v-prediction loss), which gives the high-noise
+    # steps, where colour, shape and layout are decided, their share (weights normalised to mean 1)
+    loss_weighting: str = "eps"
     unet_channels: tuple[int, ...] = (32, 64, 128, 128)
     unet_heads: tuple[int, ...] = (1, 2, 4, 4)  # head width 32 everywhere (SD 1.5: 8 heads of 40-160)
     bf16: bool = True  # bf16 autocast: ~2.5x faster on CPUs with AVX512-BF16/AMX and on GPUs
@@ -77,6 +81,8 @@ class TrainConfig:
     save_fp16: bool = True  # ship half-precision weights (about 20 MB); they load as fp32 by default
     default_steps: int = 20  # written to anysize.json: the sampling defaults of the trained model
     default_guidance: float = 5.0
+    # continue from a pipeline this script saved: its VAE (not retrained), text encoder and U-Net
+    init_from: str | None = None
 
 
 SMOKE = dict(vae_steps=3, vae_batch=2, dataset_size=8, unet_steps=3, batch=4, warmup=1, log_every=1,
@@ -121,6 +127,21 @@ def build_models(cfg: TrainConfig, tokenizer) -> dict:
         flip_sin_to_cos=True, freq_shift=0, act_fn="silu",
     )
     return {"text_encoder": text_encoder, "vae": vae, "unet": unet}
+
+
+def load_models(folder: str | Path) -> dict:
+    """The trainable components of a pipeline saved by this script, in float32, to train further."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    folder = Path(folder)
+    if not (folder / "model_index.json").is_file():
+        raise SystemExit(f"--init-from {folder}: not a pipeline folder saved by this script")
+    return {
+        "text_encoder": CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.float32),
+        "vae": AutoencoderKL.from_pretrained(folder / "vae", torch_dtype=torch.float32),
+        "unet": UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.float32),
+    }
 
 
 def build_scheduler():
@@ -218,6 +239,19 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             e.lerp_(p, 1 - decay)
 
 
+LOSS_WEIGHTINGS = ("eps", "v")
+
+
+def loss_weights(alphas_cumprod: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-timestep weights of the epsilon MSE, normalised to mean 1 over the timesteps."""
+    if kind == "eps":
+        return torch.ones_like(alphas_cumprod)
+    if kind == "v":
+        w = 1.0 / alphas_cumprod
+        return w / w.mean()
+    raise ValueError(f"unknown loss weighting {kind!r}; valid choices: {', '.join(LOSS_WEIGHTINGS)}")
+
+
 def train_unet(unet, text_encoder, tokenizer, data, scaling: float, cfg: TrainConfig, log: _Log,
                save=None, deadline: float | None = None):
     from diffusers import DDPMScheduler
@@ -226,6 +260,7 @@ def train_unet(unet, text_encoder, tokenizer, data, scaling: float, cfg: TrainCo
     noise_sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                 beta_schedule="scaled_linear")
     alphas = noise_sched.alphas_cumprod
+    weights = loss_weights(alphas, cfg.loss_weighting)
     ids = tokenizer(captions, padding="max_length", max_length=TOKEN_LENGTH, truncation=True,
                     return_tensors="pt").input_ids
     empty = tokenizer([""], padding="max_length", max_length=TOKEN_LENGTH, return_tensors="pt").input_ids
@@ -252,7 +287,8 @@ def train_unet(unet, text_encoder, tokenizer, data, scaling: float, cfg: TrainCo
         with _autocast(cfg):
             cond = text_encoder(tok)[0]
             pred = unet(zt, t, encoder_hidden_states=cond).sample
-        loss = F.mse_loss(pred.float(), noise)
+        per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean((1, 2, 3))
+        loss = (weights[t.cpu()].to(per_sample.device) * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -320,20 +356,28 @@ def train(cfg: TrainConfig) -> Path:
     log(stage="start", config=asdict(cfg), torch=torch.__version__)
 
     tokenizer = build_tokenizer()
-    models = {k: m.to(cfg.device) for k, m in build_models(cfg, tokenizer).items()}
+    built = build_models(cfg, tokenizer) if cfg.init_from is None else load_models(cfg.init_from)
+    models = {k: m.to(cfg.device) for k, m in built.items()}
     vae, unet, text_encoder = models["vae"], models["unet"], models["text_encoder"]
-    log(stage="models", params={k: sum(p.numel() for p in m.parameters()) for k, m in models.items()})
+    log(stage="models", params={k: sum(p.numel() for p in m.parameters()) for k, m in models.items()},
+        init_from=cfg.init_from)
 
-    train_vae(vae, cfg, log)
-    vae.requires_grad_(False)
+    if cfg.init_from is None:
+        train_vae(vae, cfg, log)
+    vae.eval().requires_grad_(False)
     data = encode_dataset(vae, cfg)
     latent_std = data[0].std().item()
-    scaling = 1.0 / latent_std
-    vae.register_to_config(scaling_factor=scaling)
+    if cfg.init_from is None:
+        vae.register_to_config(scaling_factor=1.0 / latent_std)
+    scaling = vae.config.scaling_factor  # a continued run keeps the scale its U-Net was trained with
     log(stage="latents", n=len(data[2]), std=round(latent_std, 5), scaling_factor=round(scaling, 5))
 
+    previous = {}
+    if cfg.init_from is not None and (Path(cfg.init_from) / "anysize_toy.json").is_file():
+        previous = json.loads((Path(cfg.init_from) / "anysize_toy.json").read_text())
+
     def info(steps_done: int) -> dict:
-        return {"recipe": asdict(cfg), "unet_steps_done": steps_done,
+        return {"recipe": asdict(cfg), "unet_steps_done": steps_done, "continued_from": previous or None,
                 "train_seconds": round(time.perf_counter() - t_start, 1),
                 "threads": cfg.threads, "device": cfg.device, "torch": torch.__version__}
 
@@ -362,6 +406,9 @@ def parse_args(argv=None) -> TrainConfig:
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(defaults, f))
     for f in ("vae_lr", "lr", "ema_decay", "caption_dropout"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=float, default=getattr(defaults, f))
+    ap.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=defaults.loss_weighting,
+                    help="eps: plain epsilon MSE; v: weighted by 1/alpha_bar like the v-prediction loss "
+                    "(more weight on the high-noise steps that decide layout and colour) (default: %(default)s)")
     ap.add_argument("--unet-channels", type=int, nargs=4, default=list(defaults.unet_channels))
     ap.add_argument("--unet-heads", type=int, nargs=4, default=list(defaults.unet_heads))
     ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 (slower)")
@@ -370,6 +417,9 @@ def parse_args(argv=None) -> TrainConfig:
     ap.add_argument("--default-guidance", type=float, default=defaults.default_guidance)
     ap.add_argument("--time-budget-min", type=float, default=None,
                     help="stop the U-Net stage when the whole run reaches this many minutes")
+    ap.add_argument("--init-from", metavar="DIR", default=None,
+                    help="continue training a pipeline this script saved (its VAE is kept as it is; use another "
+                    "--seed for fresh batches and images)")
     ap.add_argument("--smoke", action="store_true", help="a few steps of everything, tiny widths (seconds)")
     a = ap.parse_args(argv)
     values = {k: v for k, v in vars(a).items() if k not in ("smoke", "time_budget_min")}
