@@ -26,9 +26,6 @@ from .models.base import Conditioning, as_list
 from .sampling import StepCallback, make_generators
 from .schedulers import make_scheduler, scheduler_name
 
-DEFAULT_MODEL = None  # the embedded toy model; set once it ships (see anysize.toy)
-
-
 def load(model: str | os.PathLike | None = None, **kwargs) -> ModelAdapter:
     """Load a pipeline (hub id or local folder) into its family adapter. See :func:`anysize.models.load`."""
     if model is None:

@@ -6,7 +6,6 @@ A tiny random-weight SD 1.x pipeline saved to a folder is loaded through the rea
 
 import dataclasses
 import os
-import shutil
 import subprocess
 import sys
 
@@ -31,11 +30,10 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _workdir(tmp_path, monkeypatch):
-    """Run every test in its own empty directory, with its own anysize cache."""
+    """Run every test in its own empty directory."""
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
-    monkeypatch.setenv("ANYSIZE_CACHE", str(tmp_path / "cache"))
     return work
 
 
@@ -110,17 +108,19 @@ def test_several_prompts_default_directory(capsys, model_dir, _workdir):
     assert files(_workdir) == ["anysize-out", "anysize-out/000-s0.png", "anysize-out/001-s1.png"]
 
 
-def test_default_model_size_and_name(capsys, model_dir, _workdir, tmp_path):
-    """No --model, --size, --out: the embedded default model at its native size, default file name."""
-    from anysize.defaults import DEFAULT_MODEL_NAME
+def test_default_model_size_and_name(capsys, model_dir, _workdir):
+    """No --model, --size, --out: the shipped toy model at its native size, default file name."""
+    from anysize.defaults import SHIPPED_MODEL
 
-    shutil.copytree(model_dir, tmp_path / "cache" / DEFAULT_MODEL_NAME)  # as if built before (saves a build)
-    rc, out, err = run(capsys, "generate", "a cat", "--steps", "2", "--seed", "5", "--quiet")
+    rc, out, err = run(capsys, "generate", "a red circle on a white background", "--steps", "2", "--seed", "5", "-q")
     assert rc == 0, err
     assert out.strip() == "anysize-direct-128x128-s5.png"
     meta = read_metadata(_workdir / out.strip())
-    assert meta["model"] == str(tmp_path / "cache" / DEFAULT_MODEL_NAME)
+    assert meta["model"] == str(SHIPPED_MODEL)
     assert (meta["width"], meta["height"]) == (128, 128)
+    # the toy VAE's factor (4) is known before loading
+    rc, out, err = run(capsys, "generate", "a cat", "--size", "130x128", "-q")
+    assert rc == 2 and "width 130 is not a multiple of 4 (this model's pixel factor); use 128 or 132" in err
     # an existing directory as --out gets the default name inside
     (_workdir / "d").mkdir()
     rc, out, err = gen(capsys, model_dir, "a cat", "--out", "d")
@@ -320,7 +320,7 @@ def test_ctrl_c_while_saving_leaves_no_partial_file(capsys, model_dir, _workdir,
 
 
 def test_python_dash_m_entry_point(model_dir, tmp_path):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", ANYSIZE_CACHE=str(tmp_path / "cache"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "anysize", "generate", "a cat", "--model", str(model_dir), *FAST, "--out", "cat.png"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -339,57 +339,13 @@ def test_python_dash_m_entry_point(model_dir, tmp_path):
 # ------------------------------------------------------------------------------------------ default model
 
 
-def test_default_model_path_builds_once(tmp_path, monkeypatch):
-    import anysize.testing
-    from anysize.defaults import DEFAULT_MODEL_NAME, default_model_path
+def test_default_model_missing_is_a_clear_error(capsys, tmp_path, monkeypatch, _workdir):
+    import anysize.defaults
 
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("ANYSIZE_CACHE", str(cache))
-    builds = []
-    real = anysize.testing.save_tiny_pipeline
-
-    def counting(family, path, **kw):
-        builds.append(family)
-        return real(family, path, **kw)
-
-    monkeypatch.setattr(anysize.testing, "save_tiny_pipeline", counting)
-    path = default_model_path()
-    assert path == cache / DEFAULT_MODEL_NAME and (path / "model_index.json").is_file()
-    assert default_model_path() == path
-    assert builds == ["sd1"]
-    assert [p.name for p in cache.iterdir()] == [DEFAULT_MODEL_NAME]  # no temporary folder left
-    adapter = anysize.load(None)
-    assert adapter.family == "sd1" and adapter.source == str(path)
-    assert adapter.native_size == (128, 128)
-
-
-def test_default_model_concurrent_builder_wins(tmp_path, monkeypatch, model_dir):
-    """If another process finishes the build first, its folder is used and ours is discarded."""
-    import anysize.testing
-    from anysize.defaults import DEFAULT_MODEL_NAME, default_model_path
-
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("ANYSIZE_CACHE", str(cache))
-
-    def other_process_wins(family, path, **kw):
-        (path / "partial").write_text("ours, unfinished")
-        shutil.copytree(model_dir, cache / DEFAULT_MODEL_NAME)
-        return path
-
-    monkeypatch.setattr(anysize.testing, "save_tiny_pipeline", other_process_wins)
-    path = default_model_path()
-    assert (path / "model_index.json").is_file() and not (path / "partial").exists()
-    assert [p.name for p in cache.iterdir()] == [DEFAULT_MODEL_NAME]
-
-
-def test_default_model_unwritable_cache(tmp_path, monkeypatch):
-    from anysize.defaults import default_model_path
-    from anysize.errors import ModelLoadError
-
-    (tmp_path / "file").write_text("x")
-    monkeypatch.setenv("ANYSIZE_CACHE", str(tmp_path / "file" / "cache"))
-    with pytest.raises(ModelLoadError, match="ANYSIZE_CACHE"):
-        default_model_path()
+    monkeypatch.setattr(anysize.defaults, "SHIPPED_MODEL", tmp_path / "gone")
+    rc, out, err = run(capsys, "generate", "a cat", "-q")
+    assert rc == 2 and "the embedded default model is missing" in err and "--model" in err
+    assert files(_workdir) == []
 
 
 # ------------------------------------------------------------------------------------------ demo

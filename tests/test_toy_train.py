@@ -38,7 +38,7 @@ def test_smoke_run_writes_a_loadable_sd15_structured_pipeline(smoke_model):
     adapter = anysize.load(smoke_model)
     unet = adapter.network
     assert adapter.dtype == torch.float32  # half-precision files load as fp32 unless asked
-    assert (adapter.default_steps, adapter.default_guidance) == (20, 5.0)  # from anysize.json
+    assert (adapter.default_steps, adapter.default_guidance) == (20, 7.5)  # from anysize.json
     assert adapter.family == "sd1"
     assert tuple(unet.config.down_block_types) == SD15_DOWN and tuple(unet.config.up_block_types) == SD15_UP
     assert unet.config.layers_per_block == 2 and unet.config.mid_block_type == "UNetMidBlock2DCrossAttn"

@@ -111,8 +111,15 @@ def _cell_caption(cell: DemoCell) -> str:
     if cell.error is not None:
         return "n/a"
     a = cell.analysis
-    n = a.get("n_objects", 0)
-    verdict = "ok" if a.get("fidelity") else ("duplicated" if n > 1 else ("missing" if n == 0 else "wrong"))
+    n, others = a.get("n_objects", 0), a.get("n_other_objects", 0)
+    if a.get("fidelity"):
+        verdict = "ok"
+    elif n > 1:
+        verdict = "duplicated"
+    elif n == 0:
+        verdict = f"wrong colour ({others} other)" if others else "missing"
+    else:
+        verdict = "wrong shape"
     return f"{n} object{'s' if n != 1 else ''} - {verdict}, {cell.seconds:.0f}s"
 
 

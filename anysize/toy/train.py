@@ -80,7 +80,7 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop stage 2 early when the whole run reaches this
     save_fp16: bool = True  # ship half-precision weights (about 20 MB); they load as fp32 by default
     default_steps: int = 20  # written to anysize.json: the sampling defaults of the trained model
-    default_guidance: float = 5.0
+    default_guidance: float = 7.5
     # continue from a pipeline this script saved: its VAE (not retrained), text encoder and U-Net
     init_from: str | None = None
 
