@@ -352,7 +352,7 @@ def _build_generate(sub) -> None:
     from . import methods
     from .schedulers import SCHEDULERS, scheduler_names
 
-    description = f"""\
+    description = """\
 Generate one PNG per prompt at any size, with a registered method.
 
 Sizes are WIDTHxHEIGHT in pixels and must be multiples of the model's pixel factor: 8 for

@@ -22,7 +22,7 @@ import json
 import os
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import InvalidArgumentError, OutputError
 
@@ -216,13 +216,19 @@ def save_png(image, path: str | os.PathLike, config: dict, *, force: bool = Fals
     except OSError as e:
         raise OutputError(f"cannot create directory {directory} for {path}: {e.strerror or e}") from None
     info = _pnginfo(config)
+    _write_atomically(path, directory, lambda f: image.save(f, format="PNG", pnginfo=info), force)
+    return path
+
+
+def _write_atomically(path: Path, directory: Path, write: Callable[[Any], None], force: bool) -> None:
+    """``write(file)`` into a temporary file beside ``path``, fsync, then move it into place."""
     try:
         fd, tmp = _open_temp(directory, path.name)
     except OSError as e:
         raise OutputError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         _move_into_place(tmp, path, force)
@@ -235,7 +241,6 @@ def save_png(image, path: str | os.PathLike, config: dict, *, force: bool = Fals
     except BaseException:  # encoding errors, KeyboardInterrupt, ...: never leave the temporary file
         _unlink_quietly(tmp)
         raise
-    return path
 
 
 def save_json(payload: dict, path: str | os.PathLike, *, force: bool = False) -> Path:
@@ -243,17 +248,11 @@ def save_json(payload: dict, path: str | os.PathLike, *, force: bool = False) ->
     path = Path(path)
     check_writable(path, force)
     data = (json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _open_temp(path.parent, path.name)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        _move_into_place(tmp, path, force)
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create directory {path.parent} for {path}: {e.strerror or e}") from None
+    _write_atomically(path, path.parent, lambda f: f.write(data), force)
     return path
 
 

@@ -393,19 +393,6 @@ def test_demo_rows_follow_the_registry(capsys, model_dir, _workdir, monkeypatch)
     assert sorted({c["method"] for c in cells}) == ["direct", "test-boost"]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--methods", "nope"], "unknown method 'nope'; valid choices: direct"),
-    (["--steps", "0"], "--steps must be a positive integer"),
-    (["--out", "x.jpg"], "must end in .png"),
-    (["--dtype", "fp8"], "valid choices: bf16, fp16, fp32"),
-])
-def test_demo_bad_input(capsys, model_dir, _workdir, monkeypatch, args, message):
-    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("loaded"))
-    rc, out, err = run(capsys, "demo", "--model", model_dir, *args)
-    assert rc == 2 and out == "" and message in err and err.count("\n") == 1, err
-    assert files(_workdir) == []
-
-
 # ------------------------------------------------------------------------------------------ eval composition
 
 
@@ -438,17 +425,24 @@ def test_eval_composition_table_and_json(capsys, model_dir, _workdir):
     assert rc == 2 and "already exists" in err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--method", "nope"], "unknown method 'nope'"),
-    (["--n", "0"], "--n must be a positive integer"),
-    (["--batch", "0"], "--batch must be a positive integer"),
-    (["--size", "100x128"], "not a multiple of 8"),
-    (["--out", "r.txt"], "must end in .json"),
-    (["--set", "nope=1"], "has no option nope"),
-])
-def test_eval_composition_bad_input(capsys, model_dir, _workdir, monkeypatch, args, message):
-    monkeypatch.setattr(api, "generate", lambda *a, **k: pytest.fail("generated"))
-    rc, out, err = run(capsys, "eval", "composition", "--model", model_dir, *args)
+TOY_COMMANDS_BAD = [  # all fail before the model is loaded
+    (["demo", "--methods", "nope"], "unknown method 'nope'; valid choices: direct"),
+    (["demo", "--steps", "0"], "--steps must be a positive integer"),
+    (["demo", "--out", "x.jpg"], "must end in .png"),
+    (["demo", "--dtype", "fp8"], "valid choices: bf16, fp16, fp32"),
+    (["eval", "composition", "--method", "nope"], "unknown method 'nope'"),
+    (["eval", "composition", "--n", "0"], "--n must be a positive integer"),
+    (["eval", "composition", "--batch", "0"], "--batch must be a positive integer"),
+    (["eval", "composition", "--size", "100x128"], "not a multiple of 8"),
+    (["eval", "composition", "--out", "r.txt"], "must end in .json"),
+    (["eval", "composition", "--set", "nope=1"], "has no option nope"),
+]
+
+
+@pytest.mark.parametrize("args, message", TOY_COMMANDS_BAD, ids=[" ".join(a) for a, _ in TOY_COMMANDS_BAD])
+def test_demo_and_eval_bad_input(capsys, model_dir, _workdir, monkeypatch, args, message):
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("loaded"))
+    rc, out, err = run(capsys, *args, "--model", model_dir)
     assert rc == 2 and out == "" and message in err and err.count("\n") == 1, err
     assert files(_workdir) == []
 

@@ -465,7 +465,11 @@ def _peak_growths(*modes: str) -> list[dict]:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB is Linux-specific")
 def test_tiled_decode_peak_memory_is_lower():
     """4x192x192 latent -> 1536^2 image; peak RSS growth during the decode, a fresh process each."""
-    untiled, tiled = _peak_growths("untiled", "fast")
+    for _ in range(3):  # ru_maxrss is a high-water mark: a run whose decode did not raise it measured nothing
+        untiled, tiled = _peak_growths("untiled", "fast")
+        if untiled["growth_kb"] > 0:
+            break
+    assert untiled["growth_kb"] > 0, "the untiled decode never raised the process's peak RSS"
     assert untiled["shape"] == tiled["shape"] == [1, 3, 1536, 1536]
     ratio = tiled["growth_kb"] / untiled["growth_kb"]
     # measured: untiled ~590 MB; tiled (tile 48, 4x4 tiles) 200-225 MB, of which 28 MB is the

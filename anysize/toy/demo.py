@@ -8,7 +8,6 @@ figures go under the image and into a JSON file next to the sheet.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
