@@ -428,7 +428,7 @@ def test_invalid_arguments():
 
 _MEM_SCRIPT = textwrap.dedent(
     """
-    import json, resource, sys, time, torch
+    import json, sys, time, torch
     torch.set_num_threads(1)
     from diffusers import AutoencoderKL
     from anysize.tiling import tiled_decode
@@ -438,19 +438,28 @@ _MEM_SCRIPT = textwrap.dedent(
                         block_out_channels=(8, 16, 16, 16), layers_per_block=1, latent_channels=4,
                         norm_num_groups=8, mid_block_add_attention=False).eval()
     z = torch.randn(1, 4, 192, 192)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def status_kb(key):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(key + ":"))
+
+    # ru_maxrss survives exec: it starts at the pytest parent's size, which may exceed the decode's peak.
+    # So reset this process's own high-water mark (VmHWM) and measure from the current RSS instead.
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = status_kb("VmRSS")
     t = time.perf_counter()
     with torch.no_grad():
         out = vae.decode(z).sample if mode == "untiled" else tiled_decode(vae, z, tile=48, halo=11, stats=mode)
     seconds = time.perf_counter() - t
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    after = status_kb("VmHWM")
     print(json.dumps({"growth_kb": after - before, "seconds": seconds, "shape": list(out.shape)}))
     """
 )
 
 
 def _peak_growths(*modes: str) -> list[dict]:
-    """Run one fresh single-threaded process per mode, concurrently (ru_maxrss is per process)."""
+    """Run one fresh single-threaded process per mode, concurrently (peak RSS is per process)."""
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     procs = [subprocess.Popen([sys.executable, "-c", _MEM_SCRIPT, m], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for m in modes]
@@ -462,16 +471,13 @@ def _peak_growths(*modes: str) -> list[dict]:
     return results
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB is Linux-specific")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/self/status and clear_refs are Linux-specific")
 def test_tiled_decode_peak_memory_is_lower():
     """4x192x192 latent -> 1536^2 image; peak RSS growth during the decode, a fresh process each."""
-    for _ in range(3):  # ru_maxrss is a high-water mark: a run whose decode did not raise it measured nothing
-        untiled, tiled = _peak_growths("untiled", "fast")
-        if untiled["growth_kb"] > 0:
-            break
-    assert untiled["growth_kb"] > 0, "the untiled decode never raised the process's peak RSS"
+    untiled, tiled = _peak_growths("untiled", "fast")
     assert untiled["shape"] == tiled["shape"] == [1, 3, 1536, 1536]
     ratio = tiled["growth_kb"] / untiled["growth_kb"]
-    # measured: untiled ~590 MB; tiled (tile 48, 4x4 tiles) 200-225 MB, of which 28 MB is the
-    # output and the rest one tile's activations (~100 MB) plus glibc heap fragmentation -> ~0.36
-    assert ratio < 0.6, (tiled, untiled)
+    # measured (growth of this process's own peak over its RSS before the decode): untiled ~600 MB;
+    # tiled (tile 48, 4x4 tiles, fast statistics) ~300 MB, of which 28 MB is the output and the rest
+    # one tile's activations, the statistics pass and glibc heap fragmentation -> 0.49-0.58
+    assert ratio < 0.7, (tiled, untiled)
