@@ -52,7 +52,7 @@ class TrainConfig:
     out: str = "toy-model"
     seed: int = 0
     threads: int = 2
-    device: str = "cpu"  # "cuda" trains in minutes on a GPU
+    device: str = "cpu"  # or "cuda"
     # stage 1: VAE
     vae_steps: int = 600
     vae_batch: int = 16
