@@ -34,10 +34,10 @@ def composition_benchmark(
     batch: int = 8,
     method_options: dict[str, Any] | None = None,
     progress: bool = True,
-    keep_images: bool = False,
 ) -> dict:
-    """Run the benchmark; returns a JSON-ready dict: config, summary, per-image analyses (and images
-    under ``"images"`` when ``keep_images``)."""
+    """Run the benchmark; returns a JSON-ready dict: config, summary and per-image analyses."""
+    from tqdm.auto import tqdm
+
     from .. import api
 
     if n < 1 or batch < 1:
@@ -45,10 +45,8 @@ def composition_benchmark(
     nh, nw = adapter.native_size
     width, height = width or nw, height or nh
     prompts = toy_prompts(n, prompt_seed)
-    analyses, images, calls = [], [], 0
+    analyses, calls = [], 0
     t0 = time.perf_counter()
-    from tqdm.auto import tqdm
-
     with tqdm(total=n, desc=f"{method} {width}x{height}", disable=not progress, unit="img") as bar:
         for start in range(0, n, batch):
             chunk = prompts[start:start + batch]
@@ -59,11 +57,9 @@ def composition_benchmark(
             calls += result.network_calls
             for image, prompt in zip(result.images, chunk):
                 analyses.append(analyse(image, prompt, native_size=nh))
-                if keep_images:
-                    images.append(image)
             bar.update(len(chunk))
     seconds = time.perf_counter() - t0
-    out = {
+    return {
         "config": {
             "method": method, "method_options": method_options or {}, "width": width, "height": height, "n": n,
             "seed": seed, "prompt_seed": prompt_seed, "steps": steps or adapter.default_steps,
@@ -74,9 +70,6 @@ def composition_benchmark(
                     "network_calls": calls},
         "images": [dict(prompt=p, seed=seed + i, **a.to_dict()) for i, (p, a) in enumerate(zip(prompts, analyses))],
     }
-    if keep_images:
-        out["pil_images"] = images
-    return out
 
 
 SUMMARY_COLUMNS = (
