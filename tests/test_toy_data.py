@@ -84,3 +84,16 @@ def test_bad_input():
         shape_mask("hexagon", 8, 8)
     with pytest.raises(IndexError):
         ToyDataset(length=3)[3]
+
+
+def test_object_size_and_centring_are_parameters_with_checked_ranges():
+    for i in range(40):
+        _, spec = make_sample(6, i, size=16, size_range=(0.5, 0.7), centre_jitter=0.02)
+        assert 0.5 <= spec.side <= 0.7
+        assert all(abs(c - 0.5) <= 0.02 + 1e-9 for c in spec.centre)
+    # the defaults are the documented toy world
+    assert make_sample(6, 3)[1] == make_sample(6, 3, size_range=SIZE_RANGE)[1]
+    for bad in [dict(size_range=(0.7, 0.5)), dict(size_range=(0.0, 0.5)), dict(size_range=(0.5, 1.2)),
+                dict(centre_jitter=0.5), dict(centre_jitter=-0.1)]:
+        with pytest.raises(InvalidArgumentError, match="object size range"):
+            make_sample(0, 0, size=16, **bad)

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import anysize
+from anysize.errors import InvalidArgumentError
 from anysize.toy.train import NATIVE_LATENT, SMOKE, TrainConfig, parse_args, train
 
 SD15_DOWN = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
@@ -90,3 +91,34 @@ def test_loss_weightings():
     with pytest.raises(ValueError, match="valid choices: eps, v"):
         loss_weights(a, "snr")
     assert parse_args(["--loss-weighting", "v"]).loss_weighting == "v"
+
+
+def test_image_workers_draw_the_same_batches_in_the_same_order():
+    from anysize.toy.train import _ImageSource
+
+    jobs = [(0, 3), (3, 2), (40, 4)]
+    cfg = TrainConfig(object_size=(0.4, 0.5), centre_jitter=0.03)
+    inline = _ImageSource(cfg)
+    pooled = _ImageSource(TrainConfig(**{**asdict(cfg), "workers": 2}))
+    try:
+        for (xa, ca), (xb, cb) in zip(inline.batches(5, jobs), pooled.batches(5, jobs), strict=True):
+            assert ca == cb and torch.equal(xa, xb)
+            assert xa.dtype == torch.float32 and -1 <= xa.min() and xa.max() <= 1
+    finally:
+        pooled.close()
+    with pytest.raises(InvalidArgumentError, match="object size range"):
+        _ImageSource(TrainConfig(object_size=(0.6, 0.3)))
+    cfg = parse_args(["--workers", "3", "--object-size", "0.4", "0.7", "--centre-jitter", "0.05"])
+    assert cfg.workers == 3 and cfg.object_size == (0.4, 0.7) and cfg.centre_jitter == 0.05
+
+
+def test_learning_rate_follows_steps_or_time_whichever_is_further():
+    from anysize.toy.train import _lr_at
+
+    assert _lr_at(0, 1.0, 10, 100) == pytest.approx(0.1)  # warm-up
+    assert _lr_at(10, 1.0, 10, 100) == pytest.approx(1.0)  # cosine from the top ...
+    assert _lr_at(99, 1.0, 10, 100) == pytest.approx(0.1, abs=1e-3)  # ... to 10 %
+    # a time budget that is 90 % spent at step 20 of 100 puts the schedule near its end
+    assert _lr_at(20, 1.0, 10, 100, time_progress=0.9) == pytest.approx(_lr_at(91, 1.0, 10, 100), rel=1e-6)
+    assert _lr_at(20, 1.0, 10, 100, time_progress=2.0) == pytest.approx(0.1)  # never below the floor
+    assert _lr_at(50, 1.0, 10, 100, time_progress=0.1) == _lr_at(50, 1.0, 10, 100)  # steps lead

@@ -93,8 +93,15 @@ def parse_caption(text: str) -> tuple[str | None, str | None]:
     return colour, shape
 
 
-def sample_spec(rng: np.random.Generator) -> ToySpec:
-    """Draw one image's spec: uniform colour and shape, size in SIZE_RANGE, centre jittered."""
+def sample_spec(rng: np.random.Generator, size_range: tuple[float, float] = SIZE_RANGE,
+                centre_jitter: float = CENTRE_JITTER) -> ToySpec:
+    """Draw one image's spec: uniform colour and shape, side uniform in ``size_range``, centre
+    jittered by up to ``centre_jitter`` (fractions of the image side)."""
+    lo_side, hi_side = size_range
+    if not 0 < lo_side <= hi_side <= 1 or not 0 <= centre_jitter < 0.5:
+        raise InvalidArgumentError(
+            f"object size range {size_range} must lie in (0, 1] (low <= high) and centre jitter "
+            f"{centre_jitter} in [0, 0.5)")
     colour = OBJECT_COLOURS[rng.integers(len(OBJECT_COLOURS))]
     shape = SHAPES[rng.integers(len(SHAPES))]
     bg_choices = [c for c in BACKGROUND_COLOURS if c != colour]
@@ -105,10 +112,10 @@ def sample_spec(rng: np.random.Generator) -> ToySpec:
     else:
         background = (bg_choices[rng.integers(len(bg_choices))],)
         split = None
-    side = float(rng.uniform(*SIZE_RANGE))
+    side = float(rng.uniform(lo_side, hi_side))
     # jitter the centre, but keep the whole object inside the image
     lo, hi = side / 2, 1 - side / 2
-    centre = tuple(float(np.clip(0.5 + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER), lo, hi)) for _ in range(2))
+    centre = tuple(float(np.clip(0.5 + rng.uniform(-centre_jitter, centre_jitter), lo, hi)) for _ in range(2))
     return ToySpec(colour, shape, background, split, centre, side)
 
 
@@ -177,9 +184,10 @@ def render(spec: ToySpec, size: int = NATIVE_SIZE) -> np.ndarray:
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
 
 
-def make_sample(seed: int, index: int, size: int = NATIVE_SIZE) -> tuple[np.ndarray, ToySpec]:
+def make_sample(seed: int, index: int, size: int = NATIVE_SIZE, size_range: tuple[float, float] = SIZE_RANGE,
+                centre_jitter: float = CENTRE_JITTER) -> tuple[np.ndarray, ToySpec]:
     """Image ``index`` of the dataset with ``seed``: (uint8 HxWx3 image, its spec)."""
-    spec = sample_spec(np.random.default_rng([int(seed), int(index)]))
+    spec = sample_spec(np.random.default_rng([int(seed), int(index)]), size_range, centre_jitter)
     return render(spec, size), spec
 
 

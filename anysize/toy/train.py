@@ -14,11 +14,14 @@ The result is a complete diffusers ``StableDiffusionPipeline`` folder (safetenso
 Two stages, both on procedurally generated data (:mod:`anysize.toy.data`):
 
 1. the VAE, on images (L1 + a small KL term);
-2. the text encoder and U-Net on latents of a fixed set of images encoded once (epsilon loss, 10 %
-   empty captions for classifier-free guidance, an EMA of the U-Net and text-encoder weights).
+2. the text encoder and U-Net on latents of a fixed set of images encoded once (epsilon prediction
+   with the v-prediction loss's 1/alpha_bar weighting, 10 % empty captions for classifier-free
+   guidance, an EMA of the U-Net and text-encoder weights).
 
-Everything is seeded; the run is deterministic for a given thread count. ``--smoke`` trains a few
-steps of each stage in seconds (used by the tests).
+Everything is seeded; the run is deterministic for a given device and thread count (unless
+``--time-budget-min`` cuts it, which ties the learning-rate schedule to wall time). ``--workers N``
+draws the images in N processes (the same images). ``--smoke`` trains a few steps of each stage in
+seconds (used by the tests).
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from ..models import MODEL_DEFAULTS_FILE
-from .data import NATIVE_SIZE, make_sample
+from .data import CENTRE_JITTER, NATIVE_SIZE, SIZE_RANGE, make_sample
 
 #: latent factor of the toy VAE and its native latent side
 VAE_FACTOR = 4
@@ -53,6 +56,10 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     device: str = "cpu"  # or "cuda"
+    workers: int = 0  # processes drawing the procedural images (0: in the training process)
+    # the toy world: object side range and centre jitter (fractions of the image side)
+    object_size: tuple[float, float] = SIZE_RANGE
+    centre_jitter: float = CENTRE_JITTER
     # stage 1: VAE
     vae_steps: int = 600
     vae_batch: int = 16
@@ -69,7 +76,7 @@ class TrainConfig:
     # "eps": plain epsilon MSE, dominated by low-noise steps where the prompt hardly matters;
     # "v": epsilon MSE weighted by 1/alpha_bar (= the v-prediction loss), which gives the high-noise
     # steps, where colour, shape and layout are decided, their share (weights normalised to mean 1)
-    loss_weighting: str = "eps"
+    loss_weighting: str = "v"
     unet_channels: tuple[int, ...] = (32, 64, 128, 128)
     unet_heads: tuple[int, ...] = (1, 2, 4, 4)  # head width 32 everywhere (SD 1.5: 8 heads of 40-160)
     bf16: bool = True  # bf16 autocast: ~2.5x faster on CPUs with AVX512-BF16/AMX and on GPUs
@@ -77,7 +84,9 @@ class TrainConfig:
     text_layers: int = 4
     log_every: int = 50
     save_every: int = 1000  # also write the pipeline every N U-Net steps (an interrupted run keeps it)
-    time_budget_s: float | None = None  # stop stage 2 early when the whole run reaches this
+    # stop stage 2 when the whole run reaches this; the learning-rate schedule then follows whichever
+    # is further along, steps or time, so a run cut short still ends with a decayed learning rate
+    time_budget_s: float | None = None
     save_fp16: bool = True  # ship half-precision weights (about 20 MB); they load as fp32 by default
     default_steps: int = 20  # written to anysize.json: the sampling defaults of the trained model
     default_guidance: float = 7.5
@@ -156,24 +165,52 @@ def build_scheduler():
 # ---------------------------------------------------------------------------------------------- data
 
 
-def image_batch(seed: int, start: int, n: int) -> tuple[torch.Tensor, list[str]]:
+def _draw_images(job: tuple) -> tuple[np.ndarray, list[str]]:
+    """Images ``start .. start + n - 1`` of the dataset ``seed``: (uint8 N x H x W x 3, captions)."""
+    seed, start, n, size_range, centre_jitter = job
     imgs, caps = [], []
     for i in range(start, start + n):
-        img, spec = make_sample(seed, i)
+        img, spec = make_sample(seed, i, size_range=size_range, centre_jitter=centre_jitter)
         imgs.append(img)
         caps.append(spec.caption)
-    x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-    return x, caps
+    return np.stack(imgs), caps
+
+
+class _ImageSource:
+    """Batches of procedural images in order, drawn by a process pool when ``workers`` > 0.
+
+    The pool is forked before the models touch the accelerator; results do not depend on it.
+    """
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.pool = None
+        make_sample(0, 0, size=8, size_range=tuple(cfg.object_size), centre_jitter=cfg.centre_jitter)  # validates
+        if cfg.workers > 0:
+            import multiprocessing as mp
+
+            self.pool = mp.get_context("fork").Pool(cfg.workers)
+
+    def batches(self, seed: int, starts_and_sizes):
+        jobs = [(seed, a, n, tuple(self.cfg.object_size), self.cfg.centre_jitter) for a, n in starts_and_sizes]
+        results = map(_draw_images, jobs) if self.pool is None else self.pool.imap(_draw_images, jobs)
+        for imgs, caps in results:
+            yield torch.from_numpy(imgs).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0), caps
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
 
 
 def _autocast(cfg: TrainConfig):
     return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16)
 
 
-def _lr_at(step: int, cfg_lr: float, warmup: int, total: int) -> float:
+def _lr_at(step: int, cfg_lr: float, warmup: int, total: int, time_progress: float = 0.0) -> float:
     if step < warmup:
         return cfg_lr * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_progress))
     return cfg_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))  # cosine to 10 %
 
 
@@ -193,13 +230,13 @@ class _Log:
 # ---------------------------------------------------------------------------------------------- stage 1
 
 
-def train_vae(vae, cfg: TrainConfig, log: _Log) -> None:
+def train_vae(vae, cfg: TrainConfig, log: _Log, images: _ImageSource) -> None:
     vae.train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    for step in range(cfg.vae_steps):
+    stream = images.batches(cfg.seed + 1, ((step * cfg.vae_batch, cfg.vae_batch) for step in range(cfg.vae_steps)))
+    for step, (x, _) in enumerate(stream):  # the VAE's own image stream
         for g in opt.param_groups:
             g["lr"] = _lr_at(step, cfg.vae_lr, min(100, cfg.vae_steps // 10 + 1), cfg.vae_steps)
-        x, _ = image_batch(cfg.seed + 1, step * cfg.vae_batch, cfg.vae_batch)  # its own image stream
         x = x.to(cfg.device)
         with _autocast(cfg):
             post = vae.encode(x).latent_dist
@@ -217,11 +254,11 @@ def train_vae(vae, cfg: TrainConfig, log: _Log) -> None:
 
 
 @torch.no_grad()
-def encode_dataset(vae, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def encode_dataset(vae, cfg: TrainConfig, images: _ImageSource) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Posterior means and stds of ``dataset_size`` images (the U-Net's training set), and captions."""
     means, stds, captions = [], [], []
-    for start in range(0, cfg.dataset_size, 64):
-        x, caps = image_batch(cfg.seed, start, min(64, cfg.dataset_size - start))
+    chunks = ((start, min(64, cfg.dataset_size - start)) for start in range(0, cfg.dataset_size, 64))
+    for x, caps in images.batches(cfg.seed, chunks):
         with _autocast(cfg):
             post = vae.encode(x.to(cfg.device)).latent_dist
         means.append(post.mean.float().cpu())
@@ -235,8 +272,7 @@ def encode_dataset(vae, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor, l
 
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     with torch.no_grad():
-        for e, p in zip(ema.parameters(), model.parameters()):
-            e.lerp_(p, 1 - decay)
+        torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - decay)
 
 
 LOSS_WEIGHTINGS = ("eps", "v")
@@ -257,38 +293,44 @@ def train_unet(unet, text_encoder, tokenizer, data, scaling: float, cfg: TrainCo
     from diffusers import DDPMScheduler
 
     means, stds, captions = data
+    dev = torch.device(cfg.device)
     noise_sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                 beta_schedule="scaled_linear")
-    alphas = noise_sched.alphas_cumprod
+    # the whole training set lives on the training device; batches and noise are drawn there too
+    alphas = noise_sched.alphas_cumprod.to(dev)
     weights = loss_weights(alphas, cfg.loss_weighting)
+    means, stds = means.to(dev), stds.to(dev)
     ids = tokenizer(captions, padding="max_length", max_length=TOKEN_LENGTH, truncation=True,
-                    return_tensors="pt").input_ids
-    empty = tokenizer([""], padding="max_length", max_length=TOKEN_LENGTH, return_tensors="pt").input_ids
+                    return_tensors="pt").input_ids.to(dev)
+    empty = tokenizer([""], padding="max_length", max_length=TOKEN_LENGTH, return_tensors="pt").input_ids.to(dev)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, fused=dev.type == "cuda")
     ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
-    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed + 2)
     unet.train()
     text_encoder.train()
     running = None
+    t_stage = time.perf_counter()
     for step in range(cfg.unet_steps):
+        time_progress = 0.0
+        if deadline is not None:
+            time_progress = (time.perf_counter() - t_stage) / max(1e-9, deadline - t_stage)
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg.lr, cfg.warmup, cfg.unet_steps)
-        idx = torch.randint(len(means), (cfg.batch,), generator=gen)
-        z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen)) * scaling
+            g["lr"] = _lr_at(step, cfg.lr, cfg.warmup, cfg.unet_steps, time_progress)
+        idx = torch.randint(len(means), (cfg.batch,), generator=gen, device=dev)
+        z0 = (means[idx] + stds[idx] * torch.randn(means[idx].shape, generator=gen, device=dev)) * scaling
         tok = ids[idx].clone()
-        drop = torch.rand(cfg.batch, generator=gen) < cfg.caption_dropout
-        tok[drop] = empty
-        t = torch.randint(0, 1000, (cfg.batch,), generator=gen)
-        noise = torch.randn(z0.shape, generator=gen)
+        drop = torch.rand(cfg.batch, generator=gen, device=dev) < cfg.caption_dropout
+        tok = torch.where(drop[:, None], empty, tok)
+        t = torch.randint(0, 1000, (cfg.batch,), generator=gen, device=dev)
+        noise = torch.randn(z0.shape, generator=gen, device=dev)
         a = alphas[t].view(-1, 1, 1, 1)
-        zt = (a.sqrt() * z0 + (1 - a).sqrt() * noise).to(cfg.device)
-        noise, tok, t = noise.to(cfg.device), tok.to(cfg.device), t.to(cfg.device)
+        zt = a.sqrt() * z0 + (1 - a).sqrt() * noise
         with _autocast(cfg):
             cond = text_encoder(tok)[0]
             pred = unet(zt, t, encoder_hidden_states=cond).sample
         per_sample = F.mse_loss(pred.float(), noise, reduction="none").mean((1, 2, 3))
-        loss = (weights[t.cpu()].to(per_sample.device) * per_sample).mean()
+        loss = (weights[t] * per_sample).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -297,11 +339,12 @@ def train_unet(unet, text_encoder, tokenizer, data, scaling: float, cfg: TrainCo
         decay = min(cfg.ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
         _ema_update(ema_text, text_encoder, decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        # kept on the device: reading a loss every step would wait for the accelerator every step
+        running = loss.detach() if running is None else 0.98 * running + 0.02 * loss.detach()
         last = step == cfg.unet_steps - 1
         out_of_time = deadline is not None and time.perf_counter() > deadline
         if step % cfg.log_every == 0 or last or out_of_time:
-            log(stage="unet", step=step, loss=round(loss.item(), 5), loss_avg=round(running, 5),
+            log(stage="unet", step=step, loss=round(loss.item(), 5), loss_avg=round(running.item(), 5),
                 lr=round(opt.param_groups[0]["lr"], 6))
         if save is not None and cfg.save_every and step and step % cfg.save_every == 0:
             save(ema_unet, ema_text, steps_done=step + 1)
@@ -355,6 +398,7 @@ def train(cfg: TrainConfig) -> Path:
     log = _Log(work)
     log(stage="start", config=asdict(cfg), torch=torch.__version__)
 
+    images = _ImageSource(cfg)  # forked before the models touch the accelerator
     tokenizer = build_tokenizer()
     built = build_models(cfg, tokenizer) if cfg.init_from is None else load_models(cfg.init_from)
     models = {k: m.to(cfg.device) for k, m in built.items()}
@@ -363,9 +407,10 @@ def train(cfg: TrainConfig) -> Path:
         init_from=cfg.init_from)
 
     if cfg.init_from is None:
-        train_vae(vae, cfg, log)
+        train_vae(vae, cfg, log, images)
     vae.eval().requires_grad_(False)
-    data = encode_dataset(vae, cfg)
+    data = encode_dataset(vae, cfg, images)
+    images.close()
     latent_std = data[0].std().item()
     if cfg.init_from is None:
         vae.register_to_config(scaling_factor=1.0 / latent_std)
@@ -401,7 +446,7 @@ def parse_args(argv=None) -> TrainConfig:
     defaults = TrainConfig()
     ap.add_argument("--out", default=defaults.out, help="folder of the trained pipeline (default: %(default)s)")
     ap.add_argument("--device", default=defaults.device, help="cpu or cuda (default: %(default)s)")
-    for f in ("seed", "threads", "vae_steps", "vae_batch", "dataset_size", "unet_steps", "batch", "warmup",
+    for f in ("seed", "threads", "workers", "vae_steps", "vae_batch", "dataset_size", "unet_steps", "batch", "warmup",
               "log_every", "save_every"):
         ap.add_argument(f"--{f.replace('_', '-')}", type=int, default=getattr(defaults, f))
     for f in ("vae_lr", "lr", "ema_decay", "caption_dropout"):
@@ -409,6 +454,11 @@ def parse_args(argv=None) -> TrainConfig:
     ap.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, default=defaults.loss_weighting,
                     help="eps: plain epsilon MSE; v: weighted by 1/alpha_bar like the v-prediction loss "
                     "(more weight on the high-noise steps that decide layout and colour) (default: %(default)s)")
+    ap.add_argument("--object-size", type=float, nargs=2, metavar=("LOW", "HIGH"), default=list(defaults.object_size),
+                    help="object side range as fractions of the image side (default: %(default)s)")
+    ap.add_argument("--centre-jitter", type=float, default=defaults.centre_jitter,
+                    help="largest offset of the object centre from the image centre, as a fraction of the side "
+                    "(default: %(default)s)")
     ap.add_argument("--unet-channels", type=int, nargs=4, default=list(defaults.unet_channels))
     ap.add_argument("--unet-heads", type=int, nargs=4, default=list(defaults.unet_heads))
     ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="train in float32 (slower)")
@@ -416,7 +466,8 @@ def parse_args(argv=None) -> TrainConfig:
     ap.add_argument("--default-steps", type=int, default=defaults.default_steps)
     ap.add_argument("--default-guidance", type=float, default=defaults.default_guidance)
     ap.add_argument("--time-budget-min", type=float, default=None,
-                    help="stop the U-Net stage when the whole run reaches this many minutes")
+                    help="stop the U-Net stage when the whole run reaches this many minutes; the learning rate then "
+                    "decays with whichever is further along, steps or time")
     ap.add_argument("--init-from", metavar="DIR", default=None,
                     help="continue training a pipeline this script saved (its VAE is kept as it is; use another "
                     "--seed for fresh batches and images)")
@@ -425,6 +476,7 @@ def parse_args(argv=None) -> TrainConfig:
     values = {k: v for k, v in vars(a).items() if k not in ("smoke", "time_budget_min")}
     values["unet_channels"] = tuple(values["unet_channels"])
     values["unet_heads"] = tuple(values["unet_heads"])
+    values["object_size"] = tuple(values["object_size"])
     values["time_budget_s"] = None if a.time_budget_min is None else a.time_budget_min * 60
     cfg = TrainConfig(**values)
     if a.smoke:
