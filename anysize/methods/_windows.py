@@ -1,0 +1,122 @@
+"""Shared by the tiled methods: run the network on windows of the canvas and fuse the outputs.
+
+A window job is (image index, :class:`~anysize.models.base.Window`). Jobs are grouped into network
+calls of at most ``batch`` windows; each call crops the windows from the model input, gives each
+crop its own image's prompt embeddings, and calls :meth:`ModelAdapter.predict_guided` once (CFG
+doubles the batch inside). Outputs are accumulated with per-window weights into a numerator and a
+denominator canvas (float32).
+
+Windows of different canvas positions share a call only when the adapter's network ignores the
+window (SD 1.x/2.x U-Nets). SDXL (crop coordinates), SD3 (position table) and FLUX (position ids)
+take one window per call, because the adapter surface conditions a call on one window; their
+windows are still batched across the images of the batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..errors import InvalidArgumentError
+from ..models.base import Conditioning, PromptEmbeds, Window
+from ..sampling import StepContext
+
+
+@dataclass(frozen=True)
+class Job:
+    image: int
+    window: Window
+
+
+def window_free(adapter) -> bool:
+    """True when the adapter's network output does not depend on where a window sits."""
+    from ..models.sd import UNetAdapter
+
+    return isinstance(adapter, UNetAdapter) and type(adapter)._unet_kwargs is UNetAdapter._unet_kwargs
+
+
+def latent_patch(adapter) -> int:
+    """Windows must start and end on multiples of this many latent pixels (2 for the DiTs)."""
+    return max(1, adapter.size_multiple // adapter.vae_factor)
+
+
+def tile_size(adapter, tile: int | None, height: int, width: int, what: str) -> tuple[int, int]:
+    """(th, tw) latent window size: ``tile`` (square, must fit the canvas) or the native size
+    clamped to the canvas."""
+    p = latent_patch(adapter)
+    if tile is None:
+        nh, nw = adapter.native_latent_size
+        return min(nh, height), min(nw, width)
+    if tile % p:
+        raise InvalidArgumentError(f"{what} {tile} must be a multiple of {p} latent pixels for {adapter.family}")
+    if tile > min(height, width):
+        raise InvalidArgumentError(
+            f"{what} {tile} latent px is larger than the {height}x{width} latent canvas; use at most "
+            f"{min(height, width)}, or leave it unset for the model's native size"
+        )
+    return tile, tile
+
+
+def _select(embeds: PromptEmbeds, idx: Tensor) -> PromptEmbeds:
+    def pick(v):
+        return None if v is None else v.index_select(0, idx.to(v.device))
+
+    extra = {k: (v if k in embeds.unbatched else pick(v)) for k, v in embeds.extra.items()}
+    return PromptEmbeds(pick(embeds.embeds), pick(embeds.pooled), extra, embeds.unbatched)
+
+
+def select_cond(cond: Conditioning, images: list[int]) -> Conditioning:
+    """The conditioning of images ``images`` (repeats allowed), in that order."""
+    if images == list(range(cond.batch)):
+        return cond
+    idx = torch.tensor(images, dtype=torch.long)
+    neg = None if cond.negative is None else _select(cond.negative, idx)
+    return Conditioning(_select(cond.positive, idx), neg, cond.guidance_scale, cond.network_guidance)
+
+
+def _calls(jobs: list[Job], batch: int, free: bool) -> list[list[Job]]:
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        w = job.window
+        key = (w.height, w.width) if free else (w.top, w.left, w.height, w.width)
+        groups.setdefault(key, []).append(job)
+    calls = []
+    for group in groups.values():
+        calls += [group[i : i + batch] for i in range(0, len(group), batch)]
+    return calls
+
+
+def fuse(
+    ctx: StepContext, x_in: Tensor, jobs: list[Job], batch: int, weights: dict[tuple[int, int], Tensor],
+    *, wrap: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """Numerator (B, C, H, W) and denominator (B, 1, H, W) of the weighted window fusion.
+
+    ``weights[(h, w)]`` is the weight map of an h×w window. ``wrap`` > 0 lets windows reach up to
+    ``wrap`` px past the right border and wrap around to the left (circular panoramas).
+    """
+    b, c, h, w = x_in.shape
+    src = torch.cat([x_in, x_in[..., :wrap]], dim=-1) if wrap else x_in
+    num = torch.zeros(b, c, h, w + wrap, device=x_in.device, dtype=torch.float32)
+    den = torch.zeros(b, 1, h, w + wrap, device=x_in.device, dtype=torch.float32)
+    free = window_free(ctx.adapter)
+    for call in _calls(jobs, batch, free):
+        win = call[0].window
+        x = torch.stack([win_crop(src, j) for j in call])
+        out = ctx.adapter.predict_guided(x, ctx.t, select_cond(ctx.cond, [j.image for j in call]), win)
+        for k, j in enumerate(call):
+            wt = weights[(j.window.height, j.window.width)]
+            rows, cols = j.window.slices
+            num[j.image, :, rows, cols] += out[k].float() * wt
+            den[j.image, :, rows, cols] += wt
+    if wrap:
+        num[..., :wrap] += num[..., w:]
+        den[..., :wrap] += den[..., w:]
+        num, den = num[..., :w], den[..., :w]
+    return num, den
+
+
+def win_crop(src: Tensor, job: Job) -> Tensor:
+    return job.window.crop(src[job.image])

@@ -1,0 +1,119 @@
+"""MultiDiffusion (Bar-Tal et al., ICML 2023) and Mixture of Diffusers (Jiménez 2023): explicit overlap.
+
+Every step, native-size windows placed every ``stride`` latent px are denoised by the network and
+their guided outputs are fused per pixel with ``uniform`` weights (MultiDiffusion's mean) or
+``gaussian`` weights (Mixture of Diffusers, σ = 0.1·window per axis); one scheduler step then runs
+on the whole canvas. ``circular`` wraps windows around the left/right border for 360° panoramas.
+``view_batch_size`` windows go into one network call (each with all images of the batch).
+
+Checked against diffusers' ``StableDiffusionPanoramaPipeline`` (the official MultiDiffusion port) in
+``tests/test_multidiffusion.py``: same latents to ≤ 1e-4 with DDIM. Deliberate differences from the
+official code (omerbt/MultiDiffusion, diffusers' panorama pipeline):
+
+* The guided network outputs are fused and one scheduler step runs on the canvas, instead of one
+  scheduler step per window followed by averaging x_{t-1}. For deterministic samplers (DDIM η = 0,
+  Euler, flow Euler) and for linear multistep ones (PNDM, DPM-Solver) the two are identical (the
+  step is affine in the output); for stochastic samplers the canvas gets one global noise draw
+  instead of one per window, and no per-window scheduler state copies are needed. Steps that are
+  not affine in the output differ slightly: DDIM/DDPM with ``clip_sample=True`` (diffusers' default
+  when a DDIM scheduler is built from SD 1.x's PNDM config; the SD checkpoints' own configs set it
+  False) clip the fused x0 once instead of each window's x0.
+* Full coverage: when ``(side - window)`` is not a multiple of the stride, a last window clamped to
+  the border is added. The official code leaves those last pixels uncovered, and they become 0.
+  In circular mode the number of windows is ``ceil(width / stride)`` (official: ``width // stride``,
+  which can leave a gap when the width is not a multiple of the stride).
+* Window and stride are options (official: window 64, stride 8 latent px); the default window is
+  the model's native latent size, the default stride window/8. A default window larger than the
+  canvas shrinks to it along that axis (the official code does the same implicitly by slicing).
+* Any family: SDXL windows pass their crop coordinates, SD3 windows their slice of the position
+  table, FLUX windows their position ids (official: SD 1.x/2.x only). Such windows are batched
+  across images but not across positions (see :mod:`anysize.methods._windows`).
+* Circular padding wraps the denoising only; the final VAE decode is the ordinary one (diffusers
+  decodes with an 8-latent wrap pad).
+* The Gaussian weights use the symmetric midpoint (n-1)/2 on both axes (Mixture of Diffusers uses
+  n/2 for rows); along an axis with a single window the weight is 1 (it cancels anyway).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from torch import Tensor
+
+from ..errors import InvalidArgumentError
+from ..models.base import Window
+from ..sampling import StepContext
+from ..tiling_grids import WEIGHTINGS, check_choice, fusion_weights, overlap_origins
+from ._windows import Job, fuse, latent_patch, tile_size
+from .base import Method, MethodOptions
+from .registry import register
+
+
+def _opt_positive(name: str, v) -> None:
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+        raise InvalidArgumentError(f"{name} must be a positive integer (latent pixels) or unset, got {v!r}")
+
+
+@dataclasses.dataclass
+class MultiDiffusionOptions(MethodOptions):
+    #: window side in latent px (None: the model's native latent size)
+    window: int | None = None
+    #: distance between window starts in latent px (None: window // 8, as MultiDiffusion's 8 for 64)
+    stride: int | None = None
+    #: "uniform" (MultiDiffusion) or "gaussian" (Mixture of Diffusers)
+    weighting: str = "uniform"
+    #: wrap windows around the left/right border (360° panoramas)
+    circular: bool = False
+    #: windows per network call
+    view_batch_size: int = 4
+
+    def validate(self) -> None:
+        _opt_positive("window", self.window)
+        _opt_positive("stride", self.stride)
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+        if not isinstance(self.circular, bool):
+            raise InvalidArgumentError(f"circular must be true or false, got {self.circular!r}")
+        if isinstance(self.view_batch_size, bool) or not isinstance(self.view_batch_size, int) or self.view_batch_size <= 0:
+            raise InvalidArgumentError(f"view_batch_size must be a positive integer, got {self.view_batch_size!r}")
+        if self.window is not None and self.stride is not None and self.stride > self.window:
+            raise InvalidArgumentError(f"stride {self.stride} is larger than the window {self.window}: pixels would be skipped")
+
+
+@register
+class MultiDiffusion(Method):
+    name = "multidiffusion"
+    summary = "overlapping native-size windows fused every step (MultiDiffusion / Mixture of Diffusers)"
+    Options = MultiDiffusionOptions
+
+    def geometry(self, adapter, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((window h, w), (stride h, w)) in latent px for a latent canvas of height×width."""
+        o = self.options
+        th, tw = tile_size(adapter, o.window, height, width, "window")
+        p = latent_patch(adapter)
+        if o.stride is None:
+            strides = tuple(max(p, t // 8 // p * p) for t in (th, tw))
+        else:
+            if o.stride % p:
+                raise InvalidArgumentError(f"stride {o.stride} must be a multiple of {p} latent pixels for {adapter.family}")
+            strides = (min(o.stride, th), min(o.stride, tw))
+            if o.stride > min(th, tw):
+                raise InvalidArgumentError(f"stride {o.stride} is larger than the window {min(th, tw)}: pixels would be skipped")
+        return (th, tw), strides
+
+    def check(self, adapter, height: int, width: int) -> None:
+        super().check(adapter, height, width)
+        f = adapter.vae_factor
+        self.geometry(adapter, height // f, width // f)
+
+    def predict(self, ctx: StepContext, x_in: Tensor) -> Tensor:
+        o = self.options
+        b, _, h, w = x_in.shape
+        (th, tw), (sh, sw) = self.geometry(ctx.adapter, h, w)
+        rows = overlap_origins(h, th, sh)
+        cols = overlap_origins(w, tw, sw, circular=o.circular)
+        wrap = max(0, cols[-1] + tw - w)
+        jobs = [Job(i, Window(r, c, th, tw, (h, w))) for r in rows for c in cols for i in range(b)]
+        weights = {(th, tw): fusion_weights(th, tw, o.weighting, single_row=len(rows) == 1,
+                                            single_col=len(cols) == 1 and not wrap, device=x_in.device)}
+        num, den = fuse(ctx, x_in, jobs, o.view_batch_size * b, weights, wrap=wrap)
+        return (num / den).to(x_in.dtype)

@@ -1,0 +1,140 @@
+"""Tile grids and fusion weights for tiled diffusion (model-agnostic; positions in latent pixels).
+
+Two grid kinds, one per axis (a 2-D grid is the product of a row axis and a column axis):
+
+* :func:`overlap_origins` — explicit overlap (MultiDiffusion, Mixture of Diffusers): windows of
+  ``window`` px every ``stride`` px. Unlike diffusers' panorama grid, a last window clamped to the
+  border is appended when ``(length - window)`` is not a multiple of ``stride``, so no pixel is
+  ever left uncovered. ``circular`` wraps windows around the end (360° panoramas).
+* :func:`shifted_origins` — implicit overlap (FSTD): ``ceil(length / tile)`` non-overlapping tiles
+  whose grid is shifted by ``offset`` px, the last tile clamped to the border. ``"asd"`` is the
+  official placement (may repeat a tile); ``"improved"`` (spec §6.1b) has the same count, never a
+  duplicate, and leaves no stale leading strip when ``offset >= remainder``.
+
+:func:`fusion_weights` gives the per-window weight map: ``uniform`` (MultiDiffusion's mean) or
+``gaussian`` (Mixture of Diffusers: σ = 0.1·size per axis, outer product, symmetric midpoint).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .errors import InvalidArgumentError
+
+__all__ = [
+    "PLACEMENTS",
+    "WEIGHTINGS",
+    "check_choice",
+    "fusion_weights",
+    "overlap_origins",
+    "shifted_origins",
+    "uncovered",
+]
+
+WEIGHTINGS = ("gaussian", "uniform")
+PLACEMENTS = ("asd", "improved")
+
+
+def check_choice(kind: str, value, choices) -> str:
+    """``value`` if it is one of ``choices``, else InvalidArgumentError naming the valid ones."""
+    if value not in choices:
+        raise InvalidArgumentError(f"unknown {kind} {value!r}; valid choices: {', '.join(choices)}")
+    return value
+
+
+def _positive(name: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise InvalidArgumentError(f"{name} must be a positive integer, got {v!r}")
+    return v
+
+
+def overlap_origins(length: int, window: int, stride: int, *, circular: bool = False) -> list[int]:
+    """Window starts along one axis for explicit-overlap tiling.
+
+    Not circular: ``0, stride, 2·stride, …`` while the window fits, plus ``length - window`` if
+    the last regular window stops short of the end (full coverage). Circular: ``ceil(length /
+    stride)`` starts ``k·stride``; windows reaching past the end wrap around to the start.
+    """
+    _positive("length", length)
+    _positive("window", window)
+    _positive("stride", stride)
+    if window > length:
+        raise InvalidArgumentError(f"window {window} is larger than the canvas side {length}")
+    if stride > window:
+        raise InvalidArgumentError(f"stride {stride} is larger than the window {window}: pixels would be skipped")
+    if circular:
+        if window == length:
+            return [0]
+        return [k * stride for k in range(math.ceil(length / stride))]
+    origins = list(range(0, length - window + 1, stride))
+    if origins[-1] != length - window:
+        origins.append(length - window)
+    return origins
+
+
+def shifted_origins(length: int, tile: int, offset: int, placement: str = "improved") -> list[int]:
+    """Tile starts along one axis for FSTD: always ``ceil(length / tile)`` of them.
+
+    ``offset`` (0 <= offset < tile) shifts the grid; the last tile is clamped to the border.
+    ``asd``: ``min(j·tile + offset, length - tile)`` (the official code; duplicates possible).
+    ``improved``: with n tiles and remainder r = length - (n-1)·tile —
+    n = 1: [0]; offset 0: [0, T, …, (n-2)T, L-T]; offset >= r: [0] + [offset + jT, j < n-2] + [L-T]
+    (full coverage); else [offset + jT, j < n-1] + [L-T] (pixels [0, offset) uncovered).
+    """
+    _positive("length", length)
+    _positive("tile", tile)
+    check_choice("placement", placement, PLACEMENTS)
+    if tile > length:
+        raise InvalidArgumentError(f"tile {tile} is larger than the canvas side {length}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset < tile:
+        raise InvalidArgumentError(f"offset must be an integer in 0..{tile - 1}, got {offset!r}")
+    n = math.ceil(length / tile)
+    last = length - tile
+    if placement == "asd":
+        return [min(j * tile + offset, last) for j in range(n)]
+    if n == 1:
+        return [0]
+    if offset == 0:
+        return [j * tile for j in range(n - 1)] + [last]
+    rem = length - (n - 1) * tile
+    if offset >= rem:
+        return [0] + [offset + j * tile for j in range(n - 2)] + [last]
+    return [offset + j * tile for j in range(n - 1)] + [last]
+
+
+def uncovered(length: int, size: int, origins: list[int]) -> list[int]:
+    """Pixels of an axis that no window [o, o + size) covers (for tests and diagnostics)."""
+    covered = [False] * length
+    for o in origins:
+        for k in range(o, min(o + size, length)):
+            covered[k] = True
+    return [k for k, c in enumerate(covered) if not c]
+
+
+def _gaussian_1d(n: int) -> Tensor:
+    # Mixture of Diffusers: exp(-((k - mid)/n)^2 / (2·0.01)) / sqrt(2π·0.01), i.e. σ = 0.1·n
+    var = 0.01
+    k = torch.arange(n, dtype=torch.float64)
+    mid = (n - 1) / 2
+    return torch.exp(-(((k - mid) / n) ** 2) / (2 * var)) / math.sqrt(2 * math.pi * var)
+
+
+def fusion_weights(
+    height: int, width: int, weighting: str, *, single_row: bool = False, single_col: bool = False,
+    device=None, dtype: torch.dtype = torch.float32,
+) -> Tensor:
+    """(height, width) weight map of one window.
+
+    ``single_row`` / ``single_col`` say that the grid has only one window along that axis; there
+    any weight cancels in the normalised sum, so it is 1 (which makes a one-window grid an exact
+    copy of the network output, with no rounding).
+    """
+    check_choice("weighting", weighting, WEIGHTINGS)
+    if weighting == "uniform":
+        return torch.ones(height, width, device=device, dtype=dtype)
+    gy = torch.ones(height, dtype=torch.float64) if single_row else _gaussian_1d(height)
+    gx = torch.ones(width, dtype=torch.float64) if single_col else _gaussian_1d(width)
+    return (gy[:, None] * gx[None, :]).to(device=device, dtype=dtype)
