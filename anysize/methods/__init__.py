@@ -4,5 +4,6 @@ from .base import Method, MethodOptions
 from .registry import METHODS, create, get, names, register
 from . import direct  # noqa: F401  (registers)
 from . import multidiffusion  # noqa: F401  (registers)
+from . import fstd  # noqa: F401  (registers)
 
 __all__ = ["METHODS", "Method", "MethodOptions", "create", "get", "names", "register"]

@@ -1,0 +1,205 @@
+"""FSTD, Fast Seamless Tiled Diffusion (Any-Size-Diffusion, Zheng et al., AAAI 2024): implicit overlap.
+
+Every step the canvas is cut into ``ceil(H/T)·ceil(W/T)`` non-overlapping native-size tiles whose
+grid is shifted by a random offset (dy, dx), each in ``{0, …, offset_range-1}`` (default T/2, the
+paper's 32 for 64-px latent tiles), the last tile of each row/column clamped to the border. Tiles
+are batched into network calls, their outputs fused (Gaussian weights, which only matter where a
+clamped tile overlaps its neighbour) and converted to ε; pixels no tile covers this step (a leading
+strip narrower than the offset) reuse the previous step's fused ε. One scheduler step then runs on
+the whole canvas. Because the seams move every step, an error made at a tile border is inside a tile
+at the next step. Network calls per step = ceil(H/T)·ceil(W/T) per image (×2 with CFG), the count of
+plain non-overlapping tiling.
+
+Follows the official code (ProAirVerse/Any-Size-Diffusion ``ASD-upscale``, spec ``asd_tiling.md``
+§1.3) with these deliberate differences:
+
+* Placement: default ``placement="improved"`` (spec §6.1b): same tile count, never two identical
+  tiles (the official ``min(j·T + d, L - T)`` repeats the last tile when d >= L - (n-1)·T, wasting
+  a network call), and no stale strip at all when d >= that remainder. ``placement="asd"`` gives
+  the official placement.
+* Zero shift on the final step (``zero_final_shift=True``), so the returned x0 never contains
+  stale ε; the official code shifts on the final step unless its counter happens to be 0 mod 4.
+* Offsets come from a dedicated ``torch.Generator`` per image, derived from that image's seed, and
+  the reset counter restarts with every run (official: Python's global ``random`` and a counter
+  kept across images). An image therefore gets the same result alone or in a batch; the offsets
+  are per image, so images of one batch have different grids.
+* Tiles are batched (``tile_batch_size``, official: one tile per call) and any sampler works: the
+  fused ε is converted back into the model's own parametrisation (ε, v or flow velocity) through the
+  scheduler's tables, and the scheduler's own step runs on the canvas (official: DDPM only).
+  ε_ref is kept as ε in float32, as the spec recommends.
+* Text-to-image from pure noise (official: StableSR super-resolution with a clean LR latent
+  condition); the conditioning of a tile is its crop position (SDXL crop coordinates, SD3
+  position-table slice, FLUX position ids).
+* The Gaussian window uses the symmetric midpoint (T-1)/2 on both axes (official: T/2 for rows);
+  along an axis with a single tile the weight is 1.
+* Offsets are multiples of the DiT patch size (2) for SD3/FLUX so tiles stay on the token grid.
+* Tile size: default the model's native latent size, shrunk to the canvas along a shorter side
+  (official: fixed 64, the canvas padded up to 512 px); an explicit ``tile`` larger than the
+  canvas is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import Tensor
+
+from ..errors import InvalidArgumentError
+from ..models.base import Window
+from ..sampling import StepContext
+from ..tiling_grids import PLACEMENTS, WEIGHTINGS, check_choice, fusion_weights, shifted_origins
+from ._windows import Job, fuse, latent_patch, tile_size
+from .base import Method, MethodOptions
+from .registry import register
+
+#: added to an image's seed to seed its offset generator (a stream separate from the noise)
+_OFFSET_SEED_SALT = 0x0F57D
+
+
+def _int(name: str, v, lo: int, unset_ok: bool = False) -> None:
+    if unset_ok and v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
+        raise InvalidArgumentError(f"{name} must be an integer >= {lo}{' or unset' if unset_ok else ''}, got {v!r}")
+
+
+@dataclasses.dataclass
+class FSTDOptions(MethodOptions):
+    #: tile side in latent px (None: the model's native latent size)
+    tile: int | None = None
+    #: offsets are drawn from {0, …, offset_range-1} latent px (None: tile // 2; 0: no shift)
+    offset_range: int | None = None
+    #: every reset_every-th step (0, P, 2P, …) uses the unshifted grid (official: 4)
+    reset_every: int = 4
+    #: "improved" (no duplicate tiles) or "asd" (the official placement)
+    placement: str = "improved"
+    #: unshifted grid on the final step
+    zero_final_shift: bool = True
+    #: "gaussian" (official) or "uniform" fusion where clamped tiles overlap
+    weighting: str = "gaussian"
+    #: tiles per network call
+    tile_batch_size: int = 8
+
+    def validate(self) -> None:
+        _int("tile", self.tile, 1, unset_ok=True)
+        _int("offset_range", self.offset_range, 0, unset_ok=True)
+        _int("reset_every", self.reset_every, 1)
+        _int("tile_batch_size", self.tile_batch_size, 1)
+        check_choice("placement", self.placement, PLACEMENTS)
+        check_choice("weighting", self.weighting, WEIGHTINGS)
+        if not isinstance(self.zero_final_shift, bool):
+            raise InvalidArgumentError(f"zero_final_shift must be true or false, got {self.zero_final_shift!r}")
+        if self.tile is not None and self.offset_range is not None and self.offset_range > self.tile:
+            raise InvalidArgumentError(f"offset_range {self.offset_range} is larger than the tile {self.tile}")
+
+
+def noise_from_output(ctx: StepContext, x: Tensor, out: Tensor) -> Tensor:
+    """ε implied by the model output ``out`` at scheduler state ``x``."""
+    ns = ctx.noise_space
+    x0 = ns.to_x0(x, out, ctx.t, ctx.adapter.prediction_type)
+    a, b = ns.coefficients(ctx.t)
+    return (x - a * x0) / b
+
+
+def output_from_noise(ctx: StepContext, x: Tensor, eps: Tensor) -> Tensor:
+    """The model output (ε, v, flow velocity or x0) that corresponds to noise ``eps`` at state ``x``."""
+    ns = ctx.noise_space
+    a, b = ns.coefficients(ctx.t)
+    x0 = (x - b * eps) / a
+    ptype = ctx.adapter.prediction_type
+    if ns.kind == "flow" or ptype == "flow":
+        return eps - x0
+    if ptype == "epsilon":
+        return eps
+    if ptype == "v_prediction":
+        c = ns.input_scale(ctx.t)
+        return (a * c) * eps - (b * c) * x0
+    if ptype == "sample":
+        return x0
+    raise InvalidArgumentError(f"unknown prediction type {ptype!r}")
+
+
+@register
+class FSTD(Method):
+    name = "fstd"
+    summary = "non-overlapping tiles on a grid shifted randomly every step (Any-Size-Diffusion's FSTD)"
+    Options = FSTDOptions
+
+    def geometry(self, adapter, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """((tile h, w), (offset range h, w)) in latent px for a latent canvas of height×width."""
+        o = self.options
+        th, tw = tile_size(adapter, o.tile, height, width, "tile")
+        if o.offset_range is None:
+            ranges = (th // 2, tw // 2)
+        else:
+            if o.offset_range > min(th, tw):
+                raise InvalidArgumentError(f"offset_range {o.offset_range} is larger than the tile ({th}x{tw} latent px)")
+            ranges = (o.offset_range, o.offset_range)
+        return (th, tw), ranges
+
+    def check(self, adapter, height: int, width: int) -> None:
+        super().check(adapter, height, width)
+        f = adapter.vae_factor
+        self.geometry(adapter, height // f, width // f)
+
+    def run(self, job) -> Tensor:
+        self._seeds = [g.initial_seed() for g in job.generators]
+        try:
+            return super().run(job)
+        finally:
+            del self._seeds
+
+    def _offset_generators(self, ctx: StepContext, batch: int) -> list[torch.Generator]:
+        seeds = getattr(self, "_seeds", None)
+        if seeds is None or len(seeds) != batch:
+            base = ctx.generator.initial_seed() if ctx.generator is not None else 0
+            seeds = [base + i for i in range(batch)]
+        return [torch.Generator("cpu").manual_seed((s + _OFFSET_SEED_SALT) % 2**63) for s in seeds]
+
+    def offsets(self, ctx: StepContext, batch: int, ranges: tuple[int, int]) -> list[tuple[int, int]]:
+        """(dy, dx) per image for this step."""
+        o = self.options
+        gens = ctx.state.get("fstd_generators")
+        if gens is None:
+            gens = ctx.state["fstd_generators"] = self._offset_generators(ctx, batch)
+        if ctx.index % o.reset_every == 0 or (o.zero_final_shift and ctx.is_last):
+            return [(0, 0)] * batch
+        p = latent_patch(ctx.adapter)
+        counts = [max(1, -(-r // p)) for r in ranges]  # multiples of p below r
+        out = []
+        for g in gens:
+            dy = int(torch.randint(counts[0], (1,), generator=g)) * p
+            dx = int(torch.randint(counts[1], (1,), generator=g)) * p
+            out.append((dy, dx))
+        return out
+
+    def tiles(self, height: int, width: int, tile: tuple[int, int], offset: tuple[int, int]) -> list[Window]:
+        """The step's tile windows, row-major."""
+        th, tw = tile
+        rows = shifted_origins(height, th, offset[0] % th, self.options.placement)
+        cols = shifted_origins(width, tw, offset[1] % tw, self.options.placement)
+        return [Window(r, c, th, tw, (height, width)) for r in rows for c in cols]
+
+    def step(self, ctx: StepContext, x: Tensor) -> Tensor:
+        o = self.options
+        x_in = ctx.model_input(x)
+        b, _, h, w = x.shape
+        (th, tw), ranges = self.geometry(ctx.adapter, h, w)
+        jobs = []
+        for i, off in enumerate(self.offsets(ctx, b, ranges)):
+            jobs += [Job(i, win) for win in self.tiles(h, w, (th, tw), off)]
+        weights = {(th, tw): fusion_weights(th, tw, o.weighting, single_row=th == h, single_col=tw == w,
+                                            device=x.device)}
+        num, den = fuse(ctx, x_in, jobs, o.tile_batch_size, weights)
+        covered = den > 0
+        out = (num / torch.where(covered, den, torch.ones_like(den))).to(x.dtype)
+        if not bool(covered.all()):
+            eps_ref = ctx.state.get("fstd_eps_ref")
+            if eps_ref is None:  # cannot happen: the first step is never shifted
+                raise RuntimeError("FSTD: uncovered pixels on the first step")
+            stale = output_from_noise(ctx, x.float(), eps_ref).to(x.dtype)
+            out = torch.where(covered, out, stale)
+        if ranges[0] > 1 or ranges[1] > 1:  # a later step may leave pixels uncovered
+            ctx.state["fstd_eps_ref"] = noise_from_output(ctx, x.float(), out.float())
+        return ctx.scheduler_step(out, x)
