@@ -186,3 +186,11 @@ def test_calls_per_step_fake_adapter():
         n = ((h - 16) // stride + 1 + ((h - 16) % stride != 0)) * ((w - 16) // stride + 1 + ((w - 16) % stride != 0))
         assert adapter.calls == n * 2 * 2 * 2  # windows x images x CFG x steps
         assert math.isfinite(out.sum().item())
+
+
+def test_default_window_and_stride():
+    m = anysize.methods.create("multidiffusion")
+    assert m.geometry(FakeAdapter(native=64), 64, 200) == ((64, 64), (16, 16))  # window native, stride window/4
+    assert m.geometry(FakeAdapter(native=64), 40, 200) == ((40, 64), (10, 16))  # shrunk to a short canvas side
+    assert m.geometry(FakeAdapter(native=16, patch=2), 16, 40) == ((16, 16), (4, 4))
+    assert anysize.methods.create("multidiffusion", window=32, stride=8).geometry(FakeAdapter(64), 64, 64) == ((32, 32), (8, 8))
