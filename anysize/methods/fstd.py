@@ -34,8 +34,8 @@ Follows the official code (ProAirVerse/Any-Size-Diffusion ``ASD-upscale``, spec 
   along an axis with a single tile the weight is 1.
 * Offsets are multiples of the DiT patch size (2) for SD3/FLUX so tiles stay on the token grid.
 * Tile size: default the model's native latent size, shrunk to the canvas along a shorter side
-  (official: fixed 64, the canvas padded up to 512 px); an explicit ``tile`` larger than the
-  canvas is an error.
+  (official: fixed 64, with inputs enlarged to a short side of at least 512 px so a tile always
+  fits); an explicit ``tile`` larger than the canvas is an error.
 """
 
 from __future__ import annotations
