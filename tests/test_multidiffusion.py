@@ -190,7 +190,7 @@ def test_calls_per_step_fake_adapter():
 
 def test_default_window_and_stride():
     m = anysize.methods.create("multidiffusion")
-    assert m.geometry(FakeAdapter(native=64), 64, 200) == ((64, 64), (16, 16))  # window native, stride window/4
-    assert m.geometry(FakeAdapter(native=64), 40, 200) == ((40, 64), (10, 16))  # shrunk to a short canvas side
-    assert m.geometry(FakeAdapter(native=16, patch=2), 16, 40) == ((16, 16), (4, 4))
+    assert m.geometry(FakeAdapter(native=64), 64, 200) == ((64, 64), (8, 8))  # window native, stride window/8
+    assert m.geometry(FakeAdapter(native=64), 40, 200) == ((40, 64), (5, 8))  # shrunk to a short canvas side
+    assert m.geometry(FakeAdapter(native=16, patch=2), 16, 40) == ((16, 16), (2, 2))
     assert anysize.methods.create("multidiffusion", window=32, stride=8).geometry(FakeAdapter(64), 64, 64) == ((32, 32), (8, 8))

@@ -23,9 +23,8 @@ official code (omerbt/MultiDiffusion, diffusers' panorama pipeline):
   In circular mode the number of windows is ``ceil(width / stride)`` (official: ``width // stride``,
   which can leave a gap when the width is not a multiple of the stride).
 * Window and stride are options (official: window 64, stride 8 latent px); the default window is
-  the model's native latent size, the default stride window/4 (16 at 64: about 4x fewer windows than
-  the official 8, a setting the ASD paper's baselines also use; ``stride=window//8`` gives the
-  official one). A default window larger than the
+  the model's native latent size and the default stride window/8, the official 8 at 64 (``stride``
+  trades quality for speed: window/4 needs about 4x fewer windows). A default window larger than the
   canvas shrinks to it along that axis (the official code does the same implicitly by slicing).
 * Any family: SDXL windows pass their crop coordinates, SD3 windows their slice of the position
   table, FLUX windows their position ids (official: SD 1.x/2.x only). Such windows are batched
@@ -60,7 +59,7 @@ def _opt_positive(name: str, v) -> None:
 class MultiDiffusionOptions(MethodOptions):
     #: window side in latent px (None: the model's native latent size)
     window: int | None = None
-    #: distance between window starts in latent px (None: window // 4; MultiDiffusion's own is window // 8)
+    #: distance between window starts in latent px (None: window // 8, as MultiDiffusion's 8 for 64)
     stride: int | None = None
     #: "uniform" (MultiDiffusion) or "gaussian" (Mixture of Diffusers)
     weighting: str = "uniform"
@@ -93,7 +92,7 @@ class MultiDiffusion(Method):
         th, tw = tile_size(adapter, o.window, height, width, "window")
         p = latent_patch(adapter)
         if o.stride is None:
-            strides = tuple(max(p, t // 4 // p * p) for t in (th, tw))
+            strides = tuple(max(p, t // 8 // p * p) for t in (th, tw))
         else:
             if o.stride % p:
                 raise InvalidArgumentError(f"stride {o.stride} must be a multiple of {p} latent pixels for {adapter.family}")
