@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from .errors import InvalidArgumentError, OutputError
 
-__all__ = ["PARAMETERS_KEY", "METADATA_KEY", "infotext", "save_png", "save_json", "check_writable", "read_metadata", "read_parameters"]
+__all__ = ["PARAMETERS_KEY", "METADATA_KEY", "infotext", "save_png", "save_json", "save_text", "check_writable", "read_metadata", "read_parameters"]
 
 PARAMETERS_KEY = "parameters"
 METADATA_KEY = "anysize"
@@ -248,6 +248,19 @@ def save_json(payload: dict, path: str | os.PathLike, *, force: bool = False) ->
     path = Path(path)
     check_writable(path, force)
     data = (json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create directory {path.parent} for {path}: {e.strerror or e}") from None
+    _write_atomically(path, path.parent, lambda f: f.write(data), force)
+    return path
+
+
+def save_text(text: str, path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write UTF-8 text (Markdown, CSV), with the same atomic, no-overwrite rules as :func:`save_png`."""
+    path = Path(path)
+    check_writable(path, force)
+    data = text.encode("utf-8")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

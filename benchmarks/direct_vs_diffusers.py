@@ -1,8 +1,9 @@
 """anysize `direct` vs the stock diffusers pipeline, same model, seed, scheduler and size.
 
 Measures the overhead of anysize's adapter + sampling loop over the diffusers pipeline it wraps
-(it should be ~1.0x) and checks the images agree. Runs alternate (ours, stock, ours, ...) so machine
-drift cancels; warm-up runs are excluded.
+(it should be ~1.0x) and checks the images agree. Runs alternate (ours, stock, stock, ours, ...;
+:func:`anysize.eval.timing.alternate`, shared with ``anysize bench``) so machine drift cancels;
+warm-up runs are excluded.
 
     python benchmarks/direct_vs_diffusers.py --families sd1 sdxl sd3 flux --steps 10 --repeats 5
 """
@@ -11,13 +12,12 @@ from __future__ import annotations
 
 import argparse
 import platform
-import statistics
-import time
 
 import numpy as np
 import torch
 
 import anysize
+from anysize.eval.timing import alternate
 from anysize.models import adapt
 from anysize.testing import tiny_pipeline
 
@@ -50,14 +50,9 @@ def main(argv=None):
                         guidance_scale=adapter.default_guidance, output_type="np",
                         generator=torch.Generator().manual_seed(0)).images[0]
 
-        a, b = ours(), stock()  # warm-up, and the agreement check
-        times = {"ours": [], "stock": []}
-        for _ in range(args.repeats):
-            for name, fn in (("ours", ours), ("stock", stock)):
-                t = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t)
-        mo, ms = statistics.median(times["ours"]), statistics.median(times["stock"])
+        t = alternate({"ours": ours, "stock": stock}, repeats=args.repeats, warmup=1)
+        a, b = t.results["ours"], t.results["stock"]  # the agreement check
+        mo, ms = t.median("ours"), t.median("stock")
         print(f"| {family} | {mo:.3f} | {ms:.3f} | {mo / ms:.3f} | {np.abs(a - b).max():.1e} |")
 
 

@@ -1,0 +1,204 @@
+"""``anysize bench``: time every registered method on real architectures, as ratios to ``direct``.
+
+For each architecture (:mod:`anysize.eval.architectures`: the toy model, or the real SD 1.5 / SD 2.1
+/ SDXL / SD3 / FLUX denoisers with random weights) and each size, every method that supports the
+model generates the same prompt and seed with :func:`anysize.generate`; the methods alternate
+(:func:`anysize.eval.timing.alternate`: one untimed warm-up each, device synchronised, order
+reversed every other round), so each method's median time divided by ``direct``'s median from the
+same rounds is free of slow machine drift. Per method and size the bench records:
+
+* ``seconds``: median wall-clock seconds of one whole-image generation (prompt encoding, the
+  denoising loop, VAE decode; see the architectures module for which parts are real-sized);
+* ``ratio_to_direct``: that median over ``direct``'s;
+* ``network_calls``: denoiser evaluations per image (``adapter.calls``; a CFG call on [uncond;
+  cond] counts 2), e.g. ``steps x 2`` for ``direct`` with classifier-free guidance;
+* ``peak_memory_mib``: CUDA allocator peak on a GPU, else the process's peak RSS during the run
+  (which includes the weights).
+
+This is a tool: nothing in the library imports it.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Sequence
+
+import torch
+
+from .errors import InvalidArgumentError, InvalidSizeError
+from .eval.architectures import ARCHITECTURES, build_pipeline, describe
+from .eval.timing import alternate, machine
+
+__all__ = ["BENCH_PROMPT", "bench", "build_adapter", "format_table", "parse_bench_size"]
+
+BENCH_PROMPT = "a red triangle on a blue background"
+
+_SCALE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*$", re.IGNORECASE)
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
+
+
+def parse_bench_size(text: str, native: tuple[int, int] | None = None, multiple: int = 1):
+    """``"native"``, ``"2x"`` (times the native side, rounded to the model's multiple) or ``"WxH"``.
+
+    Returns (width, height); with ``native`` None only checks the syntax and returns None for the
+    relative forms.
+    """
+    t = text.strip().lower()
+    if t == "native":
+        return None if native is None else (native[1], native[0])
+    m = _SCALE_RE.match(t)
+    if m:
+        f = float(m.group(1))
+        if f <= 0:
+            raise InvalidSizeError(f"size {text!r}: the scale must be positive")
+        if native is None:
+            return None
+        h, w = (max(multiple, round(v * f / multiple) * multiple) for v in native)
+        return w, h
+    m = _SIZE_RE.match(t)
+    if not m or int(m.group(1)) <= 0 or int(m.group(2)) <= 0:
+        raise InvalidSizeError(
+            f"size {text!r} is not 'native', a scale like '2x' (times the native side) or WIDTHxHEIGHT like 512x512"
+        )
+    return int(m.group(1)), int(m.group(2))
+
+
+def build_adapter(name: str, *, reduced: bool, device: str | torch.device = "cpu",
+                  dtype: torch.dtype = torch.float32):
+    """The model adapter of architecture ``name`` (the toy loads with its folder defaults)."""
+    from .models import adapt
+
+    if name == "toy":
+        from . import api
+
+        return api.load(None, dtype=dtype, device=str(device))
+    return adapt(build_pipeline(name, reduced=reduced, device=device, dtype=dtype))
+
+
+def _methods_for(adapter, methods: Sequence[str] | None, height: int, width: int) -> tuple[list[str], dict[str, str]]:
+    from . import methods as registry
+    from .errors import AnysizeError
+
+    names = list(methods) if methods else registry.names()
+    if "direct" in names:
+        names.remove("direct")
+    names.insert(0, "direct")  # the baseline of every ratio
+    usable, skipped = [], {}
+    for n in names:
+        try:
+            registry.create(n).check(adapter, height, width)
+        except AnysizeError as e:
+            skipped[n] = str(e)
+            continue
+        usable.append(n)
+    return usable, skipped
+
+
+def bench_one(adapter, *, methods: Sequence[str] | None, width: int, height: int, steps: int,
+              guidance: float | None = None, repeats: int = 3, warmup: int = 1, seed: int = 0,
+              prompt: str = BENCH_PROMPT) -> dict[str, Any]:
+    """Time the methods on one adapter at one size; returns a JSON-ready record."""
+    from . import api
+
+    adapter.check_size(height, width)
+    names, skipped = _methods_for(adapter, methods, height, width)
+    calls: dict[str, list[int]] = {n: [] for n in names}
+
+    def run(n):
+        def go():
+            r = api.generate(adapter, prompt, width=width, height=height, method=n, steps=steps, guidance=guidance,
+                             seed=seed, progress=False, output_type="np")
+            calls[n].append(r.network_calls)
+            return r
+
+        return go
+
+    t = alternate({n: run(n) for n in names}, repeats=repeats, warmup=warmup, device=adapter.device)
+    base = t.median("direct")
+    rows = []
+    for n in names:
+        if len(set(calls[n])) != 1:  # a method must be deterministic in its work
+            raise RuntimeError(f"{n} made a different number of network calls per run: {calls[n]}")
+        rows.append({
+            "method": n,
+            "seconds": round(t.median(n), 4),
+            "seconds_all": [round(s, 4) for s in t.seconds[n]],
+            "ratio_to_direct": round(t.median(n) / base, 3),
+            "network_calls": calls[n][0],
+            "peak_memory_mib": round(t.peak_mib(n), 1),
+        })
+    return {"width": width, "height": height, "steps": steps, "memory": t.memory_kind, "methods": rows,
+            "skipped": skipped}
+
+
+def bench(
+    architectures: Sequence[str] = ("toy",),
+    *,
+    sizes: Sequence[str] = ("native",),
+    methods: Sequence[str] | None = None,
+    steps: int = 4,
+    guidance: float | None = None,
+    repeats: int = 3,
+    warmup: int = 1,
+    reduced: bool = True,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    progress=None,
+) -> dict[str, Any]:
+    """Run the bench; returns ``{"machine", "config", "results": [...]}`` (one result per arch × size)."""
+    from .errors import UnknownChoiceError
+
+    for a in architectures:
+        if a not in ARCHITECTURES:
+            raise UnknownChoiceError("architecture", a, ARCHITECTURES)
+    for s in sizes:
+        parse_bench_size(s)
+    if steps < 1 or repeats < 1 or warmup < 0:
+        raise InvalidArgumentError(f"steps and repeats must be positive and warmup >= 0, got {steps}, {repeats}, {warmup}")
+    results = []
+    for a in architectures:
+        t0 = time.perf_counter()
+        adapter = build_adapter(a, reduced=reduced, device=device, dtype=dtype)
+        build_s = time.perf_counter() - t0
+        params = sum(p.numel() for p in adapter.network.parameters())
+        for s in sizes:
+            w, h = parse_bench_size(s, adapter.native_size, adapter.size_multiple)
+            if progress:
+                progress(f"{a} {w}x{h}")
+            rec = bench_one(adapter, methods=methods, width=w, height=h, steps=steps, guidance=guidance,
+                            repeats=repeats, warmup=warmup, seed=seed)
+            results.append({"architecture": a, "description": describe(a, reduced), "denoiser_params": params,
+                            "native_size": list(adapter.native_size)[::-1], "build_seconds": round(build_s, 1),
+                            **rec})
+        del adapter
+    return {
+        "machine": machine(device),
+        "config": {"architectures": list(architectures), "sizes": list(sizes), "methods": methods or "all registered",
+                   "steps": steps, "guidance": guidance, "repeats": repeats, "warmup": warmup, "reduced": reduced,
+                   "dtype": str(dtype).replace("torch.", ""), "seed": seed, "prompt": BENCH_PROMPT,
+                   "timed": "anysize.generate end to end: prompt encoding, denoising loop, VAE decode"},
+        "results": results,
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """A Markdown table: one row per architecture × size × method."""
+    head = ["architecture", "size", "method", "s/image", "× direct", "network calls", "peak MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in report["results"]:
+        for m in r["methods"]:
+            lines.append("| " + " | ".join([
+                r["architecture"], f"{r['width']}x{r['height']}", m["method"], f"{m['seconds']:.3f}",
+                f"{m['ratio_to_direct']:.2f}", str(m["network_calls"]), f"{m['peak_memory_mib']:.0f}",
+            ]) + " |")
+    mach = report["machine"]
+    where = mach.get("gpu") or f"{mach['cpu']} ({mach['torch_threads']} torch threads)"
+    cfg = report["config"]
+    lines.append("")
+    lines.append(f"Machine: {where}; torch {mach['torch']}, diffusers {mach['diffusers']}; {cfg['dtype']}, "
+                 f"{cfg['steps']} steps, median of {cfg['repeats']} alternating runs after {cfg['warmup']} warm-up; "
+                 f"{'reduced-depth' if cfg['reduced'] else 'full-depth'} denoisers; peak memory = "
+                 f"{'CUDA allocator' if 'gpu' in mach else 'process RSS'}.")
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""anysize bench: timing harness, exact network-call counts, real-architecture builders, CLI."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from anysize import bench, cli
+from anysize.errors import InvalidSizeError, UnknownChoiceError
+from anysize.eval import timing
+from anysize.models import adapt
+
+# direct with classifier-free guidance calls the network on [uncond; cond]: 2 evaluations per step
+CFG_FACTOR = {"sd1": 2, "sd2": 2, "sdxl": 2, "sd3": 2, "flux": 1}  # FLUX.1-dev: distilled guidance, no CFG
+
+
+# network evaluations per image for 3 steps: the SD 1.5 PNDM (PLMS) scheduler evaluates its first
+# timestep twice (diffusers gives it steps + 1 timesteps); every other scheduler one per step
+SCHEDULER_EVALS = {"sd1": 4, "sd2": 3, "sdxl": 3, "sd3": 3, "flux": 3}
+
+
+@pytest.mark.parametrize("family", sorted(CFG_FACTOR))
+def test_direct_network_calls_are_steps_times_cfg(tiny, family):
+    from anysize.schedulers import make_scheduler
+
+    adapter = adapt(tiny(family))
+    assert len(adapter.set_timesteps(make_scheduler(adapter, None), 3, (16, 16))) == SCHEDULER_EVALS[family]
+    rec = bench.bench_one(adapter, methods=["direct"], width=128, height=128, steps=3, repeats=1, warmup=0)
+    (row,) = [m for m in rec["methods"] if m["method"] == "direct"]
+    assert row["network_calls"] == SCHEDULER_EVALS[family] * CFG_FACTOR[family]
+    assert row["ratio_to_direct"] == 1.0
+    assert row["seconds"] > 0 and row["peak_memory_mib"] > 0
+
+
+def test_guidance_one_halves_the_calls(tiny):
+    adapter = adapt(tiny("sd1"))
+    rec = bench.bench_one(adapter, methods=["direct"], width=128, height=128, steps=3, guidance=1.0,
+                          repeats=1, warmup=0)
+    assert rec["methods"][0]["network_calls"] == SCHEDULER_EVALS["sd1"]
+
+
+def test_every_registered_method_is_benched_and_direct_comes_first(tiny):
+    from anysize import methods
+
+    adapter = adapt(tiny("sd1"))
+    rec = bench.bench_one(adapter, methods=None, width=128, height=128, steps=2, repeats=1, warmup=0)
+    benched = [m["method"] for m in rec["methods"]]
+    assert benched[0] == "direct"
+    assert sorted(benched + list(rec["skipped"])) == methods.names()
+
+
+def test_alternate_interleaves_and_reverses():
+    order = []
+    t = timing.alternate({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3, warmup=1)
+    assert order == ["a", "b", "a", "b", "b", "a", "a", "b"]
+    assert len(t.seconds["a"]) == 3 and len(t.peak_bytes["b"]) == 3
+
+
+def test_peak_memory_sees_an_allocation():
+    with timing.PeakMemory("cpu") as small:
+        pass
+    with timing.PeakMemory("cpu") as big:
+        x = torch.ones(64 * 2**20, dtype=torch.uint8)  # 64 MiB, touched
+        x += 1
+    assert big.kind == "rss" and big.peak_bytes > 0
+    if big.reset:  # Linux: each region measures its own peak
+        assert big.peak_bytes - small.peak_bytes > 32 * 2**20
+
+
+def test_bench_sizes():
+    assert bench.parse_bench_size("native", (128, 256), 8) == (256, 128)
+    assert bench.parse_bench_size("2x", (128, 128), 8) == (256, 256)
+    assert bench.parse_bench_size("1.5x", (100, 100), 8) == (152, 152)
+    assert bench.parse_bench_size("320x192") == (320, 192)
+    for bad in ("0x", "abc", "0x128", "-2x"):
+        with pytest.raises(InvalidSizeError):
+            bench.parse_bench_size(bad)
+
+
+def test_unknown_architecture():
+    with pytest.raises(UnknownChoiceError, match="sd1.5"):
+        bench.bench(["sd9"])
+
+
+@pytest.mark.parametrize("reduced", [True, False])
+def test_real_architecture_configs(reduced):
+    """The published configurations, built on the meta device (no memory, no time)."""
+    from anysize.eval.architectures import build_pipeline
+
+    def net(name):
+        pipe = build_pipeline(name, reduced=reduced, device="meta")
+        return pipe, (pipe.unet if hasattr(pipe, "unet") else pipe.transformer).config
+
+    pipe, c = net("sd1.5")
+    assert (tuple(c.block_out_channels), c.attention_head_dim, c.cross_attention_dim) == ((320, 640, 1280, 1280), 8, 768)
+    assert c.layers_per_block == (1 if reduced else 2) and not c.use_linear_projection
+    assert adapt(pipe).native_size == (512, 512)
+    pipe, c = net("sd2.1")
+    assert (tuple(c.attention_head_dim), c.cross_attention_dim, c.use_linear_projection) == ((5, 10, 20, 20), 1024, True)
+    assert pipe.scheduler.config.prediction_type == "v_prediction" and adapt(pipe).native_size == (768, 768)
+    pipe, c = net("sdxl")
+    assert (tuple(c.block_out_channels), c.cross_attention_dim, c.addition_embed_type) == ((320, 640, 1280), 2048, "text_time")
+    assert tuple(c.transformer_layers_per_block) == ((1, 1, 2) if reduced else (1, 2, 10))
+    assert c.projection_class_embeddings_input_dim == 6 * 256 + 1280 and adapt(pipe).native_size == (1024, 1024)
+    pipe, c = net("sd3")
+    assert (c.num_attention_heads, c.attention_head_dim, c.joint_attention_dim, c.pooled_projection_dim) == (24, 64, 4096, 2048)
+    assert c.num_layers == (2 if reduced else 24) and adapt(pipe).native_size == (1024, 1024)
+    pipe, c = net("flux")
+    assert (c.num_attention_heads, c.attention_head_dim, tuple(c.axes_dims_rope), c.guidance_embeds) == (24, 128, (16, 56, 56), True)
+    assert (c.num_layers, c.num_single_layers) == ((1, 2) if reduced else (19, 38))
+    assert adapt(pipe).native_size == (1024, 1024)
+
+
+def test_bench_cli_writes_json_and_markdown(capsys, tmp_path):
+    out = tmp_path / "b.json"
+    rc = cli.main(["bench", "--arch", "toy", "--size", "native", "--steps", "2", "--repeats", "1",
+                   "--methods", "direct", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads(out.read_text())
+    (res,) = report["results"]
+    assert res["architecture"] == "toy" and res["width"] == 128
+    assert res["methods"][0]["network_calls"] == 2 * 2
+    md = out.with_suffix(".md").read_text()
+    assert "| toy | 128x128 | direct |" in md and "Machine:" in md
+    assert "| toy | 128x128 | direct |" in captured.out
+    # no overwrite without --force
+    rc = cli.main(["bench", "--arch", "toy", "--steps", "1", "--repeats", "1", "--out", str(out)])
+    assert rc == 2 and "--force" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bench", "--arch", "sd9"], "unknown architecture 'sd9'; valid choices: flux, sd1.5"),
+    (["bench", "--methods", "nope"], "unknown method 'nope'"),
+    (["bench", "--size", "big"], "is not 'native'"),
+    (["bench", "--steps", "0"], "--steps must be a positive integer"),
+    (["bench", "--repeats", "0"], "--repeats must be a positive integer"),
+    (["bench", "--out", "x.txt"], "must end in .json"),
+])
+def test_bench_cli_bad_input(capsys, tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(bench, "build_adapter", lambda *a, **k: pytest.fail("loaded a model"))
+    rc = cli.main(args)
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.count("\n") == 1
