@@ -596,8 +596,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _build_eval(sub) -> None:
-    p = sub.add_parser("eval", help="evaluate methods: composition (object count, duplication, fidelity)",
-                       description="Evaluate methods on the toy world.")
+    p = sub.add_parser("eval", help="evaluate methods: composition (toy world), metrics (FID/KID/IS/CLIP), plots",
+                       description="Evaluate methods: composition on the toy world; FID/KID/IS/CLIP, time and memory "
+                       "on a prompt manifest (metrics); quality-vs-time plots (plot); COCO manifests (manifest).")
     evsub = p.add_subparsers(dest="eval_command", metavar="WHAT", title="evaluations")
     c = evsub.add_parser(
         "composition", formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -630,7 +631,200 @@ examples:
     c.add_argument("--force", action="store_true", help="overwrite an existing file")
     c.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     c.set_defaults(func=cmd_eval_composition)
-    p.set_defaults(func=lambda a: _error(f"choose an evaluation: composition (see '{PROG} eval --help')"))
+    _build_eval_metrics(evsub)
+    _build_eval_plot(evsub)
+    _build_eval_manifest(evsub)
+    p.set_defaults(func=lambda a: _error(
+        f"choose an evaluation: composition, metrics, plot, manifest (see '{PROG} eval --help')"))
+
+
+def _build_eval_metrics(evsub) -> None:
+    from .eval.metrics import CLIP_MODEL, METRICS
+
+    c = evsub.add_parser(
+        "metrics", formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="FID/KID (resized, crops, vs native size), IS, CLIP score, seconds/image, peak memory",
+        description=f"""\
+Generate one image per row of a prompt manifest (JSONL lines {{"id", "prompt", "seed"}}; default: the
+shipped 32-prompt smoke set) with a method at a size, or score images made elsewhere (--from-dir DIR
+with DIR/<id>.png), and compute:
+
+  fid_r, kid_r   whole images resized to 299x299 (PIL bicubic, antialiased) vs --reference images
+  fid_c, kid_c   --crops K random --crop-size crops per image (default: the model's native side;
+                 positions seeded by each row's seed) vs the same crops of the --reference images
+  fid_b, kid_b   vs the same model at its native size, same prompts and seeds (generated into
+                 OUT/base/, or --base-dir DIR)
+  is             Inception Score of the resized images (and of the crops when crops are computed)
+  clip           CLIP score, 100 * max(cos, 0), torchmetrics CLIPScore with --clip-model
+                 (default {CLIP_MODEL})
+
+Features: Inception v3 with the FID weights (torch-fidelity; downloaded on first use; needs
+'pip install anysize[eval]'). KID: unbiased, cubic kernel, --kid-subsets subsets of
+--kid-subset-size (default min(1000, set sizes)). Time: seconds per image after one untimed warm-up,
+device synchronised; peak memory: CUDA allocator (GPU) or process RSS (CPU).
+
+Writes OUT/metrics.json, OUT/per_image.csv, OUT/metrics.md (a Markdown row), OUT/samples.png and the
+images. For a 1k-prompt set: 'anysize eval manifest --coco captions_val2017.json --n 1000'.""",
+        epilog="""\
+examples:
+  anysize eval metrics --model stabilityai/stable-diffusion-xl-base-1.0 --dtype fp16 --method direct \\
+      --size 2048x2048 --prompts coco1k.jsonl --reference data/laion_hr --crops 10 --out runs/sdxl-2048-direct
+  anysize eval metrics --from-dir other_repo_outputs/ --prompts coco1k.jsonl --reference data/laion_hr \\
+      --crop-size 1024 --base-dir runs/sdxl-2048-direct/base --out runs/other
+  anysize eval metrics --size 256x256 --limit 8 --metrics is,fid_b,kid_b --out runs/toy-256
+""",
+    )
+    c.add_argument("--prompts", metavar="FILE", default=None, help="JSONL manifest (default: the 32-prompt smoke set)")
+    c.add_argument("--limit", type=int, default=None, help="only the first N rows")
+    c.add_argument("--method", default="direct", metavar="NAME", help="generation method (default: direct)")
+    c.add_argument("--size", default=None, metavar="WxH", help="image size (default: native)")
+    c.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model's)")
+    c.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    c.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set",
+                   help="a method option (repeatable)")
+    _add_model_options(c)
+    _add_runtime_options(c)
+    c.add_argument("--from-dir", metavar="DIR", default=None,
+                   help="score DIR/<id>.png instead of generating (the model is then loaded only for FID_b)")
+    c.add_argument("--reference", metavar="DIR", default=None, help="real images for fid_r/kid_r/fid_c/kid_c")
+    c.add_argument("--base-dir", metavar="DIR", default=None, help="native-size images <id>.png for fid_b/kid_b")
+    c.add_argument("--metrics", metavar="LIST", default=None,
+                   help=f"comma-separated subset of {','.join(METRICS)} (default: all the inputs allow)")
+    c.add_argument("--crops", type=int, default=10, help="crops per image for fid_c/kid_c (default: 10)")
+    c.add_argument("--crop-size", type=int, default=None, help="crop side in px (default: the model's native side)")
+    c.add_argument("--kid-subset-size", type=int, default=None, help="KID subset size (default: min(1000, n))")
+    c.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: 100)")
+    c.add_argument("--clip-model", default=CLIP_MODEL, metavar="M", help="CLIP model id or folder (default: %(default)s)")
+    c.add_argument("--warmup", type=int, default=1, help="untimed generations before timing (default: 1)")
+    c.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: anysize-eval-<method>-<W>x<H>, or anysize-eval-<from-dir name>)")
+    c.add_argument("--force", action="store_true", help="overwrite existing results")
+    c.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    c.set_defaults(func=cmd_eval_metrics)
+
+
+def cmd_eval_metrics(args: argparse.Namespace) -> int:
+    from . import methods
+    from .eval import metrics as M
+    from .eval.run import markdown_header, markdown_row, plan_metrics, run_eval
+
+    check_choice("method", args.method, methods.names())
+    options = parse_set(args.set)
+    methods.create(args.method, **options)
+    size = parse_size(args.size) if args.size is not None else None
+    for v, name in ((args.steps, "--steps"), (args.limit, "--limit"), (args.crop_size, "--crop-size"),
+                    (args.kid_subset_size, "--kid-subset-size")):
+        if v is not None and v <= 0:
+            raise InvalidArgumentError(f"{name} must be a positive integer, got {v}")
+    for v, name in ((args.crops, "--crops"), (args.kid_subsets, "--kid-subsets")):
+        if v <= 0:
+            raise InvalidArgumentError(f"{name} must be a positive integer, got {v}")
+    if args.warmup < 0:
+        raise InvalidArgumentError(f"--warmup must be >= 0, got {args.warmup}")
+    requested = None
+    if args.metrics is not None:
+        requested = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    rows = M.load_manifest(args.prompts, args.limit)
+    device = _check_model_options(args)
+    _check_sizes(args, [size])
+    need_model = args.from_dir is None or (
+        args.base_dir is None and args.model is not None
+        and (requested is None or any(m in ("fid_b", "kid_b") for m in requested)))
+    plan_metrics(requested, reference=args.reference is not None, base=args.base_dir is not None or need_model)
+    for folder, what in ((args.reference, "reference folder"),):
+        if folder is not None:
+            M.list_images(folder, what)
+    if args.from_dir is not None:
+        M.find_images(args.from_dir, rows)
+    if args.base_dir is not None:
+        M.find_images(args.base_dir, rows, "--base-dir")
+    if args.out is None:
+        if args.from_dir is not None:
+            name = f"anysize-eval-{Path(args.from_dir).resolve().name}"
+        else:
+            name = f"anysize-eval-{args.method}-{size[0]}x{size[1]}" if size else f"anysize-eval-{args.method}-native"
+        args.out = name
+    quiet = args.quiet
+    with _library_output(quiet):
+        adapter = _load_model(args, device) if need_model else None
+        width, height = (size if size is not None else (None, None))
+        if adapter is not None and size is not None:
+            adapter.check_size(height, width)
+        summary = run_eval(
+            args.out, adapter=adapter, manifest=args.prompts, limit=args.limit, method=args.method, width=width,
+            height=height, steps=args.steps, guidance=args.guidance, method_options=options, from_dir=args.from_dir,
+            reference=args.reference, base_dir=args.base_dir, metrics=requested, crops=args.crops,
+            crop_size=args.crop_size, kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets,
+            clip_model=args.clip_model, warmup=args.warmup, force=args.force, progress=not quiet,
+            note=lambda msg: _note(quiet, msg),
+        )
+    print(markdown_header())
+    print(markdown_row(summary))
+    for f in summary["files"].values():
+        print(f)
+    return EXIT_OK
+
+
+def _build_eval_plot(evsub) -> None:
+    c = evsub.add_parser(
+        "plot", help="quality vs seconds/image scatter over several 'eval metrics' runs",
+        description="Plot one metric of several 'anysize eval metrics' runs against their seconds per image (PNG).",
+        epilog="example:\n  anysize eval plot runs/* --metric fid_b --out fid_b-vs-time.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("runs", nargs="+", metavar="RUN", help="run folders (or their metrics.json)")
+    c.add_argument("--metric", default="fid_r", help="the y axis (default: fid_r)")
+    c.add_argument("--out", default="anysize-quality-vs-time.png", help="the PNG (default: %(default)s)")
+    c.add_argument("--force", action="store_true", help="overwrite an existing file")
+    c.set_defaults(func=cmd_eval_plot)
+
+
+def cmd_eval_plot(args: argparse.Namespace) -> int:
+    from .eval.metrics import METRICS
+    from .eval.plots import load_runs, quality_time_scatter
+    from .output import check_writable
+    from .output import _write_atomically
+
+    names = [m for m in METRICS if m not in ("is", "clip")] + ["is_r", "is_c", "clip_score"]
+    check_choice("metric", args.metric, names)
+    out = Path(args.out)
+    if out.suffix.lower() != ".png":
+        raise OutputError(f"--out {out} must end in .png")
+    check_writable(out, args.force)
+    fig = quality_time_scatter(load_runs(args.runs), args.metric)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomically(out, out.parent, lambda f: fig.savefig(f, format="png"), args.force)
+    print(out)
+    return EXIT_OK
+
+
+def _build_eval_manifest(evsub) -> None:
+    c = evsub.add_parser(
+        "manifest", help="make a prompt manifest (JSONL) from COCO captions",
+        description="Write a JSONL prompt manifest {id, prompt, seed} of N captions from a COCO captions file "
+        "(e.g. annotations/captions_val2017.json): one caption per image, images drawn with --seed, row "
+        "seeds 0..N-1. LAION or other caption sets: write the same JSONL lines yourself.",
+        epilog="example:\n  anysize eval manifest --coco annotations/captions_val2017.json --n 1000 --out coco1k.jsonl",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    c.add_argument("--coco", required=True, metavar="FILE", help="COCO captions JSON")
+    c.add_argument("--n", type=int, default=1000, help="rows (default: 1000)")
+    c.add_argument("--seed", type=int, default=0, help="which images (default: 0)")
+    c.add_argument("--out", default="coco1k.jsonl", help="the manifest (default: %(default)s)")
+    c.add_argument("--force", action="store_true", help="overwrite an existing file")
+    c.set_defaults(func=cmd_eval_manifest)
+
+
+def cmd_eval_manifest(args: argparse.Namespace) -> int:
+    from .eval.metrics import coco_manifest, write_manifest
+    from .output import check_writable, save_text
+
+    if args.n <= 0:
+        raise InvalidArgumentError(f"--n must be a positive integer, got {args.n}")
+    check_writable(args.out, args.force)
+    save_text(write_manifest(coco_manifest(args.coco, args.n, args.seed)), args.out, force=args.force)
+    print(args.out)
+    return EXIT_OK
 
 
 def cmd_eval_composition(args: argparse.Namespace) -> int:
