@@ -20,6 +20,7 @@ This is a tool: nothing in the library imports it.
 
 from __future__ import annotations
 
+import gc
 import re
 import time
 from typing import Any, Sequence
@@ -173,6 +174,7 @@ def bench(
                             "native_size": list(adapter.native_size)[::-1], "build_seconds": round(build_s, 1),
                             **rec})
         del adapter
+        gc.collect()  # the next architecture's memory figures start from a clean process
     return {
         "machine": machine(device),
         "config": {"architectures": list(architectures), "sizes": list(sizes), "methods": methods or "all registered",

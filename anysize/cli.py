@@ -695,6 +695,8 @@ examples:
     c.add_argument("--kid-subset-size", type=int, default=None, help="KID subset size (default: min(1000, n))")
     c.add_argument("--kid-subsets", type=int, default=100, help="KID subsets (default: 100)")
     c.add_argument("--clip-model", default=CLIP_MODEL, metavar="M", help="CLIP model id or folder (default: %(default)s)")
+    c.add_argument("--inception-weights", default=None, metavar="FILE",
+                   help="local copy of torch-fidelity's Inception weights (default: downloaded once by torch-fidelity)")
     c.add_argument("--warmup", type=int, default=1, help="untimed generations before timing (default: 1)")
     c.add_argument("--out", default=None, metavar="DIR",
                    help="output folder (default: anysize-eval-<method>-<W>x<H>, or anysize-eval-<from-dir name>)")
@@ -731,9 +733,10 @@ def cmd_eval_metrics(args: argparse.Namespace) -> int:
         args.base_dir is None and args.model is not None
         and (requested is None or any(m in ("fid_b", "kid_b") for m in requested)))
     plan_metrics(requested, reference=args.reference is not None, base=args.base_dir is not None or need_model)
-    for folder, what in ((args.reference, "reference folder"),):
-        if folder is not None:
-            M.list_images(folder, what)
+    if args.reference is not None:
+        M.list_images(args.reference, "reference folder")
+    if args.inception_weights is not None and not Path(args.inception_weights).is_file():
+        raise InvalidArgumentError(f"Inception weights file {args.inception_weights} does not exist")
     if args.from_dir is not None:
         M.find_images(args.from_dir, rows)
     if args.base_dir is not None:
@@ -755,7 +758,7 @@ def cmd_eval_metrics(args: argparse.Namespace) -> int:
             height=height, steps=args.steps, guidance=args.guidance, method_options=options, from_dir=args.from_dir,
             reference=args.reference, base_dir=args.base_dir, metrics=requested, crops=args.crops,
             crop_size=args.crop_size, kid_subset_size=args.kid_subset_size, kid_subsets=args.kid_subsets,
-            clip_model=args.clip_model, warmup=args.warmup, force=args.force, progress=not quiet,
+            clip_model=args.clip_model, inception_weights=args.inception_weights, warmup=args.warmup, force=args.force, progress=not quiet,
             note=lambda msg: _note(quiet, msg),
         )
     print(markdown_header())

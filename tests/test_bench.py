@@ -113,6 +113,20 @@ def test_real_architecture_configs(reduced):
     assert adapt(pipe).native_size == (1024, 1024)
 
 
+# denoiser parameters in millions: the published sizes (860M, 865M, 2.6B, 2B, 12B) and the reduced ones
+PARAMS_M = {"sd1.5": (860, 579), "sd2.1": (866, 583), "sdxl": (2567, 575), "sd3": (2028, 159), "flux": (11901, 687)}
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS_M))
+def test_real_architecture_sizes(name):
+    from anysize.eval.architectures import build_pipeline
+
+    for reduced, expected in zip((False, True), PARAMS_M[name]):
+        pipe = build_pipeline(name, reduced=reduced, device="meta")
+        net = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+        assert round(sum(p.numel() for p in net.parameters()) / 1e6) == expected
+
+
 def test_bench_cli_writes_json_and_markdown(capsys, tmp_path):
     out = tmp_path / "b.json"
     rc = cli.main(["bench", "--arch", "toy", "--size", "native", "--steps", "2", "--repeats", "1",

@@ -99,6 +99,45 @@ def test_inception_score_bounds():
     assert 1 < M.inception_score(confident, splits=4)[0] <= 10  # random splits: marginals less even
 
 
+def test_inception_extractor_wraps_torch_fidelity(monkeypatch, tmp_path):
+    """The real extractor asks torch-fidelity for pool3 + unbiased logits (a stand-in module here: no weights)."""
+    import sys
+    import types
+
+    made = {}
+
+    class FakeInception(torch.nn.Module):
+        def __init__(self, name, features_list, feature_extractor_weights_path=None):
+            super().__init__()
+            made.update(name=name, features=features_list, weights=feature_extractor_weights_path)
+
+        def forward(self, x):
+            assert x.dtype == torch.uint8 and x.shape[1:] == (3, 299, 299)
+            return torch.ones(x.shape[0], 2048), torch.zeros(x.shape[0], 1008)
+
+    module = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    module.FeatureExtractorInceptionV3 = FakeInception
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.ModuleType("torch_fidelity"))
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", module)
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"x")
+    ext = M.default_extractor("cpu", weights)
+    assert made == {"name": "inception-v3-compat", "features": ["2048", "logits_unbiased"], "weights": str(weights)}
+    fs = M.extract((M.resize_clean(im, ext.input_size) for im in textures(3)), ext)
+    assert fs.features.shape == (3, 2048) and fs.logits.shape == (3, 1008)
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        M.default_extractor("cpu", tmp_path / "missing.pth")
+
+
+def test_missing_torch_fidelity_is_a_clear_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch_fidelity", None)  # import fails
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", None)
+    with pytest.raises(InvalidArgumentError, match=r"pip install 'anysize\[eval\]'"):
+        M.default_extractor()
+
+
 # ------------------------------------------------------------------------------------------ crops
 
 

@@ -206,20 +206,28 @@ def crop_boxes(width: int, height: int, crop: int, k: int, seed: int) -> list[tu
 
 
 class InceptionExtractor:
-    """torch-fidelity's Inception v3 with the original FID weights: pool3 features (2048) and logits."""
+    """torch-fidelity's Inception v3 with the original FID weights: pool3 features (2048) and logits.
+
+    ``weights`` is a local copy of torch-fidelity's weight file for machines without internet;
+    by default torch-fidelity downloads it once into the torch hub cache.
+    """
 
     name = "inception-v3-compat (torch-fidelity, FID weights)"
     input_size = 299
 
-    def __init__(self, device: str | torch.device = "cpu"):
+    def __init__(self, device: str | torch.device = "cpu", weights: str | os.PathLike | None = None):
         try:
             from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
         except ImportError:
             raise InvalidArgumentError(
                 "FID/KID/IS need torch-fidelity for the Inception weights: pip install 'anysize[eval]'"
             ) from None
+        if weights is not None and not Path(weights).is_file():
+            raise InvalidArgumentError(f"Inception weights file {weights} does not exist")
         self.device = torch.device(device)
-        self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"]).eval().to(self.device)
+        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                          feature_extractor_weights_path=None if weights is None else str(weights))
+        self.net = net.eval().to(self.device)
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,9 +235,9 @@ class InceptionExtractor:
         return pool.float().cpu(), logits.float().cpu()
 
 
-def default_extractor(device: str | torch.device = "cpu"):
+def default_extractor(device: str | torch.device = "cpu", weights: str | os.PathLike | None = None):
     """The feature network of real evaluations (downloads its weights on first use, like torch-fidelity)."""
-    return InceptionExtractor(device)
+    return InceptionExtractor(device, weights)
 
 
 @dataclass

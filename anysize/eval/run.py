@@ -129,6 +129,7 @@ def run_eval(
     is_splits: int = 10,
     clip_model: str | Callable = M.CLIP_MODEL,
     extractor=None,
+    inception_weights: str | Path | None = None,
     warmup: int = 1,
     force: bool = False,
     progress: bool = True,
@@ -237,7 +238,7 @@ def run_eval(
     needs_features = any(m != "clip" for m in plan)
     if needs_features:
         extractor = extractor if extractor is not None else M.default_extractor(
-            adapter.device if adapter is not None else "cpu")
+            adapter.device if adapter is not None else "cpu", inception_weights)
         note(f"features: {extractor.name}")
         seeds = [r.seed for r in rows]
         gen_whole, gen_crops = M.image_features(gen_files, extractor, crops=crops if use_crops else 0,
