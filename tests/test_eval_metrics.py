@@ -255,6 +255,14 @@ def test_run_generates_scores_and_writes_results(tiny, tmp_path, reference, net)
     assert again["metrics"] == pytest.approx(m, rel=1e-6)
     assert again["speed"] == {} and again["config"]["width"] == 128
 
+    # results and images are kept unless --force
+    with pytest.raises(AnysizeError, match="already exists|already has images"):
+        run_eval(out, adapter=adapter, manifest=_manifest(tmp_path, 4), steps=2, metrics=["is"], extractor=net,
+                 progress=False)
+    forced = run_eval(out, adapter=adapter, manifest=_manifest(tmp_path, 4), steps=2, metrics=["is"], extractor=net,
+                      progress=False, force=True)
+    assert forced["metrics"]["is_r"] == pytest.approx(m["is_r"])  # same seeds, same images
+
     # a shifted reference set is farther away
     shifted = save_all([Image.fromarray(np.clip(np.asarray(Image.open(p), dtype=int) + 90, 0, 255).astype(np.uint8))
                         for p in sorted(reference.iterdir())], tmp_path / "ref_shifted")
@@ -310,7 +318,7 @@ def model_dir(tmp_path_factory):
 
 
 def test_cli_eval_metrics_and_plot(capsys, tmp_path, monkeypatch, model_dir, net):
-    monkeypatch.setattr(M, "default_extractor", lambda device="cpu": net)
+    monkeypatch.setattr(M, "default_extractor", lambda device="cpu", weights=None: net)
     monkeypatch.chdir(tmp_path)
     manifest = _manifest(tmp_path, 3)
     rc = cli.main(["eval", "metrics", "--model", str(model_dir), "--prompts", str(manifest), "--steps", "1",
@@ -354,7 +362,7 @@ def test_cli_eval_metrics_bad_input(capsys, tmp_path, monkeypatch, model_dir, ar
 
 
 def test_cli_images_smaller_than_the_crop(capsys, tmp_path, monkeypatch, net):
-    monkeypatch.setattr(M, "default_extractor", lambda device="cpu": net)
+    monkeypatch.setattr(M, "default_extractor", lambda device="cpu", weights=None: net)
     monkeypatch.chdir(tmp_path)
     save_all(textures(3, size=(64, 64)), tmp_path / "gen", names=["p0", "p1", "p2"])
     save_all(textures(3, size=(300, 300)), tmp_path / "ref")

@@ -64,7 +64,7 @@ def plan_metrics(requested: Sequence[str] | None, *, reference: bool, base: bool
 
 
 def _generate_set(adapter, rows, folder: Path, *, method: str, width: int, height: int, steps, guidance,
-                  method_options, warmup: int, progress: bool, config_extra: dict) -> list[dict]:
+                  method_options, warmup: int, progress: bool, force: bool) -> list[dict]:
     """Generate every row into ``folder/<id>.png``; per-image seconds, calls and peak memory."""
     from tqdm.auto import tqdm
 
@@ -85,7 +85,7 @@ def _generate_set(adapter, rows, folder: Path, *, method: str, width: int, heigh
             result = one(row)
             synchronize(adapter.device)
             seconds = time.perf_counter() - t0
-        path = save_png(result.images[0], folder / f"{row.id}.png", {**result.config_for(0), **config_extra})
+        path = save_png(result.images[0], folder / f"{row.id}.png", result.config_for(0), force=force)
         records.append({"file": str(path), "seconds": seconds, "network_calls": result.network_calls,
                         "peak_memory_mib": mem.peak_mib, "memory": mem.kind})
     return records
@@ -213,7 +213,7 @@ def run_eval(
         note(f"generating {n} images with {method} at {width}x{height}")
         records = _generate_set(adapter, rows, out / "images", method=method, width=width, height=height,
                                 steps=steps, guidance=guidance, method_options=method_options, warmup=warmup,
-                                progress=progress, config_extra={})
+                                progress=progress, force=force)
         gen_files = [Path(r["file"]) for r in records]
         speed = {
             "seconds_per_image": sum(r["seconds"] for r in records) / n,
@@ -230,7 +230,7 @@ def run_eval(
         nh, nw = adapter.native_size
         note(f"generating the {n} native-size ({nw}x{nh}) base images for FID_b/KID_b")
         base = _generate_set(adapter, rows, out / "base", method="direct", width=nw, height=nh, steps=steps,
-                             guidance=guidance, method_options=None, warmup=0, progress=progress, config_extra={})
+                             guidance=guidance, method_options=None, warmup=0, progress=progress, force=force)
         base_files = [Path(r["file"]) for r in base]
 
     # ---- features and statistics
