@@ -117,6 +117,13 @@ def test_real_architecture_configs(reduced):
 PARAMS_M = {"sd1.5": (860, 579), "sd2.1": (866, 583), "sdxl": (2567, 575), "sd3": (2028, 159), "flux": (11901, 687)}
 
 
+def test_architectures_are_drawn_in_the_requested_dtype():
+    from anysize.eval.architectures import build_pipeline
+
+    pipe = build_pipeline("sd3", reduced=True, device="meta", dtype=torch.bfloat16)
+    assert pipe.transformer.dtype == torch.bfloat16 and torch.get_default_dtype() == torch.float32
+
+
 @pytest.mark.parametrize("name", sorted(PARAMS_M))
 def test_real_architecture_sizes(name):
     from anysize.eval.architectures import build_pipeline

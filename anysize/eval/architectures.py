@@ -232,8 +232,8 @@ def build_pipeline(name: str, *, reduced: bool = False, device: str | torch.devi
                    dtype: torch.dtype = torch.float32, seed: int = 0):
     """The pipeline of architecture ``name`` (see :data:`ARCHITECTURES`), on ``device`` in ``dtype``.
 
-    Random weights are drawn on ``device`` directly (no CPU copy of a multi-GB model) from ``seed``;
-    the caller's global RNG state is left untouched. ``toy`` loads the embedded model instead.
+    Random weights are drawn on ``device`` in ``dtype`` directly (no CPU or fp32 copy of a multi-GB
+    model) from ``seed``; the caller's global RNG state and default dtype are left untouched. ``toy`` loads the embedded model instead.
     """
     if name not in ARCHITECTURES:
         raise UnknownChoiceError("architecture", name, ARCHITECTURES)
@@ -245,12 +245,17 @@ def build_pipeline(name: str, *, reduced: bool = False, device: str | torch.devi
         pipe = DiffusionPipeline.from_pretrained(str(default_model_path()), torch_dtype=dtype).to(device)
     else:
         device = torch.device(device)
+        default = torch.get_default_dtype()
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
             if device.type == "cuda":
                 torch.cuda.manual_seed(seed)
-            pipe = _BUILDERS[name](reduced, device)
-        pipe.to(device=device, dtype=None if dtype == torch.float32 else dtype)
+            torch.set_default_dtype(dtype)  # drawn in the final dtype: FLUX in bf16 never exists in fp32
+            try:
+                pipe = _BUILDERS[name](reduced, device)
+            finally:
+                torch.set_default_dtype(default)
+        pipe.to(device=device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
