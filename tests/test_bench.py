@@ -166,3 +166,37 @@ def test_bench_cli_bad_input(capsys, tmp_path, monkeypatch, args, message):
     rc = cli.main(args)
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.count("\n") == 1
+
+
+def test_ratios_and_calls_of_another_method(tiny, monkeypatch):
+    """A registered method that evaluates the network twice per step: 2x the calls; its own ratio row."""
+    from anysize.methods import registry
+    from anysize.methods.base import Method
+
+    class Twice(Method):
+        name = "twice-test"
+        summary = "direct, evaluated twice per step (test only)"
+
+        def predict(self, ctx, x_in):
+            ctx.adapter.predict_guided(x_in, ctx.t, ctx.cond)
+            return ctx.adapter.predict_guided(x_in, ctx.t, ctx.cond)
+
+    class SD3Only(Method):
+        name = "sd3-only-test"
+        summary = "refuses other families (test only)"
+        families = ("sd3",)
+
+    monkeypatch.setitem(registry.METHODS, Twice.name, Twice)
+    monkeypatch.setitem(registry.METHODS, SD3Only.name, SD3Only)
+    adapter = adapt(tiny("sdxl"))
+    rec = bench.bench_one(adapter, methods=None, width=128, height=128, steps=2, repeats=2, warmup=0)
+    rows = {m["method"]: m for m in rec["methods"]}
+    assert rows["twice-test"]["network_calls"] == 2 * rows["direct"]["network_calls"] == 2 * 2 * 2
+    # no timing claims in unit tests: only that the ratio is this method's median over direct's
+    assert len(rows["twice-test"]["seconds_all"]) == 2
+    ratio = rows["twice-test"]["seconds"] / rows["direct"]["seconds"]
+    assert rows["twice-test"]["ratio_to_direct"] == pytest.approx(ratio, rel=0.02)
+    assert "sd3-only-test" in rec["skipped"] and "supports sd3" in rec["skipped"]["sd3-only-test"]
+    table = bench.format_table({"results": [{"architecture": "tiny-sdxl", **rec}], "machine": timing.machine(),
+                                "config": {"dtype": "float32", "steps": 2, "repeats": 2, "warmup": 1, "reduced": True}})
+    assert "| tiny-sdxl | 128x128 | twice-test |" in table
