@@ -199,8 +199,9 @@ def format_table(report: dict[str, Any]) -> str:
     where = mach.get("gpu") or f"{mach['cpu']} ({mach['torch_threads']} torch threads)"
     cfg = report["config"]
     lines.append("")
+    real = any(r["architecture"] != "toy" for r in report["results"])
+    depth = f"{'reduced-depth' if cfg['reduced'] else 'full-depth'} random-weight denoisers; " if real else ""
     lines.append(f"Machine: {where}; torch {mach['torch']}, diffusers {mach['diffusers']}; {cfg['dtype']}, "
                  f"{cfg['steps']} steps, median of {cfg['repeats']} alternating runs after {cfg['warmup']} warm-up; "
-                 f"{'reduced-depth' if cfg['reduced'] else 'full-depth'} denoisers; peak memory = "
-                 f"{'CUDA allocator' if 'gpu' in mach else 'process RSS'}.")
+                 f"{depth}peak memory = {'CUDA allocator' if 'gpu' in mach else 'process RSS'}.")
     return "\n".join(lines)

@@ -785,8 +785,7 @@ def _build_eval_plot(evsub) -> None:
 def cmd_eval_plot(args: argparse.Namespace) -> int:
     from .eval.metrics import METRICS
     from .eval.plots import load_runs, quality_time_scatter
-    from .output import check_writable
-    from .output import _write_atomically
+    from .output import _write_atomically, check_writable
 
     names = [m for m in METRICS if m not in ("is", "clip")] + ["is_r", "is_c", "clip_score"]
     check_choice("metric", args.metric, names)
