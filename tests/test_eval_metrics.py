@@ -128,6 +128,13 @@ def test_inception_extractor_wraps_torch_fidelity(monkeypatch, tmp_path):
     with pytest.raises(InvalidArgumentError, match="does not exist"):
         M.default_extractor("cpu", tmp_path / "missing.pth")
 
+    def offline(*a, **k):
+        raise OSError("<urlopen error [Errno -3] Temporary failure in name resolution>")
+
+    monkeypatch.setattr(FakeInception, "__init__", offline)
+    with pytest.raises(InvalidArgumentError, match="cannot load the Inception weights .* --inception-weights FILE"):
+        M.default_extractor("cpu")
+
 
 def test_missing_torch_fidelity_is_a_clear_error(monkeypatch):
     import sys

@@ -225,8 +225,15 @@ class InceptionExtractor:
         if weights is not None and not Path(weights).is_file():
             raise InvalidArgumentError(f"Inception weights file {weights} does not exist")
         self.device = torch.device(device)
-        net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
-                                          feature_extractor_weights_path=None if weights is None else str(weights))
+        try:
+            net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
+                                              feature_extractor_weights_path=None if weights is None else str(weights))
+        except (OSError, RuntimeError, EOFError) as e:  # no internet, corrupt or foreign weight file
+            where = weights if weights is not None else "torch-fidelity's download"
+            raise InvalidArgumentError(
+                f"cannot load the Inception weights from {where}: {e}; on a machine without internet, copy "
+                f"torch-fidelity's weights-inception-2015-12-05-6726825d.pth and pass --inception-weights FILE"
+            ) from None
         self.net = net.eval().to(self.device)
 
     @torch.no_grad()
