@@ -304,6 +304,19 @@ def test_bad_runs_fail_before_generating(tiny, tmp_path, reference, net, monkeyp
     assert not (tmp_path / "o").exists()
 
 
+def test_scoring_networks_load_before_generating(tiny, tmp_path, net, monkeypatch):
+    from anysize import api
+
+    monkeypatch.setattr(api, "generate", lambda *a, **k: pytest.fail("generated before the CLIP model loaded"))
+
+    def no_clip():
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    with pytest.raises(InvalidArgumentError, match="cannot load the CLIP model .*couldn't connect"):
+        run_eval(tmp_path / "o", adapter=adapt(tiny("sd1")), manifest=_manifest(tmp_path, 2), metrics=["clip"],
+                 clip_model=no_clip, extractor=net, progress=False)
+
+
 def test_from_dir_needs_every_image_and_crops_fit(tmp_path, net):
     folder = save_all(textures(3, size=(64, 64)), tmp_path / "gen", names=["p0", "p1", "p2"])
     with pytest.raises(InvalidArgumentError, match="lacks 1 of the 4 manifest images, e.g. p3.png"):

@@ -195,6 +195,14 @@ def run_eval(
         if used and folder.exists() and any(folder.iterdir()) and not force:
             raise InvalidArgumentError(f"{folder} already has images; pass --force to overwrite them (or choose another --out)")
 
+    # the scoring networks load before any generation: a missing download fails in seconds, not after hours
+    needs_features = any(m != "clip" for m in plan)
+    score_device = adapter.device if adapter is not None else "cpu"
+    if needs_features:
+        extractor = extractor if extractor is not None else M.default_extractor(score_device, inception_weights)
+        note(f"features: {extractor.name}")
+    scorer = M.ClipScorer(clip_model, score_device) if "clip" in plan else None
+
     config: dict[str, Any] = {"method": None if gen_files is not None else method, "n": n,
                               "manifest": str(manifest or M.DEFAULT_MANIFEST), "from_dir": str(from_dir) if from_dir else None,
                               "reference": str(reference) if reference else None,
@@ -235,11 +243,7 @@ def run_eval(
 
     # ---- features and statistics
     values: dict[str, Any] = {}
-    needs_features = any(m != "clip" for m in plan)
     if needs_features:
-        extractor = extractor if extractor is not None else M.default_extractor(
-            adapter.device if adapter is not None else "cpu", inception_weights)
-        note(f"features: {extractor.name}")
         seeds = [r.seed for r in rows]
         gen_whole, gen_crops = M.image_features(gen_files, extractor, crops=crops if use_crops else 0,
                                                 crop_size=crop_size, crop_seeds=seeds, what="generated image")
@@ -270,8 +274,7 @@ def run_eval(
                 values["kid_b"], values["kid_b_std"] = M.kid(base_whole.features, gen_whole.features,
                                                              subset_size=kid_subset_size, subsets=kid_subsets)
     clip_name = None
-    if "clip" in plan:
-        scorer = M.ClipScorer(clip_model, adapter.device if adapter is not None else "cpu")
+    if scorer is not None:
         clip_name = scorer.name
         note(f"CLIP score: {clip_name}")
         for r, row, f in zip(records, rows, gen_files):
