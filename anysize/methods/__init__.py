@@ -5,5 +5,6 @@ from .registry import METHODS, create, get, names, register
 from . import direct  # noqa: F401  (registers)
 from . import multidiffusion  # noqa: F401  (registers)
 from . import fstd  # noqa: F401  (registers)
+from . import hidiffusion  # noqa: F401  (registers)
 
 __all__ = ["METHODS", "Method", "MethodOptions", "create", "get", "names", "register"]

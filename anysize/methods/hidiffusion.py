@@ -1,0 +1,86 @@
+"""HiDiffusion: RAU-Net + MSW-MSA around another method's denoising steps (default: direct).
+
+The U-Net is patched with :class:`anysize.patches.hidiffusion.HiDiffusionPatch` for the run (see
+that module for the operators, the per-family defaults and every deliberate difference from the
+official package); each step tells the patch where the run is (``ctx.index`` of
+``ctx.num_steps``), so the RAU-Net phase is a fraction of the *executed* steps, also for a
+partial (img2img) schedule, and however many network calls the inner method makes per step.
+``inner`` names the method whose steps are patched: ``direct`` is HiDiffusion as published;
+a windowed method (``multidiffusion``, ...) gets RAU-Net and windowed attention inside each of its
+network calls, which only change anything for windows larger than the native size. An inner
+method that owns its whole run (multi-stage recipes) runs inside the patch with the patch finding
+the step position itself from each stage's schedule.
+
+At or below the native size nothing is changed (plain generation), unless ``apply_at_native``.
+Window shifts are drawn from a generator seeded with the image's seed, so the same seed gives
+the same image and the global torch RNG is not touched (``shift_source="global"`` reproduces the
+official package's global draws).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from ..errors import InvalidArgumentError
+from ..patches.hidiffusion import HiDiffusionPatch, HiDiffusionSettings
+from ..sampling import StepContext
+from .base import Method, MethodOptions
+from .registry import METHODS, create, register
+
+
+@dataclass
+class HiDiffusionOptions(HiDiffusionSettings, MethodOptions):
+    #: the method whose steps run inside the patch
+    inner: str = "direct"
+
+    def validate(self) -> None:
+        HiDiffusionSettings.validate(self)
+        if self.inner == "hidiffusion":
+            raise InvalidArgumentError("hidiffusion option inner cannot be hidiffusion itself")
+        if not isinstance(self.inner, str) or self.inner not in METHODS:
+            raise InvalidArgumentError(
+                f"hidiffusion option inner must be a method name ({', '.join(sorted(set(METHODS) - {'hidiffusion'}))}), "
+                f"got {self.inner!r}"
+            )
+
+
+@register
+class HiDiffusion(Method):
+    name = "hidiffusion"
+    summary = "RAU-Net + shifted-window attention in the U-Net (HiDiffusion, ECCV 2024)"
+    Options = HiDiffusionOptions
+    families = ("sd1", "sd2", "sdxl")
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.inner = create(self.options.inner)
+        self._patch: HiDiffusionPatch | None = None
+
+    def check(self, adapter, height: int, width: int) -> None:
+        super().check(adapter, height, width)
+        self.inner.check(adapter, height, width)
+
+    def _settings(self) -> dict:
+        return {f.name: getattr(self.options, f.name) for f in dataclasses.fields(HiDiffusionSettings)}
+
+    def predict(self, ctx: StepContext, x_in: Tensor) -> Tensor:
+        return self.inner.predict(ctx, x_in)
+
+    def step(self, ctx: StepContext, x: Tensor) -> Tensor:
+        if self._patch is not None:
+            self._patch.clock.set(ctx.index, ctx.num_steps)
+        return self.inner.step(ctx, x)
+
+    def run(self, job) -> Tensor:
+        patch = HiDiffusionPatch(job.adapter, seed=int(job.seeds[0]), **self._settings())
+        with patch:
+            if type(self.inner).run is Method.run:
+                self._patch = patch
+                try:
+                    return Method.run(self, job)
+                finally:
+                    self._patch = None
+            return self.inner.run(job)

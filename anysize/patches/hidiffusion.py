@@ -1,0 +1,466 @@
+"""HiDiffusion (RAU-Net + MSW-MSA) as one reversible patch on a U-Net.
+
+Zhang et al., "HiDiffusion: Unlocking Higher-Resolution Creativity and Efficiency in Pretrained
+Diffusion Models", ECCV 2024 (arXiv 2311.17528); official code megvii-research/HiDiffusion, PyPI
+``hidiffusion`` 0.1.10, which this module reproduces numerically (tests/test_hidiffusion_parity.py).
+
+    with anysize.patch(pipe, "hidiffusion"):          # a stock diffusers pipeline
+        image = pipe(prompt, height=2048, width=2048).images[0]
+
+    with anysize.patch(adapter, "hidiffusion"):       # around any anysize method
+        anysize.generate(adapter, prompt, width=512, height=512, method="direct")
+
+Per-family settings (defaults = the official package; "scale" = the shorter latent side over the
+model's native latent side, so 4 means 2048 px for SD 1.5 and 4096 px for SDXL):
+
+===========  ==========================  ===========================  ===========================
+family       primary operator (``t1``)   extra operator (``t2``)      windowed attention
+===========  ==========================  ===========================  ===========================
+sd1, sd2     RAD on ``down_blocks.0``    pool in ``down_blocks.1`` /  all transformer blocks of
+             (t1 0.4; 0.7 at scale>=4)   un-pool in ``up_blocks.2``   ``down_blocks.0`` and
+                                         (t2 0; 0.3 at scale>=4)      ``up_blocks.3``
+sdxl         pool in ``down_blocks.1`` / RAD on ``down_blocks.1``     all transformer blocks of
+             un-pool in ``up_blocks.1``  (t2 0; 0.3 at scale>=4)      ``down_blocks.1`` and
+             (t1 0.4; 0.7 at scale>=4)   aggressive below scale 4:    ``up_blocks.1``
+                                         RAD for the first 8/50 of
+                                         the steps, pool after it
+===========  ==========================  ===========================  ===========================
+
+An operator with fraction ``f`` is active for the first ``int(f * N)`` of the N executed steps
+(N counts network calls per image for a stock pipeline, e.g. 2n-1 for Heun, exactly like the
+official package; the steps of the schedule otherwise). The step position comes from, in order:
+the caller (``patch.clock.set(index, total)``, what the ``hidiffusion`` method does every step);
+for an adapter, the timestep of each network call located in the schedule the adapter last set
+(an img2img/partial schedule counts from its first executed step); for a stock pipeline, the
+count of U-Net calls since the timestep last went up, wrapped at ``pipe._num_timesteps``.
+Windowed attention: a ``windows x windows`` grid (2x2) over the map, rolled by ``k * (window //
+shift_choices)`` with ``k`` uniform in ``0..shift_choices-1`` (4), drawn per block call.
+
+Deliberate differences from hidiffusion 0.1.10 (all other behaviour is reproduced):
+
+* At or below the native size (the latent fits in the native latent) nothing is changed, so the
+  method reduces to plain generation there, as the paper intends (RAU-Net exists to bring deep
+  features back to the training size); the package shrinks even native-size features and
+  windows native-size attention. ``apply_at_native=True`` restores the package's behaviour.
+* The profile switch is relative to the model's native size (scale >= 4) instead of absolute
+  latent sizes (256 / 512), which is the same for SD 1.5 / SDXL but also right for SD 2.x-768,
+  the toy model and fine-tunes with other native sizes; the model type comes from the family,
+  not from the checkpoint name or a list of module names.
+* Window shifts come by default from a generator seeded from the run's seed
+  (``shift_source="random"``), so the same seed gives the same image without touching the global
+  RNG; ``shift_source="global"`` draws ``torch.rand(1)`` from the global RNG exactly like the
+  package (one draw per windowed block call, in execution order), for parity checks.
+* A shift with zero rows but non-zero columns (windows shorter than ``shift_choices`` rows, very
+  wide images) is applied; the package skips the whole roll then.
+* The step counter restarts with every run (fixes the package's stale counters after an
+  interrupted run), and is one counter for the U-Net, not one per patched module.
+* Leaving the context restores the U-Net exactly, including ``num_upsamplers`` (the package
+  leaves it raised by 12), and refuses unsupported models before changing anything.
+* Odd feature sizes: windows use the package's bicubic resize to whole windows and back; the
+  RAU-Net operators round up (ceil) like the package, so every size divisible by the VAE factor
+  runs, at any aspect ratio. SDXL ControlNet pipelines, whose ``__call__`` the package replaces,
+  are not special-cased.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..errors import InvalidArgumentError
+from .msw_msa import WindowAttentionProcessor, feature_hw, shift_index
+from .raunet import DilatedDownsampler, PoolUnpool
+
+SHIFT_SOURCES = ("random", "global", "none")
+FAMILIES = ("sd1", "sd2", "sdxl")
+
+#: per family: which operator the ``t1`` fraction drives, block indices, and the defaults
+#: (t1, t2, aggressive) below and at/above ``extreme_scale``
+FAMILY_PROFILES: dict[str, dict[str, Any]] = {
+    "sd1": dict(primary="rad", rad_block=0, pool_block=1, window_block=0, low=(0.4, 0.0, False), high=(0.7, 0.3, False)),
+    "sd2": dict(primary="rad", rad_block=0, pool_block=1, window_block=0, low=(0.4, 0.0, False), high=(0.7, 0.3, False)),
+    "sdxl": dict(primary="pool", rad_block=1, pool_block=1, window_block=1, low=(0.4, 0.0, True), high=(0.7, 0.3, False)),
+}
+
+
+@dataclass
+class HiDiffusionSettings:
+    """Settings of the HiDiffusion patch; ``None`` means the family's default (table above)."""
+
+    #: RAU-Net on/off (both operators) and windowed attention on/off
+    raunet: bool = True
+    msw_msa: bool = True
+    #: fraction of the steps the primary / extra RAU-Net operator runs, in [0, 1]
+    t1: float | None = None
+    t2: float | None = None
+    #: SDXL below ``extreme_scale``: extra RAD for the first ``aggressive_start`` of the steps,
+    #: then the pool for the rest of ``t1``
+    aggressive: bool | None = None
+    aggressive_start: float = 8 / 50
+    #: shorter-side scale over native from which the (t1, t2) = (0.7, 0.3) profile is used
+    extreme_scale: float = 4.0
+    #: windows per side (2: four windows) and number of shift choices per axis
+    windows: int = 2
+    shift_choices: int = 4
+    #: "random" (seeded generator), "global" (torch.rand like the official package) or "none"
+    shift_source: str = "random"
+    #: also change the U-Net at or below the native size (the official package does)
+    apply_at_native: bool = False
+    #: block indices (down-block level) of the RAD, pool and windowed attention operators
+    rad_block: int | None = None
+    pool_block: int | None = None
+    window_block: int | None = None
+
+    def validate(self) -> None:
+        for name in ("raunet", "msw_msa", "apply_at_native"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgumentError(f"hidiffusion option {name} must be true or false, got {getattr(self, name)!r}")
+        for name in ("t1", "t2", "aggressive_start"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise InvalidArgumentError(
+                    f"hidiffusion option {name} is a fraction of the denoising steps and must be in [0, 1], got {v!r}"
+                )
+        if self.aggressive is not None and not isinstance(self.aggressive, bool):
+            raise InvalidArgumentError(f"hidiffusion option aggressive must be true, false or unset, got {self.aggressive!r}")
+        if isinstance(self.extreme_scale, bool) or not isinstance(self.extreme_scale, (int, float)) or self.extreme_scale <= 1:
+            raise InvalidArgumentError(f"hidiffusion option extreme_scale must be a number > 1, got {self.extreme_scale!r}")
+        for name in ("windows", "shift_choices"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidArgumentError(f"hidiffusion option {name} must be a positive integer, got {v!r}")
+        if not callable(self.shift_source) and self.shift_source not in SHIFT_SOURCES:
+            raise InvalidArgumentError(
+                f"hidiffusion option shift_source must be one of {', '.join(SHIFT_SOURCES)}, got {self.shift_source!r}"
+            )
+        for name in ("rad_block", "pool_block", "window_block"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise InvalidArgumentError(f"hidiffusion option {name} must be a block index >= 0, got {v!r}")
+
+
+def raunet_phase(primary: str, k: int, n: int, t1: float, t2: float, aggressive: bool, aggressive_start: float):
+    """(rad_on, pool_on) at step ``k`` of ``n``, with the official package's integer thresholds."""
+    if primary == "rad":
+        return k < int(n * t1), k < int(n * t2)
+    if aggressive:
+        start = int(aggressive_start * n)
+        return k < start, start <= k < int(n * t1)
+    return k < int(n * t2), k < int(n * t1)
+
+
+class Clock:
+    """Where the current run is. The patch reads it at every U-Net call; a driver (the
+    ``hidiffusion`` method) sets it each step. Unset, the patch finds the step on its own."""
+
+    def __init__(self):
+        self.index: int | None = None
+        self.total: int | None = None
+
+    def set(self, index: int, total: int) -> None:
+        if total < 1 or not 0 <= index < total:
+            raise InvalidArgumentError(f"step {index} is outside a schedule of {total} steps")
+        self.index, self.total = int(index), int(total)
+
+    def clear(self) -> None:
+        self.index = self.total = None
+
+    @property
+    def driven(self) -> bool:
+        return self.total is not None
+
+
+def _resolve_target(target):
+    """(unet, family, native latent (h, w), pipeline or None, adapter or None)."""
+    from ..models import detect_family
+    from ..models.base import ModelAdapter
+
+    if isinstance(target, ModelAdapter):
+        family, adapter, pipe = target.family, target, None
+        unet = target.network
+        native = tuple(target.native_latent_size)
+    elif hasattr(target, "components") and hasattr(target, "__call__"):
+        pipe, adapter = target, None
+        try:
+            family = detect_family(target)
+        except Exception as e:  # noqa: BLE001 - any unsupported pipeline
+            raise InvalidArgumentError(f"hidiffusion cannot patch {type(target).__name__}: {e}") from None
+        unet = getattr(target, "unet", None)
+        native = None
+        if unet is not None:
+            s = unet.config.sample_size
+            native = (int(s[0]), int(s[1])) if isinstance(s, (list, tuple)) else (int(s), int(s))
+    else:
+        raise InvalidArgumentError(
+            f"anysize.patch needs a diffusers pipeline or an anysize model adapter, got {type(target).__name__}"
+        )
+    if family not in FAMILIES:
+        raise InvalidArgumentError(
+            f"hidiffusion works on U-Net models ({', '.join(FAMILIES)}); {family} is a transformer (DiT) model"
+        )
+    return unet, family, native, pipe, adapter
+
+
+class HiDiffusionPatch:
+    """The reversible HiDiffusion change of one U-Net; a context manager (see module docstring).
+
+    ``seed`` seeds the window-shift generator (``shift_source="random"``); a callable
+    ``shift_source(block_call) -> k`` scripts the shift indices (tests, parity drivers).
+    """
+
+    name = "hidiffusion"
+
+    def __init__(self, target, *, seed: int = 0, **options):
+        names = {f.name for f in dataclasses.fields(HiDiffusionSettings)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise InvalidArgumentError(
+                f"patch 'hidiffusion' has no option {', '.join(unknown)}; its options: {', '.join(sorted(names | {'seed'}))}"
+            )
+        self.settings = HiDiffusionSettings(**options)
+        self.settings.validate()
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise InvalidArgumentError(f"seed must be an integer, got {seed!r}")
+        self.seed = seed
+        self.unet, self.family, self.native, self.pipe, self.adapter = _resolve_target(target)
+        profile = FAMILY_PROFILES[self.family]
+        s = self.settings
+        self.primary = profile["primary"]
+        self.rad_block = profile["rad_block"] if s.rad_block is None else s.rad_block
+        self.pool_block = profile["pool_block"] if s.pool_block is None else s.pool_block
+        self.window_block = profile["window_block"] if s.window_block is None else s.window_block
+        self.profiles = profile["low"], profile["high"]
+        self._check_layout()
+        self.clock = Clock()
+        self._installed: list = []
+        self._active = False
+        # per U-Net call
+        self.latent_hw: tuple[int, int] | None = None
+        self.rad_on = self.pool_on = self.windows_on = False
+        # automatic step finding
+        self._last_t: float | None = None
+        self._calls = 0
+        self._schedule: list[float] | None = None
+        self._run_start: int | None = None
+        self._position = 0
+        self._generator = torch.Generator("cpu")
+        self.block_calls = 0  # windowed block calls in this run (for scripted shifts)
+        #: (index, total, rad_on, pool_on, windows_on, latent_hw) per U-Net call, for inspection
+        self.log: list[tuple] = []
+
+    # ------------------------------------------------------------------ layout
+    def _check_layout(self) -> None:
+        unet = self.unet
+        down, up = getattr(unet, "down_blocks", None), getattr(unet, "up_blocks", None)
+        if down is None or up is None or len(down) != len(up):
+            raise InvalidArgumentError("hidiffusion needs a U-Net with matching down_blocks and up_blocks")
+        n = len(down)
+
+        def need(cond, what):
+            if not cond:
+                raise InvalidArgumentError(f"hidiffusion cannot patch this U-Net: {what}")
+
+        s = self.settings
+        if s.raunet:
+            b = self.rad_block
+            need(b < n - 1 and getattr(down[b], "downsamplers", None), f"down_blocks.{b} has no down-sampler for RAD")
+            need(isinstance(down[b].downsamplers[0].conv, nn.Conv2d) and down[b].downsamplers[0].conv.stride == (2, 2),
+                 f"down_blocks.{b}.downsamplers.0.conv is not a stride-2 Conv2d")
+            p, q = self.pool_block, n - 1 - self.pool_block
+            need(p < n and len(getattr(down[p], "attentions", ()) or ()) >= 2,
+                 f"down_blocks.{p} has fewer than 2 attention layers for the pool")
+            need(len(getattr(up[q], "attentions", ()) or ()) >= 2, f"up_blocks.{q} has fewer than 2 attention layers for the un-pool")
+        if s.msw_msa:
+            w, v = self.window_block, n - 1 - self.window_block
+            need(w < n and getattr(down[w], "attentions", None) and getattr(up[v], "attentions", None),
+                 f"down_blocks.{w} / up_blocks.{v} have no attention layers for windowed attention")
+
+    def _window_attentions(self) -> list[nn.Module]:
+        n = len(self.unet.down_blocks)
+        out = []
+        for block in (self.unet.down_blocks[self.window_block], self.unet.up_blocks[n - 1 - self.window_block]):
+            for t2d in block.attentions:
+                for tb in getattr(t2d, "transformer_blocks", ()):
+                    out.append(tb.attn1)
+        return out
+
+    # ------------------------------------------------------------------ context
+    def __enter__(self) -> "HiDiffusionPatch":
+        if self._active:
+            raise InvalidArgumentError("this hidiffusion patch is already open")
+        if getattr(self.unet, "_anysize_patch", None) is not None:
+            raise InvalidArgumentError("this U-Net is already patched by anysize; close that patch first")
+        unet, s = self.unet, self.settings
+        self._reset_run()
+        try:
+            unet._anysize_patch = self
+            self._installed.append(("attr", unet, "_anysize_patch", None))
+            # every up-sampler interpolates to the exact skip size (identical to x2 for even sizes)
+            self._num_upsamplers = unet.num_upsamplers
+            unet.num_upsamplers = self._num_upsamplers + 16
+            self._installed.append(("upsamplers",))
+            self._installed.append(("hook", unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)))
+            self._installed.append(("hook", unet.register_forward_hook(self._after_unet)))
+            if self.adapter is not None:
+                self._wrap_set_timesteps()
+            if s.raunet:
+                n = len(unet.down_blocks)
+                rad = DilatedDownsampler(unet.down_blocks[self.rad_block].downsamplers[0].conv, lambda: self.rad_on)
+                rad.install()
+                self._installed.append(("op", rad))
+                pool = PoolUnpool(unet.down_blocks[self.pool_block].attentions[0],
+                                  unet.up_blocks[n - 1 - self.pool_block].attentions[1], lambda: self.pool_on)
+                pool.install()
+                self._installed.append(("op", pool))
+            if s.msw_msa:
+                for attn in self._window_attentions():
+                    original = attn.processor
+                    attn.set_processor(WindowAttentionProcessor(original, self._window_plan))
+                    self._installed.append(("processor", attn, original))
+        except BaseException:
+            self._uninstall()
+            raise
+        self._active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._uninstall()
+        self._active = False
+        self.clock.clear()
+
+    def _uninstall(self) -> None:
+        while self._installed:
+            item = self._installed.pop()
+            kind = item[0]
+            if kind == "hook":
+                item[1].remove()
+            elif kind == "op":
+                item[1].remove()
+            elif kind == "processor":
+                item[1].set_processor(item[2])
+            elif kind == "upsamplers":
+                self.unet.num_upsamplers = self._num_upsamplers
+            elif kind == "attr":
+                obj, name = item[1], item[2]
+                if name in obj.__dict__:
+                    del obj.__dict__[name]
+                else:
+                    delattr(obj, name)
+            elif kind == "set_timesteps":
+                self.adapter.__dict__.pop("set_timesteps", None)
+
+    def _wrap_set_timesteps(self) -> None:
+        adapter = self.adapter
+        original = adapter.set_timesteps
+
+        def set_timesteps(scheduler, steps, latent_hw):
+            timesteps = original(scheduler, steps, latent_hw)
+            self._schedule = [float(t) for t in timesteps]
+            self._run_start = None
+            self._position = 0
+            return timesteps
+
+        adapter.set_timesteps = set_timesteps
+        self._installed.append(("set_timesteps",))
+
+    # ------------------------------------------------------------------ per call
+    def _reset_run(self) -> None:
+        self._calls = 0
+        self._last_t = None
+        self._run_start = None
+        self._position = 0
+        self.block_calls = 0
+        self._generator.manual_seed(self.seed)
+
+    def _find_step(self, t: float | None) -> tuple[int | None, int | None]:
+        if self.clock.driven:
+            return self.clock.index, self.clock.total
+        if t is not None and self._last_t is not None and t > self._last_t:
+            self._reset_run()  # the noise level went up: a new run started
+        if t is not None:
+            self._last_t = t
+        if self.adapter is not None:
+            sched = self._schedule
+            if not sched or t is None:
+                return None, None
+            pos = next((i for i in range(self._position, len(sched)) if sched[i] == t), None)
+            if pos is None:
+                pos = next((i for i in range(len(sched)) if sched[i] == t), None)
+            if pos is None:
+                return None, None
+            if self._run_start is None or pos < self._run_start:
+                self._run_start = pos
+            self._position = pos
+            return pos - self._run_start, len(sched) - self._run_start
+        total = getattr(self.pipe, "_num_timesteps", None)
+        if not total:
+            total = len(getattr(self.pipe.scheduler, "timesteps", None) or ())
+        if not total:
+            return None, None
+        if self._calls >= total:
+            self._calls = 0
+        return self._calls, total
+
+    def _before_unet(self, module, args, kwargs):
+        sample = args[0] if args else kwargs["sample"]
+        t = args[1] if len(args) > 1 else kwargs.get("timestep")
+        if isinstance(t, torch.Tensor):
+            t = float(t.flatten()[0]) if t.numel() else None
+        elif t is not None:
+            t = float(t)
+        h0, w0 = int(sample.shape[-2]), int(sample.shape[-1])
+        self.latent_hw = (h0, w0)
+        index, total = self._find_step(t)
+        nh, nw = self.native
+        above = h0 > nh or w0 > nw
+        enabled = above or self.settings.apply_at_native
+        rad = pool = False
+        if enabled and self.settings.raunet and index is not None:
+            t1, t2, aggressive = self.profiles[1] if min(h0 / nh, w0 / nw) >= self.settings.extreme_scale else self.profiles[0]
+            s = self.settings
+            t1 = t1 if s.t1 is None else s.t1
+            t2 = t2 if s.t2 is None else s.t2
+            aggressive = aggressive if s.aggressive is None else s.aggressive
+            rad, pool = raunet_phase(self.primary, index, total, t1, t2, aggressive, s.aggressive_start)
+        self.rad_on, self.pool_on = rad, pool
+        self.windows_on = enabled and self.settings.msw_msa
+        self.log.append((index, total, rad, pool, self.windows_on, self.latent_hw))
+        return None
+
+    def _after_unet(self, module, args, output):
+        if not self.clock.driven and self.adapter is None:
+            self._calls += 1
+        return None
+
+    def _draw_shift_index(self) -> int:
+        src, choices = self.settings.shift_source, self.settings.shift_choices
+        self.block_calls += 1
+        if callable(src):
+            return int(src(self.block_calls - 1)) % choices
+        if src == "none":
+            return 0
+        if src == "global":
+            return shift_index(float(torch.rand(1)), choices)
+        return shift_index(float(torch.rand(1, generator=self._generator)), choices)
+
+    def _window_plan(self, tokens: int):
+        if not self.windows_on or self.latent_hw is None:
+            return None
+        hw = feature_hw(tokens, self.latent_hw)
+        if hw is None:
+            return None
+        grid = self.settings.windows
+        k = self._draw_shift_index()
+        wh, ww = math.ceil(hw[0] / grid), math.ceil(hw[1] / grid)
+        c = self.settings.shift_choices
+        return hw, grid, (k * (wh // c), k * (ww // c))
+
+
+PatchFactory = Callable[..., HiDiffusionPatch]
