@@ -47,8 +47,8 @@ def call(pipe, h, w, steps, **kw):
 
 
 def _package_roll_rule(window_plan):
-    def plan(self, tokens):
-        out = window_plan(self, tokens)
+    def plan(self, tokens, batch=1):
+        out = window_plan(self, tokens, batch)
         if out is not None and out[2][0] == 0:
             out = (out[0], out[1], (0, 0))
         return out

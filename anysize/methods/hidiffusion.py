@@ -12,8 +12,8 @@ method that owns its whole run (multi-stage recipes) runs inside the patch with 
 the step position itself from each stage's schedule.
 
 At or below the native size nothing is changed (plain generation), unless ``apply_at_native``.
-Window shifts are drawn from a generator seeded with the image's seed, so the same seed gives
-the same image and the global torch RNG is not touched (``shift_source="global"`` reproduces the
+Window shifts are drawn from generators seeded with each image's seed, so the same seed gives
+the same image, alone or in a batch, and the global torch RNG is not touched (``shift_source="global"`` reproduces the
 official package's global draws).
 """
 
@@ -75,7 +75,7 @@ class HiDiffusion(Method):
         return self.inner.step(ctx, x)
 
     def run(self, job) -> Tensor:
-        patch = HiDiffusionPatch(job.adapter, seed=int(job.seeds[0]), **self._settings())
+        patch = HiDiffusionPatch(job.adapter, seed=[int(s) for s in job.seeds], **self._settings())
         with patch:
             if type(self.inner).run is Method.run:
                 self._patch = patch

@@ -67,7 +67,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -211,13 +211,16 @@ def _resolve_target(target):
 class HiDiffusionPatch:
     """The reversible HiDiffusion change of one U-Net; a context manager (see module docstring).
 
-    ``seed`` seeds the window-shift generator (``shift_source="random"``); a callable
-    ``shift_source(block_call) -> k`` scripts the shift indices (tests, parity drivers).
+    ``seed`` seeds the window-shift generator (``shift_source="random"``); a list of seeds gives
+    every image of a batch its own generator (row r of a U-Net batch, which may hold the
+    [negative; positive] CFG halves, is image ``r % len(seed)``), so an image of a batch is the
+    same as that image generated alone. A callable ``shift_source(block_call) -> k`` scripts the
+    shift indices (tests, parity drivers).
     """
 
     name = "hidiffusion"
 
-    def __init__(self, target, *, seed: int = 0, **options):
+    def __init__(self, target, *, seed: int | Sequence[int] = 0, **options):
         names = {f.name for f in dataclasses.fields(HiDiffusionSettings)}
         unknown = sorted(set(options) - names)
         if unknown:
@@ -226,9 +229,10 @@ class HiDiffusionPatch:
             )
         self.settings = HiDiffusionSettings(**options)
         self.settings.validate()
-        if isinstance(seed, bool) or not isinstance(seed, int):
-            raise InvalidArgumentError(f"seed must be an integer, got {seed!r}")
-        self.seed = seed
+        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
+        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
+            raise InvalidArgumentError(f"seed must be an integer or a list of integers, got {seed!r}")
+        self.seeds = seeds
         self.unet, self.family, self.native, self.pipe, self.adapter = _resolve_target(target)
         profile = FAMILY_PROFILES[self.family]
         s = self.settings
@@ -250,7 +254,7 @@ class HiDiffusionPatch:
         self._schedule: list[float] | None = None
         self._run_start: int | None = None
         self._position = 0
-        self._generator = torch.Generator("cpu")
+        self._generators = [torch.Generator("cpu") for _ in self.seeds]
         self.block_calls = 0  # windowed block calls in this run (for scripted shifts)
         #: (index, total, rad_on, pool_on, windows_on, latent_hw) per U-Net call, for inspection
         self.log: list[tuple] = []
@@ -377,7 +381,8 @@ class HiDiffusionPatch:
         self._run_start = None
         self._position = 0
         self.block_calls = 0
-        self._generator.manual_seed(self.seed)
+        for g, s in zip(self._generators, self.seeds):
+            g.manual_seed(s)
 
     def _find_step(self, t: float | None) -> tuple[int | None, int | None]:
         if self.clock.driven:
@@ -439,7 +444,8 @@ class HiDiffusionPatch:
             self._calls += 1
         return None
 
-    def _draw_shift_index(self) -> int:
+    def _draw_shift_indices(self, batch: int) -> int | list[int]:
+        """One shift index for the call, or one per batch row (per-image generators)."""
         src, choices = self.settings.shift_source, self.settings.shift_choices
         self.block_calls += 1
         if callable(src):
@@ -448,18 +454,24 @@ class HiDiffusionPatch:
             return 0
         if src == "global":
             return shift_index(float(torch.rand(1)), choices)
-        return shift_index(float(torch.rand(1, generator=self._generator)), choices)
+        ks = [shift_index(float(torch.rand(1, generator=g)), choices) for g in self._generators]
+        if len(ks) == 1:
+            return ks[0]
+        if batch % len(ks):  # not a whole number of images per row group: share the first image's
+            return ks[0]
+        return [ks[r % len(ks)] for r in range(batch)]
 
-    def _window_plan(self, tokens: int):
+    def _window_plan(self, tokens: int, batch: int = 1):
         if not self.windows_on or self.latent_hw is None:
             return None
         hw = feature_hw(tokens, self.latent_hw)
         if hw is None:
             return None
-        grid = self.settings.windows
-        k = self._draw_shift_index()
+        grid, c = self.settings.windows, self.settings.shift_choices
         wh, ww = math.ceil(hw[0] / grid), math.ceil(hw[1] / grid)
-        c = self.settings.shift_choices
+        k = self._draw_shift_indices(batch)
+        if isinstance(k, list):
+            return hw, grid, [(i * (wh // c), i * (ww // c)) for i in k]
         return hw, grid, (k * (wh // c), k * (ww // c))
 
 

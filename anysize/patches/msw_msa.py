@@ -82,8 +82,9 @@ def window_merge(windows: Tensor, undo) -> Tensor:
 
 
 class WindowAttentionProcessor:
-    """Wraps a block's self-attention processor; ``plan(tokens)`` says per call whether and how to
-    window: None (global attention) or ``((h, w), grid, (shift_h, shift_w))``."""
+    """Wraps a block's self-attention processor; ``plan(tokens, batch)`` says per call whether and
+    how to window: None (global attention) or ``((h, w), grid, shift)`` where ``shift`` is one
+    ``(shift_h, shift_w)`` for the whole batch or a list of them, one per batch row."""
 
     def __init__(self, inner, plan: Callable[[int], tuple | None]):
         self.inner = inner
@@ -107,10 +108,16 @@ class WindowAttentionProcessor:
                  attention_mask: Tensor | None = None, temb: Tensor | None = None, **kwargs) -> Tensor:
         plan = None
         if encoder_hidden_states is None and attention_mask is None and hidden_states.ndim == 3:
-            plan = self.plan(hidden_states.shape[1])
+            plan = self.plan(hidden_states.shape[1], hidden_states.shape[0])
         if plan is None:
             return self._call_inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb, kwargs)
         hw, grid, shift = plan
-        windows, undo = window_partition(hidden_states, hw, grid, shift)
-        out = self._call_inner(attn, windows, None, None, temb, kwargs)
-        return window_merge(out, undo)
+        if isinstance(shift, tuple):
+            windows, undo = window_partition(hidden_states, hw, grid, shift)
+            out = self._call_inner(attn, windows, None, None, temb, kwargs)
+            return window_merge(out, undo)
+        # one shift per row: partition rows separately, attend in one call, merge rows separately
+        parts = [window_partition(hidden_states[r : r + 1], hw, grid, s) for r, s in enumerate(shift)]
+        out = self._call_inner(attn, torch.cat([w for w, _ in parts]), None, None, temb, kwargs)
+        chunks = out.split(grid * grid)
+        return torch.cat([window_merge(c, undo) for c, (_, undo) in zip(chunks, parts)])
