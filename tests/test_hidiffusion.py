@@ -174,10 +174,23 @@ def test_partial_schedule_counts_from_the_first_executed_step(tiny):
         timesteps = adapter.set_timesteps(scheduler, 10, (32, 32))
         sample(direct, adapter, x, cond, scheduler, timesteps[4:], progress=False)
 
-    with anysize.patch(adapter, "hidiffusion") as p:
+    with anysize.patch(adapter, "hidiffusion") as p:  # around any method: finds the steps itself
         sizes = _input_sizes(adapter.network.down_blocks[1], run)
     assert sizes == [(8, 8)] * 2 + [(16, 16)] * 4  # int(0.4 * 6) = 2 of the 6 executed steps
     assert [e[:2] for e in p.log] == [(i, 6) for i in range(6)]
+
+    # the hidiffusion method driven by someone else's loop (an upscaling stage) on the same schedule
+    method = anysize.methods.create("hidiffusion")
+    timesteps = adapter.set_timesteps(scheduler, 10, (32, 32))
+    with method.session(adapter, [0]) as q:
+        driven = sample(method, adapter, x, cond, scheduler, timesteps[4:], progress=False)
+    assert [e[:2] for e in q.log] == [(i, 6) for i in range(6)]
+    with anysize.patch(adapter, "hidiffusion", seed=0):
+        timesteps = adapter.set_timesteps(scheduler, 10, (32, 32))
+        found = sample(direct, adapter, x, cond, scheduler, timesteps[4:], progress=False)
+    assert torch.equal(driven, found)
+    with pytest.raises(InvalidArgumentError, match="session"):
+        sample(method, adapter, x, cond, scheduler, timesteps[4:], progress=False)
 
 
 def test_pipeline_counter_restarts_after_an_interrupted_run(tiny):

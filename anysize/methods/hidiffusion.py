@@ -19,8 +19,10 @@ official package's global draws).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
+from typing import Sequence
 
 from torch import Tensor
 
@@ -70,17 +72,35 @@ class HiDiffusion(Method):
         return self.inner.predict(ctx, x_in)
 
     def step(self, ctx: StepContext, x: Tensor) -> Tensor:
-        if self._patch is not None:
-            self._patch.clock.set(ctx.index, ctx.num_steps)
+        if self._patch is None:
+            raise InvalidArgumentError(
+                "hidiffusion steps run inside its patch: use method.run(job), or wrap the sampling loop in "
+                "`with method.session(adapter, seeds):`"
+            )
+        self._patch.clock.set(ctx.index, ctx.num_steps)
         return self.inner.step(ctx, x)
 
-    def run(self, job) -> Tensor:
-        patch = HiDiffusionPatch(job.adapter, seed=[int(s) for s in job.seeds], **self._settings())
+    @contextlib.contextmanager
+    def session(self, adapter, seeds: Sequence[int] = (0,)):
+        """Open the patch on ``adapter`` for a sampling loop driven by someone else (e.g. an
+        img2img / upscaling stage calling :func:`anysize.sampling.sample` with this method on a
+        partial schedule); each step then tells the patch its position in that schedule."""
+        patch = HiDiffusionPatch(adapter, seed=[int(s) for s in seeds], **self._settings())
         with patch:
+            self._patch = patch
+            try:
+                yield patch
+            finally:
+                self._patch = None
+
+    def run(self, job) -> Tensor:
+        with self.session(job.adapter, job.seeds):
             if type(self.inner).run is Method.run:
+                return Method.run(self, job)
+            # an inner method that owns its run: the patch finds the step from each stage's schedule
+            self._patch.clock.clear()
+            patch, self._patch = self._patch, None
+            try:
+                return self.inner.run(job)
+            finally:
                 self._patch = patch
-                try:
-                    return Method.run(self, job)
-                finally:
-                    self._patch = None
-            return self.inner.run(job)

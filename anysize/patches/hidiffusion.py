@@ -46,10 +46,12 @@ Deliberate differences from hidiffusion 0.1.10 (all other behaviour is reproduce
   latent sizes (256 / 512), which is the same for SD 1.5 / SDXL but also right for SD 2.x-768,
   the toy model and fine-tunes with other native sizes; the model type comes from the family,
   not from the checkpoint name or a list of module names.
-* Window shifts come by default from a generator seeded from the run's seed
-  (``shift_source="random"``), so the same seed gives the same image without touching the global
-  RNG; ``shift_source="global"`` draws ``torch.rand(1)`` from the global RNG exactly like the
-  package (one draw per windowed block call, in execution order), for parity checks.
+* Window shifts come by default from generators seeded from each image's seed
+  (``shift_source="random"``; one generator per image of a batch, shared by its CFG halves), so
+  the same seed gives the same image, alone or in a batch, without touching the global RNG; the
+  package draws one shift per block call for the whole batch from the global RNG.
+  ``shift_source="global"`` draws ``torch.rand(1)`` from the global RNG exactly like the package
+  (one draw per windowed block call, in execution order), for parity checks.
 * A shift with zero rows but non-zero columns (windows shorter than ``shift_choices`` rows, very
   wide images) is applied; the package skips the whole roll then.
 * The step counter restarts with every run (fixes the package's stale counters after an
