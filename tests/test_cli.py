@@ -385,6 +385,18 @@ def test_demo_writes_sheet_and_metrics(capsys, model_dir, _workdir):
     assert rc == 2 and "s.json already exists" in err and not (_workdir / "s.png").exists()
 
 
+def test_demo_default_steps_are_capped_for_speed(model_dir):
+    import anysize
+    from anysize.toy.demo import DEMO_STEPS, run_demo
+
+    adapter = anysize.load(model_dir)
+    assert adapter.default_steps > DEMO_STEPS
+    result = run_demo(adapter, methods=["direct"], columns=[("native", 1, 1)], progress=False)
+    assert result.config["steps"] == DEMO_STEPS
+    # a PNDM scheduler evaluates steps + 1 times, with guidance twice each
+    assert result.cells[0].network_calls in (2 * DEMO_STEPS, 2 * (DEMO_STEPS + 1))
+
+
 def test_demo_rows_follow_the_registry(capsys, model_dir, _workdir, monkeypatch):
     import json
 

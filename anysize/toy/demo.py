@@ -23,6 +23,10 @@ COLUMNS: tuple[tuple[str, int, int], ...] = (
     ("16x area", 4, 4),
 )
 DEFAULT_PROMPT = "a red triangle on a blue background"
+#: steps of every cell unless asked otherwise (fewer if the model's default is lower): the sheet has
+#: to fit in about 3 minutes on 2 CPU cores with every method's row, and the toy model loses little
+#: at 10 steps (native fidelity 97 % vs 98 % at 20; 64 samples)
+DEMO_STEPS = 10
 
 
 @dataclass
@@ -78,6 +82,7 @@ def run_demo(
     from ..eval.composition import analyse
 
     names = demo_methods(adapter, methods)
+    steps = steps or min(adapter.default_steps, DEMO_STEPS)
     if not names:
         raise InvalidArgumentError(f"no registered method supports the {adapter.family} family")
     nh, nw = adapter.native_size
@@ -98,7 +103,7 @@ def run_demo(
             cell.seconds = round(time.perf_counter() - t, 2)
             cells.append(cell)
     config = {
-        "prompt": prompt, "seed": seed, "steps": steps or adapter.default_steps,
+        "prompt": prompt, "seed": seed, "steps": steps,
         "guidance": adapter.default_guidance if guidance is None else guidance,
         "model": getattr(adapter, "source", ""), "native_size": [nw, nh], "methods": names,
         "columns": [list(c) for c in columns],
