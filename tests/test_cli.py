@@ -397,6 +397,20 @@ def test_demo_default_steps_are_capped_for_speed(model_dir):
     assert result.cells[0].network_calls in (2 * DEMO_STEPS, 2 * (DEMO_STEPS + 1))
 
 
+def test_demo_uses_and_shows_a_methods_quick_settings(model_dir):
+    import anysize
+    from anysize.toy.demo import render_sheet, run_demo
+
+    adapter = anysize.load(model_dir)  # native latent 16: multidiffusion's quick stride is 16 // 4
+    result = run_demo(adapter, methods=["direct", "multidiffusion"], columns=[("2x wide", 1, 2)], steps=1,
+                      progress=False)
+    assert result.config["method_options"] == {"multidiffusion": {"stride": 4}}
+    calls = {c.method: c.network_calls for c in result.cells}
+    # 16x32 latent: windows at columns 0, 4, 8, 12, 16 (5), with guidance (2), PNDM's 2 evaluations for 1 step
+    assert calls["multidiffusion"] == 5 * 2 * calls["direct"] // 2
+    assert render_sheet(result).width > 256
+
+
 def test_demo_rows_follow_the_registry(capsys, model_dir, _workdir, monkeypatch):
     import json
 

@@ -3,9 +3,7 @@
 Numerical parity with the official package is in test_hidiffusion_parity.py.
 """
 
-import dataclasses
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,7 +14,6 @@ from anysize.models import adapt
 from anysize.patches.hidiffusion import raunet_phase
 from anysize.patches.msw_msa import feature_hw, shift_index, window_merge, window_partition
 from anysize.sampling import sample
-from anysize.testing import tiny_pipeline
 
 UNET_FAMILIES = ["sd1", "sd2", "sdxl"]
 

@@ -69,5 +69,14 @@ class Method:
             generator=job.generators[0], callback=job.callback, cancel=job.cancel, progress=job.progress,
         )
 
+    @classmethod
+    def demo_options(cls, adapter) -> dict[str, Any]:
+        """Lighter options for ``anysize demo``'s quick sheet (default: none, i.e. the defaults).
+
+        A method whose defaults cost far more than one whole-canvas call per step at 16x area
+        returns settings that keep its row within the sheet's time budget; the sheet shows them.
+        """
+        return {}
+
     def describe(self) -> dict[str, Any]:
         return dataclasses.asdict(self.options)

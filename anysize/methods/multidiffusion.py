@@ -86,6 +86,12 @@ class MultiDiffusion(Method):
     summary = "overlapping native-size windows fused every step (MultiDiffusion / Mixture of Diffusers)"
     Options = MultiDiffusionOptions
 
+    @classmethod
+    def demo_options(cls, adapter) -> dict:
+        # window/4 instead of window/8: about 4x fewer windows (169 instead of 625 per step at 16x area)
+        p = latent_patch(adapter)
+        return {"stride": max(p, min(adapter.native_latent_size) // 4 // p * p)}
+
     def geometry(self, adapter, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """((window h, w), (stride h, w)) in latent px for a latent canvas of height×width."""
         o = self.options

@@ -4,6 +4,10 @@ Rows are the registered methods (a new method appears automatically), columns th
 seeds' failure shows: native, 2x wide, 2x tall, 4x area and 16x area. Each cell is analysed with
 :mod:`anysize.eval.composition` (how many prompted objects, do colour and shape match), and the
 figures go under the image and into a JSON file next to the sheet.
+
+The sheet is meant to take minutes on a CPU: it uses :data:`DEMO_STEPS` steps, and a method whose
+defaults are far costlier than one whole-canvas call per step may declare lighter settings
+(:meth:`~anysize.methods.base.Method.demo_options`), which the sheet uses and prints under the row name.
 """
 
 from __future__ import annotations
@@ -80,6 +84,7 @@ def run_demo(
     """Generate every (method, size) cell of the sheet and analyse it."""
     from .. import api
     from ..eval.composition import analyse
+    from ..methods import get as registry_get
 
     names = demo_methods(adapter, methods)
     steps = steps or min(adapter.default_steps, DEMO_STEPS)
@@ -87,13 +92,15 @@ def run_demo(
         raise InvalidArgumentError(f"no registered method supports the {adapter.family} family")
     nh, nw = adapter.native_size
     cells = []
+    options = {m: registry_get(m).demo_options(adapter) for m in names}
     for method in names:
         for label, mh, mw in columns:
             cell = DemoCell(method, label, nw * mw, nh * mh)
             t = time.perf_counter()
             try:
                 result = api.generate(adapter, prompt, width=cell.width, height=cell.height, method=method,
-                                      steps=steps, guidance=guidance, seed=seed, progress=progress)
+                                      steps=steps, guidance=guidance, seed=seed, progress=progress,
+                                      method_options=options[method] or None)
             except AnysizeError as e:  # e.g. a method that needs a larger canvas: shown, not fatal
                 cell.error = str(e)
             else:
@@ -106,6 +113,7 @@ def run_demo(
         "prompt": prompt, "seed": seed, "steps": steps,
         "guidance": adapter.default_guidance if guidance is None else guidance,
         "model": getattr(adapter, "source", ""), "native_size": [nw, nh], "methods": names,
+        "method_options": {m: o for m, o in options.items() if o},
         "columns": [list(c) for c in columns],
     }
     return DemoResult(cells, config)
@@ -152,8 +160,11 @@ def render_sheet(result: DemoResult, *, title: str | None = None):
         draw.text((x, title_h + 20), f"{any_cell.width}x{any_cell.height}", fill=(90, 90, 90), font=font)
         x += col_w[col] + pad
     y = title_h + head_h
+    shown_options = result.config.get("method_options", {})
     for m in methods:
         draw.text((pad, y + row_h[m] // 2), m, fill=(0, 0, 0), font=font)
+        for k, (key, value) in enumerate(shown_options.get(m, {}).items()):  # non-default settings
+            draw.text((pad, y + row_h[m] // 2 + 14 * (k + 1)), f"{key}={value}", fill=(90, 90, 90), font=font)
         x = label_w
         for col in columns:
             cell = grid[m, col]
