@@ -245,22 +245,18 @@ def _write_atomically(path: Path, directory: Path, write: Callable[[Any], None],
 
 def save_json(payload: dict, path: str | os.PathLike, *, force: bool = False) -> Path:
     """Write ``payload`` as indented UTF-8 JSON, with the same atomic, no-overwrite rules as :func:`save_png`."""
-    path = Path(path)
-    check_writable(path, force)
-    data = (json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create directory {path.parent} for {path}: {e.strerror or e}") from None
-    _write_atomically(path, path.parent, lambda f: f.write(data), force)
-    return path
+    return _save_bytes((json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n").encode("utf-8"),
+                       path, force)
 
 
 def save_text(text: str, path: str | os.PathLike, *, force: bool = False) -> Path:
     """Write UTF-8 text (Markdown, CSV), with the same atomic, no-overwrite rules as :func:`save_png`."""
+    return _save_bytes(text.encode("utf-8"), path, force)
+
+
+def _save_bytes(data: bytes, path: str | os.PathLike, force: bool) -> Path:
     path = Path(path)
     check_writable(path, force)
-    data = text.encode("utf-8")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -6,7 +6,14 @@ import contextlib
 
 import torch
 
+import anysize
 from anysize.models.base import Conditioning, ModelAdapter, PromptEmbeds
+
+
+def generate_latents(adapter, method, h=128, w=128, steps=2, seed=3, prompt="a cat", callback=None, **opts):
+    """Final latents of one quiet generation with ``method`` and its options."""
+    return anysize.generate(adapter, prompt, height=h, width=w, steps=steps, seed=seed, method=method,
+                            method_options=opts, output_type="latent", progress=False, callback=callback)
 
 
 class FakeAdapter(ModelAdapter):

@@ -14,14 +14,13 @@ from anysize.models.base import Window
 from anysize.sampling import StepContext, sample
 from anysize.tiling_grids import shifted_origins, uncovered
 
-from _tiling_helpers import FakeAdapter, fake_cond, spy_windows
+from _tiling_helpers import FakeAdapter, fake_cond, generate_latents, spy_windows
 
 FAMILIES = ["sd1", "sd2", "sdxl", "sd3", "flux"]
 
 
-def gen(adapter, method="fstd", h=128, w=128, steps=2, seed=3, prompt="a cat", callback=None, **opts):
-    return anysize.generate(adapter, prompt, height=h, width=w, steps=steps, seed=seed, method=method,
-                            method_options=opts, output_type="latent", progress=False, callback=callback)
+def gen(adapter, method="fstd", **kw):
+    return generate_latents(adapter, method, **kw)
 
 
 @pytest.fixture(scope="module")

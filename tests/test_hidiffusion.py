@@ -3,7 +3,6 @@
 Numerical parity with the official package is in test_hidiffusion_parity.py.
 """
 
-
 import pytest
 import torch
 import torch.nn.functional as F
