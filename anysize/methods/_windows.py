@@ -32,9 +32,7 @@ class Job:
 
 def window_free(adapter) -> bool:
     """True when the adapter's network output does not depend on where a window sits."""
-    from ..models.sd import UNetAdapter
-
-    return isinstance(adapter, UNetAdapter) and type(adapter)._unet_kwargs is UNetAdapter._unet_kwargs
+    return not getattr(adapter, "window_conditioned", True)
 
 
 def latent_patch(adapter) -> int:

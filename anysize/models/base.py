@@ -132,6 +132,9 @@ class ModelAdapter:
     default_steps: int = 50
     #: names of the schedulers that make sense for this family (see anysize.schedulers)
     scheduler_kind: str = "diffusion"  # or "flow"
+    #: whether a call's output depends on where its window sits in the canvas (SDXL crop coordinates,
+    #: DiT positions); windows at different places can share one network call only when it does not
+    window_conditioned: bool = True
 
     def __init__(self, pipe, *, native_size: int | tuple[int, int] | None = None):
         self.pipe = pipe

@@ -12,6 +12,8 @@ from .base import Conditioning, ModelAdapter, PromptEmbeds, Window
 class UNetAdapter(ModelAdapter):
     """Shared by the U-Net families: the denoiser is ``pipe.unet``."""
 
+    window_conditioned = False  # SD 1.x/2.x U-Nets see only the latents, not the window's place
+
     @property
     def network(self):
         return self.pipe.unet

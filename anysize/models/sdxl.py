@@ -18,6 +18,7 @@ from .sd import UNetAdapter
 
 class SDXLAdapter(UNetAdapter):
     family = "sdxl"
+    window_conditioned = True  # the crop coordinates in the time ids
     default_guidance = 5.0
     default_steps = 50
 
