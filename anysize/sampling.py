@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .errors import Cancelled
+from .errors import Cancelled, InvalidArgumentError
 from .models.base import Conditioning, ModelAdapter
 from .noise import NoiseSpace
 
@@ -102,14 +102,18 @@ def sample(
     cancel: threading.Event | None = None,
     progress: bool = True,
     stage: str = "",
+    begin_index: int = 0,
 ) -> Tensor:
     """Denoise ``latents`` along ``timesteps`` (already set on ``scheduler``) with ``method``.
 
+    ``timesteps`` may be the tail of the scheduler's schedule (img2img / SDEdit); ``begin_index``
+    is then where it starts in ``scheduler.timesteps`` (see :func:`partial_schedule`), so
+    multistep schedulers read the right sigmas.
     ``callback(StepInfo)`` runs after each step; returning ``False`` from it, or setting ``cancel``,
     stops the run with :class:`~anysize.errors.Cancelled`.
     """
     if hasattr(scheduler, "set_begin_index"):
-        scheduler.set_begin_index(0)
+        scheduler.set_begin_index(begin_index)
     state: dict = {}
     desc = f"{method.name}{' · ' + stage if stage else ''}"
     with torch.no_grad(), tqdm(total=len(timesteps), desc=desc, disable=not progress, leave=False) as bar:
@@ -123,6 +127,26 @@ def sample(
                 if callback(StepInfo(i, len(timesteps), timesteps[i], latents, stage)) is False:
                     raise Cancelled(f"cancelled by the callback after step {i + 1}/{len(timesteps)}")
     return latents
+
+
+def partial_schedule(adapter: ModelAdapter, scheduler, steps: int, strength: float, latent_hw: tuple[int, int]):
+    """The part of a ``steps``-step schedule that an img2img (SDEdit) pass at ``strength`` runs.
+
+    The family's diffusers img2img rule: the schedule its pipeline would use for ``steps`` steps at
+    this latent size, less its first ``adapter.img2img_skipped_steps(steps, strength)`` steps.
+    Returns ``(timesteps, begin_index)``; re-noise the clean latents to ``timesteps[0]``
+    (``adapter.from_x0``) and pass ``begin_index`` to :func:`sample`.
+    """
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise InvalidArgumentError(f"strength must be in (0, 1], got {strength!r}")
+    full = adapter.set_timesteps(scheduler, steps, latent_hw)
+    skipped = adapter.img2img_skipped_steps(steps, strength)
+    if skipped >= steps:
+        raise InvalidArgumentError(
+            f"strength {strength} of {steps} steps runs no step at all; use strength >= {1 / steps:.3g} or more steps"
+        )
+    begin = skipped * getattr(scheduler, "order", 1)
+    return full[begin:], begin
 
 
 def make_generators(seed: int | Sequence[int], batch: int) -> list[torch.Generator]:

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from ..errors import InvalidArgumentError
-from ..sampling import StepContext, sample
+from ..sampling import StepContext, partial_schedule, sample
 
 
 @dataclasses.dataclass
@@ -64,9 +64,29 @@ class Method:
         timesteps = adapter.set_timesteps(scheduler, job.steps, (h, w))
         latents = adapter.initial_noise((job.cond.batch, adapter.latent_channels, h, w), job.generators)
         latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)
+        return self.denoise(job, latents, scheduler, timesteps)
+
+    def refine(self, job, latents: Tensor, strength: float, *, steps: int | None = None, stage: str = "") -> Tensor:
+        """SDEdit / img2img: re-noise clean ``latents`` (any size) to ``strength`` and denoise them.
+
+        The schedule is the tail of a ``steps``-step one (default ``job.steps``) chosen by the
+        diffusers img2img rule; the noise comes from the job's per-image generators (continuing
+        their streams), so a seeded multi-stage recipe is reproducible.
+        """
+        adapter = job.adapter
+        scheduler = job.make_scheduler()
+        steps = job.steps if steps is None else steps
+        timesteps, begin = partial_schedule(adapter, scheduler, steps, strength, tuple(latents.shape[-2:]))
+        noise = adapter.initial_noise(tuple(latents.shape), job.generators)
+        x = adapter.from_x0(scheduler, latents.to(noise.dtype), noise, timesteps[:1])
+        return self.denoise(job, x, scheduler, timesteps, begin_index=begin, stage=stage)
+
+    def denoise(self, job, latents: Tensor, scheduler, timesteps: Tensor, *, begin_index: int = 0, stage: str = "") -> Tensor:
+        """The one sampling loop with this method's steps (override to wrap it, e.g. in a patch)."""
         return sample(
-            self, adapter, latents, job.cond, scheduler, timesteps,
+            self, job.adapter, latents, job.cond, scheduler, timesteps,
             generator=job.generators[0], callback=job.callback, cancel=job.cancel, progress=job.progress,
+            stage=stage, begin_index=begin_index,
         )
 
     @classmethod

@@ -93,14 +93,17 @@ class HiDiffusion(Method):
             finally:
                 self._patch = None
 
-    def run(self, job) -> Tensor:
+    def denoise(self, job, latents: Tensor, scheduler, timesteps: Tensor, **kwargs) -> Tensor:
+        if self._patch is not None:  # a session is already open around this loop
+            return super().denoise(job, latents, scheduler, timesteps, **kwargs)
         with self.session(job.adapter, job.seeds):
-            if type(self.inner).run is Method.run:
-                return Method.run(self, job)
-            # an inner method that owns its run: the patch finds the step from each stage's schedule
-            self._patch.clock.clear()
-            patch, self._patch = self._patch, None
-            try:
-                return self.inner.run(job)
-            finally:
-                self._patch = patch
+            return super().denoise(job, latents, scheduler, timesteps, **kwargs)
+
+    def run(self, job) -> Tensor:
+        if type(self.inner).run is Method.run:
+            return Method.run(self, job)  # its loop runs in denoise, inside the patch
+        # an inner method that owns its run: the patch finds the step from each stage's schedule
+        with self.session(job.adapter, job.seeds) as patch:
+            patch.clock.clear()
+            self._patch = None
+            return self.inner.run(job)

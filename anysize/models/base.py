@@ -265,6 +265,10 @@ class ModelAdapter:
         scheduler.set_timesteps(steps, device=self.device)
         return scheduler.timesteps
 
+    def img2img_skipped_steps(self, steps: int, strength: float) -> int:
+        """Steps of a ``steps``-step schedule an img2img pass at ``strength`` skips (SD/SDXL pipelines' rule)."""
+        return steps - min(int(steps * strength), steps)
+
     def noise_space(self, scheduler) -> NoiseSpace:
         return NoiseSpace.of(scheduler)
 

@@ -55,6 +55,10 @@ class DiTAdapter(ModelAdapter):
                 f"{self.family} windows must start on multiples of {self.patch} latent pixels, got {window}"
             )
 
+    def img2img_skipped_steps(self, steps: int, strength: float) -> int:
+        # the SD3 / FLUX img2img pipelines round the skipped part down, not the kept part
+        return int(max(steps - min(steps * strength, steps), 0))
+
     def _accepts_sigmas(self, scheduler) -> bool:
         import inspect
 
