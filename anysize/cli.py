@@ -803,30 +803,49 @@ def cmd_eval_plot(args: argparse.Namespace) -> int:
 
 def _build_eval_manifest(evsub) -> None:
     c = evsub.add_parser(
-        "manifest", help="make a prompt manifest (JSONL) from COCO captions",
-        description="Write a JSONL prompt manifest {id, prompt, seed} of N captions from a COCO captions file "
-        "(e.g. annotations/captions_val2017.json): one caption per image, images drawn with --seed, row "
-        "seeds 0..N-1. LAION or other caption sets: write the same JSONL lines yourself.",
-        epilog="example:\n  anysize eval manifest --coco annotations/captions_val2017.json --n 1000 --out coco1k.jsonl",
+        "manifest", help="make a prompt manifest (JSONL) from COCO captions or a caption table (LAION)",
+        description="Write a JSONL prompt manifest {id, prompt, seed} of N captions, drawn with --seed, row seeds "
+        "0..N-1. From a COCO captions file (--coco, e.g. annotations/captions_val2017.json: one caption per "
+        "image), or from a caption table (--table: LAION metadata .parquet, or .csv/.tsv/.jsonl; caption column "
+        "TEXT/caption/text/prompt or --column; --min-side keeps rows whose WIDTH and HEIGHT are at least that, "
+        "the high-resolution subsets the any-size papers evaluate on; empty and repeated captions are skipped).",
+        epilog="examples:\n"
+        "  anysize eval manifest --coco annotations/captions_val2017.json --n 1000 --out coco1k.jsonl\n"
+        "  anysize eval manifest --table laion-part-00000.parquet --min-side 1024 --n 1000 --out laion1k.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    c.add_argument("--coco", required=True, metavar="FILE", help="COCO captions JSON")
+    src = c.add_mutually_exclusive_group(required=True)
+    src.add_argument("--coco", metavar="FILE", help="COCO captions JSON")
+    src.add_argument("--table", metavar="FILE", help="caption table: .parquet (needs pyarrow), .csv, .tsv, .jsonl")
+    c.add_argument("--column", default=None, help="caption column of --table (default: TEXT, caption, text or prompt)")
+    c.add_argument("--min-side", type=int, default=0, metavar="PX",
+                   help="--table only: keep rows whose WIDTH and HEIGHT are both >= PX (default: no filter)")
     c.add_argument("--n", type=int, default=1000, help="rows (default: 1000)")
-    c.add_argument("--seed", type=int, default=0, help="which images (default: 0)")
-    c.add_argument("--out", default="coco1k.jsonl", help="the manifest (default: %(default)s)")
+    c.add_argument("--seed", type=int, default=0, help="which rows (default: 0)")
+    c.add_argument("--out", default=None, help="the manifest (default: coco1k.jsonl / laion1k.jsonl for N=1000)")
     c.add_argument("--force", action="store_true", help="overwrite an existing file")
     c.set_defaults(func=cmd_eval_manifest)
 
 
 def cmd_eval_manifest(args: argparse.Namespace) -> int:
-    from .eval.metrics import coco_manifest, write_manifest
+    from .eval.metrics import coco_manifest, table_manifest, write_manifest
     from .output import check_writable, save_text
 
     if args.n <= 0:
         raise InvalidArgumentError(f"--n must be a positive integer, got {args.n}")
-    check_writable(args.out, args.force)
-    save_text(write_manifest(coco_manifest(args.coco, args.n, args.seed)), args.out, force=args.force)
-    print(args.out)
+    if args.min_side < 0 or (args.min_side and args.coco):
+        raise InvalidArgumentError("--min-side must be >= 0 and only applies to --table")
+    if args.column is not None and args.coco:
+        raise InvalidArgumentError("--column only applies to --table")
+    n_label = f"{args.n // 1000}k" if args.n % 1000 == 0 else str(args.n)
+    out = args.out or f"{'coco' if args.coco else 'laion'}{n_label}.jsonl"
+    check_writable(out, args.force)
+    if args.coco:
+        rows = coco_manifest(args.coco, args.n, args.seed)
+    else:
+        rows = table_manifest(args.table, args.n, args.seed, column=args.column, min_side=args.min_side)
+    save_text(write_manifest(rows), out, force=args.force)
+    print(out)
     return EXIT_OK
 
 

@@ -214,6 +214,65 @@ def test_coco_manifest(tmp_path):
         M.coco_manifest(f, n=6)
 
 
+def _laion_rows():
+    rows = [{"key": f"{i:09d}", "TEXT": f" photo  {i} ", "WIDTH": 512 * (1 + i % 3), "HEIGHT": 1024} for i in range(12)]
+    rows[3]["TEXT"] = ""                 # empty: skipped
+    rows[5]["TEXT"] = rows[4]["TEXT"]    # duplicate caption: skipped
+    rows[7]["WIDTH"] = "n/a"             # unreadable size: dropped by --min-side
+    return rows
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv", ".jsonl"])
+def test_table_manifest_reads_laion_style_tables(tmp_path, suffix):
+    import csv
+
+    rows = _laion_rows()
+    f = tmp_path / f"meta{suffix}"
+    if suffix == ".jsonl":
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        with f.open("w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]), delimiter="\t" if suffix == ".tsv" else ",")
+            w.writeheader()
+            w.writerows(rows)
+    every = M.table_manifest(f, n=10, seed=1)
+    assert len(every) == 10 and [r.seed for r in every] == list(range(10))
+    assert {r.id for r in every} == {f"{i:09d}" for i in range(12) if i not in (3, 5)}
+    assert all(r.prompt == f"photo {int(r.id)}" for r in every)  # whitespace normalised
+    assert every == M.table_manifest(f, n=10, seed=1) and every != M.table_manifest(f, n=10, seed=2)
+    # min side 1024: only WIDTH 1024 or 1536 rows (i % 3 != 0), readable, non-empty, first of duplicates
+    big = M.table_manifest(f, n=5, seed=0, min_side=1024)
+    assert len(big) == 5 and {r.id for r in big} < {f"{i:09d}" for i in (1, 2, 4, 8, 10, 11)}
+    with pytest.raises(InvalidArgumentError, match="6 usable captions with both sides >= 1024, fewer than 7"):
+        M.table_manifest(f, n=7, min_side=1024)
+
+
+def test_table_manifest_bad_tables(tmp_path):
+    f = tmp_path / "m.jsonl"
+    f.write_text(json.dumps({"url": "x", "alt": "a cat"}) + "\n")
+    with pytest.raises(InvalidArgumentError, match="no caption column .*its columns: url, alt"):
+        M.table_manifest(f, n=1)
+    assert M.table_manifest(f, n=1, column="alt")[0].prompt == "a cat"
+    with pytest.raises(InvalidArgumentError, match="no column 'TEXT'"):
+        M.table_manifest(f, n=1, column="TEXT")
+    with pytest.raises(InvalidArgumentError, match="needs WIDTH/HEIGHT"):
+        M.table_manifest(f, n=1, column="alt", min_side=512)
+    bad = tmp_path / "m.xlsx"
+    bad.write_text("x")
+    with pytest.raises(InvalidArgumentError, match="parquet, .csv, .tsv or .jsonl"):
+        M.table_manifest(bad, n=1)
+    pq = tmp_path / "m.parquet"
+    pq.write_bytes(b"PAR1")
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        with pytest.raises(InvalidArgumentError, match="needs pyarrow"):
+            M.table_manifest(pq, n=1)
+    else:
+        with pytest.raises(InvalidArgumentError, match="cannot read"):
+            M.table_manifest(pq, n=1)
+
+
 # ------------------------------------------------------------------------------------------ whole runs
 
 

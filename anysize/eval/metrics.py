@@ -129,6 +129,87 @@ def coco_manifest(captions_json: str | os.PathLike, n: int = 1000, seed: int = 0
             for i, j in enumerate(order)]
 
 
+#: caption columns tried in order when none is named (LAION metadata: TEXT; img2dataset: caption)
+CAPTION_COLUMNS = ("TEXT", "caption", "text", "prompt", "CAPTION")
+
+
+def _read_table(path: Path) -> list[dict]:
+    """Rows of a caption table: .parquet (needs pyarrow), .csv, .tsv, .jsonl / .json lines."""
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                raise InvalidArgumentError(
+                    f"{path} is parquet, which needs pyarrow (pip install pyarrow), or convert it to CSV/JSONL"
+                ) from None
+            return pq.read_table(path).to_pylist()
+        if suffix in (".csv", ".tsv"):
+            import csv
+
+            with path.open(newline="", encoding="utf-8") as f:
+                return list(csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ","))
+        if suffix in (".jsonl", ".json"):
+            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, ValueError) as e:
+        raise InvalidArgumentError(f"cannot read the caption table {path}: {e}") from None
+    raise InvalidArgumentError(f"{path}: caption tables must be .parquet, .csv, .tsv or .jsonl, not {suffix or 'no suffix'!r}")
+
+
+def _as_int(v) -> int | None:
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return None
+
+
+def table_manifest(path: str | os.PathLike, n: int = 1000, seed: int = 0, *, column: str | None = None,
+                   min_side: int = 0) -> list[ManifestRow]:
+    """``n`` captions from a caption table (e.g. LAION metadata parquet), rows drawn with ``seed``.
+
+    ``column`` names the caption column (default: the first of :data:`CAPTION_COLUMNS` present).
+    ``min_side`` keeps only rows whose ``WIDTH``/``HEIGHT`` (or ``width``/``height``) columns are both
+    at least that many pixels — the high-resolution subsets the any-size papers evaluate on; rows
+    without sizes are then dropped. Empty captions and exact duplicate captions are skipped. Row ids
+    are the table's ``key``/``id`` column when present, else the row number; row seeds are 0..n-1.
+    """
+    path = Path(path)
+    table = _read_table(path)
+    if not table:
+        raise InvalidArgumentError(f"the caption table {path} has no rows")
+    names = list(table[0])
+    if column is None:
+        column = next((c for c in CAPTION_COLUMNS if c in names), None)
+        if column is None:
+            raise InvalidArgumentError(f"{path} has no caption column ({', '.join(CAPTION_COLUMNS)}); its columns: "
+                                       f"{', '.join(map(str, names))}; name one with --column")
+    elif column not in names:
+        raise InvalidArgumentError(f"{path} has no column {column!r}; its columns: {', '.join(map(str, names))}")
+    id_col = next((c for c in ("key", "id", "SAMPLE_ID") if c in names), None)
+    size_cols = next(((w, h) for w, h in (("WIDTH", "HEIGHT"), ("width", "height")) if w in names and h in names), None)
+    if min_side and size_cols is None:
+        raise InvalidArgumentError(f"--min-side needs WIDTH/HEIGHT columns, which {path} lacks")
+    seen: set[str] = set()
+    kept: list[tuple[str, str]] = []
+    for i, row in enumerate(table):
+        text = " ".join(str(row.get(column) or "").split())
+        if not text or text in seen:
+            continue
+        if min_side:
+            w, h = (_as_int(row.get(c)) for c in size_cols)
+            if w is None or h is None or min(w, h) < min_side:
+                continue
+        seen.add(text)
+        kept.append((str(row[id_col]) if id_col else str(i), text))
+    if n > len(kept):
+        raise InvalidArgumentError(
+            f"{path} has {len(kept)} usable captions{f' with both sides >= {min_side}' if min_side else ''}, fewer than {n}"
+        )
+    order = np.random.default_rng(seed).permutation(len(kept))[:n]
+    return [ManifestRow(kept[j][0], kept[j][1], i) for i, j in enumerate(order)]
+
+
 def write_manifest(rows: Sequence[ManifestRow]) -> str:
     return "".join(json.dumps({"id": r.id, "prompt": r.prompt, "seed": r.seed}, ensure_ascii=False) + "\n" for r in rows)
 
