@@ -1,0 +1,274 @@
+"""ARAD: bucket assignment (Algorithm 1), bucketed data, LoRA training that resumes exactly."""
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anysize.buckets import PAPER_BUCKETS, Bucket, nearest_bucket, parse_buckets, scaled_buckets
+from anysize.errors import AnysizeError, InvalidArgumentError
+from anysize.train.arad import AradConfig, add_lora, draw_batch, train_arad
+from anysize.train.data import scan, to_bucket
+
+# ------------------------------------------------------------------------------------------ buckets
+
+# Table 5 order: 0 1:1, 1 .75, 2 1.333, 3 .5625, 4 1.778, 5 .625, 6 1.6, 7 .5, 8 2.0
+ALGORITHM_1 = [
+    (1.0, 0), (0.75, 1), (0.7, 1), (0.6, 5), (0.55, 3), (0.51, 7), (0.1, 7), (1.2, 2), (1.65, 6),
+    (1.7, 4), (1.9, 8), (10.0, 8),
+    # exact ties on the linear H/W scale go to the later bucket of the table (`distance <= minValue`)
+    (0.875, 1),      # 1:1 (0) vs 3:4 (1)
+    (0.59375, 5),    # 9:16 (3) vs 5:8 (5)
+    (0.53125, 7),    # 9:16 (3) vs 1:2 (7)
+]
+
+
+@pytest.mark.parametrize("ratio,expected", ALGORITHM_1)
+def test_nearest_bucket_is_algorithm_1(ratio, expected):
+    assert nearest_bucket(ratio * 1000, 1000, PAPER_BUCKETS) == expected
+
+
+def test_log_rule_is_symmetric_where_the_paper_rule_is_not():
+    # r = 0.4 and r = 2.5 are mirror images; on the linear scale 2.5 is 5x further from its end bucket
+    assert nearest_bucket(400, 1000, PAPER_BUCKETS, "log") == 7
+    assert nearest_bucket(2500, 1000, PAPER_BUCKETS, "log") == 8
+    # between 1:1 and 3:4 the linear midpoint (0.875) is not the log midpoint (sqrt(0.75) = 0.866)
+    assert nearest_bucket(870, 1000, PAPER_BUCKETS, "paper") == 1
+    assert nearest_bucket(870, 1000, PAPER_BUCKETS, "log") == 0
+    assert nearest_bucket(860, 1000, PAPER_BUCKETS, "log") == 1
+
+
+def test_buckets_scale_to_the_native_size():
+    toy = scaled_buckets(128)
+    assert [(b.height, b.width) for b in toy] == [
+        (128, 128), (144, 192), (192, 144), (144, 256), (256, 144), (160, 256), (256, 160), (128, 256), (256, 128)]
+    assert scaled_buckets(512) == PAPER_BUCKETS
+    assert [b.height for b in scaled_buckets(1024)][:3] == [1024, 1152, 1536]
+    assert all(b.height % 64 == 0 and b.width % 64 == 0 for b in scaled_buckets(768, 64))
+
+
+@pytest.mark.parametrize("text,match", [("512x", "WIDTHxHEIGHT"), ("500x512", "multiples of 8"), ("", "no buckets"),
+                                        ("64x64,64x64", "repeated")])
+def test_bad_bucket_lists(text, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        parse_buckets(text)
+
+
+def test_parse_buckets_reads_width_by_height():
+    assert parse_buckets("768x576, 512x512") == (Bucket(576, 768), Bucket(512, 512))
+
+
+# ------------------------------------------------------------------------------------------ data
+
+
+def _png(path, w, h, seed=0):
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    d = tmp_path / "data"
+    (d / "sub").mkdir(parents=True)
+    sizes = [(128, 128), (256, 128), (128, 128), (240, 120), (132, 128), (250, 126)]
+    for i, (w, h) in enumerate(sizes):
+        folder = d / "sub" if i % 2 else d
+        _png(folder / f"{i}.png", w, h, i)
+        (folder / f"{i}.txt").write_text(f" image  {i}\n")
+    (d / "broken.png").write_bytes(b"not an image")
+    (d / "broken.txt").write_text("broken")
+    _png(d / "uncaptioned.png", 128, 128)
+    _png(d / "empty.png", 128, 128)
+    (d / "empty.txt").write_text("   ")
+    _png(d / "small.png", 40, 40)
+    (d / "small.txt").write_text("small")
+    return d
+
+
+def test_scan_skips_and_counts_bad_entries(dataset):
+    buckets = (Bucket(64, 64), Bucket(64, 128))
+    data = scan(dataset, buckets, min_side=64)
+    assert sorted(e.caption for e in data.entries) == [f"image {i}" for i in range(6)]
+    assert dict(data.skipped) == {"unreadable image": 1, "missing caption": 2, "smaller than min side": 1}
+    assert data.counts() == {"64x64": 3, "128x64": 3}
+    for e in data.entries:
+        assert e.bucket == (0 if e.width == e.height or e.width < 1.5 * e.height else 1)
+
+
+def test_manifest_datasets_and_bad_rows(tmp_path):
+    _png(tmp_path / "a.png", 96, 64)
+    truncated = tmp_path / "t.png"
+    _png(truncated, 64, 64)
+    truncated.write_bytes(truncated.read_bytes()[:60])  # header readable, pixels not
+    lines = [
+        {"image": "a.png", "caption": "a wide one"},
+        {"file_name": "t.png", "text": "truncated", "width": 64, "height": 64},
+        {"image": "missing.png", "caption": "gone"},
+        {"image": "a.png"},
+        "not json",
+        {"caption": "no path"},
+    ]
+    m = tmp_path / "m.jsonl"
+    m.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+    data = scan(m, (Bucket(64, 64), Bucket(64, 96)))
+    assert [e.caption for e in data.entries] == ["a wide one", "truncated"]
+    assert dict(data.skipped) == {"unreadable image": 1, "missing caption": 1, "no image path": 2}
+    # the truncated file passes the scan (sizes given) and fails to decode: counted, replaced in-bucket
+    data.entries[1] = type(data.entries[1])(truncated, "truncated", 64, 64, 1)  # same bucket as a.png
+    data.__post_init__()
+    img, caption = data.load(1, np.random.default_rng(0))
+    assert caption == "a wide one" and img.shape == (3, 64, 96)
+    assert data.skipped["unreadable at load"] == 1
+    csv = tmp_path / "m.csv"
+    csv.write_text("path,prompt\na.png,from csv\n")
+    assert [e.caption for e in scan(csv, (Bucket(64, 64),)).entries] == ["from csv"]
+
+
+def test_scan_errors(tmp_path):
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        scan(tmp_path / "nope", PAPER_BUCKETS)
+    (tmp_path / "x.txt").write_text("a")
+    with pytest.raises(InvalidArgumentError, match="folder, a .jsonl or a .csv"):
+        scan(tmp_path / "x.txt", PAPER_BUCKETS)
+    with pytest.raises(InvalidArgumentError, match="no usable image"):
+        scan(tmp_path, PAPER_BUCKETS)
+
+
+def test_to_bucket_covers_then_crops_without_distortion():
+    img = Image.new("RGB", (300, 100), (255, 0, 0))
+    img.paste((0, 0, 255), (0, 0, 150, 100))  # left half blue
+    x = to_bucket(img, Bucket(64, 64), random_crop=False)
+    assert x.shape == (3, 64, 64)
+    # cover: 300x100 -> 192x64, centre 64 px crop spans the blue/red border in the middle
+    assert x[2, 32, 5] > 0.9 and x[0, 32, -5] > 0.9
+    crops = {tuple(to_bucket(img, Bucket(64, 64), np.random.default_rng(s)).mean(dim=(1, 2)).tolist()) for s in range(6)}
+    assert len(crops) > 1  # random crops move
+
+
+def test_draw_batch_is_consistent_across_ranks(dataset):
+    data = scan(dataset, (Bucket(64, 64), Bucket(64, 128)), min_side=64)
+    for micro in range(20):
+        bucket, picks = draw_batch(data, micro, per_rank=1, world=2, seed=3)
+        assert (bucket, picks) == draw_batch(data, micro, 1, 2, 3)  # a pure function of the step
+        assert all(data.entries[i].bucket == bucket for i in picks)
+        assert len(set(picks)) == 2  # the two ranks get different images of the same bucket
+    assert {draw_batch(data, m, 1, 1, 0)[0] for m in range(30)} == {0, 1}
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from anysize.testing import save_tiny_pipeline
+
+    return str(save_tiny_pipeline("sd1", tmp_path_factory.mktemp("model") / "sd1"))
+
+
+def _cfg(dataset, out, model, **kw):
+    base = dict(data=str(dataset), out=str(out), model=model, steps=4, batch=2, checkpoint_every=2,
+                buckets="128x128,256x128", device="cpu", progress=False, min_side=64)
+    return AradConfig(**{**base, **kw})
+
+
+def _hash_folder(folder):
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def test_training_changes_only_lora_weights_and_saves_a_diffusers_lora(dataset, tmp_path, tiny_model, monkeypatch):
+    import pathlib
+
+    import anysize
+    from safetensors.torch import load_file
+
+    before = _hash_folder(pathlib.Path(tiny_model))
+    seen = {}
+    real_load = anysize.load
+
+    def spy(*a, **k):
+        seen["adapter"] = real_load(*a, **k)
+        return seen["adapter"]
+
+    monkeypatch.setattr(anysize, "load", spy)
+    lora = train_arad(_cfg(dataset, tmp_path / "out", tiny_model))
+    trained = seen["adapter"].network
+    fresh = real_load(tiny_model).network
+    fresh_state = fresh.state_dict()
+    changed_lora = 0
+    for name, p in trained.named_parameters():
+        if "lora" in name:
+            changed_lora += int(name.endswith("lora_B.default.weight") and p.abs().max() > 0)
+        else:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(p, fresh_state[key]), name  # frozen weights untouched
+    assert changed_lora > 0  # lora_B starts at zero: training moved it
+    assert _hash_folder(pathlib.Path(tiny_model)) == before
+    weights = load_file(str(lora))
+    assert weights and all("lora" in k and k.startswith("unet.") for k in weights)
+    info = json.loads((tmp_path / "out" / "arad.json").read_text())
+    assert info["skipped"] == {"unreadable image": 1, "missing caption": 2, "smaller than min side": 1}
+    assert info["entries_per_bucket"] == {"128x128": 3, "256x128": 3}
+
+
+def test_resume_continues_to_the_identical_state(dataset, tmp_path, tiny_model):
+    from safetensors.torch import load_file
+
+    straight = load_file(str(train_arad(_cfg(dataset, tmp_path / "a", tiny_model))))
+    train_arad(_cfg(dataset, tmp_path / "b", tiny_model, steps=2))  # "interrupted" after step 2
+    assert (tmp_path / "b" / "checkpoints" / "step-0000002" / "state.json").is_file()
+    resumed = load_file(str(train_arad(_cfg(dataset, tmp_path / "b", tiny_model))))
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
+    log = [json.loads(line) for line in (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [2, 4]
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step-0000002", "step-0000004"]
+    # a different seed is a different run
+    other = load_file(str(train_arad(_cfg(dataset, tmp_path / "c", tiny_model, seed=1))))
+    assert not all(torch.equal(straight[k], other[k]) for k in straight)
+
+
+def test_the_lora_loads_in_stock_diffusers_and_changes_generation(dataset, tmp_path, tiny_model):
+    import anysize
+    from diffusers import StableDiffusionPipeline
+
+    out = tmp_path / "out"
+    train_arad(_cfg(dataset, out, tiny_model, steps=2, lr=5e-2))
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_model)
+    base = anysize.generate(pipe, "image 1", steps=2, seed=0, output_type="np", progress=False).images[0]
+    pipe.load_lora_weights(str(out))
+    tuned = anysize.generate(pipe, "image 1", steps=2, seed=0, output_type="np", progress=False).images[0]
+    assert np.abs(base - tuned).max() > 1e-3
+    pipe.unload_lora_weights()
+    again = anysize.generate(pipe, "image 1", steps=2, seed=0, output_type="np", progress=False).images[0]
+    assert np.abs(base - again).max() < 1e-6
+
+
+def test_add_lora_trains_only_lora_parameters(tiny):
+    from anysize.models import adapt
+
+    unet = adapt(tiny("sd2")).network
+    import copy
+
+    unet = copy.deepcopy(unet)
+    params = add_lora(unet, AradConfig(data="x", out="y", rank=2))
+    names = [n for n, p in unet.named_parameters() if p.requires_grad]
+    assert names and all("lora" in n for n in names) and len(names) == len(params)
+    assert all(p.dtype == torch.float32 for p in params)
+    with pytest.raises(InvalidArgumentError, match="cannot put LoRA"):
+        add_lora(copy.deepcopy(adapt(tiny("sd1")).network), AradConfig(data="x", out="y", targets=("nope",)))
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"steps": 0}, "steps"), ({"batch": -1}, "batch"), ({"lr": 0.0}, "lr"), ({"caption_dropout": 1.0}, "caption_dropout"),
+    ({"mixed_precision": "fp8"}, "mixed precision"), ({"bucket_rule": "area"}, "bucket rule"), ({"grad_clip": -1.0}, "grad_clip"),
+    ({"targets": ()}, "targets"),
+])
+def test_bad_config(kw, match):
+    with pytest.raises(AnysizeError, match=match):
+        AradConfig(data="x", out="y", **kw).validate()
