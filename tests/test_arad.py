@@ -272,3 +272,28 @@ def test_add_lora_trains_only_lora_parameters(tiny):
 def test_bad_config(kw, match):
     with pytest.raises(AnysizeError, match=match):
         AradConfig(data="x", out="y", **kw).validate()
+
+
+def test_cli_trains_resumes_and_refuses_to_overwrite(dataset, tmp_path, tiny_model, capsys):
+    from anysize.cli import main
+
+    out = tmp_path / "cli"
+    args = ["train-arad", str(dataset), "--model", tiny_model, "--out", str(out), "--steps", "2", "--batch", "1",
+            "--buckets", "128x128,256x128", "--min-side", "64", "--device", "cpu", "--quiet"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip().endswith("pytorch_lora_weights.safetensors")
+    assert main(args) == 0  # already complete: resumes at the end, nothing to do
+    assert main(args + ["--no-resume"]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main(["train-arad", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    assert main(["train-arad", str(dataset), "--out", str(tmp_path / "x"), "--bucket-rule", "area"]) == 2
+    assert "valid choices: log, paper" in capsys.readouterr().err
+
+
+def test_cli_help_teaches_multi_gpu():
+    import subprocess
+    import sys
+
+    text = subprocess.run([sys.executable, "-m", "anysize", "train-arad", "--help"], capture_output=True, text=True,
+                          check=True).stdout
+    assert "accelerate launch --multi_gpu" in text and "load_lora_weights" in text and "Algorithm 1" in text

@@ -49,6 +49,7 @@ class AradConfig:
     data: str
     out: str
     model: str | None = None  # None: the embedded default (toy) model
+    family: str | None = None  # None: detected
     steps: int = 10_000
     batch: int = 8
     lr: float = 1e-4
@@ -258,7 +259,9 @@ def train_arad(cfg: AradConfig) -> Path:
     )
     rank, world = accelerator.process_index, accelerator.num_processes
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
-    adapter = load(cfg.model, dtype=weight_dtype, device=str(accelerator.device))
+    if not cfg.resume and (_checkpoints(out) or (out / LORA_FILE).exists()):
+        raise InvalidArgumentError(f"{out} already holds a run; resume it, or choose another output folder")
+    adapter = load(cfg.model, family=cfg.family, dtype=weight_dtype, device=str(accelerator.device))
     if adapter.family not in FAMILIES:
         raise InvalidArgumentError(f"ARAD trains U-Net models ({', '.join(FAMILIES)}), not {adapter.family}")
     native = max(adapter.native_size)
