@@ -101,3 +101,26 @@ class NoiseSpace:
     def from_x0(self, x0: Tensor, noise: Tensor, t) -> Tensor:
         a, b = self.coefficients(t)
         return a * x0 + b * noise
+
+    # ---------------------------------------------------------------- moving between noise levels
+    def move(self, x: Tensor, x0: Tensor, t, t_to) -> Tensor:
+        """Deterministic (DDIM, η = 0) move of state x at t to t_to, keeping x's implied noise.
+
+        The noise part is (x - a·x0)/b at t; the result is a'·x0 + b'·noise at t_to. For DDIM this
+        is exactly its step; for any other scheduler it is a proposal that does not touch the
+        scheduler's own (possibly multistep) state.
+        """
+        a, b = self.coefficients(t)
+        return self.from_x0(x0, (x - a * x0) / b, t_to)
+
+    def renoise(self, x: Tensor, t_from, t_to, noise: Tensor) -> Tensor:
+        """The forward process from the less noisy t_from to the noisier t_to in one exact jump:
+        x_to = (a_to/a_from)·x + √(b_to² - (a_to·b_from/a_from)²)·noise (RePaint's re-noising,
+        in whichever space the scheduler keeps its state)."""
+        a0, b0 = self.coefficients(t_from)
+        a1, b1 = self.coefficients(t_to)
+        r = a1 / a0
+        var = b1 * b1 - (r * b0) ** 2
+        if var < -1e-9:
+            raise InvalidArgumentError(f"cannot re-noise from timestep {float(t_from)} to the less noisy {float(t_to)}")
+        return r * x + max(var, 0.0) ** 0.5 * noise

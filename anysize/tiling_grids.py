@@ -27,7 +27,10 @@ from .errors import InvalidArgumentError
 __all__ = [
     "PLACEMENTS",
     "WEIGHTINGS",
+    "block_index",
+    "block_starts",
     "check_choice",
+    "context_views",
     "fusion_weights",
     "overlap_origins",
     "shifted_origins",
@@ -138,3 +141,47 @@ def fusion_weights(
     gy = torch.ones(height, dtype=torch.float64) if single_row else _gaussian_1d(height)
     gx = torch.ones(width, dtype=torch.float64) if single_col else _gaussian_1d(width)
     return (gy[:, None] * gx[None, :]).to(device=device, dtype=dtype)
+
+
+def block_starts(length: int, parts: int) -> list[int]:
+    """Bounds of ``parts`` nearly equal blocks of an axis: block i is [s[i], s[i+1]) with
+    s[i] = floor(i·length/parts). Every block is non-empty when parts <= length (any ratio, not
+    only integers: used to subsample a canvas one pixel per block and to upsample back)."""
+    _positive("length", length)
+    _positive("parts", parts)
+    if parts > length:
+        raise InvalidArgumentError(f"cannot split {length} pixels into {parts} non-empty blocks")
+    return [i * length // parts for i in range(parts + 1)]
+
+
+def block_index(length: int, parts: int) -> Tensor:
+    """(length,) long tensor: the block of :func:`block_starts` each pixel falls in."""
+    s = torch.tensor(block_starts(length, parts)[1:-1], dtype=torch.long)
+    return torch.bucketize(torch.arange(length), s, right=True)
+
+
+def context_views(length: int, core: int, window: int) -> list[tuple[int, int, int]]:
+    """Implicit-overlap views along one axis (ElasticDiffusion's local patches).
+
+    Cores of ``core`` px start at 0, core, 2·core, ... (the last one clamped to the border); each is
+    run inside the ``window``-px crop that contains it, as centred as possible and clamped to the
+    canvas, so the network sees ``window - core`` px of context around it. Returns
+    ``(own_start, own_end, crop_start)`` per view, where [own_start, own_end) is the part of the
+    core that no earlier core covers (first writer wins), so the owned parts partition the axis.
+    An axis no longer than the window is one view without context: (0, length, 0).
+    """
+    _positive("length", length)
+    _positive("core", core)
+    _positive("window", window)
+    if core > window:
+        raise InvalidArgumentError(f"core {core} is larger than the window {window}")
+    if length <= window:
+        return [(0, length, 0)]
+    n = math.ceil((length - core) / core) + 1
+    views, end = [], 0
+    for k in range(n):
+        a = min(k * core, length - core)
+        crop = min(max(a - (window - core) // 2, 0), length - window)
+        views.append((max(a, end), a + core, crop))
+        end = a + core
+    return views

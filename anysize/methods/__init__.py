@@ -6,5 +6,6 @@ from . import direct  # noqa: F401  (registers)
 from . import multidiffusion  # noqa: F401  (registers)
 from . import fstd  # noqa: F401  (registers)
 from . import hidiffusion  # noqa: F401  (registers)
+from . import elastic  # noqa: F401  (registers)
 
 __all__ = ["METHODS", "Method", "MethodOptions", "create", "get", "names", "register"]

@@ -1,0 +1,551 @@
+"""ElasticDiffusion (Haji-Ali, Balakrishnan, Ordonez, CVPR 2024): global/local score separation.
+
+Classifier-free guidance is split into its two terms and each is estimated where it is cheap and
+reliable (spec ``elastic.md`` §1-§5):
+
+* the **unconditional score** on native-size crops of the canvas: cores of ``patch_size`` latent
+  px (default native/2) each run inside the native window that contains it (implicit overlap: the
+  rest of the window is context), only the core is kept, first writer wins;
+* the **class direction** ε(prompt) - ε(negative) on a *reference*: one latent pixel picked per
+  block of the canvas (the long side becomes the native side, the aspect ratio is kept), padded to
+  the native size with a VAE-encoded constant colour noised to the current level; the direction is
+  written back at the picked positions and block-constant elsewhere;
+* **resampling**: R more reference passes per step, each block switching with probability
+  ``new_p`` to a pixel it has not used yet, so more pixels get their own direction;
+* the **repaint pass** (when R > 0, all but the last step): the step's result is re-noised to t
+  and the step is redone with one strided reference and guidance w/3;
+* **reduced-resolution guidance** (RRG): x_{t-1} += 2λ_i/(C·H·W)·(U(x0_ref) - x0̂), with the
+  cosine schedule λ_i = λ0·(½(1 + cos(π i/S)))^γ, S = N - ⌊N·rrg_stop_t⌋, while λ_i > 10.
+
+Defaults are the official ``generate_image()`` ones (R 20, new_p 0.3, λ0 1000, γ 3, stop 0.2,
+repaint on, core native/2); ``preset`` selects the settings of the official CLI (``cli``), README
+(``readme``) or Gradio demo (``gradio``: R and λ0 from its per-size table, stop 0.4). The official
+guidance scale is 10 (``guidance=10`` / ``--guidance 10``; anysize's default is the model's).
+Below the native size the canvas itself is padded to native with the background, as the official
+code does, for the reference and the single local patch alike (which are then the same network
+input, so one evaluation serves both).
+
+All native sizes come from the adapter (``native_latent_size``); every step is expressed through
+the scheduler's tables (:class:`~anysize.noise.NoiseSpace`), so ε and v-prediction and any
+diffusers scheduler work (DDIM, the official one, reproduces the official update).
+
+Deliberate differences from the official code (ElasticDiffusion-official, ``elastic_diffusion.py``),
+each checked in ``tests/test_elastic.py``:
+
+1. Resampling for any downsampling ratio: each axis is split into blocks [⌊iH/h⌋, ⌊(i+1)H/h⌋),
+   picks are exact (y, x) positions inside their block, the direction is written exactly there,
+   and the rest is filled block-constant on the same partition. The official index bookkeeping is
+   only right up to ratio 2 (spec §4.3); at ratio 2 both pick x[::2, ::2] on the first pass.
+2. Native sizes from the model (official: 64/128 latent and 512/1024 px hard-coded, so a 768-px
+   SD 2.x model ran at 512).
+3. Speed without changing the image: all R+1 reference passes of a step go into one network call
+   (``batch_references``; official: one call per pass), local patches are batched
+   (``view_batch_size`` default 16, as the official CLI/README/demo; its constructor default is 1),
+   and each background block is VAE-encoded once per run and only re-noised per step
+   (``cache_background``; official: encoded again for every padded call). At or below the native
+   size the local patch equals the reference input and is not evaluated twice.
+4. Background colour: one random colour per image and side for the whole run, as the paper's
+   "constant colour background" (official: a new colour every timestep, from an md5-seeded global
+   RNG that it then reseeds). Within a step every pass sees the same noisy pad, as in the official code.
+5. Every random draw (picks, colours, background noise, repaint noise) comes from generators
+   derived from each image's seed: same seed, same image, alone or in a batch; the global RNG is
+   never touched.
+6. The repaint re-noising is the exact one-jump forward process from t_prev to t (official: 1000/N
+   single DDPM transitions, off by one timestep), and the first-pass update is a DDIM move through
+   the scheduler's tables that leaves the scheduler's state alone, so the scheduler's own
+   ``step`` runs exactly once per timestep (official: DDIM.step twice, which only a stateless
+   scheduler allows).
+7. The switch to a new pick has probability ``new_p`` exactly (official: 30/101 for 0.3).
+8. The direction map is kept in float32 and "already written" is a boolean mask (official: fp16,
+   and "written" means "value != 0").
+9. RRG uses the last reference pass's own direction (official, with R > 0 and no repaint pass: the
+   nearest-downsampled full map, which mixes passes). The RRG update is applied in the frame of the
+   model input (1/c_in(t_prev) for VE schedulers; identical to the official for DDIM).
+10. SDXL: every call (patches and reference) is conditioned as a native-size image (original and
+    target size = native, crop (0, 0)), which lets patches share a call (official: 4x the output
+    size for every call). Without a negative prompt SDXL's pipeline zeroes the negative embedding
+    (``force_zeros_for_empty_prompt``), as in plain generation (official: encodes "").
+11. Bad sizes and options raise clear errors (official: raises a plain string for sizes not
+    divisible by 8, which is itself a TypeError; its README passes a non-existent ``drop_p``).
+
+``msw_msa=True`` runs every network call inside :func:`anysize.patch`'s shifted-window attention
+(also at native size, where Elastic's calls are), the HiDiffusion operator, for composability.
+
+Network evaluations per step (one per sample; P local views per image, B images):
+``B·(2(R+1) + P)``, plus ``B·(2 + P)`` for the repaint pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..errors import InvalidArgumentError
+from ..models.base import Conditioning, PromptEmbeds, Window
+from ..sampling import StepContext
+from ..tiling_grids import block_index, block_starts, check_choice, context_views
+from ._windows import latent_patch, select_cond
+from .base import Method, MethodOptions
+from .registry import register
+
+# added to an image's seed for each of its random streams, so they are independent of the noise
+# and of each other (batched and sequential reference passes then draw exactly the same numbers)
+_PICK_SALT, _COLOUR_SALT, _BG_NOISE_SALT, _RENOISE_SALT = 0xE1A5, 0xE1A6, 0xE1A7, 0xE1A8
+
+#: the official code applies RRG only while its weight exceeds this
+RRG_MIN_WEIGHT = 10.0
+
+#: named official settings (spec §6.2, §6.3); unset options take these, explicit ones win
+PRESETS: dict[str, dict[str, Any]] = {
+    "generate_image": {},  # the dataclass defaults are the official generate_image() defaults
+    "cli": dict(resampling_steps=10, new_p=0.3, rrg_init_weight=4000.0, cosine_scale=10.0, rrg_stop_t=0.2),
+    "readme": dict(resampling_steps=7, new_p=0.3, rrg_init_weight=1000.0, cosine_scale=10.0, rrg_stop_t=0.2),
+    "gradio": dict(resampling_steps=None, new_p=0.3, rrg_init_weight=None, cosine_scale=10.0, rrg_stop_t=0.4),
+}
+
+
+def gradio_table(height: int, width: int, native: tuple[int, int]) -> tuple[int, float]:
+    """(R, λ0) of the official Gradio demo's per-resolution examples (SDXL, spec §6.3), by area
+    over native: 2048² (4x) -> (10, 2000); 2048x1536 (3x) -> (10, 1500); larger than native
+    otherwise -> (7, 1000); at or below native (768², 512²) -> (0, 0)."""
+    if height <= native[0] and width <= native[1]:
+        return 0, 0.0
+    area = height * width / (native[0] * native[1])
+    if area >= 3.5:
+        return 10, 2000.0
+    if area >= 2.5:
+        return 10, 1500.0
+    return 7, 1000.0
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+@dataclass
+class ElasticOptions(MethodOptions):
+    #: official settings by name: generate_image (the defaults), cli, readme, gradio
+    preset: str | None = None
+    #: R: extra reference passes per step (0: one strided reference, no repaint pass)
+    resampling_steps: int | None = 20
+    #: probability that a block switches to a new pixel on a resampling pass
+    new_p: float = 0.3
+    #: λ0 of reduced-resolution guidance (0: off)
+    rrg_init_weight: float | None = 1000.0
+    #: γ, the exponent of the cosine decay
+    cosine_scale: float = 3.0
+    #: RRG stops after this fraction of the steps is left
+    rrg_stop_t: float = 0.2
+    #: redo each step (all but the last) on the re-noised result with guidance w/repaint_divisor
+    repaint: bool = True
+    repaint_divisor: float = 3.0
+    #: core side of a local patch in latent px (None: native/2); the rest of the native window is context
+    patch_size: int | None = None
+    #: local patches per network call (times the number of images)
+    view_batch_size: int = 16
+    #: all R+1 reference passes of a step in one network call (False: one call per pass, as the official code)
+    batch_references: bool = True
+    #: VAE-encode each background block once per run (False: for every padded call, as the official code)
+    cache_background: bool = True
+    #: shifted-window attention (HiDiffusion's MSW-MSA) inside every network call
+    msw_msa: bool = False
+
+    def validate(self) -> None:
+        if self.preset is not None:
+            check_choice("elastic preset", self.preset, tuple(PRESETS))
+        by_size = self.preset == "gradio"
+        if self.resampling_steps is None and not by_size:
+            raise InvalidArgumentError("resampling_steps may only be unset with preset 'gradio' (its per-size table)")
+        if self.resampling_steps is not None and (not _is_int(self.resampling_steps) or self.resampling_steps < 0):
+            raise InvalidArgumentError(f"resampling_steps must be an integer >= 0, got {self.resampling_steps!r}")
+        if not _is_num(self.new_p) or not 0.0 <= self.new_p <= 1.0:
+            raise InvalidArgumentError(f"new_p is a probability and must be in [0, 1], got {self.new_p!r}")
+        if self.rrg_init_weight is None and not by_size:
+            raise InvalidArgumentError("rrg_init_weight may only be unset with preset 'gradio' (its per-size table)")
+        if self.rrg_init_weight is not None and (not _is_num(self.rrg_init_weight) or self.rrg_init_weight < 0):
+            raise InvalidArgumentError(f"rrg_init_weight must be a number >= 0 (0: no RRG), got {self.rrg_init_weight!r}")
+        if not _is_num(self.cosine_scale) or self.cosine_scale < 0:
+            raise InvalidArgumentError(f"cosine_scale must be a number >= 0, got {self.cosine_scale!r}")
+        if not _is_num(self.rrg_stop_t) or not 0.0 <= self.rrg_stop_t <= 1.0:
+            raise InvalidArgumentError(f"rrg_stop_t is a fraction of the steps and must be in [0, 1], got {self.rrg_stop_t!r}")
+        if not _is_num(self.repaint_divisor) or self.repaint_divisor <= 0:
+            raise InvalidArgumentError(f"repaint_divisor must be a number > 0, got {self.repaint_divisor!r}")
+        if self.patch_size is not None and (not _is_int(self.patch_size) or self.patch_size <= 0):
+            raise InvalidArgumentError(f"patch_size must be a positive integer (latent px) or unset, got {self.patch_size!r}")
+        if not _is_int(self.view_batch_size) or self.view_batch_size <= 0:
+            raise InvalidArgumentError(f"view_batch_size must be a positive integer, got {self.view_batch_size!r}")
+        for name in ("repaint", "batch_references", "cache_background", "msw_msa"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgumentError(f"{name} must be true or false, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where everything sits for one latent canvas size."""
+
+    canvas: tuple[int, int]
+    native: tuple[int, int]
+    ref: tuple[int, int]  # reference (h, w) before padding
+    rows: list  # context_views along the height
+    cols: list
+    crop: tuple[int, int]  # size of every local crop (the native window, or the canvas side if shorter)
+
+    @property
+    def views(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    @property
+    def local_is_reference(self) -> bool:
+        """At or below the native size the single local patch is the (unsubsampled) reference."""
+        return self.ref == self.canvas and self.views == 1
+
+
+def reference_size(height: int, width: int, native: tuple[int, int]) -> tuple[int, int]:
+    """(h, w) of the reference latent: the canvas scaled so that it just fits the native size,
+    aspect ratio kept, floored (integer arithmetic); the canvas itself when it already fits."""
+    nh, nw = native
+    if height <= nh and width <= nw:
+        return height, width
+    if width * nh >= height * nw:  # the width is the limiting side
+        return max(1, height * nw // width), nw
+    return nh, max(1, width * nh // height)
+
+
+def resampling_plan(height: int, width: int, ref: tuple[int, int], passes: int, new_p: float,
+                    generator: torch.Generator | None) -> Tensor:
+    """(passes, h·w) flat canvas positions (y·width + x) of the pixel each reference cell takes.
+
+    Cell (i, j) owns the block [⌊iH/h⌋, ⌊(i+1)H/h⌋) x [⌊jW/w⌋, ⌊(j+1)W/w⌋). Pass 0 takes each
+    block's top-left pixel; every later pass draws, per block, a pixel uniformly among those it has
+    not used yet (among all once all are used) and switches to it with probability ``new_p``,
+    else keeps its previous pixel.
+    """
+    h, w = ref
+    rs, cs = block_starts(height, h), block_starts(width, w)
+    block = (block_index(height, h)[:, None] * w + block_index(width, w)[None, :]).flatten()
+    n = height * width
+    cur = (torch.tensor(rs[:-1])[:, None] * width + torch.tensor(cs[:-1])[None, :]).flatten()
+    picks = [cur]
+    used = torch.zeros(n, dtype=torch.bool)
+    used[cur] = True
+    for _ in range(passes - 1):
+        # a random permutation ranks the pixels; used ones rank after every unused one, and each
+        # block takes its best-ranked pixel: uniform over the unused pixels of the block
+        perm = torch.randperm(n, generator=generator)
+        key = perm + used.long() * n
+        best = torch.full((h * w,), 2 * n, dtype=torch.long).scatter_reduce(0, block, key, "amin")
+        inverse = torch.empty(n, dtype=torch.long)
+        inverse[perm] = torch.arange(n)
+        candidate = inverse[best % n]
+        switch = torch.rand(h * w, generator=generator) < new_p
+        cur = torch.where(switch, candidate, cur)
+        used[cur] = True
+        picks.append(cur)
+    return torch.stack(picks)
+
+
+def block_upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """Nearest upsampling of (..., h, w) to (..., H, W) on the block partition of the plan."""
+    h, w = x.shape[-2:]
+    rows, cols = block_index(size[0], h).to(x.device), block_index(size[1], w).to(x.device)
+    return x[..., rows[:, None], cols[None, :]]
+
+
+def rrg_weight(index: int, steps: int, init: float, cosine_scale: float, stop: float) -> float:
+    """λ_i of the official cosine schedule (0 from step S = N - ⌊N·stop⌋ on)."""
+    s = steps - int(steps * stop)
+    if index >= s or init == 0:
+        return 0.0
+    return init * (0.5 * (1 + math.cos(math.pi * index / s))) ** cosine_scale
+
+
+@dataclass
+class _Run:
+    """Per-run state: generators per image, background cache, the current step's noisy pads."""
+
+    picks: list[torch.Generator]
+    colours: list[torch.Generator]
+    bg_noise: list[torch.Generator]
+    renoise: list[torch.Generator]
+    colour: dict = field(default_factory=dict)  # (image, side) -> (3,) colour in [0, 1]
+    clean: dict = field(default_factory=dict)  # (image, side, (h, w)) -> encoded background
+    noisy: dict = field(default_factory=dict)  # same keys -> background at the current level (model input)
+    noisy_step: int = -1
+    encodes: int = 0
+
+
+@register
+class Elastic(Method):
+    name = "elastic"
+    summary = "local unconditional patches + a global class direction from a subsampled reference (ElasticDiffusion)"
+    Options = ElasticOptions
+    families = ("sd1", "sd2", "sdxl")
+
+    def __init__(self, **options):
+        preset = options.get("preset")
+        if preset is not None:
+            check_choice("elastic preset", preset, tuple(PRESETS))
+            options = {**PRESETS[preset], **options}
+        super().__init__(**options)
+
+    @classmethod
+    def demo_options(cls, adapter) -> dict:
+        # the defaults cost 2(R+1) + 2P + 2 evaluations per step (R = 20: over 170 at 16x area);
+        # the readme's R = 7 without the repaint pass keeps the sheet's row within its budget
+        return {"resampling_steps": 3, "repaint": False}
+
+    # ------------------------------------------------------------------ settings and geometry
+    def settings(self, height: int, width: int, native: tuple[int, int]) -> tuple[int, float]:
+        """(R, λ0) for a latent canvas (the gradio preset reads them from its size table)."""
+        o = self.options
+        r, lam = o.resampling_steps, o.rrg_init_weight
+        if r is None or lam is None:
+            tr, tl = gradio_table(height, width, native)
+            r = tr if r is None else r
+            lam = tl if lam is None else lam
+        return r, float(lam)
+
+    def geometry(self, adapter, height: int, width: int) -> Geometry:
+        nh, nw = adapter.native_latent_size
+        o = self.options
+        if o.patch_size is not None:
+            if o.patch_size % latent_patch(adapter):
+                raise InvalidArgumentError(f"patch_size must be a multiple of {latent_patch(adapter)} latent px")
+            if o.patch_size > min(nh, nw):
+                raise InvalidArgumentError(
+                    f"patch_size {o.patch_size} is larger than the native latent size {min(nh, nw)}: use 1..{min(nh, nw)}"
+                )
+            sh = sw = o.patch_size
+        else:
+            sh, sw = max(1, nh // 2), max(1, nw // 2)
+        return Geometry(
+            (height, width), (nh, nw), reference_size(height, width, (nh, nw)),
+            context_views(height, sh, nh), context_views(width, sw, nw), (min(nh, height), min(nw, width)),
+        )
+
+    def check(self, adapter, height: int, width: int) -> None:
+        super().check(adapter, height, width)
+        f = adapter.vae_factor
+        self.geometry(adapter, height // f, width // f)
+
+    def evaluations_per_step(self, adapter, height: int, width: int, *, repaint_step: bool = True) -> int:
+        """Network evaluations per image for one step at a latent canvas of height x width."""
+        geo = self.geometry(adapter, height, width)
+        r, _ = self.settings(height, width, geo.native)
+        local = 0 if geo.local_is_reference else geo.views
+        n = 2 * (r + 1) + local
+        if self.options.repaint and r > 0 and repaint_step:
+            n += 2 + local
+        return n
+
+    # ------------------------------------------------------------------ run and per-run state
+    def run(self, job) -> Tensor:
+        self._seeds = [g.initial_seed() for g in job.generators]
+        try:
+            if not self.options.msw_msa:
+                return super().run(job)
+            from ..patches import patch
+
+            with patch(job.adapter, "msw_msa", apply_at_native=True, seed=list(job.seeds)):
+                return super().run(job)
+        finally:
+            del self._seeds
+
+    def _run_state(self, ctx: StepContext, batch: int) -> _Run:
+        run = ctx.state.get("elastic")
+        if run is None:
+            seeds = getattr(self, "_seeds", None)
+            if seeds is None or len(seeds) != batch:
+                base = ctx.generator.initial_seed() if ctx.generator is not None else 0
+                seeds = [base + i for i in range(batch)]
+
+            def gens(salt):
+                return [torch.Generator("cpu").manual_seed((s + salt) % 2**63) for s in seeds]
+
+            run = ctx.state["elastic"] = _Run(gens(_PICK_SALT), gens(_COLOUR_SALT), gens(_BG_NOISE_SALT),
+                                              gens(_RENOISE_SALT))
+        if run.noisy_step != ctx.index:
+            run.noisy, run.noisy_step = {}, ctx.index
+        return run
+
+    # ------------------------------------------------------------------ background padding
+    def _background(self, ctx: StepContext, run: _Run, image: int, side: str, size: tuple[int, int], like: Tensor) -> Tensor:
+        """The (C, h, w) background block of one image and side at this step's noise level, in
+        model-input space: a constant colour, VAE-encoded, noised to t."""
+        key = (image, side, size)
+        adapter = ctx.adapter
+        clean = run.clean.get(key)
+        if clean is None:
+            colour = run.colour.get((image, side))
+            if colour is None:
+                colour = run.colour[(image, side)] = torch.rand(3, generator=run.colours[image])
+            f = adapter.vae_factor
+            img = colour.view(1, 3, 1, 1).expand(1, 3, size[0] * f, size[1] * f)
+            clean = adapter.encode(img, generator=run.colours[image], tiled=False)[0]
+            run.encodes += 1
+            if self.options.cache_background:
+                run.clean[key] = clean
+        noisy = run.noisy.get(key)
+        if noisy is None:
+            noise = torch.randn(clean.shape, generator=run.bg_noise[image], dtype=torch.float32)
+            ns = ctx.noise_space
+            noisy = ns.from_x0(clean.float().cpu(), noise, ctx.t) * ns.input_scale(ctx.t)
+            noisy = run.noisy[key] = noisy.to(device=like.device, dtype=like.dtype)
+        return noisy
+
+    def _pad(self, ctx: StepContext, run: _Run, z: Tensor, images: list[int], native: tuple[int, int]):
+        """Pad (K, C, h, w) model inputs to the native size with each one's image background;
+        returns the padded tensor and the (top, left) of z inside it."""
+        k, c, h, w = z.shape
+        nh, nw = native
+        if (h, w) == (nh, nw):
+            return z, (0, 0)
+        top, left = (nh - h) // 2, (nw - w) // 2
+        rows = []
+        for img, zi in zip(images, z):
+            parts = [zi]
+            if nh > h:
+                parts = [self._background(ctx, run, img, "top", (top, w), z)] if top else []
+                parts += [zi, self._background(ctx, run, img, "bottom", (nh - h - top, w), z)]
+            col = torch.cat(parts, dim=-2)
+            if nw > w:
+                parts = [self._background(ctx, run, img, "left", (nh, left), z)] if left else []
+                parts += [col, self._background(ctx, run, img, "right", (nh, nw - w - left), z)]
+                col = torch.cat(parts, dim=-1)
+            rows.append(col)
+        return torch.stack(rows), (top, left)
+
+    # ------------------------------------------------------------------ network calls
+    def _call(self, ctx: StepContext, x: Tensor, embeds: PromptEmbeds, native: tuple[int, int]) -> Tensor:
+        # every call is a native-size image (SDXL: size conditioning = native, crop (0, 0))
+        return ctx.adapter.predict(x, ctx.t, embeds, Window.full(*native))
+
+    @staticmethod
+    def _embeds(cond: Conditioning, images: list[int], which: str) -> PromptEmbeds:
+        sel = select_cond(cond, images)
+        return sel.negative if which == "negative" else sel.positive
+
+    def _global(self, ctx: StepContext, run: _Run, x_in: Tensor, geo: Geometry, passes: int):
+        """The class direction D (B, C, H, W), the last pass's (picks, ε_u, d) for RRG, and the first
+        pass's ε_u."""
+        b, c, hh, ww = x_in.shape
+        h, w = geo.ref
+        plans = torch.stack([resampling_plan(hh, ww, geo.ref, passes, self.options.new_p, g)
+                             for g in run.picks[:b]]).to(x_in.device)  # (B, passes, h·w)
+        flat = x_in.flatten(2)
+        # pass-major: row k·B + i is pass k of image i
+        z = torch.stack([flat[i][:, plans[i, k]] for k in range(passes) for i in range(b)]).view(passes * b, c, h, w)
+        images = [i for _ in range(passes) for i in range(b)]
+        cond = ctx.cond
+        if self.options.batch_references:
+            groups = [list(range(passes * b))]
+        else:
+            groups = [list(range(k * b, (k + 1) * b)) for k in range(passes)]
+        eu, ec = torch.empty_like(z), torch.empty_like(z)
+        for g in groups:
+            imgs = [images[j] for j in g]
+            zp, (top, left) = self._pad(ctx, run, z[g], imgs, geo.native)
+            emb = self._embeds(cond, imgs, "negative").cat(self._embeds(cond, imgs, "positive"))
+            out = self._call(ctx, torch.cat([zp, zp]), emb, geo.native)[..., top : top + h, left : left + w]
+            eu[g], ec[g] = out.chunk(2)
+        d = (ec.float() - eu.float()).view(passes, b, c, h * w)
+        big = torch.zeros(b, c, hh * ww, device=x_in.device, dtype=torch.float32)
+        written = torch.zeros(b, 1, hh * ww, device=x_in.device, dtype=torch.bool)
+        for k in range(passes):  # later passes overwrite earlier ones at the pixels they picked
+            idx = plans[:, k][:, None, :]
+            big.scatter_(2, idx.expand(b, c, -1), d[k])
+            written.scatter_(2, idx, True)
+        last = d[-1].view(b, c, h, w)
+        direction = torch.where(written, big, block_upsample(last, (hh, ww)).flatten(2)).view(b, c, hh, ww)
+        return direction, (plans[:, -1], eu[(passes - 1) * b :], last), eu[:b]
+
+    def _local(self, ctx: StepContext, run: _Run, x_in: Tensor, geo: Geometry, eu0: Tensor) -> Tensor:
+        """The unconditional score of the whole canvas from native-size crops (cores kept)."""
+        if geo.local_is_reference:  # the same network input as the first reference pass
+            return eu0
+        b, c, hh, ww = x_in.shape
+        ch, cw = geo.crop
+        out = torch.empty_like(x_in)
+        jobs = [(i, r, q) for r in geo.rows for q in geo.cols for i in range(b)]
+        per_call = self.options.view_batch_size * b
+        for s in range(0, len(jobs), per_call):
+            chunk = jobs[s : s + per_call]
+            imgs = [i for i, _, _ in chunk]
+            crops = torch.stack([x_in[i, :, r[2] : r[2] + ch, q[2] : q[2] + cw] for i, r, q in chunk])
+            padded, (top, left) = self._pad(ctx, run, crops, imgs, geo.native)
+            pred = self._call(ctx, padded, self._embeds(ctx.cond, imgs, "negative"), geo.native)
+            pred = pred[..., top : top + ch, left : left + cw]
+            for k, (i, r, q) in enumerate(chunk):
+                out[i, :, r[0] : r[1], q[0] : q[1]] = pred[k, :, r[0] - r[2] : r[1] - r[2], q[0] - q[2] : q[1] - q[2]]
+        return out
+
+    def _guided(self, ctx: StepContext, run: _Run, x_in: Tensor, geo: Geometry, passes: int, scale: float):
+        direction, ref, eu0 = self._global(ctx, run, x_in, geo, passes)
+        local = self._local(ctx, run, x_in, geo, eu0)
+        return local.float() + scale * direction, ref
+
+    def _require_cfg(self, ctx: StepContext) -> None:
+        if not ctx.cond.do_cfg:
+            raise InvalidArgumentError(
+                "elastic splits classifier-free guidance into its unconditional and class-direction terms, so it "
+                f"needs guidance > 1 (got {ctx.cond.guidance_scale}); the official value is 10"
+            )
+
+    # ------------------------------------------------------------------ the step
+    def predict(self, ctx: StepContext, x_in: Tensor) -> Tensor:
+        """The first-pass guided output (local score + w·direction), for composition."""
+        self._require_cfg(ctx)
+        run = self._run_state(ctx, x_in.shape[0])
+        geo = self.geometry(ctx.adapter, *x_in.shape[-2:])
+        r, _ = self.settings(*x_in.shape[-2:], geo.native)
+        out, _ = self._guided(ctx, run, x_in, geo, r + 1, ctx.cond.guidance_scale)
+        return out.to(x_in.dtype)
+
+    def step(self, ctx: StepContext, x: Tensor) -> Tensor:
+        self._require_cfg(ctx)
+        o = self.options
+        b, c, hh, ww = x.shape
+        run = self._run_state(ctx, b)
+        geo = self.geometry(ctx.adapter, hh, ww)
+        r, lam0 = self.settings(hh, ww, geo.native)
+        w = ctx.cond.guidance_scale
+        ns = ctx.noise_space
+        ptype = ctx.adapter.prediction_type
+        out, ref = self._guided(ctx, run, ctx.model_input(x), geo, r + 1, w)
+        out = out.to(x.dtype)
+        scale = w
+        if o.repaint and r > 0 and not ctx.is_last:
+            t_next = ctx.timesteps[ctx.index + 1]
+            x0 = ns.to_x0(x.float(), out.float(), ctx.t, ptype)
+            proposal = ns.move(x.float(), x0, ctx.t, t_next)
+            noise = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in run.renoise[:b]])
+            x = ns.renoise(proposal, t_next, ctx.t, noise.to(x.device)).to(x.dtype)
+            scale = w / o.repaint_divisor
+            out, ref = self._guided(ctx, run, ctx.model_input(x), geo, 1, scale)
+            out = out.to(x.dtype)
+        x_prev = ctx.scheduler_step(out, x)
+        lam = rrg_weight(ctx.index, ctx.num_steps, lam0, o.cosine_scale, o.rrg_stop_t)
+        if lam > RRG_MIN_WEIGHT:
+            x_prev = x_prev + self._rrg(ctx, x, out, ref, scale, lam).to(x_prev.dtype)
+        return x_prev
+
+    def _rrg(self, ctx: StepContext, x: Tensor, out: Tensor, ref, scale: float, lam: float) -> Tensor:
+        """Reduced-resolution guidance: -∂/∂x0̂ of λ·mean((x0̂ - U(x0_ref))²), in the model-input frame."""
+        ns = ctx.noise_space
+        ptype = ctx.adapter.prediction_type
+        picks, eu, d = ref
+        b, c, hh, ww = x.shape
+        z = torch.stack([x[i].flatten(1)[:, picks[i]] for i in range(b)]).view(d.shape)  # the reference, unscaled
+        x0_hat = ns.to_x0(x.float(), out.float(), ctx.t, ptype)
+        x0_ref = ns.to_x0(z.float(), eu.float() + scale * d, ctx.t, ptype)
+        delta = (2.0 * lam / (c * hh * ww)) * (block_upsample(x0_ref, (hh, ww)) - x0_hat)
+        c_next = ns.input_scale(ctx.timesteps[ctx.index + 1]) if not ctx.is_last else 1.0
+        return delta / c_next
