@@ -299,10 +299,11 @@ class Elastic(Method):
     @classmethod
     def demo_options(cls, adapter) -> dict:
         # the defaults cost 2(R+1) + 2P + 2 evaluations per step (R = 20, P = 64: 172 at 16x area);
-        # R = 2 without the repaint pass and cores of 3/4 native (P = 36) make it 42, which keeps
+        # R = 1 without the repaint pass and cores of 7/8 native (P = 25) make it 29, which keeps
         # the sheet's row within its budget (about 30 s at 10 steps on 2 CPU cores for the toy model)
-        core = max(latent_patch(adapter), min(adapter.native_latent_size) * 3 // 4 // latent_patch(adapter) * latent_patch(adapter))
-        return {"resampling_steps": 2, "repaint": False, "patch_size": core}
+        p = latent_patch(adapter)
+        core = max(p, min(adapter.native_latent_size) * 7 // 8 // p * p)
+        return {"resampling_steps": 1, "repaint": False, "patch_size": core}
 
     # ------------------------------------------------------------------ settings and geometry
     def settings(self, height: int, width: int, native: tuple[int, int]) -> tuple[int, float]:
