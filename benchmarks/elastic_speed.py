@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import platform
 import sys
 import time
 
@@ -161,14 +159,13 @@ def main(argv=None) -> int:
                                 "vae_encodes": calls[name][1]})
         records.append(rec)
         official = timing.median("elastic (official loop)")
-        print(f"| method | s/image | evals/step | VAE encodes | x direct | official loop / this |")
+        print("| method | s/image | evals/step | VAE encodes | x direct | official loop / this |")
         print("|---|---|---|---|---|---|")
         for row in rec["rows"]:
             print(f"| {row['method']} | {row['seconds']:.2f} | {row['evals_per_step']:g} | {row['vae_encodes']} | "
                   f"{row['seconds'] / timing.median('direct'):.2f} | {official / row['seconds']:.2f} |", flush=True)
         print(f"(elastic vs its official loop structure: max abs latent difference {diff:.1e}, "
               f"the background posterior samples differ)")
-        del adapter, pipe
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"machine": machine(args.device), "argv": sys.argv[1:], "steps": args.steps,
