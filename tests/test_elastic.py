@@ -459,3 +459,14 @@ def test_bad_inputs_no_cfg_family_and_size(tiny, sd1):
 
     with pytest.raises(InvalidSizeError, match="multiple of 8"):
         gen(sd1, h=130, w=256, steps=1)
+
+
+def test_background_encode_upcasts_an_fp16_vae():
+    """The official code encodes the pad in fp32 when the SDXL VAE is fp16; so does adapter.encode."""
+    from anysize.testing import tiny_pipeline
+
+    pipe = tiny_pipeline("sdxl")
+    pipe.vae.to(torch.float16)
+    adapter = adapt(pipe, native_size=16)
+    z = adapter.encode(torch.full((1, 3, 32, 64), 0.3), generator=torch.Generator().manual_seed(0))
+    assert pipe.vae.dtype == torch.float16 and z.dtype == torch.float32 and torch.isfinite(z).all()

@@ -326,16 +326,24 @@ class ModelAdapter:
         from .. import tiling
 
         vae = self.vae
-        x = images.to(device=vae.device, dtype=vae.dtype)
-        if tiled == "auto":
-            f = self.vae_factor
-            tiled = tiling.should_tile(vae, (x.shape[-2] // f, x.shape[-1] // f))
-        with torch.no_grad():
-            if tiled:
-                dist = tiling.tiled_encode(vae, x, progress=progress, **tile_kw)
-            else:
-                dist = vae.encode(x).latent_dist
-        z = dist.sample(generator) if sample else dist.mode()
+        dtype = self._vae_dtype()
+        upcast = dtype != vae.dtype  # fp16 SD/SDXL VAEs encode in fp32 too, as decode does
+        if upcast:
+            vae.to(dtype=dtype)
+        try:
+            x = images.to(device=vae.device, dtype=dtype)
+            if tiled == "auto":
+                f = self.vae_factor
+                tiled = tiling.should_tile(vae, (x.shape[-2] // f, x.shape[-1] // f))
+            with torch.no_grad():
+                if tiled:
+                    dist = tiling.tiled_encode(vae, x, progress=progress, **tile_kw)
+                else:
+                    dist = vae.encode(x).latent_dist
+            z = dist.sample(generator) if sample else dist.mode()
+        finally:
+            if upcast:
+                vae.to(dtype=torch.float16)
         return self._vae_encoder_to_latent(z)
 
     def postprocess(self, images: Tensor, output_type: str = "pil"):
