@@ -470,3 +470,23 @@ def test_background_encode_upcasts_an_fp16_vae():
     adapter = adapt(pipe, native_size=16)
     z = adapter.encode(torch.full((1, 3, 32, 64), 0.3), generator=torch.Generator().manual_seed(0))
     assert pipe.vae.dtype == torch.float16 and z.dtype == torch.float32 and torch.isfinite(z).all()
+
+
+def test_elastic_refines_a_latent_canvas_like_any_loop_method(tiny):
+    """img2img (upscaling) goes through the same seeded loop: deterministic, and the seeds are the job's."""
+    from anysize.api import Job
+    from anysize.methods import create
+    from anysize.models import adapt
+    from anysize.sampling import make_generators
+
+    adapter = adapt(tiny("sd1"))
+
+    def job(seed):
+        cond = adapter.encode_prompt(["a cat"], None, guidance_scale=7.5)
+        return Job(adapter, ["a cat"], None, 192, 256, 4, 7.5, [seed], None, cond, make_generators(seed, 1), progress=False)
+
+    clean = torch.randn(1, 4, 24, 32, generator=torch.Generator().manual_seed(0))
+    m = create("elastic", resampling_steps=1)
+    a, b, c = m.refine(job(3), clean, 0.5), m.refine(job(3), clean, 0.5), m.refine(job(4), clean, 0.5)
+    assert a.shape == clean.shape and torch.equal(a, b) and not torch.allclose(a, c)
+    assert not hasattr(m, "_seeds")

@@ -350,15 +350,16 @@ class Elastic(Method):
         return n
 
     # ------------------------------------------------------------------ run and per-run state
-    def run(self, job) -> Tensor:
+    def denoise(self, job, latents: Tensor, scheduler, timesteps: Tensor, **kwargs) -> Tensor:
+        # every loop (from noise, or an img2img refine) gets the per-image seeds and the optional patch
         self._seeds = [g.initial_seed() for g in job.generators]
         try:
             if not self.options.msw_msa:
-                return super().run(job)
+                return super().denoise(job, latents, scheduler, timesteps, **kwargs)
             from ..patches import patch
 
             with patch(job.adapter, "msw_msa", apply_at_native=True, seed=list(job.seeds)):
-                return super().run(job)
+                return super().denoise(job, latents, scheduler, timesteps, **kwargs)
         finally:
             del self._seeds
 
