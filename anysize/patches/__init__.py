@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import UnknownChoiceError
 from .hidiffusion import HiDiffusionPatch, HiDiffusionSettings
+from .npa import NPAPatch, NPASettings
 
 
 def _hidiffusion(target, **options) -> HiDiffusionPatch:
@@ -29,16 +30,22 @@ def _msw_msa(target, **options) -> HiDiffusionPatch:
     return HiDiffusionPatch(target, **{"raunet": False, **options})
 
 
+def _npa(target, **options) -> NPAPatch:
+    return NPAPatch(target, **options)
+
+
 #: patch name -> factory(target, **options)
-PATCHES = {"hidiffusion": _hidiffusion, "raunet": _raunet, "msw_msa": _msw_msa}
+PATCHES = {"hidiffusion": _hidiffusion, "raunet": _raunet, "msw_msa": _msw_msa, "npa": _npa}
 
 
-def patch(target, name: str, **options: Any) -> HiDiffusionPatch:
+def patch(target, name: str, **options: Any) -> HiDiffusionPatch | NPAPatch:
     """A context manager that patches the network of ``target`` (a diffusers pipeline or an
     anysize adapter) with patch ``name`` (one of :data:`PATCHES`) while it is open.
 
     ``"hidiffusion"`` is RAU-Net + MSW-MSA; ``"raunet"`` and ``"msw_msa"`` are either half. Options
     are the fields of :class:`~anysize.patches.hidiffusion.HiDiffusionSettings` plus ``seed``.
+    ``"npa"`` is ScaleDiff's Neighborhood Patch Attention (U-Nets, SD3, FLUX), options the fields
+    of :class:`~anysize.patches.npa.NPASettings` plus ``seed``.
     Bad names, options or models raise :class:`~anysize.errors.InvalidArgumentError` (an
     unknown name :class:`~anysize.errors.UnknownChoiceError`) before anything is changed.
     """
@@ -47,4 +54,4 @@ def patch(target, name: str, **options: Any) -> HiDiffusionPatch:
     return PATCHES[name](target, **options)
 
 
-__all__ = ["PATCHES", "HiDiffusionPatch", "HiDiffusionSettings", "patch"]
+__all__ = ["PATCHES", "HiDiffusionPatch", "HiDiffusionSettings", "NPAPatch", "NPASettings", "patch"]

@@ -1,0 +1,325 @@
+"""Neighborhood Patch Attention: geometry, the attention core, each family's processor against the
+stock diffusers processor run on the same neighbourhoods, and patch/unpatch exactness."""
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import anysize
+from anysize.errors import InvalidArgumentError
+from anysize.models import adapt
+from anysize.patches.npa import NPAPatch, axis_plan, neighborhood_indices, npa_attention
+
+FAMILIES = ["sd1", "sd2", "sdxl", "sd3", "flux"]
+
+
+# ------------------------------------------------------------------------------ geometry
+
+
+def test_axis_plan_interior_patches_sit_in_the_middle_of_their_window():
+    patch, starts, corners = axis_plan(16, 8)  # 2x a window of 8: patches of 4, windows of 8
+    assert patch == 4
+    assert starts == [0, 4, 8, 12]
+    assert corners == [0, 2, 6, 8]  # clamp(start - 2, 0, 8): interior patches have a margin of 2 each side
+
+
+def test_neighborhood_indices_square_divisible():
+    idx = neighborhood_indices((8, 8), (4, 4))
+    assert idx.patch == (2, 2) and idx.window == (4, 4) and idx.patches == 16
+    assert idx.corners[:4] == [(0, 0), (0, 1), (0, 3), (0, 4)]
+    assert idx.kv.shape == (16, 16)
+    # patch (1, 1) covers rows/cols 2..3; its window is rows/cols 1..4
+    assert idx.query[5].tolist() == [2 * 8 + 2, 2 * 8 + 3, 3 * 8 + 2, 3 * 8 + 3]
+    assert idx.kv[5].tolist() == [r * 8 + c for r in range(1, 5) for c in range(1, 5)]
+
+
+def test_neighborhood_indices_non_square_not_divisible_by_the_patch():
+    idx = neighborhood_indices((7, 11), (4, 6))
+    assert idx.patch == (2, 3)
+    assert idx.patches == 4 * 4  # ceil(7/2) x ceil(11/3)
+    # the last row of patches holds only row 6; the last column only column 9..10
+    last = idx.query[-1].view(2, 3)
+    assert last.tolist() == [[6 * 11 + 9, 6 * 11 + 10, -1], [-1, -1, -1]]
+    assert idx.corners[-1] == (3, 5)  # slid inward: rows 3..6, cols 5..10
+    assert idx.kv.shape == (16, 24)
+
+
+def test_neighborhood_indices_axis_shorter_than_the_window_is_one_patch():
+    idx = neighborhood_indices((3, 20), (4, 8))
+    assert idx.patch == (3, 4) and idx.window == (3, 8)
+    assert all(r == 0 for r, _ in idx.corners)
+
+
+def _check_layout(grid, window, offset):
+    idx = neighborhood_indices(grid, window, offset)
+    H, W = grid
+    flat = idx.query.flatten()
+    real = flat[flat >= 0]
+    assert sorted(real.tolist()) == list(range(H * W))  # every query token in exactly one patch
+    assert torch.equal(flat[idx.inverse], torch.arange(H * W))
+    wh, ww = idx.window
+    assert (wh, ww) == (min(window[0], H), min(window[1], W))
+    for n in range(idx.patches):
+        r0, c0 = idx.corners[n]
+        assert 0 <= r0 <= H - wh and 0 <= c0 <= W - ww  # the window stays inside the canvas
+        kv = idx.kv[n]
+        assert kv.tolist() == [r * W + c for r in range(r0, r0 + wh) for c in range(c0, c0 + ww)]
+        q = idx.query[n][idx.query[n] >= 0]
+        assert set(q.tolist()) <= set(kv.tolist())  # the query patch lies inside its window
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_neighborhood_indices_invariants_on_random_layouts(seed):
+    rng = random.Random(seed)
+    for _ in range(10):
+        window = (rng.randint(1, 9), rng.randint(1, 9))
+        grid = (rng.randint(1, 30), rng.randint(1, 30))
+        off = [rng.randint(0, max(1, w // 2)) if g >= w else 0 for g, w in zip(grid, window)]
+        _check_layout(grid, window, tuple(off))
+
+
+def test_query_shift_pads_the_grid_and_keeps_every_token_once():
+    idx = neighborhood_indices((8, 12), (4, 6), (1, 2))
+    assert idx.patches == 5 * 5  # ceil((8+1)/2) x ceil((12+2)/3)
+    assert idx.query[0].tolist()[:3] == [-1, -1, -1]  # the first row of the first patch is padding
+    with pytest.raises(InvalidArgumentError, match="query shift"):
+        neighborhood_indices((8, 12), (4, 6), (3, 0))
+
+
+# ------------------------------------------------------------------------------ attention core
+
+
+def test_a_window_covering_the_canvas_equals_full_attention_exactly():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 6 * 10, 8, generator=g) for _ in range(3))
+    out, _ = npa_attention(q, k, v, neighborhood_indices((6, 10), (7, 11)))
+    assert torch.equal(out, F.scaled_dot_product_attention(q, k, v))
+
+
+def test_partitioned_queries_with_whole_canvas_windows_equal_full_attention_with_text():
+    g = torch.Generator().manual_seed(1)
+    q, k, v = (torch.randn(2, 2, 8 * 8, 4, generator=g) for _ in range(3))
+    tq, tk, tv = (torch.randn(2, 2, 3, 4, generator=g) for _ in range(3))
+    idx = neighborhood_indices((8, 8), (8, 8))  # 4 patches, every window the whole canvas
+    assert idx.patches == 4
+    out, text = npa_attention(q, k, v, idx, text=(tq, tk, tv))
+    ref = F.scaled_dot_product_attention(torch.cat([tq, q], 2), torch.cat([tk, k], 2), torch.cat([tv, v], 2))
+    assert torch.allclose(out, ref[:, :, 3:], atol=1e-6)
+    assert torch.allclose(text, ref[:, :, :3], atol=1e-6)
+
+
+@pytest.mark.parametrize("offset,chunk", [((0, 0), None), ((1, 2), None), ((2, 1), 3)])
+def test_npa_attention_equals_a_loop_over_neighbourhoods(offset, chunk):
+    g = torch.Generator().manual_seed(2)
+    H, W = 7, 10
+    q, k, v = (torch.randn(1, 2, H * W, 4, generator=g) for _ in range(3))
+    tq, tk, tv = (torch.randn(1, 2, 2, 4, generator=g) for _ in range(3))
+    idx = neighborhood_indices((H, W), (4, 4), offset)
+    out, text = npa_attention(q, k, v, idx, text=(tq, tk, tv), chunk=chunk)
+    ref, texts = torch.zeros_like(q), []
+    for n in range(idx.patches):  # one plain attention per patch, on explicit token lists
+        r0, c0 = idx.corners[n]
+        keys = [r * W + c for r in range(r0, r0 + 4) for c in range(c0, c0 + 4)]
+        qs = [t for t in idx.query[n].tolist() if t >= 0]
+        o = F.scaled_dot_product_attention(torch.cat([tq, q[:, :, qs]], 2), torch.cat([tk, k[:, :, keys]], 2),
+                                           torch.cat([tv, v[:, :, keys]], 2))
+        ref[:, :, qs] = o[:, :, 2:]
+        texts.append(o[:, :, :2])
+    assert torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(text, torch.stack(texts).mean(0), atol=1e-6)
+
+
+# ------------------------------------------------------------------------------ processors vs stock
+
+
+def _stock_on_window(attn, proc, fn):
+    """Run ``fn`` with ``attn``'s stock processor ``proc`` (whatever NPA installed is put back)."""
+    current = attn.processor
+    attn.set_processor(proc)
+    try:
+        return fn()
+    finally:
+        attn.set_processor(current)
+
+
+def test_unet_processor_equals_stock_attention_on_each_neighbourhood(tiny):
+    pipe = tiny("sdxl")
+    attn = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1
+    stock = attn.processor
+    H, W = 10, 14  # a layer map at 2x-ish the native 8x8 of this block (native latent 16, factor 2)
+    x = torch.randn(2, H * W, attn.to_q.in_features, generator=torch.Generator().manual_seed(0))
+    with NPAPatch(pipe) as patch:
+        patch.latent_hw = (2 * H, 2 * W)
+        ours = attn(x)
+    idx = neighborhood_indices((H, W), (8, 8))
+    ref = torch.zeros_like(ours)
+    for n in range(idx.patches):
+        keys = idx.kv[n]
+        out = _stock_on_window(attn, stock, lambda: attn(x[:, keys]))
+        pos = {t: i for i, t in enumerate(keys.tolist())}
+        qs = [t for t in idx.query[n].tolist() if t >= 0]
+        ref[:, qs] = out[:, [pos[t] for t in qs]]
+    assert torch.allclose(ours, ref, atol=1e-5)
+
+
+def test_sd3_processor_equals_stock_joint_attention_on_each_neighbourhood(tiny):
+    pipe = tiny("sd3")
+    attn = pipe.transformer.transformer_blocks[0].attn
+    stock = attn.processor
+    H, W = 9, 12  # native 16 latent px = 8 tokens per side
+    dim = attn.to_q.in_features
+    g = torch.Generator().manual_seed(1)
+    x, c = torch.randn(1, H * W, dim, generator=g), torch.randn(1, 5, dim, generator=g)
+    with NPAPatch(pipe) as patch:
+        patch.token_grid = (H, W)
+        ours, ours_c = attn(x, encoder_hidden_states=c)
+    idx = neighborhood_indices((H, W), (8, 8))
+    ref, texts = torch.zeros_like(ours), []
+    for n in range(idx.patches):
+        keys = idx.kv[n]
+        out, out_c = _stock_on_window(attn, stock, lambda: attn(x[:, keys], encoder_hidden_states=c))
+        pos = {t: i for i, t in enumerate(keys.tolist())}
+        qs = [t for t in idx.query[n].tolist() if t >= 0]
+        ref[:, qs] = out[:, [pos[t] for t in qs]]
+        texts.append(out_c)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert torch.allclose(ours_c, torch.stack(texts).mean(0), atol=1e-5)  # to_add_out is affine
+
+
+@pytest.mark.parametrize("block", ["double", "single"])
+def test_flux_processor_equals_stock_attention_with_window_rope(tiny, block):
+    """The stock FLUX processor on [text; window] with text ids at the window's corner and image ids
+    at their canvas positions gives, at the patch's queries, what NPA gives."""
+    pipe = tiny("flux")
+    net = pipe.transformer
+    attn = (net.transformer_blocks[0] if block == "double" else net.single_transformer_blocks[0]).attn
+    stock = attn.processor
+    H, W, lt = 10, 12, 3  # native 16 latent px = 8 tokens per side
+    dim = attn.to_q.in_features
+    g = torch.Generator().manual_seed(2)
+    x, c = torch.randn(1, H * W, dim, generator=g), torch.randn(1, lt, dim, generator=g)
+    img_ids = torch.stack(torch.meshgrid(torch.zeros(1), torch.arange(H).float(), torch.arange(W).float(),
+                                         indexing="ij"), -1).reshape(-1, 3)
+    txt_ids = torch.zeros(lt, 3)
+
+    def call(img, ids_txt, ids_img):
+        rope = net.pos_embed(torch.cat([ids_txt, ids_img]))
+        if block == "double":
+            return attn(img, encoder_hidden_states=c, image_rotary_emb=rope)
+        out = attn(torch.cat([c, img], 1), image_rotary_emb=rope)
+        return out[:, lt:], out[:, :lt]
+
+    with NPAPatch(pipe, window=16) as patch:  # the tiny FLUX pipeline says 1024 px native
+        patch.token_grid, patch.text_len = (H, W), lt
+        ours, ours_c = call(x, txt_ids, img_ids)
+    idx = neighborhood_indices((H, W), (8, 8))
+    ref, texts = torch.zeros_like(ours), []
+    for n in range(idx.patches):
+        keys = idx.kv[n]
+        corner = torch.tensor([[0.0, *idx.corners[n]]]).expand(lt, 3)
+        out, out_c = _stock_on_window(attn, stock, lambda: call(x[:, keys], corner, img_ids[keys]))
+        pos = {t: i for i, t in enumerate(keys.tolist())}
+        qs = [t for t in idx.query[n].tolist() if t >= 0]
+        ref[:, qs] = out[:, [pos[t] for t in qs]]
+        texts.append(out_c)
+    assert torch.allclose(ours, ref, atol=1e-5)
+    assert torch.allclose(ours_c, torch.stack(texts).mean(0), atol=1e-5)
+    assert patch.log == [((H, W), (8, 8), idx.patches)]
+
+
+# ------------------------------------------------------------------------------ the patch on pipelines
+
+
+def stock(pipe, size=256, steps=2, seed=0):
+    kw = {} if type(pipe).__name__.startswith("Flux") else {"guidance_scale": 5.0}
+    return pipe("a red square", height=size, width=size, num_inference_steps=steps,
+                generator=torch.Generator().manual_seed(seed), output_type="latent", **kw).images
+
+
+def fingerprint(net):
+    return ({k: id(v) for k, v in net.attn_processors.items()},
+            sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules()),
+            "_anysize_patch" in net.__dict__)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patch_changes_large_canvases_only_and_leaving_restores_bit_identical_outputs(tiny, family):
+    pipe = tiny(family)
+    if family == "flux":
+        pipe.default_sample_size = 16  # the tiny FLUX is "native" at 128 px like the others
+    net = pipe.transformer if family in ("sd3", "flux") else pipe.unet
+    state = fingerprint(net)
+    before, native = stock(pipe), stock(pipe, size=128)
+    try:
+        with anysize.patch(pipe, "npa") as p:
+            inside, inside_native = stock(pipe), stock(pipe, size=128)
+            assert fingerprint(net) != state
+    finally:
+        if family == "flux":
+            del pipe.default_sample_size
+    assert fingerprint(net) == state
+    assert torch.equal(stock(pipe), before)
+    assert torch.equal(inside_native, native)  # at the native size the patch changes nothing
+    assert (inside - before).abs().max() > 1e-3
+    assert p.log and all(n > 1 for _, _, n in p.log)
+
+
+def test_patch_on_an_adapter_and_apply_at_native_is_full_attention_up_to_rounding(tiny):
+    for family in ["sd1", "sd3", "flux"]:
+        adapter = adapt(tiny(family), native_size=16)
+
+        def run():
+            return anysize.generate(adapter, "a cat", height=128, width=128, steps=2, seed=0,
+                                    output_type="latent", progress=False).latents
+        plain = run()
+        with anysize.patch(adapter, "npa", apply_at_native=True) as p:
+            split = run()
+        assert p.log and all(n == 4 for _, _, n in p.log)  # really partitioned, into 4 patches
+        assert torch.allclose(split, plain, atol=1e-4), family
+
+
+def test_query_shift_is_seeded_per_image(tiny):
+    adapter = adapt(tiny("flux"), native_size=16)
+
+    def run(seed, prompts=("a cat",)):
+        with anysize.patch(adapter, "npa", shift=True, seed=seed):
+            return anysize.generate(adapter, list(prompts), height=256, width=256, steps=2, seed=0,
+                                    output_type="latent", progress=False).latents
+    a, b, c = run(3), run(3), run(4)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    plain = anysize.generate(adapter, "a cat", height=256, width=256, steps=2, seed=0, output_type="latent",
+                             progress=False).latents
+    assert not torch.allclose(a, plain)
+
+
+def test_patch_restores_after_an_exception_and_refuses_nesting(tiny):
+    pipe = tiny("sd1")
+    state = fingerprint(pipe.unet)
+    with pytest.raises(RuntimeError, match="boom"):
+        with anysize.patch(pipe, "npa"):
+            raise RuntimeError("boom")
+    assert fingerprint(pipe.unet) == state
+    with anysize.patch(pipe, "npa"):
+        with pytest.raises(InvalidArgumentError, match="already patched"):
+            with anysize.patch(pipe, "hidiffusion"):
+                pass
+    assert fingerprint(pipe.unet) == state
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"window": 0}, "window"), ({"window": "8"}, "window"), ({"shift": 1}, "shift"),
+    ({"chunk": 0}, "chunk"), ({"apply_at_native": "yes"}, "apply_at_native"), ({"bogus": 1}, "no option bogus"),
+    ({"seed": "x"}, "seed"),
+])
+def test_bad_patch_options_are_refused(tiny, options, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        anysize.patch(tiny("sd1"), "npa", **options)
+
+
+def test_patch_refuses_non_pipelines():
+    with pytest.raises(InvalidArgumentError, match="pipeline or an anysize model adapter"):
+        anysize.patch(object(), "npa")
+
