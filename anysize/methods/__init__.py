@@ -7,5 +7,6 @@ from . import multidiffusion  # noqa: F401  (registers)
 from . import fstd  # noqa: F401  (registers)
 from . import hidiffusion  # noqa: F401  (registers)
 from . import elastic  # noqa: F401  (registers)
+from . import scalediff  # noqa: F401  (registers)
 
 __all__ = ["METHODS", "Method", "MethodOptions", "create", "get", "names", "register"]

@@ -510,7 +510,6 @@ class _FluxProcessor(_Processor):
             plan = patch.plan(img_tokens, hidden_states.shape[0])
         if plan is None:
             return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb, **kwargs)
-        B = hidden_states.shape[0]
 
         def heads(t):
             return t.unflatten(-1, (-1, attn.head_dim))  # (B, L, h, d)

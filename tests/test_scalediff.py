@@ -1,0 +1,348 @@
+"""ScaleDiff: LFM, Structure Guidance, the cascade's stages and defaults, reduction to plain
+generation, determinism, every family to a 4x target, and bad options."""
+
+import pytest
+import torch
+
+import anysize
+from anysize.errors import InvalidArgumentError
+from anysize.methods import create
+from anysize.methods.scalediff import (
+    FAMILY_DEFAULTS, frequency_mix, lowpass, sg_weight, structure_guidance,
+)
+from anysize.models import adapt
+from anysize.sampling import partial_schedule
+from anysize.schedulers import make_scheduler
+
+FAMILIES = ["sd1", "sd2", "sdxl", "sd3", "flux"]
+
+
+def gen(adapter, size=(256, 256), steps=5, seed=0, method="scalediff", prompt="a red square", **options):
+    h, w = size
+    return anysize.generate(adapter, prompt, height=h, width=w, steps=steps, seed=seed, method=method,
+                            method_options=options or None, output_type="latent", progress=False)
+
+
+def model(tiny, family):
+    return adapt(tiny(family), native_size=16)  # every tiny family "native" at 128 px
+
+
+# ------------------------------------------------------------------------------ LFM and SG operators
+
+
+def test_lfm_with_identical_inputs_returns_the_input_exactly():
+    z = torch.randn(2, 4, 24, 40, generator=torch.Generator().manual_seed(0))
+    for cutoff in (0.125, 0.25, 0.5):
+        assert torch.equal(frequency_mix(z, z, cutoff), z)
+
+
+def test_lfm_takes_the_low_band_from_the_latent_upsample_and_the_high_band_from_the_pixel_one():
+    g = torch.Generator().manual_seed(1)
+    latent_up = torch.randn(1, 4, 32, 32, generator=g)
+    # the pixel upsample differs by a constant (pure low band): the result is the latent upsample
+    assert torch.allclose(frequency_mix(latent_up, latent_up + 0.7, 0.25), latent_up, atol=1e-5)
+    # ... and by a Nyquist checkerboard (pure high band): the result keeps it
+    checker = (torch.arange(32)[:, None] + torch.arange(32)[None, :]) % 2 * 2.0 - 1.0
+    mixed = frequency_mix(latent_up, latent_up + checker, 0.25)
+    # (the antialiased down-sampling leaves a trace of the checkerboard, largest at the borders)
+    assert torch.allclose(mixed, latent_up + checker, atol=0.01)
+
+
+def test_lowpass_keeps_constants_and_removes_the_finest_detail():
+    x = torch.full((1, 2, 16, 24), 3.0)
+    assert torch.allclose(lowpass(x, 0.125), x)
+    checker = ((torch.arange(16)[:, None] + torch.arange(24)[None, :]) % 2).float()[None, None]
+    assert lowpass(checker - 0.5, 0.25).abs().max() < 0.005  # of an amplitude of 0.5
+
+
+def test_structure_guidance_with_weight_zero_is_a_no_op_and_one_replaces_the_low_band():
+    g = torch.Generator().manual_seed(2)
+    x0, ref = torch.randn(1, 4, 32, 32, generator=g), torch.randn(1, 4, 32, 32, generator=g)
+    assert structure_guidance(x0, lowpass(ref, 0.25), 0.0, 0.25) is x0
+    guided = structure_guidance(x0, lowpass(ref, 0.25), 1.0, 0.25)
+    assert torch.allclose(guided - x0, lowpass(ref, 0.25) - lowpass(x0, 0.25), atol=1e-6)
+    # the low band of the guided estimate moved toward the reference's
+    d0 = (lowpass(x0, 0.25) - lowpass(ref, 0.25)).abs().mean()
+    assert (lowpass(guided, 0.25) - lowpass(ref, 0.25)).abs().mean() < 0.5 * d0
+
+
+@pytest.mark.parametrize("family,scheduler", [
+    ("sd1", None), ("sd2", None), ("sdxl", None), ("sd1", "dpm++2m"), ("sdxl", "euler"), ("flux", None), ("sd3", None),
+])
+def test_guidance_round_trip_keeps_the_model_output_when_the_estimate_is_unchanged(tiny, family, scheduler):
+    """SG converts x0 -> the model's own output (eps, v, flow) through the scheduler's tables: an
+    unchanged x0 gives back the output the network made."""
+    from anysize.sampling import StepContext
+
+    adapter = model(tiny, family)
+    s = make_scheduler(adapter, scheduler)
+    timesteps, _ = partial_schedule(adapter, s, 10, 0.5, (16, 16))
+    cond = adapter.encode_prompt(["a cat"], None, guidance_scale=adapter.default_guidance)
+    m = create("scalediff")
+    g = torch.Generator().manual_seed(3)
+    for i in (0, len(timesteps) - 1):
+        ctx = StepContext(adapter, s, cond, timesteps, i, None)
+        x = torch.randn(1, adapter.latent_channels, 16, 16, generator=g) * 3
+        out = torch.randn(1, adapter.latent_channels, 16, 16, generator=g)
+        x0 = ctx.noise_space.to_x0(x, out, ctx.t, adapter.prediction_type)
+        m._stage = {"ref_low": lowpass(x0, 0.25), "cutoff": 0.25}  # the pull is exactly zero
+        back = m.guide(ctx, x, out, 1.0)
+        assert torch.allclose(back, out, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------ weights and defaults
+
+
+def _stage_weights(adapter, steps, restart, schedule, base_hw):
+    s = make_scheduler(adapter)
+    timesteps, _ = partial_schedule(adapter, s, steps, restart, base_hw)
+    ns = adapter.noise_space(s)
+    tau = ns.coefficients(timesteps[0])
+    return [sg_weight(schedule, ns.coefficients(t), tau) for t in timesteps]
+
+
+def test_sdxl_default_schedule_is_the_official_one(tiny):
+    """50 Euler steps, restart 0.4: 20 steps from t=381 with γ = (1-ᾱ_t)/(1-ᾱ_381) (spec §5)."""
+    adapter = adapt(tiny("sdxl"))
+    restart, cutoff, schedule, shift = FAMILY_DEFAULTS["sdxl"]
+    assert (restart, cutoff, schedule, shift) == (0.4, 0.125, "alpha", False)
+    s = make_scheduler(adapter)
+    timesteps, begin = partial_schedule(adapter, s, 50, restart, (128, 128))
+    assert (begin, len(timesteps), int(timesteps[0])) == (30, 20, 381)
+    spec = [1.00, .94, .88, .82, .76, .69, .63, .57, .51, .46, .40, .35, .29, .24, .20, .15, .11, .07, .04, .003]
+    ours = _stage_weights(adapter, 50, restart, schedule, (128, 128))
+    assert ours == pytest.approx(spec, abs=0.006)
+
+
+def test_flux_default_schedule_is_the_official_one(tiny):
+    """30 steps, restart 0.6, the shift pinned at 4096 tokens: σ_τ = 0.826 and γ_t = σ_t (spec §5)."""
+    adapter = adapt(tiny("flux"))  # FLUX's 1024 px native size: 64x64 = 4096 tokens
+    restart, cutoff, schedule, shift = FAMILY_DEFAULTS["flux"]
+    assert (restart, cutoff, schedule, shift) == (0.6, 0.25, "sigma", True)
+    spec = [.826, .805, .783, .760, .734, .707, .678, .646, .612, .575, .535, .490, .441, .387, .327, .260, .184, .098]
+    assert _stage_weights(adapter, 30, restart, schedule, (128, 128)) == pytest.approx(spec, abs=0.0015)
+
+
+def test_alpha_schedule_on_a_vp_scheduler_is_the_alphas_cumprod_ratio(tiny):
+    adapter = model(tiny, "sd2")  # DDIM, v-prediction
+    s = make_scheduler(adapter)
+    timesteps, _ = partial_schedule(adapter, s, 20, 0.4, (16, 16))
+    ac = s.alphas_cumprod.double()
+    expect = [float((1 - ac[int(t)]) / (1 - ac[int(timesteps[0])])) for t in timesteps]
+    assert _stage_weights(adapter, 20, 0.4, "alpha", (16, 16)) == pytest.approx(expect, rel=1e-5)
+
+
+def test_the_flow_shift_of_every_stage_is_the_base_sizes(tiny):
+    """Deliberate difference kept from the official code: the first SG weight (γ = σ_τ) is the base
+    schedule's σ at the restart index, not that of a schedule shifted for the stage's size."""
+    adapter = model(tiny, "flux")
+    assert create("scalediff").stage_sizes(adapter, 32, 32) == [(16, 16), (32, 32)]
+    s = make_scheduler(adapter)
+    _, begin = partial_schedule(adapter, s, 10, 0.6, (16, 16))
+    base_sigma = float(s.sigmas[begin])
+    s2 = make_scheduler(adapter)
+    _, begin2 = partial_schedule(adapter, s2, 10, 0.6, (32, 32))
+    assert abs(float(s2.sigmas[begin2]) - base_sigma) > 1e-3  # the stage's own shift would differ
+    weights = _run_weights(adapter, (256, 256), steps=10, query_shift=False)
+    assert weights[0] == pytest.approx(base_sigma, abs=1e-6)
+
+
+def _run_weights(adapter, size, **options):
+    from anysize.api import Job
+    from anysize.sampling import make_generators
+
+    steps = options.pop("steps", 5)
+    m = create("scalediff", **options)
+    cond = adapter.encode_prompt(["a cat"], None, guidance_scale=adapter.default_guidance)
+    job = Job(adapter, ["a cat"], None, size[0], size[1], steps, adapter.default_guidance, [0], None, cond,
+              make_generators(0, 1), progress=False)
+    m.run(job)
+    return m.last_weights
+
+
+# ------------------------------------------------------------------------------ the cascade
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_at_or_below_the_native_size_it_is_plain_generation(tiny, family):
+    adapter = model(tiny, family)
+    for size in [(128, 128), (96, 128)] if family in ("sd1", "sdxl") else [(128, 128)]:
+        a, b = gen(adapter, size), gen(adapter, size, method="direct")
+        assert torch.equal(a.latents, b.latents)
+        assert a.network_calls == b.network_calls
+
+
+@pytest.mark.parametrize("target,sizes", [
+    ((32, 32), [(16, 16), (32, 32)]),
+    ((64, 64), [(16, 16), (32, 32), (64, 64)]),
+    ((48, 48), [(16, 16), (32, 32), (48, 48)]),            # 3x: x2, then x1.5 to the exact size
+    ((40, 40), [(16, 16), (40, 40)]),                      # 2.5x: one stage
+    ((25, 56), [(7, 16), (14, 32), (25, 56)]),             # wide, not a multiple of anything
+    ((16, 80), [(3, 16), (6, 32), (16, 80)]),              # 5x wide: round(log2 5) = 2 stages
+])
+def test_stage_sizes_double_until_the_exact_target(tiny, target, sizes):
+    adapter = model(tiny, "sd1")
+    assert create("scalediff").stage_sizes(adapter, *target) == sizes
+
+
+def test_stage_sizes_stay_on_the_dit_token_grid(tiny):
+    adapter = model(tiny, "flux")
+    sizes = create("scalediff").stage_sizes(adapter, 24, 56)
+    assert sizes[-1] == (24, 56) and all(h % 2 == 0 and w % 2 == 0 for h, w in sizes)
+    assert create("scalediff", stages=1).stage_sizes(adapter, 64, 64) == [(16, 16), (64, 64)]
+
+
+def _count_calls(adapter, fn):
+    sizes = []
+    original = adapter._forward
+
+    def spy(x, t, embeds, window):
+        sizes.append(tuple(x.shape[-2:]))
+        return original(x, t, embeds, window)
+
+    adapter._forward = spy
+    try:
+        fn()
+    finally:
+        del adapter._forward
+    return sizes
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd3", "flux"])
+def test_every_dit_and_sdxl_runs_to_a_4x_target(tiny, family):
+    adapter = model(tiny, family)
+    calls = []
+    result = None
+
+    def run():
+        nonlocal result
+        result = gen(adapter, (512, 512), steps=5)
+    calls = _count_calls(adapter, run)
+    assert result.latents.shape[-2:] == (64, 64)
+    assert torch.isfinite(result.latents).all()
+    # 5 base steps, then the restart tail (SDXL 0.4 of 5 -> 2 steps; SD3/FLUX 0.6 -> 3) per stage
+    tail = 2 if family == "sdxl" else 3
+    assert calls == [(16, 16)] * 5 + [(32, 32)] * tail + [(64, 64)] * tail
+
+
+def test_sd1_runs_to_a_4x_non_square_target_of_odd_latent_size(tiny):
+    adapter = model(tiny, "sd1")
+    out = gen(adapter, (200, 448), steps=4).latents
+    assert out.shape[-2:] == (25, 56) and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("family", ["sd1", "flux"])
+def test_determinism_and_the_global_rng_is_untouched(tiny, family):
+    adapter = model(tiny, family)
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    a = gen(adapter, (256, 256), seed=7).latents
+    assert torch.equal(torch.get_rng_state(), state)
+    b = gen(adapter, (256, 256), seed=7).latents
+    c = gen(adapter, (256, 256), seed=8).latents
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+
+
+def test_an_image_in_a_batch_equals_the_image_alone(tiny):
+    adapter = model(tiny, "flux")  # query shift on: per-image shift generators
+    both = anysize.generate(adapter, ["a cat", "a dog"], height=256, width=256, steps=4, seed=[5, 9],
+                            method="scalediff", output_type="latent", progress=False).latents
+    alone = gen(adapter, (256, 256), steps=4, seed=9, prompt="a dog").latents
+    assert torch.allclose(both[1:], alone, atol=1e-4)
+
+
+def test_sg_weight_zero_is_plain_sdedit_with_npa(tiny, monkeypatch):
+    adapter = model(tiny, "sd1")
+    from anysize.methods.scalediff import ScaleDiff
+
+    def never(*a, **k):
+        raise AssertionError("guide called with weight 0")
+
+    plain = gen(adapter, sg_scale=0.0).latents
+    monkeypatch.setattr(ScaleDiff, "guide", never)
+    assert torch.equal(gen(adapter, sg_scale=0.0).latents, plain)
+    monkeypatch.undo()
+    assert not torch.allclose(gen(adapter).latents, plain)
+
+
+@pytest.mark.parametrize("option", [{"lfm": False}, {"npa": False}, {"sg_scale": 0.5}, {"cutoff": 0.5},
+                                    {"restart": 0.8}, {"vae_sample": False}])
+def test_each_part_changes_the_result(tiny, option):
+    adapter = model(tiny, "sd1")
+    assert not torch.allclose(gen(adapter).latents, gen(adapter, **option).latents)
+
+
+def test_npa_runs_in_the_stages_only_and_is_removed_after(tiny):
+    adapter = model(tiny, "sd1")
+    unet = adapter.network
+    procs = {k: id(v) for k, v in unet.attn_processors.items()}
+    seen = []
+    original = adapter._forward
+
+    def spy(x, t, embeds, window):
+        seen.append((tuple(x.shape[-2:]), type(unet.down_blocks[0].attentions[0].transformer_blocks[0].attn1.processor).__name__))
+        return original(x, t, embeds, window)
+
+    adapter._forward = spy
+    try:
+        gen(adapter, (256, 256), steps=5)
+    finally:
+        del adapter._forward
+    assert {s for s in seen if s[0] == (16, 16)} == {((16, 16), "AttnProcessor2_0")}
+    assert {s for s in seen if s[0] == (32, 32)} == {((32, 32), "_SelfProcessor")}
+    assert {k: id(v) for k, v in unet.attn_processors.items()} == procs
+
+
+def test_sdxl_stage_conditioning_is_the_stage_canvas(tiny):
+    """Deliberate difference: SDXL's size ids at a stage are the stage's own canvas."""
+    adapter = model(tiny, "sdxl")
+    ids = []
+    original = adapter.time_ids
+
+    def spy(window, n, dtype, device=None):
+        out = original(window, n, dtype, device)
+        ids.append(tuple(int(v) for v in out[0]))
+        return out
+
+    adapter.time_ids = spy
+    try:
+        gen(adapter, (256, 384), steps=5)
+    finally:
+        del adapter.time_ids
+    assert ids[0] == (88, 128, 0, 0, 88, 128)  # 3x: the base is native on the limiting (long) side
+    assert ids[-1] == (256, 384, 0, 0, 256, 384)
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("options,match", [
+    ({"restart": 0}, "restart must be in \\(0, 1\\]"),
+    ({"restart": 1.5}, "restart"),
+    ({"restart": "0.4"}, "restart"),
+    ({"cutoff": 1.0}, "cutoff must be in \\(0, 1\\)"),
+    ({"cutoff": 0}, "cutoff"),
+    ({"sg_scale": -1}, "sg_scale must be a number in \\[0, 10\\]"),
+    ({"sg_schedule": "cosine"}, "sg_schedule must be one of alpha, sigma"),
+    ({"lfm": "yes"}, "lfm must be true or false"),
+    ({"query_shift": 1}, "query_shift"),
+    ({"stages": 0}, "stages must be an integer >= 1"),
+    ({"npa_chunk": 0}, "npa_chunk"),
+    ({"tile": 64}, "no option tile"),
+])
+def test_bad_options_are_refused_with_the_valid_range(options, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        create("scalediff", **options)
+
+
+def test_a_restart_that_runs_no_step_is_refused(tiny):
+    adapter = model(tiny, "sd1")
+    with pytest.raises(InvalidArgumentError, match="no step"):
+        gen(adapter, steps=10, restart=0.05)
+
+
+def test_sd3_beyond_its_position_table_is_refused_before_any_work(tiny):
+    adapter = model(tiny, "sd3")  # the tiny SD3 table covers 768 px per side
+    with pytest.raises(InvalidArgumentError, match="768 px per side"):
+        gen(adapter, (1024, 512))
