@@ -257,6 +257,7 @@ class NPAPatch:
         self._installed: list = []
         self._active = False
         self._generators = [torch.Generator("cpu") for _ in seeds]
+        self._indices: dict[tuple, NPAIndex] = {}  # layouts by (grid, window, offset, device)
         # per network call
         self.latent_hw: tuple[int, int] | None = None
         self.token_grid: tuple[int, int] | None = None  # DiT: the image token grid when raster
@@ -359,6 +360,16 @@ class NPAPatch:
             offsets = [per_image[r % len(per_image)] for r in range(batch)]
         return grid, window, offsets
 
+    def layout(self, grid, window, offset, device) -> NPAIndex:
+        """The (cached) layout of a call, its index tensors on ``device``."""
+        key = (grid, window, offset, str(device))
+        index = self._indices.get(key)
+        if index is None:
+            index = neighborhood_indices(grid, window, offset)
+            index = index._replace(query=index.query.to(device), inverse=index.inverse.to(device), kv=index.kv.to(device))
+            self._indices[key] = index
+        return index
+
     def attend(self, q: Tensor, k: Tensor, v: Tensor, plan, text=None) -> tuple[Tensor, Tensor | None]:
         """NPA for a batch (q, k, v: (B, heads, L, d)); rows with different offsets run apart."""
         grid, window, offsets = plan
@@ -366,13 +377,13 @@ class NPAPatch:
         for r, off in enumerate(offsets):
             groups.setdefault(off, []).append(r)
         if len(groups) == 1:
-            index = neighborhood_indices(grid, window, offsets[0])
+            index = self.layout(grid, window, offsets[0], q.device)
             self.log.append((grid, index.window, index.patches))
             return self._text_hook(q, k, v, index, text)
         img = torch.empty_like(q)
         txt = None
         for off, rows in groups.items():
-            index = neighborhood_indices(grid, window, off)
+            index = self.layout(grid, window, off, q.device)
             self.log.append((grid, index.window, index.patches))
             sel = torch.tensor(rows, device=q.device)
             if callable(text):
