@@ -280,8 +280,9 @@ def test_patch_on_an_adapter_and_apply_at_native_is_full_attention_up_to_roundin
         assert torch.allclose(split, plain, atol=1e-4), family
 
 
-def test_query_shift_is_seeded_per_image(tiny):
-    adapter = adapt(tiny("flux"), native_size=16)
+@pytest.mark.parametrize("family", ["flux", "sdxl"])  # the official code shifts FLUX only
+def test_query_shift_is_seeded_per_image(tiny, family):
+    adapter = adapt(tiny(family), native_size=16)
 
     def run(seed, prompts=("a cat",)):
         with anysize.patch(adapter, "npa", shift=True, seed=seed):

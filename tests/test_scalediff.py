@@ -123,6 +123,15 @@ def test_flux_default_schedule_is_the_official_one(tiny):
     assert _stage_weights(adapter, 30, restart, schedule, (128, 128)) == pytest.approx(spec, abs=0.0015)
 
 
+def test_the_stage_tail_follows_the_shared_img2img_rule(tiny):
+    """Deliberate difference: U-Nets keep int(N·r) steps (official SDXL: N - int(N·(1-r)))"""
+    adapter = adapt(tiny("sdxl"))
+    for steps, restart, ours, official in [(50, 0.4, 20, 20), (3, 0.4, 1, 2), (7, 0.4, 2, 3)]:
+        timesteps, _ = partial_schedule(adapter, make_scheduler(adapter), steps, restart, (128, 128))
+        assert len(timesteps) == ours
+        assert steps - int(steps * (1 - restart)) == official
+
+
 def test_alpha_schedule_on_a_vp_scheduler_is_the_alphas_cumprod_ratio(tiny):
     adapter = model(tiny, "sd2")  # DDIM, v-prediction
     s = make_scheduler(adapter)

@@ -42,6 +42,12 @@ Deliberate differences from the official code (each has a test in tests/test_sca
   stock pipeline's value for that size); the official code keeps the base (1024, 1024, 0, 0, 1024,
   1024).
 * SD 1.x/2.x and SD3 are supported (not in the paper or the code), with the defaults above.
+* The stage's schedule tail is the shared img2img path's (each family's diffusers rule): the U-Nets
+  run ``int(N·restart)`` steps, the official SDXL code ``N − int(N·(1−restart))``; both give the
+  same whenever ``N·restart`` is whole (50 × 0.4 = 20), and SD3/FLUX agree always.
+* A non-square target's base is native on the target's limiting side (the base never extends past
+  the native canvas, e.g. 64x128 px for a 2:1 target of a 128-px model); the official code only
+  runs square 1024² bases.
 
 The step count is the job's (``--steps``): anysize's FLUX default is 28, the official FLUX runs use
 30 (pass ``steps=30`` to match); SDXL's 50 is the same.
