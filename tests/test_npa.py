@@ -324,3 +324,27 @@ def test_patch_refuses_non_pipelines():
     with pytest.raises(InvalidArgumentError, match="pipeline or an anysize model adapter"):
         anysize.patch(object(), "npa")
 
+
+
+def test_sd3_extended_table_contains_the_stored_one_and_centred_crops_are_unchanged(tiny):
+    from anysize.patches.npa import extended_sincos_table
+
+    pe = tiny("sd3").transformer.pos_embed
+    m = pe.pos_embed_max_size
+    table = extended_sincos_table(pe, m + 5)  # grows by 3 on each side: 54
+    assert table.shape == (1, 54 * 54, pe.pos_embed.shape[-1])
+    inner = table.reshape(54, 54, -1)[3 : 3 + m, 3 : 3 + m].reshape(1, m * m, -1)
+    assert torch.allclose(inner, pe.pos_embed, atol=1e-5)
+    assert extended_sincos_table(pe, m).shape == pe.pos_embed.shape
+
+
+def test_stock_sd3_pipeline_beyond_its_table_runs_inside_the_patch_only(tiny):
+    pipe = tiny("sd3")
+    pe = pipe.transformer.pos_embed
+    with pytest.raises(ValueError, match="pos_embed_max_size"):
+        stock(pipe, size=1024, steps=1)  # 64 patches > the 48 of the table
+    with anysize.patch(pipe, "npa") as p:
+        out = stock(pipe, size=1024, steps=1)
+    assert out.shape[-2:] == (128, 128) and torch.isfinite(out).all()
+    assert pe.pos_embed_max_size == 48 and pe.pos_embed.shape[1] == 48 * 48
+    assert p.log

@@ -351,7 +351,22 @@ def test_a_restart_that_runs_no_step_is_refused(tiny):
         gen(adapter, steps=10, restart=0.05)
 
 
-def test_sd3_beyond_its_position_table_is_refused_before_any_work(tiny):
-    adapter = model(tiny, "sd3")  # the tiny SD3 table covers 768 px per side
-    with pytest.raises(InvalidArgumentError, match="768 px per side"):
-        gen(adapter, (1024, 512))
+def test_sd3_beyond_its_position_table_runs_with_the_extended_table_and_restores_it(tiny):
+    adapter = model(tiny, "sd3")  # the tiny SD3 table covers 48 patches = 768 px per side
+    pe = adapter.network.pos_embed
+    table, m = pe.pos_embed, pe.pos_embed_max_size
+    out = gen(adapter, (1024, 256), steps=3).latents
+    assert out.shape[-2:] == (128, 32) and torch.isfinite(out).all()
+    assert pe.pos_embed is table and pe.pos_embed_max_size == m
+    with pytest.raises(InvalidArgumentError, match="768 px per side, or npa=true"):
+        gen(adapter, (1024, 256), npa=False)
+
+
+def test_sd3_with_a_table_that_is_not_sin_cos_is_refused_beyond_it(tiny):
+    from anysize.testing import tiny_pipeline
+
+    adapter = adapt(tiny_pipeline("sd3"), native_size=16)  # a private copy: its table is changed
+    pe = adapter.network.pos_embed
+    pe.pos_embed = pe.pos_embed + 0.01  # a learned-looking table
+    with pytest.raises(InvalidArgumentError, match="not the sin-cos formula"):
+        gen(adapter, (1024, 256))

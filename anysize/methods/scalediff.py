@@ -41,7 +41,9 @@ Deliberate differences from the official code (each has a test in tests/test_sca
 * SDXL's size conditioning at a stage is that stage's canvas (original = target = stage size, the
   stock pipeline's value for that size); the official code keeps the base (1024, 1024, 0, 0, 1024,
   1024).
-* SD 1.x/2.x and SD3 are supported (not in the paper or the code), with the defaults above.
+* SD 1.x/2.x and SD3 are supported (not in the paper or the code), with the defaults above; SD3
+  canvases beyond its position table get the table's sin-cos formula extended outward (see
+  :mod:`anysize.patches.npa`; the spec's option (a), untested on the real model's quality).
 * The stage's schedule tail is the shared img2img path's (each family's diffusers rule): the U-Nets
   run ``int(N·restart)`` steps, the official SDXL code ``N − int(N·(1−restart))``; both give the
   same whenever ``N·restart`` is whole (50 × 0.4 = 20), and SD3/FLUX agree always.
@@ -64,7 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InvalidArgumentError
-from ..patches.npa import NPAPatch
+from ..patches.npa import NPAPatch, extended_sincos_table
 from ..sampling import StepContext, partial_schedule
 from .base import Method, MethodOptions
 from .fstd import output_from_noise
@@ -215,10 +217,16 @@ class ScaleDiff(Method):
             side = max(height, width) // (f * net.config.patch_size)
             if m is not None and side > m:
                 limit = m * net.config.patch_size * f
-                raise InvalidArgumentError(
-                    f"scalediff on SD3 runs the whole canvas through the transformer, whose position table covers "
-                    f"{limit} px per side; {width}x{height} is larger: use at most {limit} px per side"
-                )
+                if not self.options.npa:
+                    raise InvalidArgumentError(
+                        f"scalediff with npa=false runs SD3 on the whole canvas, whose position table covers {limit} px "
+                        f"per side; {width}x{height} is larger: use at most {limit} px per side, or npa=true"
+                    )
+                if extended_sincos_table(net.pos_embed, m + 2) is None:
+                    raise InvalidArgumentError(
+                        f"this SD3 model's position table ({limit} px per side) is not the sin-cos formula and cannot be "
+                        f"extended to {width}x{height}: use at most {limit} px per side"
+                    )
         if self.settings(adapter)["sg_schedule"] not in SG_SCHEDULES:  # pragma: no cover - validated
             raise InvalidArgumentError("bad sg_schedule")
         self.stage_sizes(adapter, height // f, width // f)
@@ -270,7 +278,8 @@ class ScaleDiff(Method):
         try:
             if not self.options.npa:
                 return self.denoise(job, x, scheduler, timesteps, begin_index=begin, stage=stage)
-            with NPAPatch(adapter, seed=list(job.seeds), shift=s["query_shift"], chunk=self.options.npa_chunk):
+            with NPAPatch(adapter, seed=list(job.seeds), shift=s["query_shift"], chunk=self.options.npa_chunk) as patch:
+                patch.cover(size)  # SD3 beyond its position table: the adapter checks before the network runs
                 return self.denoise(job, x, scheduler, timesteps, begin_index=begin, stage=stage)
         finally:
             self.last_weights = self._stage["weights"]

@@ -19,8 +19,11 @@ projections, output projections and every other layer run once on the whole canv
   ``[text; window]``), their outputs averaged over the patches. Image q/k keep the RoPE rotation
   of their absolute canvas position; the text copy of patch i is rotated by the phase of its
   window's top-left token, so text-to-image offsets inside a window are those of a native canvas.
-* SD3: the same joint attention without RoPE (SD3's positions are added once at the patch embed;
-  canvases beyond its position table are refused by the adapter, see ``anysize.models.dit``).
+* SD3: the same joint attention without RoPE. SD3's positions are added once at the patch embed
+  from a fixed sin-cos table of ``pos_embed_max_size`` patches per side (192: 3072 px); while the
+  patch is open a canvas beyond it gets the same formula extended outward with the same spacing
+  (:func:`extended_sincos_table`, checked to contain the stored table exactly in its centre, so
+  every canvas that fitted gets the same positions as before).
 
 Optional query shift (``shift=True``): for every attention call the query grid is offset by a
 random ``(o_h, o_w)``, ``o ∈ {0..patch}``, giving ``ceil((H+o_h)/p)`` patch rows (the official FLUX
@@ -175,6 +178,35 @@ def npa_attention(q: Tensor, k: Tensor, v: Tensor, index: NPAIndex, *, text: tup
     return img, txt
 
 
+# ----------------------------------------------------------------------------- SD3 positions
+
+
+def extended_sincos_table(pos_embed_module, side: int) -> Tensor | None:
+    """SD3's sin-cos position table grown symmetrically to at least ``side`` patches per side.
+
+    The stored table (M per side) places patch k at ``k / (M / base) / interpolation_scale``; the
+    grown one continues that grid by ``e`` patches on every side (M + 2e, so the pipeline's centred
+    crops of the old sizes stay where they were). None if the stored table is not this formula
+    (e.g. a learned one), which then cannot be extended.
+    """
+    from diffusers.models.embeddings import get_2d_sincos_pos_embed_from_grid
+
+    pe = pos_embed_module
+    M = pe.pos_embed_max_size
+    stored = pe.pos_embed
+    dim = stored.shape[-1]
+    e = max(0, -(-(side - M) // 2))
+    size = M + 2 * e
+    k = (torch.arange(size, dtype=torch.float32) - e) / (M / pe.base_size) / pe.interpolation_scale
+    grid = torch.stack(torch.meshgrid(k, k, indexing="xy")).reshape(2, 1, size, size)
+    table = get_2d_sincos_pos_embed_from_grid(dim, grid, output_type="pt").reshape(size, size, dim)
+    table = table.float()  # the formula computes in float64
+    centre = table[e : e + M, e : e + M].reshape(1, M * M, dim)
+    if not torch.allclose(centre, stored.detach().float().cpu(), atol=1e-4):
+        return None
+    return table.reshape(1, size * size, dim).to(device=stored.device, dtype=stored.dtype)
+
+
 # ----------------------------------------------------------------------------- the patch
 
 
@@ -304,6 +336,28 @@ class NPAPatch:
         self._uninstall()
         self._active = False
 
+    def cover(self, latent_hw: tuple[int, int]) -> None:
+        """SD3: make the position table cover a ``latent_hw`` canvas for as long as the patch is open
+        (done by itself on each network call; an adapter checks sizes before the call, so a method
+        driving an adapter calls this first). Other families: nothing to do."""
+        if self.family != "sd3" or not self._active:
+            return
+        pe = self.network.pos_embed
+        m = pe.pos_embed_max_size
+        side = max(latent_hw) // self.dit_patch
+        if m is None or side <= m:
+            return
+        table = extended_sincos_table(pe, side)
+        if table is None:
+            raise InvalidArgumentError(
+                f"SD3's position table covers {m} patches per side and is not the sin-cos formula, so it cannot be "
+                f"extended to {side}: use at most {m * self.dit_patch} latent px per side"
+            )
+        if not any(item[0] == "positions" for item in self._installed):
+            self._installed.append(("positions", pe, pe.pos_embed, m))
+        pe.pos_embed = table
+        pe.pos_embed_max_size = int(round(table.shape[1] ** 0.5))
+
     def _uninstall(self) -> None:
         while self._installed:
             item = self._installed.pop()
@@ -313,6 +367,10 @@ class NPAPatch:
                 item[1].set_processor(item[2])
             elif item[0] == "attr":
                 self.network.__dict__.pop("_anysize_patch", None)
+            elif item[0] == "positions":
+                _, pe, table, m = item
+                pe.pos_embed = table
+                pe.pos_embed_max_size = m
 
     # ------------------------------------------------------------------ per call
     def _before(self, module, args, kwargs):
@@ -328,6 +386,7 @@ class NPAPatch:
         if self.family == "sd3":
             p = self.dit_patch
             self.token_grid = (self.latent_hw[0] // p, self.latent_hw[1] // p)
+            self.cover(self.latent_hw)
         return None
 
     def plan(self, tokens: int, batch: int) -> tuple[tuple[int, int], tuple[int, int], list[tuple[int, int]]] | None:
