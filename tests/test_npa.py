@@ -348,3 +348,18 @@ def test_stock_sd3_pipeline_beyond_its_table_runs_inside_the_patch_only(tiny):
     assert out.shape[-2:] == (128, 128) and torch.isfinite(out).all()
     assert pe.pos_embed_max_size == 48 and pe.pos_embed.shape[1] == 48 * 48
     assert p.log
+
+
+def test_npa_composes_with_tiled_methods_whose_tiles_exceed_the_native_size(tiny):
+    """Reusable inside other methods: fstd with 2x-native tiles gets NPA inside each tile."""
+    adapter = adapt(tiny("sd1"), native_size=16)
+
+    def run():
+        return anysize.generate(adapter, "a cat", height=256, width=384, steps=2, seed=0, method="fstd",
+                                method_options={"tile": 32}, output_type="latent", progress=False).latents
+    plain = run()
+    with anysize.patch(adapter, "npa") as p:
+        inside = run()
+    assert p.log and {grid for grid, _, _ in p.log} >= {(32, 32)}  # a 32-latent tile's top-level map
+    assert not torch.allclose(plain, inside)
+    assert torch.equal(run(), plain)
