@@ -345,10 +345,12 @@ def test_bad_options_are_refused_with_the_valid_range(options, match):
         create("scalediff", **options)
 
 
-def test_a_restart_that_runs_no_step_is_refused(tiny):
+def test_a_restart_that_runs_no_step_is_refused_before_any_work(tiny):
     adapter = model(tiny, "sd1")
-    with pytest.raises(InvalidArgumentError, match="no step"):
+    calls = adapter.calls
+    with pytest.raises(InvalidArgumentError, match="restart 0.05 of 10 steps re-runs no step.*restart >= 0.1"):
         gen(adapter, steps=10, restart=0.05)
+    assert adapter.calls == calls
 
 
 def test_sd3_beyond_its_position_table_runs_with_the_extended_table_and_restores_it(tiny):

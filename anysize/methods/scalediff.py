@@ -237,6 +237,8 @@ class ScaleDiff(Method):
         f = adapter.vae_factor
         sizes = self.stage_sizes(adapter, *job.latent_hw)
         base = sizes[0]
+        if len(sizes) > 1:
+            self._schedule(job, base)  # a restart that runs no step fails before any work
         z = Method.run(self, dataclasses.replace(job, height=base[0] * f, width=base[1] * f))
         for p, size in enumerate(sizes[1:], start=1):
             z = self.upscale_stage(job, z, size, base, stage=f"stage {p}/{len(sizes) - 1}")
@@ -258,13 +260,25 @@ class ScaleDiff(Method):
         z_latent = F.interpolate(z.float(), size=size, mode="bicubic", align_corners=False)
         return frequency_mix(z_latent, z_pixel, cutoff)
 
+    def _schedule(self, job, base: tuple[int, int]):
+        """(scheduler, timesteps, begin index) of a stage: the last ``restart`` of the job's schedule."""
+        restart = self.settings(job.adapter)["restart"]
+        scheduler = job.make_scheduler()
+        try:
+            # the schedule (and a flow model's resolution shift) of the base size, as the official code
+            timesteps, begin = partial_schedule(job.adapter, scheduler, job.steps, restart, base)
+        except InvalidArgumentError:
+            raise InvalidArgumentError(
+                f"scalediff restart {restart} of {job.steps} steps re-runs no step in the upscaling stages; "
+                f"use restart >= {1 / job.steps:.3g} or more steps"
+            ) from None
+        return scheduler, timesteps, begin
+
     def upscale_stage(self, job, z: Tensor, size: tuple[int, int], base: tuple[int, int], *, stage: str = "") -> Tensor:
         adapter = job.adapter
         s = self.settings(adapter)
         ref = self.reference(job, z, size, s["cutoff"])
-        scheduler = job.make_scheduler()
-        # the schedule (and a flow model's resolution shift) of the base size, as the official code
-        timesteps, begin = partial_schedule(adapter, scheduler, job.steps, s["restart"], base)
+        scheduler, timesteps, begin = self._schedule(job, base)
         noise = adapter.initial_noise(tuple(ref.shape), job.generators)
         x = adapter.from_x0(scheduler, ref.to(noise.dtype), noise, timesteps[:1])
         ns = adapter.noise_space(scheduler)
