@@ -297,6 +297,22 @@ def test_summarise_rates_on_a_set_with_known_counts():
     assert isinstance(analyses[0].to_dict()["n_objects"], int)
 
 
+def test_summarise_centre_offset_and_border_touch():
+    from anysize.toy.data import ToySpec, render
+
+    def one(centre, h=128, w=256):
+        spec = ToySpec("red", "circle", ("blue",), None, centre, 0.4)
+        return analyse(render(spec, (h, w)), spec.caption, native_size=128)
+
+    centred, off, cut = one((0.5, 0.5)), one((0.8, 0.5)), one((0.95, 0.5))
+    s = summarise([centred])
+    assert s["mean_centre_offset"] < 0.02 and s["border_touch_rate"] == 0.0
+    # 0.8 of the width: 0.3 of the width off centre = 0.6 of the half-width
+    assert summarise([off])["mean_centre_offset"] == pytest.approx(0.6, abs=0.02)
+    assert cut.n_objects == 1 and summarise([cut])["border_touch_rate"] == 1.0
+    assert summarise([centred, off, cut])["border_touch_rate"] == pytest.approx(1 / 3)
+
+
 # ------------------------------------------------------------------------------------------ seams
 
 

@@ -97,3 +97,34 @@ def test_object_size_and_centring_are_parameters_with_checked_ranges():
                 dict(centre_jitter=0.5), dict(centre_jitter=-0.1)]:
         with pytest.raises(InvalidArgumentError, match="object size range"):
             make_sample(0, 0, size=16, **bad)
+
+
+def test_non_square_render_keeps_the_object_square_and_centred():
+    from anysize.toy.data import ToySpec, render
+
+    spec = ToySpec("red", "square", ("blue",), None, (0.5, 0.5), 0.5)
+    for h, w in [(128, 256), (256, 128), (144, 256)]:
+        img = render(spec, (h, w))
+        assert img.shape == (h, w, 3)
+        ys, xs = np.nonzero((img == [215, 40, 40]).all(-1))
+        side = 0.5 * min(h, w)
+        assert abs((xs.max() - xs.min() + 1) - side) <= 1 and abs((ys.max() - ys.min() + 1) - side) <= 1
+        assert abs((xs.max() + xs.min()) / 2 - (w - 1) / 2) <= 1 and abs((ys.max() + ys.min()) / 2 - (h - 1) / 2) <= 1
+    assert np.array_equal(render(spec, 96), render(spec, (96, 96)))
+
+
+def test_write_aspect_dataset(tmp_path):
+    from PIL import Image
+
+    from anysize.eval.composition import analyse
+    from anysize.toy.data import write_aspect_dataset
+
+    assert write_aspect_dataset(tmp_path, 6, [(64, 128), (128, 64), (72, 128)], seed=2) == 6
+    pngs = sorted(tmp_path.glob("*.png"))
+    assert [Image.open(p).size for p in pngs] == [(128, 64), (64, 128), (128, 72)] * 2
+    for p in pngs:
+        caption = p.with_suffix(".txt").read_text().strip()
+        a = analyse(np.array(Image.open(p).convert("RGB")), caption, native_size=64)
+        assert a.n_objects == 1 and a.fidelity, (p.name, caption)
+    with pytest.raises(InvalidArgumentError):
+        write_aspect_dataset(tmp_path, 0, [(64, 64)])

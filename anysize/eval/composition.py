@@ -507,7 +507,11 @@ def summarise(analyses: Sequence[ImageAnalysis]) -> dict[str, Any]:
     """Benchmark rates over many analyses, as plain JSON-ready numbers.
 
     ``shape_match_rate`` counts only prompts that name a shape. ``mean_relative_size`` and
-    ``mean_image_relative_size`` average over all counted objects. ``seam_score_mean`` averages
+    ``mean_image_relative_size`` average over all counted objects. ``mean_centre_offset`` is, over
+    single-object images, the object box centre's distance from the image centre as a fraction of
+    the half-side, the larger of the two axes (0: centred, 1: at the border; training objects are
+    within 0.16); ``border_touch_rate`` the share of images whose largest prompted object touches
+    the border (cut off by the frame). ``seam_score_mean`` averages
     over analyses with a seam score. Each is None when there is nothing to average.
     """
     analyses = list(analyses)
@@ -521,6 +525,8 @@ def summarise(analyses: Sequence[ImageAnalysis]) -> dict[str, Any]:
     sizes = [s for a in analyses for s in a.relative_sizes]
     image_sizes = [s for a in analyses for s in a.image_relative_sizes]
     seams = [a.seam.overall for a in analyses if a.seam is not None and a.seam.overall is not None]
+    offsets = [_centre_offset(a.object_boxes[0], a.width, a.height) for a in analyses if a.n_objects == 1]
+    touching = [bool(a.object_boxes) and _touches_border(a.object_boxes[0], a.width, a.height) for a in analyses]
 
     def mean(values: Sequence[float]) -> float | None:
         return float(np.mean(values)) if len(values) else None
@@ -540,7 +546,20 @@ def summarise(analyses: Sequence[ImageAnalysis]) -> dict[str, Any]:
         "mean_image_relative_size": mean(image_sizes),
         "mean_unclassified_frac": float(np.mean([a.unclassified_frac for a in analyses])),
         "seam_score_mean": mean(seams),
+        "mean_centre_offset": mean(offsets),
+        "border_touch_rate": float(np.mean(touching)),
     }
+
+
+def _centre_offset(box: Sequence[int], width: int, height: int) -> float:
+    x0, y0, x1, y1 = box
+    return float(max(abs((x0 + x1) / 2 - (width - 1) / 2) / (width / 2),
+                     abs((y0 + y1) / 2 - (height - 1) / 2) / (height / 2)))
+
+
+def _touches_border(box: Sequence[int], width: int, height: int) -> bool:
+    x0, y0, x1, y1 = box
+    return x0 <= 0 or y0 <= 0 or x1 >= width - 1 or y1 >= height - 1
 
 
 # ------------------------------------------------------------------------------------------ inputs

@@ -14,6 +14,7 @@ Samples are a pure function of ``(seed, index)``: deterministic, independent of 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from ..errors import InvalidArgumentError
 
 __all__ = [
     "NATIVE_SIZE", "COLOURS", "OBJECT_COLOURS", "BACKGROUND_COLOURS", "SHAPES", "ToySpec",
-    "sample_spec", "render", "shape_mask", "caption", "parse_caption", "make_sample", "ToyDataset",
+    "sample_spec", "render", "write_aspect_dataset", "shape_mask", "caption", "parse_caption", "make_sample", "ToyDataset",
 ]
 
 #: pixel side of the toy model's training images
@@ -160,28 +161,60 @@ def shape_mask(shape: str, height: int, width: int) -> np.ndarray:
     return m.reshape(height, s, width, s).mean(axis=(1, 3))
 
 
-def render(spec: ToySpec, size: int = NATIVE_SIZE) -> np.ndarray:
-    """Draw ``spec`` as a (size, size, 3) uint8 RGB array, edges anti-aliased."""
-    if size < 8:
-        raise InvalidArgumentError(f"toy images need a side of at least 8 px, got {size}")
+def render(spec: ToySpec, size: int | tuple[int, int] = NATIVE_SIZE) -> np.ndarray:
+    """Draw ``spec`` as an (H, W, 3) uint8 RGB array, edges anti-aliased.
+
+    ``size`` is a side (square) or ``(height, width)``. On a non-square canvas the centre and a
+    two-tone split are fractions of their own axis, and the object's side is a fraction of the
+    *short* side, so an object keeps its shape and its size relative to the short side.
+    """
+    h, w = (size, size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+    if min(h, w) < 8:
+        raise InvalidArgumentError(f"toy images need sides of at least 8 px, got {w}x{h}")
     s = _SUPERSAMPLE
-    n = size * s
-    coords = (np.arange(n) + 0.5) / n  # pixel centres as fractions of the side
+    ys = (np.arange(h * s) + 0.5) / (h * s)  # pixel centres as fractions of their axis
+    xs = (np.arange(w * s) + 0.5) / (w * s)
     palette = np.array([COLOURS[c] for c in spec.background], dtype=np.float32)
     if spec.split is None:
-        img = np.broadcast_to(palette[0], (n, n, 3)).copy()
+        img = np.broadcast_to(palette[0], (h * s, w * s, 3)).copy()
     else:
         axis, pos = spec.split
-        first = (coords < pos)[None, :] if axis == "vertical" else (coords < pos)[:, None]
-        first = np.broadcast_to(first, (n, n))
+        first = (xs < pos)[None, :] if axis == "vertical" else (ys < pos)[:, None]
+        first = np.broadcast_to(first, (h * s, w * s))
         img = np.where(first[..., None], palette[0], palette[1]).astype(np.float32)
-    half = spec.side / 2
-    x = (coords[None, :] - spec.centre[0]) / half
-    y = (coords[:, None] - spec.centre[1]) / half
+    if h == w:
+        half_x = half_y = spec.side / 2
+    else:  # the side is a fraction of the short side; convert to fractions of each axis
+        half_x, half_y = spec.side * min(h, w) / w / 2, spec.side * min(h, w) / h / 2
+    x = (xs[None, :] - spec.centre[0]) / half_x
+    y = (ys[:, None] - spec.centre[1]) / half_y
     mask = _inside(spec.shape, x, y)
     img[mask] = np.array(COLOURS[spec.colour], dtype=np.float32)
-    img = img.reshape(size, s, size, s, 3).mean(axis=(1, 3))
+    img = img.reshape(h, s, w, s, 3).mean(axis=(1, 3))
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+def write_aspect_dataset(folder, n: int, sizes: Sequence[tuple[int, int]], seed: int = 0,
+                         size_range: tuple[float, float] = SIZE_RANGE, centre_jitter: float = CENTRE_JITTER) -> int:
+    """Write ``n`` toy images of the (height, width) ``sizes`` (cycled) as PNG + sidecar caption .txt.
+
+    Image i is ``sample_spec`` of (seed, i) drawn at ``sizes[i % len(sizes)]``: one roughly
+    centred object on every canvas, whatever its shape — the multi-aspect data ARAD fine-tunes on.
+    Returns the number written.
+    """
+    from pathlib import Path
+
+    from PIL import Image
+
+    if n <= 0 or not sizes:
+        raise InvalidArgumentError("write_aspect_dataset needs n > 0 and at least one size")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        spec = sample_spec(np.random.default_rng([int(seed), i]), size_range, centre_jitter)
+        Image.fromarray(render(spec, tuple(sizes[i % len(sizes)]))).save(folder / f"{i:06d}.png")
+        (folder / f"{i:06d}.txt").write_text(spec.caption + "\n")
+    return n
 
 
 def make_sample(seed: int, index: int, size: int = NATIVE_SIZE, size_range: tuple[float, float] = SIZE_RANGE,
