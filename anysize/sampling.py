@@ -137,8 +137,7 @@ def partial_schedule(adapter: ModelAdapter, scheduler, steps: int, strength: flo
     Returns ``(timesteps, begin_index)``; re-noise the clean latents to ``timesteps[0]``
     (``adapter.from_x0``) and pass ``begin_index`` to :func:`sample`.
     """
-    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
-        raise InvalidArgumentError(f"strength must be in (0, 1], got {strength!r}")
+    check_strength(strength)
     full = adapter.set_timesteps(scheduler, steps, latent_hw)
     skipped = adapter.img2img_skipped_steps(steps, strength)
     if skipped >= steps:
@@ -147,6 +146,13 @@ def partial_schedule(adapter: ModelAdapter, scheduler, steps: int, strength: flo
         )
     begin = skipped * getattr(scheduler, "order", 1)
     return full[begin:], begin
+
+
+def check_strength(strength) -> float:
+    """An img2img strength must be a number in (0, 1] (1: start from pure noise)."""
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+        raise InvalidArgumentError(f"strength must be in (0, 1], got {strength!r}")
+    return float(strength)
 
 
 def make_generators(seed: int | Sequence[int], batch: int) -> list[torch.Generator]:

@@ -31,6 +31,9 @@ class Method:
     Options: ClassVar[type[MethodOptions]] = MethodOptions
     #: families this method supports (None: all)
     families: ClassVar[tuple[str, ...] | None] = None
+    #: whether :meth:`refine` can run an img2img pass on a given canvas (multi-stage recipes that
+    #: make their own canvas, like asd, cannot)
+    refines: ClassVar[bool] = True
 
     def __init__(self, **options: Any):
         names = {f.name for f in dataclasses.fields(self.Options)}
