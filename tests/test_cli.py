@@ -198,7 +198,7 @@ PRE_LOAD = [  # (args, fragment of the message): all must fail before any model 
     (["--size", "128x100"], "height 100 is not a multiple of 8"),
     (["--size", "abcx128"], "not an integer"),
     (["--size", "128"], "WIDTHxHEIGHT"),
-    (["--method", "nope"], "unknown method 'nope'; valid choices: direct"),
+    (["--method", "nope"], "unknown method 'nope'; valid choices: asd, direct"),
     (["--scheduler", "nope"], "valid choices: ddim, ddpm, default, dpm++2m"),
     (["--dtype", "fp8"], "unknown dtype 'fp8'; valid choices: bf16, fp16, fp32"),
     (["--offload", "disk"], "valid choices: model, none, sequential"),
@@ -464,7 +464,7 @@ def test_eval_composition_table_and_json(capsys, model_dir, _workdir):
 
 
 TOY_COMMANDS_BAD = [  # all fail before the model is loaded
-    (["demo", "--methods", "nope"], "unknown method 'nope'; valid choices: direct"),
+    (["demo", "--methods", "nope"], "unknown method 'nope'; valid choices: asd, direct"),
     (["demo", "--steps", "0"], "--steps must be a positive integer"),
     (["demo", "--out", "x.jpg"], "must end in .png"),
     (["demo", "--dtype", "fp8"], "valid choices: bf16, fp16, fp32"),

@@ -8,5 +8,6 @@ from . import fstd  # noqa: F401  (registers)
 from . import hidiffusion  # noqa: F401  (registers)
 from . import elastic  # noqa: F401  (registers)
 from . import scalediff  # noqa: F401  (registers)
+from . import asd  # noqa: F401  (registers)
 
 __all__ = ["METHODS", "Method", "MethodOptions", "create", "get", "names", "register"]

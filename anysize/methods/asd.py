@@ -1,0 +1,236 @@
+"""Any-Size-Diffusion (Zheng et al., AAAI 2024): ARAD stage I, then FSTD enlargement (stage II).
+
+Stage I generates the prompt at the ARAD ratio–size bucket nearest the requested aspect ratio
+(:data:`TABLE5`, the paper's Table 5, scaled to the model's native area), optionally with an ARAD
+LoRA loaded through diffusers' ``load_lora_weights`` for that stage only. Stage II enlarges the
+stage-I image to the exact requested size and refines it with :mod:`fstd <anysize.methods.fstd>`
+at ``strength`` (an SDEdit pass over the tail of the schedule, see :meth:`Method.refine`).
+
+Resize/crop rule (stage I -> stage II), in pixel space as the official upscaler works: the decoded
+stage-I image is resized bicubically (antialiased when shrinking) so that it *covers* the target
+(factor ``max(H/h, W/w)``), centre-cropped to exactly H×W, encoded with the VAE (a posterior
+sample, as the official code; tiled above 2048² px) and refined. When the requested size *is* the
+bucket size no stage II runs, so at the native size (square bucket) asd is plain generation.
+
+Deliberate differences from the paper and the official code (spec ``asd_tiling.md`` §1, §2):
+
+* Stage II is the same text-to-image model in an SDEdit pass (the spec's option C), not StableSR:
+  the official ``ASD-upscale`` starts from the LR latent noised to t = 999 with a super-resolution
+  U-Net; StableSR is not in diffusers. The prompt and guidance of the job are used in both stages.
+* Buckets: Table 5's sizes (512² base) are scaled by ``sqrt(native area / 512²)`` and rounded to
+  the model's pixel factor, so SD 1.5/2.1-base get the paper's sizes, SDXL twice them. The
+  matching uses the ratios as printed in Table 5 (1.3330 for 768/576).
+* Nearest bucket: the paper's rule (Eq. 1 / Algorithm 1: nearest on the linear r = H/W scale, a
+  tie going to the later Table 5 entry, as its ``<=`` loop does) or, with ``bucket_rule="log"``,
+  nearest in log-ratio (symmetric between portrait and landscape; same tie rule).
+* Requested ratios outside 1:2 … 2:1 use the end bucket, and the cover-and-crop rule then crops
+  the stage-I image (the paper does not say how it handles them).
+* The ARAD LoRA is optional (none was released); ``lora`` is any diffusers-loadable LoRA file or
+  folder, applied in stage I only and removed after it, even on error. LoRAs the user already
+  loaded into the pipeline are switched off for stage I and back on (at weight 1) after it.
+* No AdaIN/wavelet colour fix: stage II starts from the stage-I image's own latent, not from an
+  LR image with a different decoder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..errors import InvalidArgumentError
+from ..sampling import check_strength
+from .base import Method, MethodOptions
+from .registry import create, register
+
+#: Table 5 of the paper: (ratio r = H/W as printed, height, width) in pixels for a 512² model, in
+#: the paper's order (which decides ties)
+TABLE5: tuple[tuple[float, int, int], ...] = (
+    (1.0000, 512, 512),
+    (0.7500, 576, 768),
+    (1.3330, 768, 576),
+    (0.5625, 576, 1024),
+    (1.7778, 1024, 576),
+    (0.6250, 640, 1024),
+    (1.6000, 1024, 640),
+    (0.5000, 512, 1024),
+    (2.0000, 1024, 512),
+)
+TABLE5_BASE = 512
+BUCKET_RULES = ("paper", "log")
+#: name of the stage-I LoRA adapter while it is loaded
+LORA_ADAPTER_NAME = "anysize_arad"
+
+
+def buckets(native_hw: tuple[int, int], multiple: int) -> list[tuple[float, int, int]]:
+    """Table 5 scaled to a model of native size ``native_hw`` (pixels): (ratio, height, width).
+
+    Each side is scaled by ``sqrt(native area / 512²)`` and rounded to the nearest multiple of
+    ``multiple`` (at least one multiple); the ratios stay the printed ones.
+    """
+    s = math.sqrt(native_hw[0] * native_hw[1]) / TABLE5_BASE
+
+    def side(v: int) -> int:
+        return max(multiple, multiple * round(v * s / multiple))
+
+    return [(r, side(h), side(w)) for r, h, w in TABLE5]
+
+
+def nearest_bucket(height: int, width: int, table, rule: str = "paper") -> tuple[float, int, int]:
+    """The bucket of ``table`` whose ratio is nearest ``height / width``.
+
+    ``rule="paper"``: |r - r_i| on the linear H/W scale; ``"log"``: |log r - log r_i|. Ties go to
+    the later entry of the table (the paper's ``distance <= minValue`` loop).
+    """
+    if rule not in BUCKET_RULES:
+        raise InvalidArgumentError(f"unknown bucket_rule {rule!r}; valid choices: {', '.join(BUCKET_RULES)}")
+    if height <= 0 or width <= 0:
+        raise InvalidArgumentError(f"size must be positive, got {width}x{height}")
+    r = height / width
+    best, best_d = None, math.inf
+    for entry in table:
+        d = abs(r - entry[0]) if rule == "paper" else abs(math.log(r) - math.log(entry[0]))
+        if d <= best_d:
+            best, best_d = entry, d
+    return best
+
+
+def cover_crop(images: Tensor, height: int, width: int) -> Tensor:
+    """Resize (B, C, h, w) images bicubically so they cover height×width, then centre-crop to it."""
+    h, w = images.shape[-2:]
+    if (h, w) == (height, width):
+        return images
+    s = max(height / h, width / w)
+    # the covering size, never short of the target by float rounding
+    ch, cw = max(height, math.ceil(h * s - 1e-6)), max(width, math.ceil(w * s - 1e-6))
+    out = F.interpolate(images.float(), size=(ch, cw), mode="bicubic", align_corners=False, antialias=s < 1)
+    top, left = (ch - height) // 2, (cw - width) // 2
+    return out[..., top : top + height, left : left + width].clamp(-1.0, 1.0).to(images.dtype)
+
+
+@dataclasses.dataclass
+class ASDOptions(MethodOptions):
+    #: stage II img2img strength: the fraction of the schedule FSTD re-runs on the enlarged image
+    strength: float = 0.5
+    #: "paper" (nearest H/W) or "log" (nearest log H/W)
+    bucket_rule: str = "paper"
+    #: a LoRA (file or folder diffusers' load_lora_weights reads) applied in stage I only
+    lora: str | None = None
+    #: the LoRA's weight in stage I
+    lora_scale: float = 1.0
+    #: options of the stage-II fstd method (e.g. {"tile": 64, "offset_range": 32})
+    fstd: dict = dataclasses.field(default_factory=dict)
+
+    def validate(self) -> None:
+        check_strength(self.strength)
+        if self.bucket_rule not in BUCKET_RULES:
+            raise InvalidArgumentError(
+                f"unknown bucket_rule {self.bucket_rule!r}; valid choices: {', '.join(BUCKET_RULES)}"
+            )
+        if self.lora is not None:
+            if not isinstance(self.lora, (str, os.PathLike)) or not os.fspath(self.lora):
+                raise InvalidArgumentError(f"lora must be a path to a LoRA file or folder, got {self.lora!r}")
+            if not os.path.exists(os.fspath(self.lora)):
+                raise InvalidArgumentError(f"lora {os.fspath(self.lora)} does not exist")
+        if isinstance(self.lora_scale, bool) or not isinstance(self.lora_scale, (int, float)) or not math.isfinite(
+            self.lora_scale
+        ):
+            raise InvalidArgumentError(f"lora_scale must be a number, got {self.lora_scale!r}")
+        if not isinstance(self.fstd, dict):
+            raise InvalidArgumentError(f"fstd must be a dict of fstd options, got {self.fstd!r}")
+        create("fstd", **self.fstd)  # unknown or out-of-range fstd options fail here
+
+
+@register
+class ASD(Method):
+    name = "asd"
+    summary = "Any-Size-Diffusion: generate at the nearest ARAD ratio bucket, enlarge with FSTD (2 stages)"
+    Options = ASDOptions
+    refines = False  # it makes its own stage-I canvas
+
+    def __init__(self, **options: Any):
+        super().__init__(**options)
+        self.stage2 = create("fstd", **self.options.fstd)
+
+    def bucket(self, adapter, height: int, width: int) -> tuple[int, int]:
+        """(height, width) in pixels of stage I for a requested height×width."""
+        _, bh, bw = nearest_bucket(height, width, buckets(adapter.native_size, adapter.size_multiple),
+                                   self.options.bucket_rule)
+        return bh, bw
+
+    def check(self, adapter, height: int, width: int) -> None:
+        super().check(adapter, height, width)
+        bh, bw = self.bucket(adapter, height, width)
+        if (bh, bw) != (height, width):
+            self.stage2.check(adapter, height, width)  # e.g. an fstd tile larger than the canvas
+
+    def run(self, job) -> Tensor:
+        adapter = job.adapter
+        bh, bw = self.bucket(adapter, job.height, job.width)
+        stage1 = dataclasses.replace(job, height=bh, width=bw)
+        with _lora(adapter, self.options.lora, self.options.lora_scale):
+            latents = create("direct").run(stage1)
+        if (bh, bw) == (job.height, job.width):
+            return latents
+        with torch.no_grad():
+            pixels = adapter.decode(latents, tiled="auto")
+            pixels = cover_crop(pixels, job.height, job.width)
+            gens = job.generators if len(job.generators) > 1 else job.generators[0]
+            clean = adapter.encode(pixels, generator=gens, tiled="auto")
+        del pixels
+        return self.stage2.refine(job, clean, self.options.strength, stage="stage II (fstd)")
+
+
+class _lora:
+    """Load a LoRA into the pipeline for a block and remove it after (nothing when ``path`` is None)."""
+
+    def __init__(self, adapter, path, scale: float):
+        self.adapter, self.path, self.scale = adapter, path, scale
+
+    def __enter__(self):
+        if self.path is None:
+            return self
+        pipe = self.adapter.pipe
+        if not hasattr(pipe, "load_lora_weights"):
+            raise InvalidArgumentError(f"{type(pipe).__name__} cannot load LoRA weights")
+        if LORA_ADAPTER_NAME in _loaded_adapters(pipe):
+            raise InvalidArgumentError(f"a LoRA named {LORA_ADAPTER_NAME!r} is already loaded in this pipeline")
+        self.before = _active_adapters(pipe)
+        try:
+            pipe.load_lora_weights(os.fspath(self.path), adapter_name=LORA_ADAPTER_NAME)
+            pipe.set_adapters([LORA_ADAPTER_NAME], adapter_weights=[float(self.scale)])
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            self._remove()
+            raise InvalidArgumentError(f"cannot load the LoRA {os.fspath(self.path)}: {e}") from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.path is not None:
+            self._remove()
+        return False
+
+    def _remove(self):
+        pipe = self.adapter.pipe
+        if LORA_ADAPTER_NAME in _loaded_adapters(pipe):
+            pipe.delete_adapters(LORA_ADAPTER_NAME)
+        if self.before:  # the user's own LoRAs were switched off for stage I: on again (at weight 1)
+            pipe.set_adapters(self.before)
+
+
+def _active_adapters(pipe) -> list[str]:
+    try:
+        return list(pipe.get_active_adapters())
+    except (AttributeError, ValueError):
+        return []
+
+
+def _loaded_adapters(pipe) -> list[str]:
+    try:
+        return sorted({name for names in pipe.get_list_adapters().values() for name in names})
+    except (AttributeError, ValueError):
+        return []
