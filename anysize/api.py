@@ -23,7 +23,7 @@ from .errors import InvalidArgumentError, InvalidSizeError
 from .models import ModelAdapter, adapt
 from .models import load as _load_model
 from .models.base import Conditioning, as_list
-from .sampling import StepCallback, make_generators
+from .sampling import StepCallback, check_strength, make_generators, partial_schedule
 from .schedulers import make_scheduler, scheduler_name
 
 def load(model: str | os.PathLike | None = None, **kwargs) -> ModelAdapter:
@@ -144,14 +144,7 @@ def generate(
     return False to cancel, as may setting ``cancel``.
     """
     adapter = adapt(model)
-    prompts = as_list(prompt)
-    if prompts is None:
-        raise InvalidArgumentError("no prompt given")
-    negative = as_list(negative_prompt, "negative prompt")
-    if negative is not None and len(negative) == 1 and len(prompts) > 1:
-        negative = negative * len(prompts)
-    if negative is not None and len(negative) != len(prompts):
-        raise InvalidArgumentError(f"{len(negative)} negative prompts for {len(prompts)} prompts")
+    prompts, negative = _prompts(prompt, negative_prompt)
 
     nh, nw = adapter.native_size
     height = nh if height is None else height
@@ -161,58 +154,246 @@ def generate(
 
     m = _methods.create(method, **(method_options or {}))
     m.check(adapter, height, width)
+    settings = _settings(adapter, len(prompts), steps, guidance, seed, scheduler, tiled_vae, output_type)
 
+    start = time.perf_counter()
+    calls0 = adapter.calls
+    with torch.no_grad():
+        job = _job(adapter, prompts, negative, height, width, settings, callback, cancel, progress)
+        latents = m.run(job)
+        images = _finish(adapter, latents, settings, progress)
+    seconds = time.perf_counter() - start
+    config = _config(adapter, job, m, settings)
+    return GenerationResult(images, latents, config, seconds, adapter.calls - calls0)
+
+
+#: PIL filter used to resize the input image of :func:`upscale` to the target size (as the official
+#: ASD upscaler, which resizes with bicubic interpolation)
+UPSCALE_RESAMPLE = "bicubic"
+
+
+def upscale_size(
+    source_hw: tuple[int, int], multiple: int, *, scale: float | None = None, size: tuple[int, int] | None = None,
+) -> tuple[int, int, bool]:
+    """(height, width, rounded) of an upscale target.
+
+    Exactly one of ``scale`` (> 0; each side is ``round(side * scale)``, then rounded to the nearest
+    multiple of ``multiple``, at least one multiple: ``rounded`` says whether that changed it) or
+    ``size`` ((width, height), which must already be multiples) is given.
+    """
+    if (scale is None) == (size is None):
+        raise InvalidArgumentError("give exactly one of scale or size")
+    if size is not None:
+        width, height = size
+        for name, v in (("width", width), ("height", height)):
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise InvalidSizeError(f"target {name} must be a positive integer, got {v!r}")
+        return height, width, False
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0 or scale == float("inf"):
+        raise InvalidArgumentError(f"scale must be a number > 0, got {scale!r}")
+    exact = [round(v * scale) for v in source_hw]
+    snapped = [max(multiple, int(multiple * round(v / multiple))) for v in exact]
+    return snapped[0], snapped[1], snapped != exact
+
+
+def load_image(image):
+    """An RGB PIL image from a PIL image or a file path; unreadable files are an InvalidArgumentError."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if not isinstance(image, (str, os.PathLike)):
+        raise InvalidArgumentError(f"image must be a PIL image or a file path, got {type(image).__name__}")
+    try:
+        with Image.open(image) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise InvalidArgumentError(f"image {os.fspath(image)} does not exist") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise InvalidArgumentError(f"cannot read image {os.fspath(image)}: {e}") from None
+
+
+def image_to_tensor(image, height: int, width: int) -> torch.Tensor:
+    """An RGB PIL image resized (bicubic) to height×width, as a (1, 3, H, W) float tensor in [-1, 1]."""
+    import numpy as np
+    from PIL import Image
+
+    if image.size != (width, height):
+        image = image.resize((width, height), resample=Image.Resampling.BICUBIC)
+    arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+    return (arr.permute(2, 0, 1).unsqueeze(0).float() / 255.0) * 2.0 - 1.0
+
+
+def upscale(
+    model,
+    image,
+    *,
+    scale: float | None = None,
+    size: tuple[int, int] | None = None,
+    method: str = "fstd",
+    strength: float = 0.4,
+    prompt: str = "",
+    negative_prompt: str | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    scheduler: str | None = None,
+    tiled_vae: bool | str = "auto",
+    callback: StepCallback | None = None,
+    cancel: threading.Event | None = None,
+    progress: bool = True,
+    output_type: str = "pil",
+    method_options: dict[str, Any] | None = None,
+) -> GenerationResult:
+    """Enlarge ``image`` (a PIL image or a file path) SDEdit-style with a registered method.
+
+    The image is resized (bicubic) to the target, ``scale`` × its size (sides rounded to the
+    model's pixel factor; the config's ``upscale.rounded`` says when that moved them) or ``size``
+    = (width, height); encoded with the model's VAE (tiled above 2048² px with ``tiled_vae="auto"``);
+    re-noised to ``strength`` (in (0, 1]: the fraction of the ``steps``-step schedule that is run)
+    and denoised by the method (e.g. ``fstd`` or ``multidiffusion`` tiles at the model's native size);
+    then decoded (tiled likewise). ``prompt`` is best generic ("high quality, detailed"): the object
+    words of a prompt tend to appear in every tile.
+    """
+    adapter = adapt(model)
+    if not isinstance(prompt, str) or not (negative_prompt is None or isinstance(negative_prompt, str)):
+        raise InvalidArgumentError("upscale takes one prompt and at most one negative prompt (strings)")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InvalidArgumentError(f"seed must be an integer, got {seed!r}")
+    m = _methods.create(method, **(method_options or {}))
+    if not m.refines:
+        able = [n for n in _methods.names() if _methods.get(n).refines]
+        raise InvalidArgumentError(
+            f"method {m.name!r} makes its own canvas in several stages and cannot upscale an image; "
+            f"use one of: {', '.join(able)}"
+        )
+    strength = check_strength(strength)
+    source = load_image(image)
+    height, width, rounded = upscale_size((source.height, source.width), adapter.size_multiple, scale=scale, size=size)
+    adapter.check_size(height, width)
+    _check_fits(adapter, height, width, 1)
+    m.check(adapter, height, width)
+    settings = _settings(adapter, 1, steps, guidance, seed, scheduler, tiled_vae, output_type)
+    f = adapter.vae_factor
+    # refuses a strength that runs no step, before the (possibly long) encode
+    partial_schedule(adapter, make_scheduler(adapter, scheduler), settings.steps, strength, (height // f, width // f))
+
+    start = time.perf_counter()
+    calls0 = adapter.calls
+    with torch.no_grad():
+        job = _job(adapter, [prompt], None if negative_prompt is None else [negative_prompt], height, width,
+                   settings, callback, cancel, progress)
+        pixels = image_to_tensor(source, height, width)
+        tiled, kw = _vae_tiling(tiled_vae)
+        # the posterior sample draws from the image's generator first, as the diffusers img2img pipelines do
+        clean = adapter.encode(pixels, generator=job.generators[0], tiled=tiled, progress=progress, **kw)
+        del pixels
+        latents = m.refine(job, clean, strength)
+        images = _finish(adapter, latents, settings, progress)
+    seconds = time.perf_counter() - start
+    config = _config(adapter, job, m, settings)
+    name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "") or ""
+    config["strength"] = strength
+    config["upscale"] = {
+        "source": os.path.basename(name),
+        "source_size": [source.width, source.height],
+        "scale": scale,
+        "size": [width, height],
+        "rounded": rounded,
+        "resample": UPSCALE_RESAMPLE,
+        "strength": strength,
+    }
+    return GenerationResult(images, latents, config, seconds, adapter.calls - calls0)
+
+
+# ------------------------------------------------------------------------------------------ shared steps
+
+
+@dataclass
+class _Settings:
+    """Validated sampling settings shared by :func:`generate` and :func:`upscale`."""
+
+    steps: int
+    guidance: float
+    seed: int | Sequence[int]
+    scheduler: str | None
+    scheduler_label: str
+    tiled_vae: bool | str
+    output_type: str
+
+
+def _prompts(prompt, negative_prompt) -> tuple[list[str], list[str] | None]:
+    prompts = as_list(prompt)
+    if prompts is None:
+        raise InvalidArgumentError("no prompt given")
+    negative = as_list(negative_prompt, "negative prompt")
+    if negative is not None and len(negative) == 1 and len(prompts) > 1:
+        negative = negative * len(prompts)
+    if negative is not None and len(negative) != len(prompts):
+        raise InvalidArgumentError(f"{len(negative)} negative prompts for {len(prompts)} prompts")
+    return prompts, negative
+
+
+def _settings(adapter, batch, steps, guidance, seed, scheduler, tiled_vae, output_type) -> _Settings:
     steps = adapter.default_steps if steps is None else _positive_int("steps", steps)
     guidance = adapter.default_guidance if guidance is None else float(guidance)
     if guidance < 0:
         raise InvalidArgumentError(f"guidance must be >= 0, got {guidance}")
-    if isinstance(seed, (list, tuple)) and len(seed) != len(prompts):
-        raise InvalidArgumentError(f"{len(seed)} seeds for {len(prompts)} prompts")
+    if isinstance(seed, (list, tuple)) and len(seed) != batch:
+        raise InvalidArgumentError(f"{len(seed)} seeds for {batch} prompts")
     if tiled_vae not in (True, False, "auto", "fast"):
         raise InvalidArgumentError(f"tiled_vae must be True, False, 'auto' or 'fast', got {tiled_vae!r}")
     if output_type not in ("pil", "np", "pt", "latent"):
         raise InvalidArgumentError(f"output_type must be one of pil, np, pt, latent; got {output_type!r}")
-    scheduler_label = scheduler_name(make_scheduler(adapter, scheduler))  # validates before any work
+    label = scheduler_name(make_scheduler(adapter, scheduler))  # validates before any work
+    return _Settings(steps, guidance, seed, scheduler, label, tiled_vae, output_type)
 
-    generators = make_generators(seed, len(prompts))
+
+def _job(adapter, prompts, negative, height, width, s: _Settings, callback, cancel, progress) -> Job:
+    generators = make_generators(s.seed, len(prompts))
     seeds = [g.initial_seed() for g in generators]
-    start = time.perf_counter()
-    calls0 = adapter.calls
-    with torch.no_grad():
-        cond = adapter.encode_prompt(prompts, negative, guidance_scale=guidance)
-        job = Job(
-            adapter, prompts, negative, height, width, steps, guidance, seeds, scheduler, cond, generators,
-            callback, cancel, progress,
-        )
-        latents = m.run(job)
-        if output_type == "latent":
-            images = latents
-        else:
-            if tiled_vae == "fast":  # tiled, GroupNorm statistics estimated from a small pass
-                decoded = adapter.decode(latents, tiled=True, progress=progress, stats="fast")
-            else:
-                decoded = adapter.decode(latents, tiled=tiled_vae, progress=progress)
-            images = adapter.postprocess(decoded, output_type=output_type)
-    seconds = time.perf_counter() - start
+    cond = adapter.encode_prompt(prompts, negative, guidance_scale=s.guidance)
+    return Job(
+        adapter, prompts, negative, height, width, s.steps, s.guidance, seeds, s.scheduler, cond, generators,
+        callback, cancel, progress,
+    )
 
-    config = {
-        "prompts": prompts,
-        "negative_prompts": negative,
-        "width": width,
-        "height": height,
+
+def _vae_tiling(tiled_vae) -> tuple[bool | str, dict]:
+    """(tiled argument, extra keywords) of the adapter's encode/decode for a ``tiled_vae`` setting."""
+    if tiled_vae == "fast":  # tiled, GroupNorm statistics estimated from a small pass
+        return True, {"stats": "fast"}
+    return tiled_vae, {}
+
+
+def _finish(adapter, latents, s: _Settings, progress: bool):
+    """Decode (tiled as asked) and convert to the requested output type."""
+    if s.output_type == "latent":
+        return latents
+    tiled, kw = _vae_tiling(s.tiled_vae)
+    decoded = adapter.decode(latents, tiled=tiled, progress=progress, **kw)
+    return adapter.postprocess(decoded, output_type=s.output_type)
+
+
+def _config(adapter, job: Job, m, s: _Settings) -> dict[str, Any]:
+    return {
+        "prompts": job.prompts,
+        "negative_prompts": job.negative,
+        "width": job.width,
+        "height": job.height,
         "method": m.name,
         "method_options": m.describe(),
-        "steps": steps,
-        "guidance": guidance,
-        "seeds": seeds,
-        "scheduler": scheduler_label,
+        "steps": s.steps,
+        "guidance": s.guidance,
+        "seeds": job.seeds,
+        "scheduler": s.scheduler_label,
         "model": getattr(adapter, "source", None) or adapter.pipe.config.get("_name_or_path", ""),
         **{k: v for k, v in adapter.describe().items() if k in ("family", "native_size", "prediction_type")},
         "dtype": str(adapter.dtype).replace("torch.", ""),
-        "tiled_vae": tiled_vae,
+        "tiled_vae": s.tiled_vae,
         "versions": _versions(),
     }
-    return GenerationResult(images, latents, config, seconds, adapter.calls - calls0)
 
 
 def _versions() -> dict[str, str]:

@@ -83,6 +83,10 @@ def infotext(config: dict) -> str:
     ]
     for key, value in (config.get("method_options") or {}).items():
         pairs.append((str(key), value))
+    upscale = config.get("upscale")
+    if upscale:  # img2img enlargement: A1111's key for the strength, and where the image came from
+        pairs += [("Denoising strength", upscale.get("strength")), ("Upscale source", upscale.get("source")),
+                  ("Upscale from", "x".join(map(str, upscale.get("source_size") or [])))]
     version = (config.get("versions") or {}).get("anysize")
     if version is None:
         from . import __version__ as version

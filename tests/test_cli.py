@@ -286,7 +286,7 @@ def test_no_prompt(capsys, model_dir, _workdir):
 
 def test_no_command(capsys):
     rc, out, err = run(capsys)
-    assert rc == 2 and "generate, methods" in err and err.count("\n") == 1
+    assert rc == 2 and "generate, upscale, methods" in err and err.count("\n") == 1
 
 
 def test_ctrl_c_exits_130_without_files(capsys, model_dir, _workdir, monkeypatch):

@@ -1,0 +1,256 @@
+"""`anysize.upscale` and `anysize upscale`: resize, encode, re-noise, denoise tiled, decode; bad input."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import anysize
+from anysize import api, cli, tiling
+from anysize.api import upscale_size
+from anysize.errors import InvalidArgumentError, InvalidSizeError
+from anysize.models import adapt
+from anysize.output import read_metadata, read_parameters
+
+
+def picture(h=64, w=96, seed=0):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8))
+
+
+def up(adapter, image=None, **kw):
+    kw = {"steps": 4, "strength": 0.5, "seed": 3, "progress": False, **kw}
+    return anysize.upscale(adapter, picture() if image is None else image, **kw)
+
+
+# ------------------------------------------------------------------------------------------ target size
+
+
+def test_upscale_size_rounds_scale_to_the_pixel_factor():
+    assert upscale_size((64, 96), 8, scale=2) == (128, 192, False)
+    assert upscale_size((64, 96), 8, scale=2.01) == (128, 192, True)   # 128.6 -> 128, 193 -> 192
+    assert upscale_size((64, 96), 8, scale=2.06) == (128, 200, True)   # 131.8 -> 128, 197.8 -> 200
+    assert upscale_size((3, 3), 8, scale=1) == (8, 8, True)            # never below one multiple
+    assert upscale_size((64, 96), 8, size=(200, 100)) == (100, 200, False)  # (width, height), checked later
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"scale": 0}, "scale must be a number > 0"),
+    ({"scale": -2}, "scale must be a number > 0"),
+    ({"scale": float("nan")}, "scale must be a number > 0"),
+    ({"scale": float("inf")}, "scale must be a number > 0"),
+    ({"scale": True}, "scale must be a number > 0"),
+    ({}, "exactly one of scale or size"),
+    ({"scale": 2, "size": (128, 128)}, "exactly one of scale or size"),
+])
+def test_upscale_size_bad_input(kw, match):
+    with pytest.raises(InvalidArgumentError, match=match):
+        upscale_size((64, 96), 8, **kw)
+
+
+def test_upscale_size_rejects_non_positive_sizes():
+    with pytest.raises(InvalidSizeError, match="width"):
+        upscale_size((64, 96), 8, size=(0, 64))
+
+
+# ------------------------------------------------------------------------------------------ the API
+
+
+def test_direct_upscale_at_scale_1_equals_the_diffusers_img2img_pipeline(tiny):
+    """Same image, strength, steps and seed: encode (posterior sample), re-noise and denoise agree."""
+    import diffusers
+
+    pipe = tiny("sd1")
+    adapter = adapt(pipe)
+    ours = up(adapter, method="direct", scale=1, strength=0.6, steps=5, prompt="a cat", output_type="np").images
+    ref_pipe = diffusers.StableDiffusionImg2ImgPipeline(**pipe.components)
+    ref_pipe.set_progress_bar_config(disable=True)
+    ref = ref_pipe("a cat", image=picture(), strength=0.6, num_inference_steps=5, guidance_scale=adapter.default_guidance,
+                   generator=torch.Generator().manual_seed(3), output_type="np").images
+    assert ours.shape == ref.shape == (1, 64, 96, 3)
+    assert np.abs(ours - ref).max() <= 1e-4
+
+
+@pytest.mark.parametrize("method", ["fstd", "multidiffusion", "hidiffusion"])
+def test_tiled_upscale_size_determinism_and_strength(tiny, method):
+    adapter = adapt(tiny("sd1"))
+    a = up(adapter, method=method, scale=2, output_type="np")
+    assert a.images.shape == (1, 128, 192, 3)
+    assert a.latents.shape == (1, 4, 16, 24)
+    assert np.array_equal(a.images, up(adapter, method=method, scale=2, output_type="np").images)
+    assert not np.allclose(a.images, up(adapter, method=method, scale=2, seed=4, output_type="np").images)
+    assert not np.allclose(a.images, up(adapter, method=method, scale=2, strength=0.9, output_type="np").images)
+    assert a.config["method"] == method and a.config["strength"] == 0.5
+
+
+def test_fstd_upscale_calls_tiles_of_the_native_size(tiny):
+    """16x24 latent canvas, 16-px native tiles: 2 tiles per step, 2 steps of 4 at strength 0.5, CFG x2."""
+    adapter = adapt(tiny("sd1"))
+    r = up(adapter, method="fstd", scale=2, scheduler="ddim")
+    assert r.network_calls == 2 * 2 * 2
+    r = up(adapter, method="fstd", scale=2, scheduler="ddim", strength=1.0)
+    assert r.network_calls == 2 * 2 * 4
+
+
+def test_upscale_config_records_the_source(tiny, tmp_path):
+    adapter = adapt(tiny("sd1"))
+    path = tmp_path / "in.png"
+    picture().save(path)
+    r = up(adapter, path, method="fstd", scale=2.01, method_options={"offset_range": 4})
+    assert r.image.size == (192, 128)
+    u = r.config["upscale"]
+    assert u == {"source": "in.png", "source_size": [96, 64], "scale": 2.01, "size": [192, 128], "rounded": True,
+                 "resample": "bicubic", "strength": 0.5}
+    assert r.config["method_options"]["offset_range"] == 4
+
+
+def test_large_upscale_encodes_and_decodes_tiled(tiny, monkeypatch):
+    adapter = adapt(tiny("sd1"))
+    seen = []
+    for name in ("tiled_encode", "tiled_decode"):
+        real = getattr(tiling, name)
+        monkeypatch.setattr(tiling, name, lambda *a, _real=real, _n=name, **k: seen.append(_n) or _real(*a, **k))
+    r = up(adapter, method="fstd", scale=2, tiled_vae="fast", steps=2)
+    assert seen == ["tiled_encode", "tiled_decode"]
+    assert r.image.size == (192, 128)
+    seen.clear()
+    up(adapter, method="fstd", scale=2, tiled_vae="auto", steps=2)  # 192x128 is far below the 2048² threshold
+    assert seen == []
+
+
+@pytest.mark.parametrize("kw,err,match", [
+    ({"strength": 0.0}, InvalidArgumentError, r"strength must be in \(0, 1\]"),
+    ({"strength": 1.5}, InvalidArgumentError, r"strength must be in \(0, 1\]"),
+    ({"strength": -0.2}, InvalidArgumentError, r"strength must be in \(0, 1\]"),
+    ({"strength": 0.1, "steps": 4}, InvalidArgumentError, "runs no step"),
+    ({"scale": 0}, InvalidArgumentError, "scale must be a number > 0"),
+    ({"scale": -1}, InvalidArgumentError, "scale must be a number > 0"),
+    ({"scale": 2, "size": (128, 128)}, InvalidArgumentError, "exactly one"),
+    ({"scale": None}, InvalidArgumentError, "exactly one"),
+    ({"scale": None, "size": (100, 128)}, InvalidSizeError, "not a multiple of 8"),
+    ({"method_options": {"tile": 32}}, InvalidArgumentError, "larger than the 16x24 latent canvas"),
+    ({"method": "multidiffusion", "method_options": {"window": 32}}, InvalidArgumentError, "larger than"),
+    ({"method": "asd"}, InvalidArgumentError, "cannot upscale an image; use one of: direct, fstd, hidiffusion, multidiffusion"),
+    ({"method": "nope"}, Exception, "valid choices"),
+    ({"prompt": ["a", "b"]}, InvalidArgumentError, "one prompt"),
+])
+def test_upscale_bad_input(tiny, kw, err, match):
+    adapter = adapt(tiny("sd1"))
+    kw = {"scale": 2, "method": "fstd", **kw}
+    with pytest.raises(err, match=match):
+        up(adapter, **kw)
+
+
+def test_unreadable_images(tiny, tmp_path):
+    adapter = adapt(tiny("sd1"))
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    with pytest.raises(InvalidArgumentError, match="cannot read image"):
+        up(adapter, bad, scale=2)
+    with pytest.raises(InvalidArgumentError, match="does not exist"):
+        up(adapter, tmp_path / "missing.png", scale=2)
+    with pytest.raises(InvalidArgumentError, match="PIL image or a file path"):
+        up(adapter, np.zeros((8, 8, 3)), scale=2)
+
+
+# ------------------------------------------------------------------------------------------ the CLI
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from anysize.testing import save_tiny_pipeline
+
+    return save_tiny_pipeline("sd1", tmp_path_factory.mktemp("model") / "m")
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    picture().save(tmp_path / "in.png")
+    return tmp_path
+
+
+def run(capsys, *args):
+    rc = cli.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def cli_up(capsys, model_dir, *args):
+    return run(capsys, "upscale", "in.png", "--model", model_dir, "--steps", "4", "--quiet", *args)
+
+
+def test_cli_upscale_writes_png_with_metadata(capsys, model_dir, work):
+    rc, out, err = cli_up(capsys, model_dir, "--scale", "2", "--method", "fstd", "--strength", "0.5",
+                          "--prompt", "high quality", "--set", "offset_range=4", "--seed", "7")
+    assert rc == 0, err
+    assert out.strip() == "in-fstd-192x128-s7.png"
+    meta = read_metadata(work / "in-fstd-192x128-s7.png")
+    assert meta["upscale"]["source"] == "in.png" and meta["upscale"]["scale"] == 2.0
+    assert meta["strength"] == 0.5 and meta["method"] == "fstd" and meta["method_options"]["offset_range"] == 4
+    assert (meta["width"], meta["height"], meta["seed"], meta["prompt"]) == (192, 128, 7, "high quality")
+    params = read_parameters(work / "in-fstd-192x128-s7.png")
+    assert "Denoising strength: 0.5" in params and "Upscale source: in.png" in params and "offset_range: 4" in params
+    assert Image.open(work / "in-fstd-192x128-s7.png").size == (192, 128)
+
+
+def test_cli_upscale_refuses_to_overwrite_without_force(capsys, model_dir, work):
+    assert cli_up(capsys, model_dir, "--size", "192x128", "--out", "o.png")[0] == 0
+    before = (work / "o.png").read_bytes()
+    rc, out, err = cli_up(capsys, model_dir, "--size", "192x128", "--out", "o.png", "--seed", "9")
+    assert rc == 2 and "exists" in err and "--force" in err
+    assert (work / "o.png").read_bytes() == before
+    assert cli_up(capsys, model_dir, "--size", "192x128", "--out", "o.png", "--seed", "9", "--force")[0] == 0
+    assert (work / "o.png").read_bytes() != before
+
+
+def test_cli_upscale_notes_the_rounding(capsys, model_dir, work):
+    rc, out, err = run(capsys, "upscale", "in.png", "--model", model_dir, "--steps", "4", "--scale", "2.01",
+                       "--out", "r.png")
+    assert rc == 0, err
+    assert "96x64 x 2.01 rounded to 192x128 (multiples of 8" in err
+
+
+def test_cli_upscale_help(capsys):
+    rc, out, _ = run(capsys, "upscale", "--help")
+    assert rc == 0
+    for text in ("--scale", "--size", "--strength", "bicubic", "fstd", "multidiffusion", "--force"):
+        assert text in out
+    assert "  asd " not in out  # only the methods that can upscale are listed
+    assert "upscale" in run(capsys, "--help")[1]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--scale", "0"], "--scale must be a number > 0"),
+    (["--scale", "-2"], "--scale must be a number > 0"),
+    (["--scale", "2", "--size", "128x128"], "not allowed with argument"),
+    ([], "give the target as --scale S or --size WxH"),
+    (["--scale", "2", "--strength", "1.5"], r"strength must be in (0, 1]"),
+    (["--scale", "2", "--strength", "0"], r"strength must be in (0, 1]"),
+    (["--scale", "2", "--method", "asd"], "cannot upscale an image; use one of"),
+    (["--scale", "2", "--method", "nope"], "valid choices"),
+    (["--scale", "2", "--set", "tile=0"], "tile must be an integer >= 1"),
+    (["--size", "100x128"], "not a multiple of 8"),
+    (["--scale", "2", "--out", "x.jpg"], "must end in .png"),
+])
+def test_cli_upscale_bad_input_fails_before_loading(capsys, model_dir, work, monkeypatch, args, message):
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("model loaded"))
+    rc, out, err = cli_up(capsys, model_dir, *args)
+    assert rc == 2
+    assert message in err
+    assert sorted(p.name for p in work.iterdir()) == ["in.png"]
+
+
+def test_cli_upscale_unreadable_image(capsys, model_dir, work, monkeypatch):
+    monkeypatch.setattr(api, "load", lambda *a, **k: pytest.fail("model loaded"))
+    (work / "bad.png").write_text("no")
+    rc, _, err = run(capsys, "upscale", "bad.png", "--scale", "2", "--model", model_dir)
+    assert rc == 2 and "cannot read image bad.png" in err
+    rc, _, err = run(capsys, "upscale", "missing.png", "--scale", "2", "--model", model_dir)
+    assert rc == 2 and "does not exist" in err
+
+
+def test_cli_tile_larger_than_canvas(capsys, model_dir, work):
+    rc, _, err = cli_up(capsys, model_dir, "--scale", "2", "--set", "tile=32")
+    assert rc == 2 and "larger than the 16x24 latent canvas" in err
+    assert sorted(p.name for p in work.iterdir()) == ["in.png"]
