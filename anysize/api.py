@@ -144,6 +144,11 @@ def generate(
     return False to cancel, as may setting ``cancel``.
     """
     adapter = adapt(model)
+    if getattr(adapter, "needs_image", False):
+        raise InvalidArgumentError(
+            f"the {adapter.family} model enlarges images and cannot generate from text alone; use "
+            "anysize.upscale(model, image, ...) or 'anysize upscale IMAGE'"
+        )
     prompts, negative = _prompts(prompt, negative_prompt)
 
     nh, nw = adapter.native_size
@@ -232,7 +237,8 @@ def upscale(
     scale: float | None = None,
     size: tuple[int, int] | None = None,
     method: str = "fstd",
-    strength: float = 0.4,
+    strength: float | None = None,
+    noise_level: int | None = None,
     prompt: str = "",
     negative_prompt: str | None = None,
     steps: int | None = None,
@@ -254,7 +260,13 @@ def upscale(
     re-noised to ``strength`` (in (0, 1]: the fraction of the ``steps``-step schedule that is run)
     and denoised by the method (e.g. ``fstd`` or ``multidiffusion`` tiles at the model's native size);
     then decoded (tiled likewise). ``prompt`` is best generic ("high quality, detailed"): the object
-    words of a prompt tend to appear in every tile.
+    words of a prompt tend to appear in every tile. ``strength`` defaults to 0.4.
+
+    With an image-conditioned upscaler (``StableDiffusionUpscalePipeline``, family
+    ``sd-x4-upscaler``) the image is instead resized (bicubic) to a quarter of the target, noised
+    once to ``noise_level`` (default 20, the stock pipeline's) and concatenated, crop by crop, to
+    every window the method runs; ``strength`` then defaults to 1 (from pure noise, like the stock
+    pipeline); below 1 the bicubic target-size image, encoded, is the starting point.
     """
     adapter = adapt(model)
     if not isinstance(prompt, str) or not (negative_prompt is None or isinstance(negative_prompt, str)):
@@ -268,7 +280,12 @@ def upscale(
             f"method {m.name!r} makes its own canvas in several stages and cannot upscale an image; "
             f"use one of: {', '.join(able)}"
         )
-    strength = check_strength(strength)
+    conditioned = bool(getattr(adapter, "needs_image", False))
+    strength = check_strength((1.0 if conditioned else 0.4) if strength is None else strength)
+    if noise_level is not None and not conditioned:
+        raise InvalidArgumentError(
+            f"noise_level is an option of image-conditioned upscalers (sd-x4-upscaler), not of the {adapter.family} model"
+        )
     source = load_image(image)
     height, width, rounded = upscale_size((source.height, source.width), adapter.size_multiple, scale=scale, size=size)
     adapter.check_size(height, width)
@@ -284,12 +301,20 @@ def upscale(
     with torch.no_grad():
         job = _job(adapter, [prompt], None if negative_prompt is None else [negative_prompt], height, width,
                    settings, callback, cancel, progress)
-        pixels = image_to_tensor(source, height, width)
-        tiled, kw = _vae_tiling(tiled_vae)
-        # the posterior sample draws from the image's generator first, as the diffusers img2img pipelines do
-        clean = adapter.encode(pixels, generator=job.generators[0], tiled=tiled, progress=progress, **kw)
-        del pixels
-        latents = m.refine(job, clean, strength)
+        if conditioned:  # the low-res image, noised once, conditions every window (drawn first, as the pipeline does)
+            if noise_level is None:
+                noise_level = adapter.default_noise_level
+            low_res = image_to_tensor(source, height // f, width // f)
+            job.cond = adapter.condition_on_image(job.cond, low_res, noise_level, job.generators)
+        if conditioned and strength == 1.0:
+            latents = m.run(job)  # from pure noise, exactly as the stock pipeline
+        else:
+            pixels = image_to_tensor(source, height, width)
+            tiled, kw = _vae_tiling(tiled_vae)
+            # the posterior sample draws from the image's generator first, as the diffusers img2img pipelines do
+            clean = adapter.encode(pixels, generator=job.generators[0], tiled=tiled, progress=progress, **kw)
+            del pixels
+            latents = m.refine(job, clean, strength)
         images = _finish(adapter, latents, settings, progress)
     seconds = time.perf_counter() - start
     config = _config(adapter, job, m, settings)
@@ -304,6 +329,8 @@ def upscale(
         "resample": UPSCALE_RESAMPLE,
         "strength": strength,
     }
+    if conditioned:
+        config["upscale"]["noise_level"] = noise_level
     return GenerationResult(images, latents, config, seconds, adapter.calls - calls0)
 
 

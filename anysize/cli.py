@@ -207,7 +207,7 @@ def check_family_fits(pipe, family: str) -> None:
     """--family overrides detection (e.g. SD 1.x vs 2.x), but cannot make one pipeline layout another."""
     from .models import detect_family
 
-    groups = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux"}
+    groups = {"sd1": "sd", "sd2": "sd", "sdxl": "sdxl", "sd3": "sd3", "flux": "flux", "sd-x4-upscaler": "sd-x4-upscaler"}
     try:
         detected = detect_family(pipe)
     except AnysizeError:
@@ -495,6 +495,10 @@ Enlarge an image SDEdit-style: resize it (bicubic) to the target, encode it with
 re-noise it to --strength and denoise it with a tiled method at the model's native tile size,
 then decode (the VAE is tiled above 2048x2048 px, so very large outputs keep memory bounded).
 
+With the Stable Diffusion x4 upscaler (--model stabilityai/stable-diffusion-x4-upscaler, or any
+StableDiffusionUpscalePipeline folder) the image is instead resized to a quarter of the target,
+noised to --noise-level and fed, crop by crop, to every tile the method denoises.
+
 The target is --scale S (each side times S, rounded to the nearest multiple of the model's pixel
 factor; a note says when that moved it) or --size WxH (multiples of the factor). --strength is
 the fraction of the --steps schedule that is re-run: low keeps the image, high invents detail
@@ -523,8 +527,11 @@ examples:
                    help=f"tiled method: {', '.join(_refining_methods())} (default: fstd)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set",
                    help="a method option (repeatable); VALUE is read as JSON when it parses, else as text")
-    p.add_argument("--strength", type=float, metavar="X", default=0.4,
-                   help="img2img strength in (0, 1]: the fraction of the schedule re-run (default: 0.4)")
+    p.add_argument("--strength", type=float, metavar="X", default=None,
+                   help="img2img strength in (0, 1]: the fraction of the schedule re-run (default: 0.4; 1 for the "
+                   "x4 upscaler, which starts from noise conditioned on the image)")
+    p.add_argument("--noise-level", type=int, metavar="N", default=None,
+                   help="x4 upscaler only: noise added to the low-res image, 0-350 (default: 20)")
     p.add_argument("--prompt", default="", help="prompt of every tile (default: empty)")
     p.add_argument("--negative", metavar="TEXT", default=None, help="negative prompt")
     _add_model_options(p)
@@ -567,7 +574,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     methods.create(args.method, **options)
     from .sampling import check_strength
 
-    check_strength(args.strength)
+    if args.strength is not None:
+        check_strength(args.strength)
     check_choice("scheduler", args.scheduler, ["default", *SCHEDULERS])
     tiled = {"auto": "auto", "on": True, "off": False, "fast": "fast"}[
         check_choice("tiled-vae mode", args.tiled_vae, ["auto", "on", "off", "fast"])]
@@ -597,7 +605,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         make_scheduler(adapter, args.scheduler)
         result = api.upscale(
             adapter, args.image, scale=args.scale, size=size, method=args.method, strength=args.strength,
-            prompt=args.prompt, negative_prompt=args.negative or None, steps=args.steps, guidance=args.guidance,
+            noise_level=args.noise_level, prompt=args.prompt, negative_prompt=args.negative or None, steps=args.steps,
+            guidance=args.guidance,
             seed=args.seed, scheduler=args.scheduler, tiled_vae=tiled, progress=not quiet, method_options=options,
         )
         written = save_png(result.images[0], out, result.config_for(0), force=args.force)

@@ -254,3 +254,74 @@ def test_cli_tile_larger_than_canvas(capsys, model_dir, work):
     rc, _, err = cli_up(capsys, model_dir, "--scale", "2", "--set", "tile=32")
     assert rc == 2 and "larger than the 16x24 latent canvas" in err
     assert sorted(p.name for p in work.iterdir()) == ["in.png"]
+
+
+# ------------------------------------------------------------------------------------------ the x4 upscaler
+
+
+@pytest.fixture(scope="module")
+def x4():
+    from anysize.testing import tiny_x4_upscaler_pipeline
+
+    return tiny_x4_upscaler_pipeline()
+
+
+def test_x4_family_is_detected(x4):
+    from anysize.models import detect_family
+
+    adapter = adapt(x4)
+    assert detect_family(x4) == adapter.family == "sd-x4-upscaler"
+    assert adapter.vae_factor == 4 and adapter.native_size == (64, 64) and adapter.prediction_type == "v_prediction"
+
+
+@pytest.mark.parametrize("lr_hw", [(16, 16), (16, 24)])  # native, and wider than native
+def test_x4_direct_equals_the_stock_upscale_pipeline(x4, lr_hw):
+    lr = picture(*lr_hw, seed=1)
+    ours = anysize.upscale(x4, lr, scale=4, method="direct", prompt="a cat", steps=5, seed=3, noise_level=30,
+                           progress=False, output_type="np").images
+    ref = x4("a cat", image=lr, num_inference_steps=5, noise_level=30, generator=torch.Generator().manual_seed(3),
+             output_type="np").images
+    assert ours.shape == ref.shape == (1, lr_hw[0] * 4, lr_hw[1] * 4, 3)
+    assert np.abs(ours - ref).max() <= 1e-4
+    other = anysize.upscale(x4, picture(*lr_hw, seed=2), scale=4, method="direct", prompt="a cat", steps=5, seed=3,
+                            noise_level=30, progress=False, output_type="np").images
+    assert not np.allclose(ours, other)  # the image conditions the output
+
+
+def test_x4_fstd_conditions_every_tile_on_its_crop(x4):
+    """On a 2x native canvas (32x48 latent, 16-px tiles), every U-Net call's 3 image channels are the
+    crop of the once-noised low-res image under its tile."""
+    adapter = adapt(x4)
+    lr = picture(16, 24, seed=1)
+    seen = []
+    hook = x4.unet.register_forward_pre_hook(lambda mod, args: seen.append(args[0][:, 4:].clone()))
+    try:
+        r = anysize.upscale(adapter, lr, scale=8, method="fstd", steps=4, seed=3, scheduler="ddim", progress=False,
+                            method_options={"offset_range": 0})
+    finally:
+        hook.remove()
+    assert r.image.size == (192, 128) and r.latents.shape == (1, 4, 32, 48)
+    assert len(seen) == 4 * 6 and r.network_calls == 4 * 6 * 2  # 6 tiles per step, CFG doubles each call
+    # the noisy image, drawn first from the seed as the stock pipeline does
+    full = api.image_to_tensor(lr, 32, 48)
+    noisy = x4.low_res_scheduler.add_noise(full, torch.randn(full.shape, generator=torch.Generator().manual_seed(3)),
+                                           torch.tensor([20]))
+    crops = [noisy[..., r0:r0 + 16, c0:c0 + 16] for r0 in (0, 16) for c0 in (0, 16, 32)]
+    for k, inp in enumerate(seen):
+        assert inp.shape == (2, 3, 16, 16)
+        assert torch.allclose(inp[0], crops[k % 6][0]) and torch.allclose(inp[1], crops[k % 6][0])
+
+
+def test_x4_below_full_strength_starts_from_the_image(x4):
+    r = anysize.upscale(x4, picture(16, 24), scale=8, method="fstd", strength=0.5, steps=4, seed=3, progress=False)
+    assert r.image.size == (192, 128) and r.config["upscale"]["strength"] == 0.5
+    assert r.config["upscale"]["noise_level"] == 20
+
+
+def test_x4_bad_input(x4, tiny):
+    with pytest.raises(InvalidArgumentError, match=r"noise_level must be an integer in \[0, 350\]"):
+        anysize.upscale(x4, picture(16, 16), scale=4, method="direct", steps=2, noise_level=351, progress=False)
+    with pytest.raises(InvalidArgumentError, match="cannot generate from text alone"):
+        anysize.generate(x4, "a cat", steps=2, progress=False)
+    with pytest.raises(InvalidArgumentError, match="noise_level is an option of image-conditioned upscalers"):
+        up(adapt(tiny("sd1")), scale=2, noise_level=20)

@@ -10,7 +10,7 @@ import torch
 from ..errors import ModelLoadError, UnknownChoiceError, check_choice
 from .base import Conditioning, ModelAdapter, PromptEmbeds, Window
 from .dit import FluxAdapter, SD3Adapter
-from .sd import SD2Adapter, SDAdapter
+from .sd import SD2Adapter, SDAdapter, SDX4UpscalerAdapter
 from .sdxl import SDXLAdapter
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
@@ -19,6 +19,7 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
     "sdxl": SDXLAdapter,
     "sd3": SD3Adapter,
     "flux": FluxAdapter,
+    "sd-x4-upscaler": SDX4UpscalerAdapter,
 }
 FAMILIES = tuple(ADAPTERS)
 
@@ -38,6 +39,8 @@ def detect_family(pipe) -> str:
             return "flux"
         raise ModelLoadError(f"unsupported transformer {name}; supported families: {', '.join(FAMILIES)}")
     unet = comps.get("unet")
+    if unet is not None and comps.get("low_res_scheduler") is not None and unet.config.get("in_channels") == 7:
+        return "sd-x4-upscaler"  # the StableDiffusionUpscalePipeline layout: latents + low-res RGB in
     if unet is not None and type(unet).__name__ == "UNet2DConditionModel":
         if unet.config.get("addition_embed_type") == "text_time" and comps.get("text_encoder_2") is not None:
             return "sdxl"

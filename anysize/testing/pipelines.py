@@ -422,3 +422,60 @@ def save_tiny_pipeline(family: str, path: str | pathlib.Path, **kwargs: Any) -> 
     path.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(path, safe_serialization=True)
     return path
+
+
+# ----------------------------------------------------------------------------------------------
+# the image-conditioned x4 upscaler (not a text-to-image family, so not in FAMILIES)
+# ----------------------------------------------------------------------------------------------
+
+
+def tiny_x4_upscaler_pipeline(*, seed: int = 0) -> "diffusers.StableDiffusionUpscalePipeline":
+    """A tiny random-weight ``StableDiffusionUpscalePipeline`` with the layout of
+    ``stabilityai/stable-diffusion-x4-upscaler``: a 7-channel U-Net (4 latent + 3 low-res RGB) whose
+    class embedding takes the noise level (1000 classes), a VAE of factor 4 (scaling 0.08333), a
+    v-prediction DDIM scheduler with the upscaler's betas, a DDPM ``low_res_scheduler`` and
+    ``max_noise_level`` 350. Native latent (= low-res) size 16, i.e. 64 px output tiles."""
+    from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline
+    from diffusers import UNet2DConditionModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = tiny_clip_tokenizer(pad_token="!")
+        text_encoder = _clip_text_model(tokenizer, hidden=_CLIP_L_HIDDEN, hidden_act="gelu")
+        unet = _fill_zero_parameters(UNet2DConditionModel(
+            sample_size=16,
+            in_channels=7,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            block_out_channels=(32, 32, 64),
+            layers_per_block=1,
+            norm_num_groups=16,
+            cross_attention_dim=_CLIP_L_HIDDEN,
+            attention_head_dim=8,
+            use_linear_projection=True,
+            num_class_embeds=1000,
+            act_fn="silu",
+        ))
+        vae = _fill_zero_parameters(AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 3,
+            up_block_types=("UpDecoderBlock2D",) * 3,
+            block_out_channels=(8, 16, 16),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=8,
+            sample_size=64,
+            scaling_factor=0.08333,
+        ))
+        betas = dict(num_train_timesteps=1000, beta_start=0.0001, beta_end=0.02, beta_schedule="scaled_linear")
+        scheduler = DDIMScheduler(**betas, prediction_type="v_prediction", clip_sample=False, set_alpha_to_one=False,
+                                  steps_offset=1)
+        low_res = DDPMScheduler(**betas, variance_type="fixed_small", clip_sample=False)
+        pipe = StableDiffusionUpscalePipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, low_res_scheduler=low_res,
+            scheduler=scheduler, safety_checker=None, watermarker=None, feature_extractor=None, max_noise_level=350,
+        )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
