@@ -325,3 +325,20 @@ def test_x4_bad_input(x4, tiny):
         anysize.generate(x4, "a cat", steps=2, progress=False)
     with pytest.raises(InvalidArgumentError, match="noise_level is an option of image-conditioned upscalers"):
         up(adapt(tiny("sd1")), scale=2, noise_level=20)
+
+
+def test_cli_upscale_with_an_x4_upscaler_folder(capsys, work, tmp_path_factory):
+    from anysize.testing import tiny_x4_upscaler_pipeline
+
+    folder = tmp_path_factory.mktemp("x4") / "m"
+    tiny_x4_upscaler_pipeline().save_pretrained(folder, safe_serialization=True)
+    rc, out, err = run(capsys, "upscale", "in.png", "--model", folder, "--scale", "4", "--steps", "2",
+                       "--noise-level", "40", "--quiet", "--out", "x4.png")
+    assert rc == 0, err
+    meta = read_metadata(work / "x4.png")
+    assert meta["family"] == "sd-x4-upscaler" and meta["method"] == "fstd"
+    assert meta["upscale"]["noise_level"] == 40 and meta["upscale"]["strength"] == 1.0
+    assert Image.open(work / "x4.png").size == (384, 256)
+    rc, _, err = run(capsys, "upscale", "in.png", "--model", folder, "--scale", "4", "--noise-level", "400", "--quiet",
+                     "--out", "bad.png")
+    assert rc == 2 and "noise_level must be an integer in [0, 350]" in err
