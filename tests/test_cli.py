@@ -202,7 +202,7 @@ PRE_LOAD = [  # (args, fragment of the message): all must fail before any model 
     (["--scheduler", "nope"], "valid choices: ddim, ddpm, default, dpm++2m"),
     (["--dtype", "fp8"], "unknown dtype 'fp8'; valid choices: bf16, fp16, fp32"),
     (["--offload", "disk"], "valid choices: model, none, sequential"),
-    (["--family", "sd9"], "valid choices: flux, sd1, sd2, sd3, sdxl"),
+    (["--family", "sd9"], "valid choices: flux, sd-x4-upscaler, sd1, sd2, sd3, sdxl"),
     (["--tiled-vae", "maybe"], "valid choices: auto, fast, off, on"),
     (["--set", "nope=1"], "has no option nope; its options: none"),
     (["--set", "nope"], "KEY=VALUE"),
