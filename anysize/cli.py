@@ -396,6 +396,8 @@ examples:
                    help=f"generation method: {', '.join(methods.names())} (default: direct)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set",
                    help="a method option (repeatable); VALUE is read as JSON when it parses, else as text")
+    p.add_argument("--lora", metavar="PATH", default=None,
+                   help="a LoRA for the methods that take one (asd: the ARAD LoRA of stage I); same as --set lora=PATH")
     p.add_argument("--steps", type=int, metavar="N", default=None, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, metavar="G", default=None,
                    help="classifier-free guidance scale (default: the model's)")
@@ -426,6 +428,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     size = parse_size(args.size) if args.size is not None else None
     check_choice("method", args.method, methods.names())
     options = parse_set(args.set)
+    if args.lora is not None:
+        options["lora"] = args.lora
     methods.create(args.method, **options)  # unknown options / out-of-range values
     check_choice("scheduler", args.scheduler, ["default", *SCHEDULERS])
     tiled = {"auto": "auto", "on": True, "off": False, "fast": "fast"}[

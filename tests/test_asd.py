@@ -222,3 +222,20 @@ def test_demo_row_is_quick(tiny):
     # stage I: 10 steps at the 128x128 bucket (x2 CFG); stage II: 5 steps of 16 tiles (x2 CFG)
     assert r.network_calls == 10 * 2 + 5 * 16 * 2
     assert math.isfinite(float(np.abs(r.images).sum()))
+
+
+def test_cli_generate_asd_with_lora(capsys, tmp_path, monkeypatch, lora_dir):
+    from anysize import cli
+    from anysize.output import read_metadata
+    from anysize.testing import save_tiny_pipeline
+
+    model = save_tiny_pipeline("sd1", tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    args = ["generate", "a cat", "--model", str(model), "--steps", "2", "--quiet", "--method", "asd"]
+    assert cli.main(args + ["--size", "320x128", "--lora", str(lora_dir), "--out", "a.png"]) == 0
+    meta = read_metadata(tmp_path / "a.png")
+    assert meta["method"] == "asd" and meta["method_options"]["lora"] == str(lora_dir)
+    assert (meta["width"], meta["height"]) == (320, 128)
+    capsys.readouterr()
+    assert cli.main(["generate", "a cat", "--model", str(model), "--lora", str(lora_dir), "--out", "b.png"]) == 2
+    assert "method 'direct' has no option lora" in capsys.readouterr().err
