@@ -227,7 +227,8 @@ def image_to_tensor(image, height: int, width: int) -> torch.Tensor:
     if image.size != (width, height):
         image = image.resize((width, height), resample=Image.Resampling.BICUBIC)
     arr = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-    return (arr.permute(2, 0, 1).unsqueeze(0).float() / 255.0) * 2.0 - 1.0
+    # in place: one float copy of a possibly huge image, same arithmetic as diffusers' preprocess
+    return arr.permute(2, 0, 1).unsqueeze(0).float().div_(255.0).mul_(2.0).sub_(1.0)
 
 
 def upscale(

@@ -342,3 +342,16 @@ def test_cli_upscale_with_an_x4_upscaler_folder(capsys, work, tmp_path_factory):
     rc, _, err = run(capsys, "upscale", "in.png", "--model", folder, "--scale", "4", "--noise-level", "400", "--quiet",
                      "--out", "bad.png")
     assert rc == 2 and "noise_level must be an integer in [0, 350]" in err
+
+
+def test_large_images_are_converted_to_pil_in_strips_with_the_same_bytes(tiny, monkeypatch):
+    from anysize.models import base
+
+    adapter = adapt(tiny("sd1"))
+    images = torch.rand(2, 3, 40, 24, generator=torch.Generator().manual_seed(0)) * 2.4 - 1.2  # some out of range
+    stock = adapter.postprocess(images)
+    monkeypatch.setattr(base, "LEAN_POSTPROCESS_PIXELS", 0)
+    monkeypatch.setattr(base, "_to_pil_by_rows", lambda img, rows=256, _f=base._to_pil_by_rows: _f(img, rows=7))
+    lean = adapter.postprocess(images)
+    assert [np.asarray(a).tobytes() for a in lean] == [np.asarray(b).tobytes() for b in stock]
+    assert adapter.postprocess(images, output_type="np").shape == (2, 40, 24, 3)  # other types: the processor

@@ -347,8 +347,17 @@ class ModelAdapter:
         return self._vae_encoder_to_latent(z)
 
     def postprocess(self, images: Tensor, output_type: str = "pil"):
-        """[-1, 1] image tensors -> PIL images / numpy arrays, via the pipeline's image processor."""
-        return self.pipe.image_processor.postprocess(images, output_type=output_type)
+        """[-1, 1] image tensors -> PIL images / numpy arrays, via the pipeline's image processor.
+
+        PIL images above :data:`LEAN_POSTPROCESS_PIXELS` are converted in row strips with the same
+        arithmetic (same bytes), so an 8192² image needs its uint8 copy only, not the processor's
+        three float copies of the whole image.
+        """
+        processor = self.pipe.image_processor
+        if (output_type == "pil" and images.shape[-2] * images.shape[-1] > LEAN_POSTPROCESS_PIXELS
+                and processor.config.get("do_normalize", True)):
+            return [_to_pil_by_rows(img) for img in images]
+        return processor.postprocess(images, output_type=output_type)
 
     # ---------------------------------------------------------------- noise
     def initial_noise(self, shape, generator: torch.Generator | Sequence[torch.Generator] | None) -> Tensor:
@@ -365,6 +374,25 @@ class ModelAdapter:
             "latent_channels": self.latent_channels,
             "prediction_type": self.prediction_type,
         }
+
+
+#: images larger than this (pixels) are converted to PIL in row strips (see ModelAdapter.postprocess)
+LEAN_POSTPROCESS_PIXELS = 2048 * 2048
+
+
+def _to_pil_by_rows(image: Tensor, rows: int = 256):
+    """One (3, H, W) [-1, 1] image -> PIL, strip by strip, with diffusers' postprocess arithmetic
+    (``(x * 0.5 + 0.5).clamp(0, 1)``, then ``(· * 255).round()`` in numpy float32)."""
+    import numpy as np
+    from PIL import Image
+
+    h, w = image.shape[-2:]
+    out = np.empty((h, w, 3), dtype=np.uint8)
+    for top in range(0, h, rows):
+        strip = (image[:, top : top + rows] * 0.5 + 0.5).clamp(0, 1)
+        strip = strip.cpu().permute(1, 2, 0).float().numpy()
+        out[top : top + rows] = (strip * 255).round().astype("uint8")
+    return Image.fromarray(out)
 
 
 def _pair(v) -> tuple[int, int]:
