@@ -261,7 +261,8 @@ def upscale(
     re-noised to ``strength`` (in (0, 1]: the fraction of the ``steps``-step schedule that is run)
     and denoised by the method (e.g. ``fstd`` or ``multidiffusion`` tiles at the model's native size);
     then decoded (tiled likewise). ``prompt`` is best generic ("high quality, detailed"): the object
-    words of a prompt tend to appear in every tile. ``strength`` defaults to 0.4.
+    words of a prompt tend to appear in every tile. ``strength`` defaults to 0.4; ``guidance`` to
+    the model's, or to 1 (no classifier-free guidance) when there is neither prompt nor negative.
 
     With an image-conditioned upscaler (``StableDiffusionUpscalePipeline``, family
     ``sd-x4-upscaler``) the image is instead resized (bicubic) to a quarter of the target, noised
@@ -292,6 +293,8 @@ def upscale(
     adapter.check_size(height, width)
     _check_fits(adapter, height, width, 1)
     m.check(adapter, height, width)
+    if guidance is None and not prompt and not negative_prompt:
+        guidance = 1.0  # no text: guidance would only double every call (the official upscaler: empty prompt, no CFG)
     settings = _settings(adapter, 1, steps, guidance, seed, scheduler, tiled_vae, output_type)
     f = adapter.vae_factor
     # refuses a strength that runs no step, before the (possibly long) encode

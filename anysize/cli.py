@@ -542,7 +542,7 @@ examples:
     p.add_argument("--steps", type=int, metavar="N", default=None,
                    help="steps of the full schedule; about strength x N run (default: the model's)")
     p.add_argument("--guidance", type=float, metavar="G", default=None,
-                   help="classifier-free guidance scale (default: the model's)")
+                   help="classifier-free guidance scale (default: the model's; 1, i.e. none, without a prompt)")
     p.add_argument("--seed", type=int, metavar="S", default=0, help="random seed (default: 0)")
     p.add_argument("--scheduler", metavar="NAME", default="default",
                    help=f"default, {', '.join(SCHEDULERS)} (default: the model's own)")

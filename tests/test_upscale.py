@@ -84,12 +84,17 @@ def test_tiled_upscale_size_determinism_and_strength(tiny, method):
 
 
 def test_fstd_upscale_calls_tiles_of_the_native_size(tiny):
-    """16x24 latent canvas, 16-px native tiles: 2 tiles per step, 2 steps of 4 at strength 0.5, CFG x2."""
+    """16x24 latent canvas, 16-px native tiles: 2 tiles per step, 2 steps of 4 at strength 0.5; with a
+    prompt CFG doubles the calls, without one guidance is off by default."""
     adapter = adapt(tiny("sd1"))
+    r = up(adapter, method="fstd", scale=2, scheduler="ddim", prompt="a cat")
+    assert r.network_calls == 2 * 2 * 2 and r.config["guidance"] == adapter.default_guidance
+    r = up(adapter, method="fstd", scale=2, scheduler="ddim", prompt="a cat", strength=1.0)
+    assert r.network_calls == 2 * 4 * 2
     r = up(adapter, method="fstd", scale=2, scheduler="ddim")
+    assert r.network_calls == 2 * 2 and r.config["guidance"] == 1.0
+    r = up(adapter, method="fstd", scale=2, scheduler="ddim", guidance=5.0)
     assert r.network_calls == 2 * 2 * 2
-    r = up(adapter, method="fstd", scale=2, scheduler="ddim", strength=1.0)
-    assert r.network_calls == 2 * 2 * 4
 
 
 def test_upscale_config_records_the_source(tiny, tmp_path):
@@ -297,7 +302,7 @@ def test_x4_fstd_conditions_every_tile_on_its_crop(x4):
     hook = x4.unet.register_forward_pre_hook(lambda mod, args: seen.append(args[0][:, 4:].clone()))
     try:
         r = anysize.upscale(adapter, lr, scale=8, method="fstd", steps=4, seed=3, scheduler="ddim", progress=False,
-                            method_options={"offset_range": 0})
+                            prompt="a cat", method_options={"offset_range": 0})
     finally:
         hook.remove()
     assert r.image.size == (192, 128) and r.latents.shape == (1, 4, 32, 48)
