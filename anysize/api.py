@@ -288,6 +288,8 @@ def upscale(
         raise InvalidArgumentError(
             f"noise_level is an option of image-conditioned upscalers (sd-x4-upscaler), not of the {adapter.family} model"
         )
+    if conditioned:
+        noise_level = adapter.check_noise_level(adapter.default_noise_level if noise_level is None else noise_level)
     source = load_image(image)
     height, width, rounded = upscale_size((source.height, source.width), adapter.size_multiple, scale=scale, size=size)
     adapter.check_size(height, width)
@@ -306,8 +308,6 @@ def upscale(
         job = _job(adapter, [prompt], None if negative_prompt is None else [negative_prompt], height, width,
                    settings, callback, cancel, progress)
         if conditioned:  # the low-res image, noised once, conditions every window (drawn first, as the pipeline does)
-            if noise_level is None:
-                noise_level = adapter.default_noise_level
             low_res = image_to_tensor(source, height // f, width // f)
             job.cond = adapter.condition_on_image(job.cond, low_res, noise_level, job.generators)
         if conditioned and strength == 1.0:

@@ -75,14 +75,20 @@ class SDX4UpscalerAdapter(SDAdapter):
     def max_noise_level(self) -> int:
         return int(self.pipe.config.get("max_noise_level", 350))
 
+    def check_noise_level(self, noise_level) -> int:
+        from ..errors import InvalidArgumentError
+
+        if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level <= self.max_noise_level:
+            raise InvalidArgumentError(f"noise_level must be an integer in [0, {self.max_noise_level}], got {noise_level!r}")
+        return noise_level
+
     def condition_on_image(self, cond: Conditioning, images: Tensor, noise_level: int, generators) -> Conditioning:
         """``cond`` plus the low-res ``images`` ((B, 3, h, w) in [-1, 1], h×w the latent size) noised to ``noise_level``."""
         import torch
 
         from ..errors import InvalidArgumentError
 
-        if isinstance(noise_level, bool) or not isinstance(noise_level, int) or not 0 <= noise_level <= self.max_noise_level:
-            raise InvalidArgumentError(f"noise_level must be an integer in [0, {self.max_noise_level}], got {noise_level!r}")
+        self.check_noise_level(noise_level)
         if images.shape[0] != cond.batch:
             raise InvalidArgumentError(f"{images.shape[0]} images for {cond.batch} prompts")
         noise = self.initial_noise(tuple(images.shape), generators)
