@@ -498,7 +498,7 @@ def _build_upscale(sub) -> None:
 Enlarge an image SDEdit-style: resize it (bicubic) to the target, encode it with the model's VAE,
 re-noise it to --strength and denoise it with a tiled method at the model's native tile size,
 then decode (the VAE is tiled above 2048x2048 px; beyond the model, memory then grows by about
-19 bytes per output pixel: 1.1 GiB peak at 4096x4096 on the toy model, see benchmarks/).
+19 bytes per output pixel: 2.1 GiB peak at 8192x8192 on the toy model, see benchmarks/).
 
 With the Stable Diffusion x4 upscaler (--model stabilityai/stable-diffusion-x4-upscaler, or any
 StableDiffusionUpscalePipeline folder) the image is instead resized to a quarter of the target,
