@@ -5,7 +5,7 @@ generates at the bucket nearest the requested ratio. The paper's table is for a 
 (SD 2.1-base); :func:`scaled_buckets` scales every side by native/512 and rounds it to the model's
 pixel multiple, so the same nine shapes serve any model (toy: 128 px, SDXL: 1024 px).
 
-Ratios are r = H/W (Algorithm 1). :func:`nearest_bucket` is Algorithm 1: argmin |r - r_i| on the
+Ratios are r = H/W (Algorithm 1), computed from the sizes (the paper prints 1.3330 for 768/576). :func:`nearest_bucket` is Algorithm 1: argmin |r - r_i| on the
 linear scale, and a tie goes to the *later* bucket of the table (its loop keeps an index when
 ``distance <= best``). ``rule="log"`` measures |log r - log r_i| instead, symmetric between
 portrait and landscape (spec §2.3); ties again go to the later bucket.
@@ -44,14 +44,20 @@ PAPER_NATIVE = 512
 RULES = ("paper", "log")
 
 
-def scaled_buckets(native: int, multiple: int = 8, table: Sequence[Bucket] = PAPER_BUCKETS,
+def scaled_buckets(native: int | tuple[int, int], multiple: int = 8, table: Sequence[Bucket] = PAPER_BUCKETS,
                    table_native: int = PAPER_NATIVE) -> tuple[Bucket, ...]:
-    """``table`` with every side scaled by native/table_native, rounded to the nearest ``multiple``."""
-    if native <= 0 or multiple <= 0:
+    """``table`` with every side scaled to the model's native area, rounded to the nearest ``multiple``.
+
+    ``native`` is the native side, or its (height, width): the scale is sqrt(area) / table_native,
+    so a 512² model gets the paper's sizes and SDXL (1024²) twice them.
+    """
+    h, w = (native, native) if isinstance(native, int) else (int(native[0]), int(native[1]))
+    if h <= 0 or w <= 0 or multiple <= 0:
         raise InvalidArgumentError(f"native size and multiple must be positive, got {native} and {multiple}")
+    scale = math.sqrt(h * w) / table_native
 
     def side(v: int) -> int:
-        return max(multiple, int(round(v * native / table_native / multiple)) * multiple)
+        return max(multiple, int(round(v * scale / multiple)) * multiple)
 
     return tuple(Bucket(side(b.height), side(b.width)) for b in table)
 

@@ -8,58 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from anysize.buckets import PAPER_BUCKETS, Bucket, nearest_bucket, parse_buckets, scaled_buckets
+from anysize.buckets import PAPER_BUCKETS, Bucket
 from anysize.errors import AnysizeError, InvalidArgumentError
 from anysize.train.arad import AradConfig, add_lora, draw_batch, train_arad
 from anysize.train.data import scan, to_bucket
-
-# ------------------------------------------------------------------------------------------ buckets
-
-# Table 5 order: 0 1:1, 1 .75, 2 1.333, 3 .5625, 4 1.778, 5 .625, 6 1.6, 7 .5, 8 2.0
-ALGORITHM_1 = [
-    (1.0, 0), (0.75, 1), (0.7, 1), (0.6, 5), (0.55, 3), (0.51, 7), (0.1, 7), (1.2, 2), (1.65, 6),
-    (1.7, 4), (1.9, 8), (10.0, 8),
-    # exact ties on the linear H/W scale go to the later bucket of the table (`distance <= minValue`)
-    (0.875, 1),      # 1:1 (0) vs 3:4 (1)
-    (0.59375, 5),    # 9:16 (3) vs 5:8 (5)
-    (0.53125, 7),    # 9:16 (3) vs 1:2 (7)
-]
-
-
-@pytest.mark.parametrize("ratio,expected", ALGORITHM_1)
-def test_nearest_bucket_is_algorithm_1(ratio, expected):
-    assert nearest_bucket(ratio * 1000, 1000, PAPER_BUCKETS) == expected
-
-
-def test_log_rule_is_symmetric_where_the_paper_rule_is_not():
-    # r = 0.4 and r = 2.5 are mirror images; on the linear scale 2.5 is 5x further from its end bucket
-    assert nearest_bucket(400, 1000, PAPER_BUCKETS, "log") == 7
-    assert nearest_bucket(2500, 1000, PAPER_BUCKETS, "log") == 8
-    # between 1:1 and 3:4 the linear midpoint (0.875) is not the log midpoint (sqrt(0.75) = 0.866)
-    assert nearest_bucket(870, 1000, PAPER_BUCKETS, "paper") == 1
-    assert nearest_bucket(870, 1000, PAPER_BUCKETS, "log") == 0
-    assert nearest_bucket(860, 1000, PAPER_BUCKETS, "log") == 1
-
-
-def test_buckets_scale_to_the_native_size():
-    toy = scaled_buckets(128)
-    assert [(b.height, b.width) for b in toy] == [
-        (128, 128), (144, 192), (192, 144), (144, 256), (256, 144), (160, 256), (256, 160), (128, 256), (256, 128)]
-    assert scaled_buckets(512) == PAPER_BUCKETS
-    assert [b.height for b in scaled_buckets(1024)][:3] == [1024, 1152, 1536]
-    assert all(b.height % 64 == 0 and b.width % 64 == 0 for b in scaled_buckets(768, 64))
-
-
-@pytest.mark.parametrize("text,match", [("512x", "WIDTHxHEIGHT"), ("500x512", "multiples of 8"), ("", "no buckets"),
-                                        ("64x64,64x64", "repeated")])
-def test_bad_bucket_lists(text, match):
-    with pytest.raises(InvalidArgumentError, match=match):
-        parse_buckets(text)
-
-
-def test_parse_buckets_reads_width_by_height():
-    assert parse_buckets("768x576, 512x512") == (Bucket(576, 768), Bucket(512, 512))
-
 
 # ------------------------------------------------------------------------------------------ data
 

@@ -9,7 +9,7 @@ import torch
 import anysize
 from anysize.errors import InvalidArgumentError
 from anysize.methods import create
-from anysize.methods.asd import TABLE5, buckets, cover_crop, nearest_bucket
+from anysize.methods.asd import cover_crop
 from anysize.methods.direct import Direct
 from anysize.methods.fstd import FSTD
 from anysize.models import adapt
@@ -23,52 +23,7 @@ def gen(adapter, method="asd", **kw):
     return anysize.generate(adapter, "a cat", method=method, **kw)
 
 
-# ------------------------------------------------------------------------------------------ buckets
-
-
-def test_table5_is_the_papers():
-    assert [(h, w) for _, h, w in TABLE5] == PAPER_SIZES
-    for r, h, w in TABLE5:
-        assert abs(r - h / w) < 5e-4  # printed ratios (1.3330 for 768/576)
-
-
-def test_buckets_scale_with_the_native_area():
-    assert [(h, w) for _, h, w in buckets((512, 512), 8)] == PAPER_SIZES
-    assert [(h, w) for _, h, w in buckets((1024, 1024), 8)] == [(2 * h, 2 * w) for h, w in PAPER_SIZES]
-    toy = buckets((128, 128), 4)
-    assert [(h, w) for _, h, w in toy] == [(h // 4, w // 4) for h, w in PAPER_SIZES]
-    # 768x768 native (SD 2.1-v): x1.5, rounded to the factor
-    assert buckets((768, 768), 8)[1][1:] == (864, 1152)
-    assert [r for r, _, _ in toy] == [r for r, _, _ in TABLE5]
-
-
-@pytest.mark.parametrize("hw,rule,expected", [
-    ((512, 512), "paper", (512, 512)),
-    ((1080, 1920), "paper", (576, 1024)),      # 16:9 landscape
-    ((1920, 1080), "paper", (1024, 576)),
-    ((1000, 4000), "paper", (512, 1024)),      # beyond 1:2: the end bucket
-    ((4000, 1000), "paper", (1024, 512)),
-    ((550, 800), "paper", (640, 1024)),        # r = 0.6875, halfway between 0.625 and 0.75: the later entry
-    ((1463, 1000), "paper", (768, 576)),       # nearer 1.333 on the linear scale ...
-    ((1463, 1000), "log", (1024, 640)),        # ... nearer 1.6 in log-ratio
-    ((1000, 1463), "paper", (640, 1024)),      # the mirror, r = 0.684, goes to 5:8, not 3:4: the linear scale
-    ((1000, 1463), "log", (640, 1024)),        # is not symmetric; log-ratio is (mirror of the 1.6 bucket)
-])
-def test_nearest_bucket(hw, rule, expected):
-    assert nearest_bucket(*hw, TABLE5, rule)[1:] == expected
-
-
-def test_nearest_bucket_tie_goes_to_the_later_entry():
-    table = [(1.0, 1, 1), (2.0, 2, 1)]
-    assert nearest_bucket(3, 2, table)[1:] == (2, 1)  # r = 1.5: equally far from both
-    assert nearest_bucket(3, 2, table[::-1])[1:] == (1, 1)
-
-
-def test_nearest_bucket_bad_input():
-    with pytest.raises(InvalidArgumentError, match="bucket_rule"):
-        nearest_bucket(1, 1, TABLE5, "cubic")
-    with pytest.raises(InvalidArgumentError, match="positive"):
-        nearest_bucket(0, 1, TABLE5)
+# ------------------------------------------------------------------------------------------ stage II resize
 
 
 def test_cover_crop_covers_then_centres():

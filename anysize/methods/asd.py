@@ -1,7 +1,8 @@
 """Any-Size-Diffusion (Zheng et al., AAAI 2024): ARAD stage I, then FSTD enlargement (stage II).
 
 Stage I generates the prompt at the ARAD ratio–size bucket nearest the requested aspect ratio
-(:data:`TABLE5`, the paper's Table 5, scaled to the model's native area), optionally with an ARAD
+(the paper's Table 5, scaled to the model's native area: :mod:`anysize.buckets`, shared with the
+ARAD trainer), optionally with an ARAD
 LoRA loaded through diffusers' ``load_lora_weights`` for that stage only. Stage II enlarges the
 stage-I image to the exact requested size and refines it with :mod:`fstd <anysize.methods.fstd>`
 at ``strength`` (an SDEdit pass over the tail of the schedule, see :meth:`Method.refine`).
@@ -19,7 +20,7 @@ Deliberate differences from the paper and the official code (spec ``asd_tiling.m
   U-Net; StableSR is not in diffusers. The prompt and guidance of the job are used in both stages.
 * Buckets: Table 5's sizes (512² base) are scaled by ``sqrt(native area / 512²)`` and rounded to
   the model's pixel factor, so SD 1.5/2.1-base get the paper's sizes, SDXL twice them. The
-  matching uses the ratios as printed in Table 5 (1.3330 for 768/576).
+  matching uses each bucket's exact ratio H/W (Table 5 prints 1.3330 for 768/576).
 * Nearest bucket: the paper's rule (Eq. 1 / Algorithm 1: nearest on the linear r = H/W scale, a
   tie going to the later Table 5 entry, as its ``<=`` loop does) or, with ``bucket_rule="log"``,
   nearest in log-ratio (symmetric between portrait and landscape; same tie rule).
@@ -43,61 +44,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..buckets import RULES as BUCKET_RULES
+from ..buckets import nearest_bucket, scaled_buckets
 from ..errors import InvalidArgumentError
 from ..sampling import check_strength
 from .base import Method, MethodOptions
 from .registry import create, register
 
-#: Table 5 of the paper: (ratio r = H/W as printed, height, width) in pixels for a 512² model, in
-#: the paper's order (which decides ties)
-TABLE5: tuple[tuple[float, int, int], ...] = (
-    (1.0000, 512, 512),
-    (0.7500, 576, 768),
-    (1.3330, 768, 576),
-    (0.5625, 576, 1024),
-    (1.7778, 1024, 576),
-    (0.6250, 640, 1024),
-    (1.6000, 1024, 640),
-    (0.5000, 512, 1024),
-    (2.0000, 1024, 512),
-)
-TABLE5_BASE = 512
-BUCKET_RULES = ("paper", "log")
 #: name of the stage-I LoRA adapter while it is loaded
 LORA_ADAPTER_NAME = "anysize_arad"
-
-
-def buckets(native_hw: tuple[int, int], multiple: int) -> list[tuple[float, int, int]]:
-    """Table 5 scaled to a model of native size ``native_hw`` (pixels): (ratio, height, width).
-
-    Each side is scaled by ``sqrt(native area / 512²)`` and rounded to the nearest multiple of
-    ``multiple`` (at least one multiple); the ratios stay the printed ones.
-    """
-    s = math.sqrt(native_hw[0] * native_hw[1]) / TABLE5_BASE
-
-    def side(v: int) -> int:
-        return max(multiple, multiple * round(v * s / multiple))
-
-    return [(r, side(h), side(w)) for r, h, w in TABLE5]
-
-
-def nearest_bucket(height: int, width: int, table, rule: str = "paper") -> tuple[float, int, int]:
-    """The bucket of ``table`` whose ratio is nearest ``height / width``.
-
-    ``rule="paper"``: |r - r_i| on the linear H/W scale; ``"log"``: |log r - log r_i|. Ties go to
-    the later entry of the table (the paper's ``distance <= minValue`` loop).
-    """
-    if rule not in BUCKET_RULES:
-        raise InvalidArgumentError(f"unknown bucket_rule {rule!r}; valid choices: {', '.join(BUCKET_RULES)}")
-    if height <= 0 or width <= 0:
-        raise InvalidArgumentError(f"size must be positive, got {width}x{height}")
-    r = height / width
-    best, best_d = None, math.inf
-    for entry in table:
-        d = abs(r - entry[0]) if rule == "paper" else abs(math.log(r) - math.log(entry[0]))
-        if d <= best_d:
-            best, best_d = entry, d
-    return best
 
 
 def cover_crop(images: Tensor, height: int, width: int) -> Tensor:
@@ -159,9 +114,9 @@ class ASD(Method):
 
     def bucket(self, adapter, height: int, width: int) -> tuple[int, int]:
         """(height, width) in pixels of stage I for a requested height×width."""
-        _, bh, bw = nearest_bucket(height, width, buckets(adapter.native_size, adapter.size_multiple),
-                                   self.options.bucket_rule)
-        return bh, bw
+        table = scaled_buckets(adapter.native_size, adapter.size_multiple)
+        b = table[nearest_bucket(height, width, table, self.options.bucket_rule)]
+        return b.height, b.width
 
     def check(self, adapter, height: int, width: int) -> None:
         super().check(adapter, height, width)
