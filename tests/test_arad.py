@@ -249,3 +249,20 @@ def test_cli_help_teaches_multi_gpu():
     text = subprocess.run([sys.executable, "-m", "anysize", "train-arad", "--help"], capture_output=True, text=True,
                           check=True).stdout
     assert "accelerate launch --multi_gpu" in text and "load_lora_weights" in text and "Algorithm 1" in text
+
+
+def test_the_lora_drives_asd_stage_one_from_the_command_line(dataset, tmp_path, tiny_model):
+    from PIL import Image as PILImage
+
+    from anysize.cli import main
+
+    out = tmp_path / "lora"
+    train_arad(_cfg(dataset, out, tiny_model, steps=2, lr=5e-2))
+    common = ["generate", "image 1", "--model", tiny_model, "--method", "asd", "--size", "128x256", "--steps", "2",
+              "--quiet"]
+    assert main(common + ["--out", str(tmp_path / "base.png")]) == 0
+    assert main(common + ["--lora", str(out), "--out", str(tmp_path / "arad.png")]) == 0
+    base = np.asarray(PILImage.open(tmp_path / "base.png"), dtype=np.int16)
+    arad = np.asarray(PILImage.open(tmp_path / "arad.png"), dtype=np.int16)
+    assert base.shape == arad.shape == (256, 128, 3)
+    assert np.abs(base - arad).max() > 0
