@@ -135,7 +135,7 @@ def test_large_upscale_encodes_and_decodes_tiled(tiny, monkeypatch):
     ({"scale": None, "size": (100, 128)}, InvalidSizeError, "not a multiple of 8"),
     ({"method_options": {"tile": 32}}, InvalidArgumentError, "larger than the 16x24 latent canvas"),
     ({"method": "multidiffusion", "method_options": {"window": 32}}, InvalidArgumentError, "larger than"),
-    ({"method": "asd"}, InvalidArgumentError, "cannot upscale an image; use one of: direct, fstd, hidiffusion, multidiffusion"),
+    ({"method": "asd"}, InvalidArgumentError, "cannot upscale an image; use one of: direct, elastic, fstd, hidiffusion, multidiffusion"),
     ({"method": "nope"}, Exception, "valid choices"),
     ({"prompt": ["a", "b"]}, InvalidArgumentError, "one prompt"),
 ])
@@ -360,3 +360,9 @@ def test_large_images_are_converted_to_pil_in_strips_with_the_same_bytes(tiny, m
     lean = adapter.postprocess(images)
     assert [np.asarray(a).tobytes() for a in lean] == [np.asarray(b).tobytes() for b in stock]
     assert adapter.postprocess(images, output_type="np").shape == (2, 40, 24, 3)  # other types: the processor
+
+
+def test_only_methods_that_refine_a_canvas_upscale():
+    from anysize.methods import METHODS
+
+    assert {n for n, cls in METHODS.items() if cls.refines} == {"direct", "fstd", "multidiffusion", "hidiffusion", "elastic"}

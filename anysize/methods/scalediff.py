@@ -171,6 +171,7 @@ class ScaleDiff(Method):
     name = "scalediff"
     summary = "SDEdit cascade ×2 per stage with neighborhood patch attention, LFM and structure guidance (ScaleDiff)"
     Options = ScaleDiffOptions
+    refines = False  # its stages start from its own native-size base image
 
     def __init__(self, **options):
         super().__init__(**options)
