@@ -328,6 +328,22 @@ def _check_model_options(args) -> str:
     return device
 
 
+def _check_run_options(args):
+    """Validate --scheduler/--tiled-vae/--steps/--guidance/--seed (generate, upscale); returns the tiled-VAE mode."""
+    from .schedulers import SCHEDULERS
+
+    check_choice("scheduler", args.scheduler, ["default", *SCHEDULERS])
+    tiled = {"auto": "auto", "on": True, "off": False, "fast": "fast"}[
+        check_choice("tiled-vae mode", args.tiled_vae, ["auto", "on", "off", "fast"])]
+    if args.steps is not None and args.steps <= 0:
+        raise InvalidArgumentError(f"--steps must be a positive integer, got {args.steps}")
+    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
+        raise InvalidArgumentError(f"--guidance must be a number >= 0, got {args.guidance}")
+    if not 0 <= args.seed < 2**63:
+        raise InvalidArgumentError(f"--seed must be between 0 and {2**63 - 1}, got {args.seed}")
+    return tiled
+
+
 def _check_sizes(args, sizes) -> None:
     """Sizes must be multiples of the model's pixel factor, known before loading where possible."""
     sizes = [s for s in sizes if s is not None]
@@ -421,7 +437,7 @@ examples:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from . import api, methods
-    from .schedulers import SCHEDULERS, make_scheduler
+    from .schedulers import make_scheduler
 
     quiet = args.quiet
     # ---- everything that can be checked without the model
@@ -431,15 +447,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.lora is not None:
         options["lora"] = args.lora
     methods.create(args.method, **options)  # unknown options / out-of-range values
-    check_choice("scheduler", args.scheduler, ["default", *SCHEDULERS])
-    tiled = {"auto": "auto", "on": True, "off": False, "fast": "fast"}[
-        check_choice("tiled-vae mode", args.tiled_vae, ["auto", "on", "off", "fast"])]
-    if args.steps is not None and args.steps <= 0:
-        raise InvalidArgumentError(f"--steps must be a positive integer, got {args.steps}")
-    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
-        raise InvalidArgumentError(f"--guidance must be a number >= 0, got {args.guidance}")
-    if not 0 <= args.seed < 2**63:
-        raise InvalidArgumentError(f"--seed must be between 0 and {2**63 - 1}, got {args.seed}")
+    tiled = _check_run_options(args)
     device = _check_model_options(args)
     prompts = read_prompts(args.prompts, args.prompts_file)
     _check_sizes(args, [size])
@@ -560,7 +568,7 @@ examples:
 def cmd_upscale(args: argparse.Namespace) -> int:
     from . import api, methods
     from .output import check_writable, save_png
-    from .schedulers import SCHEDULERS, make_scheduler
+    from .schedulers import make_scheduler
 
     quiet = args.quiet
     # ---- everything that can be checked without the model
@@ -581,15 +589,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
     if args.strength is not None:
         check_strength(args.strength)
-    check_choice("scheduler", args.scheduler, ["default", *SCHEDULERS])
-    tiled = {"auto": "auto", "on": True, "off": False, "fast": "fast"}[
-        check_choice("tiled-vae mode", args.tiled_vae, ["auto", "on", "off", "fast"])]
-    if args.steps is not None and args.steps <= 0:
-        raise InvalidArgumentError(f"--steps must be a positive integer, got {args.steps}")
-    if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
-        raise InvalidArgumentError(f"--guidance must be a number >= 0, got {args.guidance}")
-    if not 0 <= args.seed < 2**63:
-        raise InvalidArgumentError(f"--seed must be between 0 and {2**63 - 1}, got {args.seed}")
+    tiled = _check_run_options(args)
     device = _check_model_options(args)
     source = api.load_image(args.image)  # unreadable images fail before the model loads
     _check_sizes(args, [size])

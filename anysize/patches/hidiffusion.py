@@ -75,6 +75,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
+from ._undo import MARK, Undo
 from .msw_msa import WindowAttentionProcessor, feature_hw, shift_index
 from .raunet import DilatedDownsampler, PoolUnpool
 
@@ -245,7 +246,7 @@ class HiDiffusionPatch:
         self.profiles = profile["low"], profile["high"]
         self._check_layout()
         self.clock = Clock()
-        self._installed: list = []
+        self._undo = Undo()
         self._active = False
         # per U-Net call
         self.latent_hw: tuple[int, int] | None = None
@@ -301,66 +302,43 @@ class HiDiffusionPatch:
     def __enter__(self) -> "HiDiffusionPatch":
         if self._active:
             raise InvalidArgumentError("this hidiffusion patch is already open")
-        if getattr(self.unet, "_anysize_patch", None) is not None:
+        if getattr(self.unet, MARK, None) is not None:
             raise InvalidArgumentError("this U-Net is already patched by anysize; close that patch first")
         unet, s = self.unet, self.settings
         self._reset_run()
         try:
-            unet._anysize_patch = self
-            self._installed.append(("attr", unet, "_anysize_patch", None))
+            undo = self._undo
+            undo.mark(unet, self)
             # every up-sampler interpolates to the exact skip size (identical to x2 for even sizes)
-            self._num_upsamplers = unet.num_upsamplers
-            unet.num_upsamplers = self._num_upsamplers + 16
-            self._installed.append(("upsamplers",))
-            self._installed.append(("hook", unet.register_forward_pre_hook(self._before_unet, with_kwargs=True)))
-            self._installed.append(("hook", unet.register_forward_hook(self._after_unet)))
+            num_upsamplers = unet.num_upsamplers
+            unet.num_upsamplers = num_upsamplers + 16
+            undo.add(lambda: setattr(unet, "num_upsamplers", num_upsamplers))
+            undo.hook(unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
+            undo.hook(unet.register_forward_hook(self._after_unet))
             if self.adapter is not None:
                 self._wrap_set_timesteps()
             if s.raunet:
                 n = len(unet.down_blocks)
                 rad = DilatedDownsampler(unet.down_blocks[self.rad_block].downsamplers[0].conv, lambda: self.rad_on)
                 rad.install()
-                self._installed.append(("op", rad))
+                undo.add(rad.remove)
                 pool = PoolUnpool(unet.down_blocks[self.pool_block].attentions[0],
                                   unet.up_blocks[n - 1 - self.pool_block].attentions[1], lambda: self.pool_on)
                 pool.install()
-                self._installed.append(("op", pool))
+                undo.add(pool.remove)
             if s.msw_msa:
                 for attn in self._window_attentions():
-                    original = attn.processor
-                    attn.set_processor(WindowAttentionProcessor(original, self._window_plan))
-                    self._installed.append(("processor", attn, original))
+                    undo.processor(attn, WindowAttentionProcessor(attn.processor, self._window_plan))
         except BaseException:
-            self._uninstall()
+            self._undo.undo_all()
             raise
         self._active = True
         return self
 
     def __exit__(self, *exc) -> None:
-        self._uninstall()
+        self._undo.undo_all()
         self._active = False
         self.clock.clear()
-
-    def _uninstall(self) -> None:
-        while self._installed:
-            item = self._installed.pop()
-            kind = item[0]
-            if kind == "hook":
-                item[1].remove()
-            elif kind == "op":
-                item[1].remove()
-            elif kind == "processor":
-                item[1].set_processor(item[2])
-            elif kind == "upsamplers":
-                self.unet.num_upsamplers = self._num_upsamplers
-            elif kind == "attr":
-                obj, name = item[1], item[2]
-                if name in obj.__dict__:
-                    del obj.__dict__[name]
-                else:
-                    delattr(obj, name)
-            elif kind == "set_timesteps":
-                self.adapter.__dict__.pop("set_timesteps", None)
 
     def _wrap_set_timesteps(self) -> None:
         adapter = self.adapter
@@ -374,7 +352,7 @@ class HiDiffusionPatch:
             return timesteps
 
         adapter.set_timesteps = set_timesteps
-        self._installed.append(("set_timesteps",))
+        self._undo.add(lambda: adapter.__dict__.pop("set_timesteps", None))
 
     # ------------------------------------------------------------------ per call
     def _reset_run(self) -> None:

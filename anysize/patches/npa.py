@@ -57,6 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InvalidArgumentError
+from ._undo import MARK, Undo
 from .msw_msa import feature_hw
 
 FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
@@ -286,7 +287,7 @@ class NPAPatch:
             raise InvalidArgumentError(f"npa supports {', '.join(FAMILIES)}, not {self.family}")
         w = self.settings.window
         self.native = native if w is None else (tuple(w) if isinstance(w, (tuple, list)) else (w, w))
-        self._installed: list = []
+        self._undo = Undo()
         self._active = False
         self._generators = [torch.Generator("cpu") for _ in seeds]
         self._indices: dict[tuple, NPAIndex] = {}  # layouts by (grid, window, offset, device)
@@ -312,28 +313,25 @@ class NPAPatch:
     def __enter__(self) -> "NPAPatch":
         if self._active:
             raise InvalidArgumentError("this npa patch is already open")
-        if getattr(self.network, "_anysize_patch", None) is not None:
+        if getattr(self.network, MARK, None) is not None:
             raise InvalidArgumentError("this network is already patched by anysize; close that patch first")
         for g, s in zip(self._generators, self.seeds):
             g.manual_seed(s)
         self.log.clear()
         try:
-            self.network._anysize_patch = self
-            self._installed.append(("attr",))
-            self._installed.append(("hook", self.network.register_forward_pre_hook(self._before, with_kwargs=True)))
+            self._undo.mark(self.network, self)
+            self._undo.hook(self.network.register_forward_pre_hook(self._before, with_kwargs=True))
             proc = {"sd3": _JointProcessor, "flux": _FluxProcessor}.get(self.family, _SelfProcessor)
             for attn in self._attentions():
-                original = attn.processor
-                attn.set_processor(proc(original, self))
-                self._installed.append(("processor", attn, original))
+                self._undo.processor(attn, proc(attn.processor, self))
         except BaseException:
-            self._uninstall()
+            self._undo.undo_all()
             raise
         self._active = True
         return self
 
     def __exit__(self, *exc) -> None:
-        self._uninstall()
+        self._undo.undo_all()
         self._active = False
 
     def cover(self, latent_hw: tuple[int, int]) -> None:
@@ -353,24 +351,15 @@ class NPAPatch:
                 f"SD3's position table covers {m} patches per side and is not the sin-cos formula, so it cannot be "
                 f"extended to {side}: use at most {m * self.dit_patch} latent px per side"
             )
-        if not any(item[0] == "positions" for item in self._installed):
-            self._installed.append(("positions", pe, pe.pos_embed, m))
+        if not self._undo.has("positions"):
+            table0 = pe.pos_embed
+
+            def restore():
+                pe.pos_embed, pe.pos_embed_max_size = table0, m
+
+            self._undo.add(restore, "positions")
         pe.pos_embed = table
         pe.pos_embed_max_size = int(round(table.shape[1] ** 0.5))
-
-    def _uninstall(self) -> None:
-        while self._installed:
-            item = self._installed.pop()
-            if item[0] == "hook":
-                item[1].remove()
-            elif item[0] == "processor":
-                item[1].set_processor(item[2])
-            elif item[0] == "attr":
-                self.network.__dict__.pop("_anysize_patch", None)
-            elif item[0] == "positions":
-                _, pe, table, m = item
-                pe.pos_embed = table
-                pe.pos_embed_max_size = m
 
     # ------------------------------------------------------------------ per call
     def _before(self, module, args, kwargs):
