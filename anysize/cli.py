@@ -1161,7 +1161,8 @@ is a diffusers LoRA: pipe.load_lora_weights(OUT), or anysize generate --method a
 Several GPUs or nodes: run it through accelerate (distributed data parallel; --batch is per GPU):
   accelerate launch --multi_gpu --num_processes 8 -m anysize train-arad DATA --model M --out OUT
   accelerate launch --num_machines 2 --machine_rank R --main_process_ip HOST --num_processes 16 \\
-      -m anysize train-arad DATA --model M --out OUT""",
+      -m anysize train-arad DATA --model M --out OUT
+  torchrun --nproc_per_node 4 -m anysize train-arad DATA --out OUT --device cpu   # CPU processes (gloo)""",
         epilog="""\
 examples:
   anysize train-arad data/laion-aesthetic --model stabilityai/stable-diffusion-2-1-base --out arad-sd21 \\

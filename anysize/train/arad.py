@@ -258,6 +258,12 @@ def train_arad(cfg: AradConfig) -> Path:
         cpu=cfg.device == "cpu",
     )
     rank, world = accelerator.process_index, accelerator.num_processes
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if launched > 1 and world == 1:  # each process would train alone and all would write to one folder
+        raise InvalidArgumentError(
+            f"{launched} processes were launched but accelerate set up no distributed training; "
+            "without GPUs pass --device cpu (gloo backend)"
+        )
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
     if not cfg.resume and (_checkpoints(out) or (out / LORA_FILE).exists()):
         raise InvalidArgumentError(f"{out} already holds a run; resume it, or choose another output folder")
