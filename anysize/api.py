@@ -166,7 +166,7 @@ def generate(
     with torch.no_grad():
         job = _job(adapter, prompts, negative, height, width, settings, callback, cancel, progress)
         latents = m.run(job)
-        images = _finish(adapter, latents, settings, progress)
+        images = _finish(adapter, latents, settings, progress, wrap=m.wraps)
     seconds = time.perf_counter() - start
     config = _config(adapter, job, m, settings)
     return GenerationResult(images, latents, config, seconds, adapter.calls - calls0)
@@ -319,7 +319,7 @@ def upscale(
             clean = adapter.encode(pixels, generator=job.generators[0], tiled=tiled, progress=progress, **kw)
             del pixels
             latents = m.refine(job, clean, strength)
-        images = _finish(adapter, latents, settings, progress)
+        images = _finish(adapter, latents, settings, progress, wrap=m.wraps)
     seconds = time.perf_counter() - start
     config = _config(adapter, job, m, settings)
     name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "") or ""
@@ -398,12 +398,12 @@ def _vae_tiling(tiled_vae) -> tuple[bool | str, dict]:
     return tiled_vae, {}
 
 
-def _finish(adapter, latents, s: _Settings, progress: bool):
-    """Decode (tiled as asked) and convert to the requested output type."""
+def _finish(adapter, latents, s: _Settings, progress: bool, wrap: bool = False):
+    """Decode (tiled as asked; wrapping around for 360° panoramas) and convert to the output type."""
     if s.output_type == "latent":
         return latents
     tiled, kw = _vae_tiling(s.tiled_vae)
-    decoded = adapter.decode(latents, tiled=tiled, progress=progress, **kw)
+    decoded = adapter.decode(latents, tiled=tiled, progress=progress, wrap=wrap, **kw)
     return adapter.postprocess(decoded, output_type=s.output_type)
 
 

@@ -35,6 +35,11 @@ class Method:
     #: make their own canvas, like asd, cannot)
     refines: ClassVar[bool] = True
 
+    @property
+    def wraps(self) -> bool:
+        """Whether this run's canvas wraps around horizontally (a 360° panorama), so decoding wraps too."""
+        return False
+
     def __init__(self, **options: Any):
         names = {f.name for f in dataclasses.fields(self.Options)}
         unknown = sorted(set(options) - names)

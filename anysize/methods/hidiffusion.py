@@ -61,6 +61,10 @@ class HiDiffusion(Method):
         self.inner = create(self.options.inner)
         self._patch: HiDiffusionPatch | None = None
 
+    @property
+    def wraps(self) -> bool:
+        return self.inner.wraps
+
     def check(self, adapter, height: int, width: int) -> None:
         super().check(adapter, height, width)
         self.inner.check(adapter, height, width)

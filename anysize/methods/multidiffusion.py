@@ -86,6 +86,10 @@ class MultiDiffusion(Method):
     summary = "overlapping native-size windows fused every step (MultiDiffusion / Mixture of Diffusers)"
     Options = MultiDiffusionOptions
 
+    @property
+    def wraps(self) -> bool:
+        return self.options.circular
+
     @classmethod
     def demo_options(cls, adapter) -> dict:
         # window/4 instead of window/8: about 4x fewer windows (169 instead of 625 per step at 16x area)

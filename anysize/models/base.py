@@ -297,8 +297,23 @@ class ModelAdapter:
             return torch.float32
         return self.vae.dtype
 
-    def decode(self, latents: Tensor, *, tiled: bool | str = "auto", progress: bool = False, **tile_kw) -> Tensor:
-        """Latents in model space -> images in [-1, 1], (B, 3, H, W); tiled above a size if 'auto'."""
+    #: latent columns copied from the other side when decoding a horizontally wrapping canvas
+    WRAP_CONTEXT = 8
+
+    def decode(self, latents: Tensor, *, tiled: bool | str = "auto", progress: bool = False, wrap: bool = False,
+               **tile_kw) -> Tensor:
+        """Latents in model space -> images in [-1, 1], (B, 3, H, W); tiled above a size if 'auto'.
+
+        ``wrap``: the canvas is a 360° panorama (its left and right borders meet). The decoder then
+        sees ``WRAP_CONTEXT`` latent columns of the other side past each border, so the two edges of
+        the image continue into each other instead of each meeting the decoder's zero padding.
+        """
+        if wrap:
+            k = min(self.WRAP_CONTEXT, latents.shape[-1])
+            padded = torch.cat([latents[..., -k:], latents, latents[..., :k]], dim=-1)
+            images = self.decode(padded, tiled=tiled, progress=progress, **tile_kw)
+            f = images.shape[-1] // padded.shape[-1]
+            return images[..., k * f : images.shape[-1] - k * f]
         from .. import tiling
 
         vae = self.vae
