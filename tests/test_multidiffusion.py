@@ -72,12 +72,13 @@ def test_every_family_at_non_native_non_square_size(tiny, family):
     cfg = 2 if adapter.pipe.__class__.__name__ != "FluxPipeline" else 1
     steps = len(done)  # PNDM runs one more step than asked
     assert res.network_calls == 6 * cfg * steps
-    places = {(win.top, win.left) for _, win, _ in seen}
-    if family in ("sd1", "sd2"):  # position-free U-Nets: windows batched (4 per call)
+    windows = [w for _, win, _ in seen for w in (win if isinstance(win, list) else [win])]
+    places = {(w.top, w.left) for w in windows}
+    if family in ("sd1", "sd2", "sdxl"):  # U-Nets: windows batched (4 per call)
         assert max(n for _, _, n in seen) == 4 * cfg
-    else:  # each call conditions on the true window position
+    if family != "sd1" and family != "sd2":  # each window conditioned on its true position (SDXL: per sample)
         assert places == {(r, c) for r in (0, 8) for c in (0, 8, 16)}
-        assert all(win.canvas == (24, 32) and (win.height, win.width) == (16, 16) for _, win, _ in seen)
+        assert all(w.canvas == (24, 32) and (w.height, w.width) == (16, 16) for w in windows)
     direct = gen(adapter, "direct", h=h, w=w, steps=2)
     assert (res.latents - direct.latents).abs().max().item() > 1e-3
 
@@ -236,3 +237,46 @@ def test_generate_decodes_circular_runs_with_wrap(tiny, monkeypatch):
         anysize.generate(adapter, "a cat", width=256, height=128, steps=1, method=method, method_options=options,
                          progress=False, output_type="np")
         assert seen[0] is wrap, method  # the first (outer) decode call; a wrapped one decodes the padded canvas
+
+
+@pytest.mark.parametrize("method,options", [("multidiffusion", {"stride": 8}), ("fstd", {})])
+def test_sdxl_windows_at_different_places_share_calls(tiny, method, options):
+    """Each window keeps its own crop coordinates in its time ids, so batching changes nothing but the call count."""
+    import anysize
+    from anysize.models import adapt
+
+    adapter = adapt(tiny("sdxl"))
+    unet = adapter.network
+    forwards = []
+    handle = unet.register_forward_pre_hook(lambda module, args: forwards.append(1))
+    try:
+        outs = {}
+        for batch in (1, 4):
+            forwards.clear()
+            key = "view_batch_size" if method == "multidiffusion" else "tile_batch_size"
+            outs[batch] = (anysize.generate(adapter, "a cat", width=256, height=192, steps=2, seed=1, method=method,
+                                            method_options={**options, key: batch}, progress=False,
+                                            output_type="latent").images, len(forwards))
+    finally:
+        handle.remove()
+    (one, calls_one), (four, calls_four) = outs[1], outs[4]
+    assert (one - four).abs().max() <= 1e-4  # float rounding of batched matmuls (latents up to ~6)
+    assert calls_four < calls_one
+
+
+def test_per_sample_windows_only_where_the_network_takes_them(tiny):
+    from anysize.errors import InvalidArgumentError
+    from anysize.models import Window, adapt
+
+    sd3 = adapt(tiny("sd3"))
+    cond = sd3.encode_prompt(["a", "b"], None, guidance_scale=1.0)
+    x = torch.zeros(2, sd3.latent_channels, 16, 16)
+    windows = [Window(0, 0, 16, 16, (16, 32)), Window(0, 16, 16, 16, (16, 32))]
+    with pytest.raises(InvalidArgumentError, match="one window per call"):
+        sd3.predict(x, torch.tensor(999.0), cond.positive, windows)
+    sdxl = adapt(tiny("sdxl"))
+    ids = sdxl.time_ids(windows, 2, torch.float32)
+    assert ids[:, 3].tolist() == [0, 128] and ids[:, 0].tolist() == [128, 128]
+    with pytest.raises(InvalidArgumentError, match="3 windows for a batch of 2"):
+        sdxl.predict(torch.zeros(2, 4, 16, 16), torch.tensor(999), sdxl.encode_prompt(["a", "b"], None, guidance_scale=1.0).positive,
+                     windows + windows[:1])

@@ -6,10 +6,10 @@ crop its own image's prompt embeddings, and calls :meth:`ModelAdapter.predict_gu
 doubles the batch inside). Outputs are accumulated with per-window weights into a numerator and a
 denominator canvas (float32).
 
-Windows of different canvas positions share a call only when the adapter's network ignores the
-window (SD 1.x/2.x U-Nets). SDXL (crop coordinates), SD3 (position table) and FLUX (position ids)
-take one window per call, because the adapter surface conditions a call on one window; their
-windows are still batched across the images of the batch.
+Windows of different canvas positions share a call when the adapter's network ignores the window
+(SD 1.x/2.x U-Nets) or takes it per sample (SDXL: each window's crop coordinates in its own time
+ids). SD3 (position table) and FLUX (position ids) condition a whole call on one window, so they
+take one window per call; their windows are still batched across the images of the batch.
 """
 
 from __future__ import annotations
@@ -33,6 +33,11 @@ class Job:
 def window_free(adapter) -> bool:
     """True when the adapter's network output does not depend on where a window sits."""
     return not getattr(adapter, "window_conditioned", True)
+
+
+def shares_calls(adapter) -> bool:
+    """True when windows at different places may share a network call (see the module docstring)."""
+    return window_free(adapter) or getattr(adapter, "per_sample_windows", False)
 
 
 def latent_patch(adapter) -> int:
@@ -99,9 +104,9 @@ def fuse(
     src = torch.cat([x_in, x_in[..., :wrap]], dim=-1) if wrap else x_in
     num = torch.zeros(b, c, h, w + wrap, device=x_in.device, dtype=torch.float32)
     den = torch.zeros(b, 1, h, w + wrap, device=x_in.device, dtype=torch.float32)
-    free = window_free(ctx.adapter)
-    for call in _calls(jobs, batch, free):
-        win = call[0].window
+    free, per_sample = window_free(ctx.adapter), shares_calls(ctx.adapter) and not window_free(ctx.adapter)
+    for call in _calls(jobs, batch, free or per_sample):
+        win = [j.window for j in call] if per_sample else call[0].window
         x = torch.stack([win_crop(src, j) for j in call])
         out = ctx.adapter.predict_guided(x, ctx.t, select_cond(ctx.cond, [j.image for j in call]), win)
         for k, j in enumerate(call):

@@ -135,6 +135,9 @@ class ModelAdapter:
     #: whether a call's output depends on where its window sits in the canvas (SDXL crop coordinates,
     #: DiT positions); windows at different places can share one network call only when it does not
     window_conditioned: bool = True
+    #: whether one call may take a different window for each batch element (``predict`` with a list
+    #: of windows): true where the place enters only as per-sample conditioning (SDXL's time ids)
+    per_sample_windows: bool = False
 
     def __init__(self, pipe, *, native_size: int | tuple[int, int] | None = None):
         self.pipe = pipe
@@ -224,25 +227,38 @@ class ModelAdapter:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- network
-    def predict(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, window: Window | None = None) -> Tensor:
+    def predict(self, x: Tensor, t: Tensor, embeds: PromptEmbeds,
+                window: Window | Sequence[Window] | None = None) -> Tensor:
         """One network call on latents ``x`` (N, C, h, w) already scaled for the model input.
 
         ``embeds`` must have batch N. ``window`` (default: the whole of x) says where x sits in the
-        canvas. Returns the raw model output in the model's parametrisation, shaped like x.
+        canvas; a list gives each of the N elements its own window (same size), for adapters whose
+        network ignores the place (``not window_conditioned``) or takes it per sample
+        (``per_sample_windows``). Returns the raw model output in the model's parametrisation.
         """
         if window is None:
             window = Window.full(x.shape[-2], x.shape[-1])
-        if (window.height, window.width) != tuple(x.shape[-2:]):
-            raise InvalidArgumentError(f"window {window} does not match latents of shape {tuple(x.shape)}")
+        windows = [window] if isinstance(window, Window) else list(window)
+        if not isinstance(window, Window):
+            if len(windows) != x.shape[0]:
+                raise InvalidArgumentError(f"{len(windows)} windows for a batch of {x.shape[0]} latents")
+            if len(set(windows)) > 1 and self.window_conditioned and not self.per_sample_windows:
+                raise InvalidArgumentError(f"the {self.family} network takes one window per call, not one per sample")
+        for w in windows:
+            if (w.height, w.width) != tuple(x.shape[-2:]):
+                raise InvalidArgumentError(f"window {w} does not match latents of shape {tuple(x.shape)}")
         if embeds.batch != x.shape[0]:
             raise InvalidArgumentError(f"{embeds.batch} prompt embeddings for a batch of {x.shape[0]} latents")
         self.calls += x.shape[0]
+        if not isinstance(window, Window) and len(set(windows)) == 1:
+            window = windows[0]
         return self._forward(x, t, embeds, window)
 
     def _forward(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, window: Window) -> Tensor:
         raise NotImplementedError
 
-    def predict_guided(self, x: Tensor, t: Tensor, cond: Conditioning, window: Window | None = None) -> Tensor:
+    def predict_guided(self, x: Tensor, t: Tensor, cond: Conditioning,
+                       window: Window | Sequence[Window] | None = None) -> Tensor:
         """The guided prediction for latents x of batch ``cond.batch``, one network call.
 
         With CFG the call runs on [x; x] with [negative; positive] embeddings, like the diffusers
@@ -250,6 +266,8 @@ class ModelAdapter:
         """
         if not cond.do_cfg:
             return self.predict(x, t, cond.positive, window)
+        if window is not None and not isinstance(window, Window):
+            window = list(window) * 2  # [negative; positive] halves see the same windows
         out = self.predict(torch.cat([x, x]), t, cond.for_cfg(), window)
         uncond, text = out.chunk(2)
         return uncond + cond.guidance_scale * (text - uncond)

@@ -19,6 +19,7 @@ from .sd import UNetAdapter
 class SDXLAdapter(UNetAdapter):
     family = "sdxl"
     window_conditioned = True  # the crop coordinates in the time ids
+    per_sample_windows = True  # ... which are per sample, so windows at different places share a call
     default_guidance = 5.0
     default_steps = 50
 
@@ -37,11 +38,13 @@ class SDXLAdapter(UNetAdapter):
             guidance_scale=guidance_scale,
         )
 
-    def time_ids(self, window: Window, n: int, dtype: torch.dtype, device: torch.device | None = None) -> torch.Tensor:
+    def time_ids(self, window: Window | Sequence[Window], n: int, dtype: torch.dtype,
+                 device: torch.device | None = None) -> torch.Tensor:
+        """(n, 6) size and crop ids: one window for all n, or one window per sample."""
         f = self.vae_factor
-        ch, cw = window.canvas
-        ids = [ch * f, cw * f, window.top * f, window.left * f, window.height * f, window.width * f]
-        return torch.tensor([ids], dtype=dtype, device=device or self.device).repeat(n, 1)
+        windows = [window] * n if isinstance(window, Window) else list(window)
+        ids = [[w.canvas[0] * f, w.canvas[1] * f, w.top * f, w.left * f, w.height * f, w.width * f] for w in windows]
+        return torch.tensor(ids, dtype=dtype, device=device or self.device)
 
     def _unet_kwargs(self, embeds: PromptEmbeds, window: Window, n: int) -> dict:
         return {
