@@ -38,3 +38,48 @@ class Undo:
     def undo_all(self) -> None:
         while self._steps:
             self._steps.pop()[1]()
+
+
+class ReversiblePatch:
+    """A context manager that changes ``self.network`` while open and restores it exactly on exit.
+
+    Subclasses set ``kind`` (for messages) and ``self.network``, and implement :meth:`_install`,
+    recording every change in the given :class:`Undo`; :meth:`_opening` / :meth:`_closed` reset
+    per-run state. One anysize patch at a time per network; a failed install is rolled back.
+    """
+
+    kind = "patch"
+    network = None
+    _active = False
+
+    def _install(self, undo: Undo) -> None:
+        raise NotImplementedError
+
+    def _opening(self) -> None:
+        """Reset per-run state before installing."""
+
+    def _closed(self) -> None:
+        """Clear per-run state after restoring."""
+
+    def __enter__(self):
+        from ..errors import InvalidArgumentError
+
+        if self._active:
+            raise InvalidArgumentError(f"this {self.kind} patch is already open")
+        if getattr(self.network, MARK, None) is not None:
+            raise InvalidArgumentError("this network is already patched by anysize; close that patch first")
+        self._undo = Undo()
+        self._opening()
+        try:
+            self._undo.mark(self.network, self)
+            self._install(self._undo)
+        except BaseException:
+            self._undo.undo_all()
+            raise
+        self._active = True
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._undo.undo_all()
+        self._active = False
+        self._closed()

@@ -75,7 +75,7 @@ import torch
 from torch import nn
 
 from ..errors import InvalidArgumentError
-from ._undo import MARK, Undo
+from ._undo import ReversiblePatch, Undo
 from .msw_msa import WindowAttentionProcessor, feature_hw, shift_index
 from .raunet import DilatedDownsampler, PoolUnpool
 
@@ -211,7 +211,7 @@ def _resolve_target(target):
     return unet, family, native, pipe, adapter
 
 
-class HiDiffusionPatch:
+class HiDiffusionPatch(ReversiblePatch):
     """The reversible HiDiffusion change of one U-Net; a context manager (see module docstring).
 
     ``seed`` seeds the window-shift generator (``shift_source="random"``); a list of seeds gives
@@ -220,6 +220,8 @@ class HiDiffusionPatch:
     same as that image generated alone. A callable ``shift_source(block_call) -> k`` scripts the
     shift indices (tests, parity drivers).
     """
+
+    kind = "hidiffusion"
 
     name = "hidiffusion"
 
@@ -246,8 +248,6 @@ class HiDiffusionPatch:
         self.profiles = profile["low"], profile["high"]
         self._check_layout()
         self.clock = Clock()
-        self._undo = Undo()
-        self._active = False
         # per U-Net call
         self.latent_hw: tuple[int, int] | None = None
         self.rad_on = self.pool_on = self.windows_on = False
@@ -299,46 +299,38 @@ class HiDiffusionPatch:
         return out
 
     # ------------------------------------------------------------------ context
-    def __enter__(self) -> "HiDiffusionPatch":
-        if self._active:
-            raise InvalidArgumentError("this hidiffusion patch is already open")
-        if getattr(self.unet, MARK, None) is not None:
-            raise InvalidArgumentError("this U-Net is already patched by anysize; close that patch first")
-        unet, s = self.unet, self.settings
-        self._reset_run()
-        try:
-            undo = self._undo
-            undo.mark(unet, self)
-            # every up-sampler interpolates to the exact skip size (identical to x2 for even sizes)
-            num_upsamplers = unet.num_upsamplers
-            unet.num_upsamplers = num_upsamplers + 16
-            undo.add(lambda: setattr(unet, "num_upsamplers", num_upsamplers))
-            undo.hook(unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
-            undo.hook(unet.register_forward_hook(self._after_unet))
-            if self.adapter is not None:
-                self._wrap_set_timesteps()
-            if s.raunet:
-                n = len(unet.down_blocks)
-                rad = DilatedDownsampler(unet.down_blocks[self.rad_block].downsamplers[0].conv, lambda: self.rad_on)
-                rad.install()
-                undo.add(rad.remove)
-                pool = PoolUnpool(unet.down_blocks[self.pool_block].attentions[0],
-                                  unet.up_blocks[n - 1 - self.pool_block].attentions[1], lambda: self.pool_on)
-                pool.install()
-                undo.add(pool.remove)
-            if s.msw_msa:
-                for attn in self._window_attentions():
-                    undo.processor(attn, WindowAttentionProcessor(attn.processor, self._window_plan))
-        except BaseException:
-            self._undo.undo_all()
-            raise
-        self._active = True
-        return self
+    @property
+    def network(self):
+        return self.unet
 
-    def __exit__(self, *exc) -> None:
-        self._undo.undo_all()
-        self._active = False
+    def _opening(self) -> None:
+        self._reset_run()
+
+    def _closed(self) -> None:
         self.clock.clear()
+
+    def _install(self, undo: Undo) -> None:
+        unet, s = self.unet, self.settings
+        # every up-sampler interpolates to the exact skip size (identical to x2 for even sizes)
+        num_upsamplers = unet.num_upsamplers
+        unet.num_upsamplers = num_upsamplers + 16
+        undo.add(lambda: setattr(unet, "num_upsamplers", num_upsamplers))
+        undo.hook(unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
+        undo.hook(unet.register_forward_hook(self._after_unet))
+        if self.adapter is not None:
+            self._wrap_set_timesteps()
+        if s.raunet:
+            n = len(unet.down_blocks)
+            rad = DilatedDownsampler(unet.down_blocks[self.rad_block].downsamplers[0].conv, lambda: self.rad_on)
+            rad.install()
+            undo.add(rad.remove)
+            pool = PoolUnpool(unet.down_blocks[self.pool_block].attentions[0],
+                              unet.up_blocks[n - 1 - self.pool_block].attentions[1], lambda: self.pool_on)
+            pool.install()
+            undo.add(pool.remove)
+        if s.msw_msa:
+            for attn in self._window_attentions():
+                undo.processor(attn, WindowAttentionProcessor(attn.processor, self._window_plan))
 
     def _wrap_set_timesteps(self) -> None:
         adapter = self.adapter

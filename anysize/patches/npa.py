@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InvalidArgumentError
-from ._undo import MARK, Undo
+from ._undo import ReversiblePatch, Undo
 from .msw_msa import feature_hw
 
 FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
@@ -262,12 +262,14 @@ def _resolve(target):
     raise InvalidArgumentError(f"anysize.patch needs a diffusers pipeline or an anysize model adapter, got {type(target).__name__}")
 
 
-class NPAPatch:
+class NPAPatch(ReversiblePatch):
     """The reversible NPA change of one network; a context manager (see module docstring).
 
     ``seed`` (an integer or one per image) seeds the query-shift generators; row r of a network
     batch (which may hold the CFG halves) is image ``r % len(seed)``.
     """
+
+    kind = "npa"
 
     name = "npa"
 
@@ -287,8 +289,6 @@ class NPAPatch:
             raise InvalidArgumentError(f"npa supports {', '.join(FAMILIES)}, not {self.family}")
         w = self.settings.window
         self.native = native if w is None else (tuple(w) if isinstance(w, (tuple, list)) else (w, w))
-        self._undo = Undo()
-        self._active = False
         self._generators = [torch.Generator("cpu") for _ in seeds]
         self._indices: dict[tuple, NPAIndex] = {}  # layouts by (grid, window, offset, device)
         # per network call
@@ -310,29 +310,16 @@ class NPAPatch:
                 out.append(m)
         return out
 
-    def __enter__(self) -> "NPAPatch":
-        if self._active:
-            raise InvalidArgumentError("this npa patch is already open")
-        if getattr(self.network, MARK, None) is not None:
-            raise InvalidArgumentError("this network is already patched by anysize; close that patch first")
+    def _opening(self) -> None:
         for g, s in zip(self._generators, self.seeds):
             g.manual_seed(s)
         self.log.clear()
-        try:
-            self._undo.mark(self.network, self)
-            self._undo.hook(self.network.register_forward_pre_hook(self._before, with_kwargs=True))
-            proc = {"sd3": _JointProcessor, "flux": _FluxProcessor}.get(self.family, _SelfProcessor)
-            for attn in self._attentions():
-                self._undo.processor(attn, proc(attn.processor, self))
-        except BaseException:
-            self._undo.undo_all()
-            raise
-        self._active = True
-        return self
 
-    def __exit__(self, *exc) -> None:
-        self._undo.undo_all()
-        self._active = False
+    def _install(self, undo: Undo) -> None:
+        undo.hook(self.network.register_forward_pre_hook(self._before, with_kwargs=True))
+        proc = {"sd3": _JointProcessor, "flux": _FluxProcessor}.get(self.family, _SelfProcessor)
+        for attn in self._attentions():
+            undo.processor(attn, proc(attn.processor, self))
 
     def cover(self, latent_hw: tuple[int, int]) -> None:
         """SD3: make the position table cover a ``latent_hw`` canvas for as long as the patch is open
