@@ -43,12 +43,12 @@ class Undo:
 class ReversiblePatch:
     """A context manager that changes ``self.network`` while open and restores it exactly on exit.
 
-    Subclasses set ``kind`` (for messages) and ``self.network``, and implement :meth:`_install`,
+    Subclasses set ``name`` (for messages) and ``self.network``, and implement :meth:`_install`,
     recording every change in the given :class:`Undo`; :meth:`_opening` / :meth:`_closed` reset
     per-run state. One anysize patch at a time per network; a failed install is rolled back.
     """
 
-    kind = "patch"
+    name = "patch"
     network = None
     _active = False
 
@@ -65,7 +65,7 @@ class ReversiblePatch:
         from ..errors import InvalidArgumentError
 
         if self._active:
-            raise InvalidArgumentError(f"this {self.kind} patch is already open")
+            raise InvalidArgumentError(f"this {self.name} patch is already open")
         if getattr(self.network, MARK, None) is not None:
             raise InvalidArgumentError("this network is already patched by anysize; close that patch first")
         self._undo = Undo()

@@ -221,8 +221,6 @@ class HiDiffusionPatch(ReversiblePatch):
     shift indices (tests, parity drivers).
     """
 
-    kind = "hidiffusion"
-
     name = "hidiffusion"
 
     def __init__(self, target, *, seed: int | Sequence[int] = 0, **options):

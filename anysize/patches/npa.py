@@ -269,8 +269,6 @@ class NPAPatch(ReversiblePatch):
     batch (which may hold the CFG halves) is image ``r % len(seed)``.
     """
 
-    kind = "npa"
-
     name = "npa"
 
     def __init__(self, target, *, seed: int | Sequence[int] = 0, **options):
