@@ -10,7 +10,9 @@ generation at the bucket sizes of the four ratios, before and after, on the same
     python benchmarks/arad_toy.py --work /tmp/arad-toy --steps 400 --lr 1e-3 --rank 8 --n 64
 
 writes benchmarks/arad_toy.{json,md}. Step (2) is by far the longest (about 1.5-4 s per step of
-batch 8 on a 2-core CPU; minutes on a GPU).
+batch 8 on a 2-core CPU; minutes on a GPU). On a GPU, with mixed precision:
+
+    python benchmarks/arad_toy.py --work /tmp/arad-gpu --device cuda --mixed-precision fp16 --out arad_toy_gpu.json
 """
 
 from __future__ import annotations
@@ -54,6 +56,9 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=64, help="images per ratio and model (default: %(default)s)")
     ap.add_argument("--gen-steps", type=int, default=20, help="denoising steps (default: the toy's 20)")
     ap.add_argument("--out", default=str(HERE / "arad_toy.json"))
+    ap.add_argument("--device", default="cpu", help="cpu or cuda, for training and generation (default: cpu)")
+    ap.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"],
+                    help="train-arad's --mixed-precision (default: no)")
     args = ap.parse_args()
 
     import anysize
@@ -67,8 +72,10 @@ def main() -> int:
         sizes = [(b.height, b.width) for b in scaled_buckets(128, 4)]
         write_aspect_dataset(data, args.images, sizes, seed=100)  # seed 100: not the eval prompts' seeds
     train_cmd = [sys.executable, "-m", "anysize", "train-arad", str(data), "--out", str(run), "--steps", str(args.steps),
-                 "--batch", str(args.batch), "--lr", str(args.lr), "--rank", str(args.rank), "--device", "cpu",
-                 "--checkpoint-every", "50", "--quiet"]
+                 "--batch", str(args.batch), "--lr", str(args.lr), "--rank", str(args.rank),
+                 "--mixed-precision", args.mixed_precision, "--checkpoint-every", "50", "--quiet"]
+    if args.device == "cpu":
+        train_cmd += ["--device", "cpu"]
     t0 = time.perf_counter()
     subprocess.run(train_cmd, check=True)
     train_seconds = time.perf_counter() - t0
@@ -77,7 +84,7 @@ def main() -> int:
 
     results = []
     for label, model in (("before (square-trained toy)", None), ("after ARAD LoRA", str(fused))):
-        adapter = anysize.load(model)
+        adapter = anysize.load(model, device=args.device)
         for ratio, w, h in RATIOS:
             r = composition_benchmark(adapter, method="direct", width=w, height=h, n=args.n, seed=0,
                                       steps=args.gen_steps, progress=False)
@@ -85,7 +92,9 @@ def main() -> int:
             print(label, ratio, {k: r["summary"][k] for k, _ in COLUMNS}, flush=True)
 
     info = json.loads((run / "arad.json").read_text())
-    report = {"train_command": " ".join(["anysize"] + train_cmd[3:]), "train": info, "train_seconds_this_call": train_seconds,
+    from anysize.eval.timing import machine
+
+    report = {"machine": machine(args.device), "train_command": " ".join(["anysize"] + train_cmd[3:]), "train": info, "train_seconds_this_call": train_seconds,
               "n": args.n, "gen_steps": args.gen_steps, "results": results}
     Path(args.out).write_text(json.dumps(report, indent=1, default=str))
     lines = ["| ratio | size | model | " + " | ".join(c for _, c in COLUMNS) + " |", "|" + "---|" * (3 + len(COLUMNS))]

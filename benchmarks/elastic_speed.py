@@ -51,10 +51,27 @@ def _groups(widths) -> int:
     return next(g for g in (32, 16, 8, 4, 2, 1) if all(w % g == 0 for w in widths))
 
 
+def give_vae(pipe, div: int, device="cpu", dtype=torch.float32):
+    """Give the pipeline a VAE of the real SD/SDXL layout (128/256/512/512, 2 layers per block) with
+    its widths divided by ``div`` (1: the real VAE), drawn on ``device``: the official loop's
+    per-call background encodes cost what they cost with the real autoencoder."""
+    from diffusers import AutoencoderKL
+
+    vw = tuple(w // div for w in (128, 256, 512, 512))
+    with torch.random.fork_rng(devices=[]), torch.device(device):
+        torch.manual_seed(0)
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=vw, layers_per_block=2, norm_num_groups=_groups(vw), latent_channels=4,
+            scaling_factor=pipe.vae.config.scaling_factor, force_upcast=True,
+        ).eval()
+    pipe.register_modules(vae=vae.to(dtype=dtype))
+    return pipe
+
+
 def shrink(pipe, div: int):
-    """Divide the U-Net's channel widths and native size by ``div`` and give the pipeline a VAE of
-    the real SD/SDXL layout (128/256/512/512, 2 layers per block) divided by ``div``."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    """Divide the U-Net's channel widths and native size by ``div``."""
+    from diffusers import UNet2DConditionModel
 
     cfg = dict(pipe.unet.config)
     widths = tuple(w // div for w in cfg["block_out_channels"])
@@ -62,13 +79,7 @@ def shrink(pipe, div: int):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         unet = UNet2DConditionModel.from_config(cfg).eval()
-        vw = tuple(w // div for w in (128, 256, 512, 512))
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=vw, layers_per_block=2, norm_num_groups=_groups(vw), latent_channels=4,
-            scaling_factor=pipe.vae.config.scaling_factor, force_upcast=True,
-        ).eval()
-    pipe.register_modules(unet=unet, vae=vae)
+    pipe.register_modules(unet=unet)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -109,10 +120,13 @@ def main(argv=None) -> int:
           flush=True)
     records = []
     for arch in args.archs:
-        pipe = build_pipeline(arch, reduced=not args.full, device="cpu", dtype=torch.float32)
         if args.width_div > 1:
-            shrink(pipe, args.width_div)
-        pipe.to(device=args.device, dtype=dtype)
+            pipe = shrink(build_pipeline(arch, reduced=not args.full, device="cpu", dtype=torch.float32), args.width_div)
+            give_vae(pipe, args.width_div)
+            pipe.to(device=args.device, dtype=dtype)
+        else:  # the real widths: drawn on the device in the final dtype
+            pipe = give_vae(build_pipeline(arch, reduced=not args.full, device=args.device, dtype=dtype), 1,
+                            args.device, dtype)
         adapter = adapt(pipe)
         w, h = parse(sizes[arch])
         nh, nw = adapter.native_size

@@ -17,17 +17,25 @@ All three run the same stock diffusers pipeline call with the same weights, seed
 one-step warm-up each; medians of the process's CPU time (robust on a shared machine; wall-clock
 ratios alongside) are reported as ratios. The package picks its profile from absolute latent
 sizes (256 / 512), which the reduced sizes never reach; for SD 1.5 its module-level setting for the
-"1024" profile is set to the 2048 profile's (T1 0.7, T2 0.3) -- the knob its README documents -- so
-both implementations run the same schedule, and the outputs are compared (max abs diff, with the
+"1024" profile is set to the 2048 profile's (T1 0.7, T2 0.3) -- the knob its README documents -- and,
+for reduced SDXL at ``--sdxl-scale 4``, its "2048" profile to the "4096" one (aggressive RAU-Net off),
+so both implementations run the same schedule, and the outputs are compared (max abs diff, with the
 same global-RNG window shifts).
+
+On a GPU (``--device cuda``) the timings are wall-clock seconds with the device synchronised, and
+``--width-div 1`` runs the real widths at the real sizes (SD 1.5 and SDXL at 2048²; ``--sdxl-scale 4``
+for SDXL at 4096²):
 
     PYTHONPATH=. python benchmarks/hidiffusion_speed.py --steps 10 --repeats 2
     ANYSIZE_HIDIFFUSION_PATH=/path/to/pip-target PYTHONPATH=. python benchmarks/hidiffusion_speed.py
+    PYTHONPATH=. python benchmarks/hidiffusion_speed.py --device cuda --dtype fp16 --width-div 1 --steps 10
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import os
 import platform
 import statistics
@@ -38,6 +46,7 @@ import warnings
 import torch
 
 import anysize
+from anysize.eval.timing import machine, synchronize
 from anysize.testing import tiny_pipeline
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
@@ -50,7 +59,7 @@ ARCHS = {
 }
 
 
-def build_unet(arch: str, div: int, text_dim: int, seed: int = 0):
+def build_unet(arch: str, div: int, text_dim: int, seed: int = 0, device: str = "cpu"):
     from diffusers import UNet2DConditionModel
 
     a = ARCHS[arch]
@@ -70,19 +79,26 @@ def build_unet(arch: str, div: int, text_dim: int, seed: int = 0):
                   transformer_layers_per_block=a["depth"], use_linear_projection=True,
                   addition_embed_type="text_time", addition_time_embed_dim=8,
                   projection_class_embeddings_input_dim=6 * 8 + 48)
-    with torch.random.fork_rng(devices=[]):
+    # built on the target device: random init of a full-size U-Net is seconds there, minutes on a CPU
+    with torch.random.fork_rng(devices=[]), torch.device(device):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**kw).eval()
     return unet, widths, native
 
 
-def make_pipe(arch: str, div: int):
+def make_pipe(arch: str, div: int, device: str = "cpu", dtype=torch.float32, unet=None):
+    """The tiny pipeline of the arch's family with the (reduced) real U-Net, or ``unet`` when given."""
     a = ARCHS[arch]
     pipe = tiny_pipeline(a["family"])
     text_dim = pipe.unet.config.cross_attention_dim
-    unet, widths, native = build_unet(arch, div, text_dim)
+    if unet is None:
+        unet, widths, native = build_unet(arch, div, text_dim, device=device)
+    else:
+        widths, native = tuple(unet.config.block_out_channels), unet.config.sample_size
     pipe.unet = unet
     pipe.register_modules(unet=unet)
+    pipe.to(device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
     if a["family"] == "sd1":
         from diffusers import DDIMScheduler
 
@@ -97,31 +113,46 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    ap.add_argument("--sdxl-scale", type=int, default=None, help="SDXL's scale over native per side (default: 2 = 2048²)")
+    ap.add_argument("--sd15-scale", type=int, default=None, help="SD 1.5's scale over native per side (default: 4 = 2048²)")
+    ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    on_cpu = torch.device(args.device).type == "cpu"
+    scales = {"sd15": args.sd15_scale or ARCHS["sd15"]["scale"], "sdxl": args.sdxl_scale or ARCHS["sdxl"]["scale"]}
     hd = load_official()
     if hd is None:
         print("(the official hidiffusion package is not installed: its column is skipped)")
     else:
         import importlib
 
-        ratios = importlib.import_module("hidiffusion.hidiffusion").switching_threshold_ratio_dict
+        official_module = importlib.import_module("hidiffusion.hidiffusion")
+        ratios = official_module.switching_threshold_ratio_dict
         ratios["sd15_1024"] = dict(ratios["sd15_2048"])
+        if args.width_div > 1 and scales["sdxl"] >= 4:  # reduced SDXL at 4x: the package's 4096 profile
+            ratios["sdxl_2048"] = dict(ratios["sdxl_4096"])
+            official_module.is_aggressive_raunet = False
 
-    print(f"machine: {platform.processor() or platform.machine()}, torch threads {args.threads}, torch {torch.__version__}; "
+    where = (f"{platform.processor() or platform.machine()}, torch threads {args.threads}" if on_cpu
+             else machine(args.device).get("gpu"))
+    print(f"machine: {where}, torch {torch.__version__}, {args.dtype}; "
           f"{args.steps} steps, CFG, {args.repeats} alternating repeats after a 1-step warm-up each\n")
-    rows = []
+    rows, records = [], []
     for arch in args.archs:
         a = ARCHS[arch]
-        pipe, widths, native = make_pipe(arch, args.width_div)
-        side = native * a["scale"] * 8
+        scale = scales[arch]
+        pipe, widths, native = make_pipe(arch, args.width_div, args.device, dtype)
+        side = native * scale * 8
         desc = (f"{arch}: widths {widths} (real {a['widths']}), heads {a['heads']}, transformer depth {a['depth']}, "
-                f"native latent {native} (real {a['native']}), run at {side}x{side} px = {a['scale']}x native per side "
-                f"(real: {a['native'] * a['scale'] * 8}x{a['native'] * a['scale'] * 8})")
+                f"native latent {native} (real {a['native']}), run at {side}x{side} px = {scale}x native per side "
+                f"(real: {a['native'] * scale * 8}x{a['native'] * scale * 8})")
         print(desc)
         official = None
         if hd is not None:
-            official, _, _ = make_pipe(arch, args.width_div)
+            official, _, _ = make_pipe(arch, args.width_div, args.device, dtype, unet=copy.deepcopy(pipe.unet))
             official.register_to_config(_name_or_path=OFFICIAL_NAMES[a["family"]])
             hd.apply_hidiffusion(official)
 
@@ -146,18 +177,31 @@ def main(argv=None):
         outs = {}
         for _ in range(args.repeats):
             for name, fn in impls.items():
+                synchronize(args.device)
                 t, c = time.perf_counter(), time.process_time()
                 outs[name] = fn()
+                synchronize(args.device)
                 times[name].append(time.perf_counter() - t)
                 cpu[name].append(time.process_time() - c)
                 print(f"  {name}: {times[name][-1]:.2f} s wall, {cpu[name][-1]:.2f} s CPU", flush=True)
-        med = {k: statistics.median(v) for k, v in cpu.items()}
         wall = {k: statistics.median(v) for k, v in times.items()}
-        diff = (outs["anysize"] - outs["official"]).abs().max().item() if official is not None else float("nan")
+        # CPU time is robust to other load on a shared CPU; on a GPU only wall-clock time means anything
+        med = {k: statistics.median(v) for k, v in cpu.items()} if on_cpu else wall
+        diff = (outs["anysize"].float() - outs["official"].float()).abs().max().item() if official is not None else float("nan")
         rows.append((arch, med, wall, diff))
+        records.append({"architecture": arch, "size": side, "scale_over_native": scale, "widths": list(widths),
+                        "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
+                        "cpu_seconds": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
+                        "median_seconds": {k: round(v, 3) for k, v in med.items()}, "max_abs_diff_vs_official": diff})
+        pipe = official = impls = outs = None  # free the device memory before the next model
+        if not on_cpu:
+            torch.cuda.empty_cache()
 
-    print("\nmedian CPU seconds of the process (1 torch thread; robust to other load on the machine), "
-          "wall-clock ratio in brackets\n")
+    if on_cpu:
+        print("\nmedian CPU seconds of the process (1 torch thread; robust to other load on the machine), "
+              "wall-clock ratio in brackets\n")
+    else:
+        print("\nmedian wall-clock seconds, device synchronised (the bracketed ratio is the same figure)\n")
     print("| model (reduced) | direct (s) | anysize hidiffusion (s) | official hidiffusion (s) | "
           "speed-up vs direct | anysize / official time | max abs diff vs official |")
     print("|---|---|---|---|---|---|---|")
@@ -167,6 +211,10 @@ def main(argv=None):
         vs = f"{med['anysize'] / off:.3f} ({wall['anysize'] / wall['official']:.3f})" if off else "-"
         print(f"| {arch} | {med['direct']:.2f} | {med['anysize']:.2f} | {f'{off:.2f}' if off else '-'} | {speed} | {vs} | "
               f"{diff:.1e} |")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"machine": machine(args.device), "argv": sys.argv[1:], "steps": args.steps, "dtype": args.dtype,
+                       "width_div": args.width_div, "results": records}, f, indent=1)
 
 
 if __name__ == "__main__":
