@@ -13,8 +13,9 @@ CPU can run; every reduction is printed with the results:
 * ``--steps`` (default 10) instead of 50, DDIM (SD) / Euler (SDXL), CFG on (batch 2).
 
 All three run the same stock diffusers pipeline call with the same weights, seed and scheduler
-(``output_type="latent"``: no VAE), alternating ``direct, ours, official`` per repeat after a
-one-step warm-up each; medians of the process's CPU time (robust on a shared machine; wall-clock
+(``output_type="latent"``: no VAE), in alternating order (``direct, ours, official``, then the reverse,
+...) after a warm-up each (``--warmup-steps``: 1 step, or 0 for a whole run, which also warms the
+shapes of the later, full-resolution phase); medians of the process's CPU time (robust on a shared machine; wall-clock
 ratios alongside) are reported as ratios. The package picks its profile from absolute latent
 sizes (256 / 512), which the reduced sizes never reach; for SD 1.5 its module-level setting for the
 "1024" profile is set to the 2048 profile's (T1 0.7, T2 0.3) -- the knob its README documents -- and,
@@ -113,6 +114,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--warmup-steps", type=int, default=1, help="steps of each warm-up run; 0 = a whole run (default: 1)")
     ap.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--sdxl-scale", type=int, default=None, help="SDXL's scale over native per side (default: 2 = 2048²)")
@@ -139,7 +141,8 @@ def main(argv=None):
     where = (f"{platform.processor() or platform.machine()}, torch threads {args.threads}" if on_cpu
              else machine(args.device).get("gpu"))
     print(f"machine: {where}, torch {torch.__version__}, {args.dtype}; "
-          f"{args.steps} steps, CFG, {args.repeats} alternating repeats after a 1-step warm-up each\n")
+          f"{args.steps} steps, CFG, {args.repeats} alternating repeats after a "
+          f"{'whole-run' if args.warmup_steps == 0 else f'{args.warmup_steps}-step'} warm-up each\n")
     rows, records = [], []
     for arch in args.archs:
         a = ARCHS[arch]
@@ -170,13 +173,14 @@ def main(argv=None):
         impls = {"direct": lambda steps=args.steps: run(pipe, steps), "anysize": ours}
         if official is not None:
             impls["official"] = lambda steps=args.steps: run(official, steps)
-        for fn in impls.values():  # warm-up: one short run each
-            fn(1)
+        for fn in impls.values():  # warm-up: one run each
+            fn(args.warmup_steps or args.steps)
         times = {name: [] for name in impls}
         cpu = {name: [] for name in impls}
         outs = {}
-        for _ in range(args.repeats):
-            for name, fn in impls.items():
+        for r in range(args.repeats):
+            order = list(impls.items())
+            for name, fn in order if r % 2 == 0 else order[::-1]:  # reversed every other round: drift cancels
                 synchronize(args.device)
                 t, c = time.perf_counter(), time.process_time()
                 outs[name] = fn()
