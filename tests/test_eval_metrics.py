@@ -293,6 +293,7 @@ def test_run_generates_scores_and_writes_results(tiny, tmp_path, reference, net)
     for key in ("fid_r", "kid_r", "fid_c", "kid_c", "is_r", "is_c", "clip_score", "fid_b", "kid_b"):
         assert np.isfinite(m[key]), key
     assert m["fid_r"] > 0 and m["fid_c"] > 0 and 0 <= m["clip_score"] <= 100
+    assert summary["protocol"]["version"] == "anysize-eval/1"
     assert summary["protocol"]["crops"]["size"] == 128  # the model's native side
     assert summary["protocol"]["kid"]["subset_size"] == {"kid_r": 4, "kid_c": 12, "kid_b": 4}
     assert summary["protocol"]["clip"]["scale"].startswith("100 * max(cos")

@@ -45,11 +45,15 @@ from PIL import Image
 from ..errors import InvalidArgumentError
 
 __all__ = [
-    "CLIP_MODEL", "DEFAULT_MANIFEST", "IMAGE_SUFFIXES", "METRICS", "ClipScorer", "FeatureSet", "ManifestRow",
+    "CLIP_MODEL", "DEFAULT_MANIFEST", "PROTOCOL_VERSION", "IMAGE_SUFFIXES", "METRICS", "ClipScorer", "FeatureSet", "ManifestRow",
     "crop_boxes", "default_extractor", "extract", "fid", "find_images", "image_size", "inception_score", "kid", "list_images",
     "load_manifest", "resize_clean",
 ]
 
+#: version of the scoring protocol written into every metrics.json: bump it whenever a change (resize,
+#: crop sampling, KID subsets, feature network, CLIP scale) would change a score, so scores are only
+#: compared within one version
+PROTOCOL_VERSION = "anysize-eval/1"
 #: the shipped 32-prompt smoke set (JSONL rows {"id", "prompt", "seed"})
 DEFAULT_MANIFEST = Path(__file__).resolve().parent / "prompts" / "smoke32.jsonl"
 CLIP_MODEL = "openai/clip-vit-large-patch14"

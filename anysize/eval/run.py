@@ -285,6 +285,7 @@ def run_eval(
     summary = {
         "config": config,
         "protocol": {
+            "version": M.PROTOCOL_VERSION,
             "metrics": plan,
             "features": extractor.name if needs_features else None,
             "resize": M.RESIZE,
