@@ -224,6 +224,53 @@ def test_diff3_diff4_background_encoded_once_per_side_per_run():
     assert torch.isfinite(x).all()
 
 
+@pytest.mark.parametrize("mode", ["per_step", "gray"])
+def test_diff4_background_per_step_and_gray(mode):
+    """per_step: a new colour per side every step (the official code's timing), encoded once per
+    step; gray: one mid-gray for every side and step, no colour draw."""
+    encoded = []
+
+    class Recording(PickAdapter):
+        def encode(self, images, **kw):
+            encoded.append(images[0, :, 0, 0].clone())  # the constant colour that was encoded
+            return super().encode(images, **kw)
+
+    adapter = Recording(native=16)
+    sched = ddim(6)
+    x = torch.randn(1, 4, 24, 64, generator=torch.Generator().manual_seed(0))
+    state = {}
+    m = Elastic(resampling_steps=2, background=mode)
+    for i in range(len(sched.timesteps)):
+        x = m.step(StepContext(adapter, sched, fake_cond(1, True), sched.timesteps, i, torch.Generator().manual_seed(0), state), x)
+    run = state["elastic"]
+    assert [tuple(c.tolist()) for c in encoded] == [tuple(c.tolist()) for c in run.colour.values()]
+    steps = len(sched.timesteps)
+    if mode == "per_step":
+        assert set(run.colour) == {(0, side, i) for side in ("top", "bottom") for i in range(steps)}
+        colours = torch.stack(list(run.colour.values()))
+        assert len(torch.unique(colours, dim=0)) == 2 * steps  # every step and side its own colour
+        assert adapter.encodes == 2 * steps  # re-encoded once per step, not per call
+    else:
+        assert all(torch.equal(c, torch.full((3,), 0.5)) for c in run.colour.values()) and len(run.colour) == 2
+        assert adapter.encodes == 2
+    assert torch.isfinite(x).all()
+
+
+def test_background_reaches_the_network(sd1):
+    """On a real (tiny) U-Net the pad colour changes the reference's prediction, so each choice
+    gives its own image; the same choice and seed give the same image."""
+    size = dict(h=64, w=192, steps=2, seed=5)  # 3:1 canvas: the reference is padded top and bottom
+    runs = {b: gen(sd1, resampling_steps=1, background=b, **size).latents for b in ("per_run", "per_step", "gray")}
+    assert torch.equal(runs["gray"], gen(sd1, resampling_steps=1, background="gray", **size).latents)
+    for a, b in (("per_run", "per_step"), ("per_run", "gray"), ("per_step", "gray")):
+        assert (runs[a] - runs[b]).abs().max().item() > 1e-4, (a, b)
+
+
+def test_background_choice_is_checked():
+    with pytest.raises(InvalidArgumentError, match="per_run, per_step, gray"):
+        Elastic(background="blue")
+
+
 # ------------------------------------------------------------------- call counts
 
 

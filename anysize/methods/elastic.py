@@ -44,9 +44,11 @@ each checked in ``tests/test_elastic.py``:
    and each background block is VAE-encoded once per run and only re-noised per step
    (``cache_background``; official: encoded again for every padded call). At or below the native
    size the local patch equals the reference input and is not evaluated twice.
-4. Background colour: one random colour per image and side for the whole run, as the paper's
-   "constant colour background" (official: a new colour every timestep, from an md5-seeded global
-   RNG that it then reseeds). Within a step every pass sees the same noisy pad, as in the official code.
+4. Background colour (``background``): by default one random colour per image and side for the
+   whole run, as the paper's "constant colour background" (official: a new colour every timestep,
+   from an md5-seeded global RNG that it then reseeds; ``background="per_step"`` draws a new one
+   every step like that, from the image's generator). ``"gray"``: a constant mid-gray, no draw.
+   Within a step every pass sees the same noisy pad, as in the official code.
 5. Every random draw (picks, colours, background noise, repaint noise) comes from generators
    derived from each image's seed: same seed, same image, alone or in a batch; the global RNG is
    never touched.
@@ -95,6 +97,9 @@ from .registry import register
 # added to an image's seed for each of its random streams, so they are independent of the noise
 # and of each other (batched and sequential reference passes then draw exactly the same numbers)
 _PICK_SALT, _COLOUR_SALT, _BG_NOISE_SALT, _RENOISE_SALT = 0xE1A5, 0xE1A6, 0xE1A7, 0xE1A8
+
+#: pad colours of the subsampled reference (option ``background``)
+BACKGROUNDS = ("per_run", "per_step", "gray")
 
 #: the official code applies RRG only while its weight exceeds this
 RRG_MIN_WEIGHT = 10.0
@@ -155,6 +160,9 @@ class ElasticOptions(MethodOptions):
     batch_references: bool = True
     #: VAE-encode each background block once per run (False: for every padded call, as the official code)
     cache_background: bool = True
+    #: pad colour of the reference: "per_run" (one random colour per image and side), "per_step" (a new
+    #: one every step, as the official code) or "gray"
+    background: str = "per_run"
     #: shifted-window attention (HiDiffusion's MSW-MSA) inside every network call
     msw_msa: bool = False
 
@@ -182,6 +190,7 @@ class ElasticOptions(MethodOptions):
             raise InvalidArgumentError(f"patch_size must be a positive integer (latent px) or unset, got {self.patch_size!r}")
         if not _is_int(self.view_batch_size) or self.view_batch_size <= 0:
             raise InvalidArgumentError(f"view_batch_size must be a positive integer, got {self.view_batch_size!r}")
+        check_choice("elastic background", self.background, BACKGROUNDS)
         for name in ("repaint", "batch_references", "cache_background", "msw_msa"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidArgumentError(f"{name} must be true or false, got {getattr(self, name)!r}")
@@ -275,8 +284,8 @@ class _Run:
     colours: list[torch.Generator]
     bg_noise: list[torch.Generator]
     renoise: list[torch.Generator]
-    colour: dict = field(default_factory=dict)  # (image, side) -> (3,) colour in [0, 1]
-    clean: dict = field(default_factory=dict)  # (image, side, (h, w)) -> encoded background
+    colour: dict = field(default_factory=dict)  # (image, side, step or None) -> (3,) colour in [0, 1]
+    clean: dict = field(default_factory=dict)  # (image, side, (h, w), step or None) -> encoded background
     noisy: dict = field(default_factory=dict)  # same keys -> background at the current level (model input)
     noisy_step: int = -1
     encodes: int = 0
@@ -378,26 +387,32 @@ class Elastic(Method):
                                               gens(_RENOISE_SALT))
         if run.noisy_step != ctx.index:
             run.noisy, run.noisy_step = {}, ctx.index
+            if self.options.background == "per_step":  # last step's colours are never used again
+                run.clean = {}
         return run
 
     # ------------------------------------------------------------------ background padding
     def _background(self, ctx: StepContext, run: _Run, image: int, side: str, size: tuple[int, int], like: Tensor) -> Tensor:
         """The (C, h, w) background block of one image and side at this step's noise level, in
         model-input space: a constant colour, VAE-encoded, noised to t."""
-        key = (image, side, size)
+        mode = self.options.background
+        step = ctx.index if mode == "per_step" else None
+        key = (image, side, size, step)
         adapter = ctx.adapter
         clean = run.clean.get(key)
         if clean is None:
-            colour = run.colour.get((image, side))
+            colour = run.colour.get((image, side, step))
             if colour is None:
-                colour = run.colour[(image, side)] = torch.rand(3, generator=run.colours[image])
+                colour = (torch.full((3,), 0.5) if mode == "gray"
+                          else torch.rand(3, generator=run.colours[image]))
+                run.colour[(image, side, step)] = colour
             f = adapter.vae_factor
             img = colour.view(1, 3, 1, 1).expand(1, 3, size[0] * f, size[1] * f)
             clean = adapter.encode(img, generator=run.colours[image], tiled=False)[0]
             run.encodes += 1
             if self.options.cache_background:
                 run.clean[key] = clean
-        noisy = run.noisy.get(key)
+        noisy = run.noisy.get(key)  # noisy is reset every step
         if noisy is None:
             noise = torch.randn(clean.shape, generator=run.bg_noise[image], dtype=torch.float32)
             ns = ctx.noise_space
