@@ -205,6 +205,42 @@ def test_pipeline_counter_restarts_after_an_interrupted_run(tiny):
     assert torch.equal(fresh, again)
 
 
+def test_accelerator_timesteps_are_located_without_reading_them(tiny, monkeypatch):
+    """On a GPU the U-Net's timestep is an element of the scheduler's device-side timesteps;
+    reading its value would make the host wait for the GPU at every call. The patch locates it by
+    storage and offset instead -- emulated here by treating CPU tensors as device ones -- with the
+    same schedule and images as reading the values, including after an interrupted run."""
+    import anysize.patches.hidiffusion as hd
+
+    pipe = tiny("sd1")
+
+    def stop(pipe_, i, t, kw):
+        if i == 2:
+            raise KeyboardInterrupt
+        return kw
+
+    def runs():
+        with anysize.patch(pipe, "hidiffusion", shift_source="none") as p:
+            first = stock(pipe, steps=5)
+            log = list(p.log)
+            with pytest.raises(KeyboardInterrupt):
+                stock(pipe, steps=5, callback_on_step_end=stop)
+            p.log.clear()
+            again = stock(pipe, steps=5)
+            return first, again, log, list(p.log)
+
+    by_value = runs()
+    reads = []
+    monkeypatch.setattr(hd, "_is_device_view", lambda t: isinstance(t, torch.Tensor) and t.numel() == 1)
+    monkeypatch.setattr(hd, "_timestep_value", lambda t: reads.append(t))
+    by_slot = runs()
+    assert reads == []  # never read
+    assert [e[:4] for e in by_slot[2]] == [e[:4] for e in by_value[2]] == [e[:4] for e in by_slot[3]]
+    assert [e[0] for e in by_slot[2]] == list(range(len(by_slot[2])))  # PNDM: steps + 1 calls
+    for a, b in zip(by_value[:2], by_slot[:2]):
+        assert torch.equal(a, b)
+
+
 # ------------------------------------------------------------------------------ MSW-MSA
 
 

@@ -32,7 +32,9 @@ official package; the steps of the schedule otherwise). The step position comes 
 the caller (``patch.clock.set(index, total)``, what the ``hidiffusion`` method does every step);
 for an adapter, the timestep of each network call located in the schedule the adapter last set
 (an img2img/partial schedule counts from its first executed step); for a stock pipeline, the
-count of U-Net calls since the timestep last went up, wrapped at ``pipe._num_timesteps``.
+count of U-Net calls since the timestep last went up, wrapped at ``pipe._num_timesteps`` (on a
+GPU "went up" is read from which element of the scheduler's timesteps tensor the call got, not
+from its value, so the host never waits for the device).
 Windowed attention: a ``windows x windows`` grid (2x2) over the map, rolled by ``k * (window //
 shift_choices)`` with ``k`` uniform in ``0..shift_choices-1`` (4), drawn per block call.
 
@@ -89,6 +91,18 @@ FAMILY_PROFILES: dict[str, dict[str, Any]] = {
     "sd2": dict(primary="rad", rad_block=0, pool_block=1, window_block=0, low=(0.4, 0.0, False), high=(0.7, 0.3, False)),
     "sdxl": dict(primary="pool", rad_block=1, pool_block=1, window_block=1, low=(0.4, 0.0, True), high=(0.7, 0.3, False)),
 }
+
+
+def _timestep_value(t) -> float | None:
+    """The timestep of a U-Net call as a float (the first one of a per-sample tensor)."""
+    if isinstance(t, torch.Tensor):
+        return float(t.flatten()[0]) if t.numel() else None
+    return None if t is None else float(t)
+
+
+def _is_device_view(t) -> bool:
+    """A one-element timestep tensor on an accelerator (reading it would synchronise)."""
+    return isinstance(t, torch.Tensor) and t.device.type != "cpu" and t.numel() == 1
 
 
 @dataclass
@@ -250,7 +264,7 @@ class HiDiffusionPatch(ReversiblePatch):
         self.latent_hw: tuple[int, int] | None = None
         self.rad_on = self.pool_on = self.windows_on = False
         # automatic step finding
-        self._last_t: float | None = None
+        self._last_t: float | tuple | None = None
         self._calls = 0
         self._schedule: list[float] | None = None
         self._run_start: int | None = None
@@ -354,13 +368,36 @@ class HiDiffusionPatch(ReversiblePatch):
         for g, s in zip(self._generators, self.seeds):
             g.manual_seed(s)
 
-    def _find_step(self, t: float | None) -> tuple[int | None, int | None]:
-        if self.clock.driven:
+    def _timestep_slot(self, t) -> tuple[int, int] | None:
+        """(storage, offset) of ``t`` inside the pipeline scheduler's accelerator-side timesteps,
+        or None when ``t`` is not such a view (then its value is read)."""
+        if self.adapter is not None or not _is_device_view(t):
+            return None
+        ts = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
+        if not isinstance(ts, torch.Tensor) or ts.device != t.device:
+            return None
+        storage = ts.untyped_storage().data_ptr()
+        return (storage, t.storage_offset()) if t.untyped_storage().data_ptr() == storage else None
+
+    def _find_step(self, t) -> tuple[int | None, int | None]:
+        if self.clock.driven:  # the caller says where we are: the timestep is not even read
             return self.clock.index, self.clock.total
-        if t is not None and self._last_t is not None and t > self._last_t:
-            self._reset_run()  # the noise level went up: a new run started
-        if t is not None:
-            self._last_t = t
+        where = self._timestep_slot(t)
+        if where is not None:
+            # a stock pipeline passes an element of its scheduler's device-side ``timesteps``:
+            # which element (storage and offset, metadata only) tells a new run without reading the
+            # value, which would make the host wait for the GPU at every U-Net call
+            last = self._last_t
+            if isinstance(last, tuple) and (where[0] != last[0] or where[1] < last[1]):
+                self._reset_run()  # a new timesteps tensor, or back to an earlier (noisier) element
+            self._last_t = where
+        else:
+            t = _timestep_value(t)
+            last = self._last_t if not isinstance(self._last_t, tuple) else None
+            if t is not None and last is not None and t > last:
+                self._reset_run()  # the noise level went up: a new run started
+            if t is not None:
+                self._last_t = t
         if self.adapter is not None:
             sched = self._schedule
             if not sched or t is None:
@@ -386,10 +423,6 @@ class HiDiffusionPatch(ReversiblePatch):
     def _before_unet(self, module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
         t = args[1] if len(args) > 1 else kwargs.get("timestep")
-        if isinstance(t, torch.Tensor):
-            t = float(t.flatten()[0]) if t.numel() else None
-        elif t is not None:
-            t = float(t)
         h0, w0 = int(sample.shape[-2]), int(sample.shape[-1])
         self.latent_hw = (h0, w0)
         index, total = self._find_step(t)
