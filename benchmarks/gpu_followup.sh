@@ -8,25 +8,7 @@
 set -u
 OUT_DIR=${1:?usage: gpu_followup.sh OUTDIR}
 RES=/tmp/anysize-gpu-followup
-rm -rf "$RES"; mkdir -p "$RES"
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-pack() { tar czf "$OUT_DIR/results.tmp" -C "$RES" . && mv "$OUT_DIR/results.tmp" "$OUT_DIR/results.tgz"; }
-part() {
-  local name=$1 limit=$2; shift 2
-  echo "=== $name (limit ${limit}s) $(date +%T)"
-  local t0=$SECONDS
-  timeout -k 5 "$limit" "$@" > "$RES/$name.log" 2>&1
-  local rc=$?
-  grep -v -e "should be kept in float32" -e "requires torchvision" "$RES/$name.log" | tail -n 30
-  echo "=== $name: rc $rc in $((SECONDS - t0)) s"
-  pack
-}
+. "$(dirname "$0")/gpu_common.sh"
 part hidiffusion_fair ${HD_LIMIT:-90} python3 benchmarks/hidiffusion_speed.py --device cuda --dtype bf16 --width-div 1 \
   --steps 20 --repeats 2 --warmup-steps 0 --json "$RES/hidiffusion_fair.json"
 part composition_512 ${C_LIMIT:-45} python3 -m anysize eval composition --method direct hidiffusion --size 512x512 --n 64 \

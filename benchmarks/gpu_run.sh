@@ -10,26 +10,7 @@
 set -u
 OUT_DIR=${1:?usage: gpu_run.sh OUTDIR}
 RES=/tmp/anysize-gpu-results
-rm -rf "$RES"; mkdir -p "$RES"
-export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-
-pack() { tar czf "$OUT_DIR/results.tmp" -C "$RES" . && mv "$OUT_DIR/results.tmp" "$OUT_DIR/results.tgz"; }
-part() {  # part NAME SECONDS COMMAND...: run with a time limit, log to $RES/NAME.log
-  local name=$1 limit=$2; shift 2
-  echo "=== $name (limit ${limit}s) $(date +%T)"
-  local t0=$SECONDS
-  timeout -k 5 "$limit" "$@" > "$RES/$name.log" 2>&1
-  local rc=$?
-  grep -v -e "should be kept in float32" -e "requires torchvision" "$RES/$name.log" | tail -n 40
-  echo "=== $name: rc $rc in $((SECONDS - t0)) s"
-  pack
-}
+. "$(dirname "$0")/gpu_common.sh"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RES/machine.txt" 2>&1
 python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__, torch.cuda.get_device_name())" >> "$RES/machine.txt" 2>&1
