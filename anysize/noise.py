@@ -9,6 +9,11 @@ diffusers schedulers keep the latent in one of three spaces:
 Methods need x0 estimates and re-noising at arbitrary timesteps for any scheduler the model
 ships; deriving both from the scheduler's tables (never a hard-coded schedule) is what makes them
 scheduler-agnostic.
+
+On an accelerator the scheduler's tables and the step's timestep live on the device, and reading
+one value makes the host wait for everything queued before it. Values are therefore read from a
+host copy of each table, made once per table; a timestep that is an element of the schedule is
+located from its tensor metadata (storage and offset), so a step reads nothing from the device.
 """
 
 from __future__ import annotations
@@ -18,7 +23,59 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .devices import TensorKeyed
 from .errors import InvalidArgumentError
+
+#: table -> its float64 CPU copy
+_HOST_TABLES = TensorKeyed()
+
+
+def on_accelerator(t) -> bool:
+    """A tensor whose values the host can only read by waiting for the device."""
+    return isinstance(t, Tensor) and t.device.type not in ("cpu", "meta")
+
+
+def host_table(table: Tensor) -> Tensor:
+    """A float64 CPU copy of a scheduler table (timesteps, sigmas, alphas_cumprod), made once
+    per table and again only after the table changes in place."""
+    if not isinstance(table, Tensor):  # a list or array
+        return torch.as_tensor(table, dtype=torch.float64)
+    host = _HOST_TABLES.get(table)
+    if host is None:
+        host = table.detach().to(device="cpu", dtype=torch.float64)
+        _HOST_TABLES.put(table, host)
+    return host
+
+
+def schedule_position(t, table) -> int | None:
+    """``i`` such that ``t`` is the view ``table[i]`` (or ``table[i:i+1]``), found from tensor
+    metadata only; None when ``t`` is not an element view of the 1-D ``table``."""
+    if not (isinstance(t, Tensor) and isinstance(table, Tensor)) or t.numel() != 1 or table.ndim != 1:
+        return None
+    if t.device != table.device or t.dtype != table.dtype:
+        return None
+    try:
+        if t.untyped_storage().data_ptr() != table.untyped_storage().data_ptr():
+            return None
+    except (RuntimeError, NotImplementedError):  # tensors without storage (e.g. functional wrappers)
+        return None
+    stride, offset = table.stride(0), t.storage_offset() - table.storage_offset()
+    if stride <= 0 or offset < 0 or offset % stride:
+        return None
+    i = offset // stride
+    return i if i < table.shape[0] else None
+
+
+def timestep_value(t, table=None) -> float:
+    """``t`` as a Python float. An accelerator-side element of ``table`` (a scheduler's
+    ``timesteps``) is read from the table's host copy, without waiting for the device."""
+    if isinstance(t, Tensor):
+        if on_accelerator(t):
+            i = schedule_position(t, table)
+            if i is not None:
+                return float(host_table(table)[i])
+        return float(t.detach().flatten()[0])
+    return float(t)
 
 
 @dataclass(frozen=True)
@@ -38,27 +95,27 @@ class NoiseSpace:
         return cls(scheduler, "ve" if init > 1.0 + 1e-6 else "vp")
 
     # ---------------------------------------------------------------- noise level at t
-    def _schedule_index(self, t: Tensor) -> int | None:
+    def _schedule_index(self, t: float) -> int | None:
+        """The first position of timestep value ``t`` in the schedule, if it has a sigma there."""
         s = self.scheduler
         timesteps = getattr(s, "timesteps", None)
         sigmas = getattr(s, "sigmas", None)
-        if timesteps is None or sigmas is None or len(sigmas) < len(timesteps):
+        if not isinstance(timesteps, Tensor) or sigmas is None or len(sigmas) < len(timesteps):
             return None
-        hits = (timesteps.to(torch.float64) == torch.as_tensor(t, dtype=torch.float64).cpu()).nonzero()
+        hits = (host_table(timesteps) == t).nonzero()
         return int(hits[0]) if len(hits) else None
 
     def sigma(self, t: Tensor | float) -> float:
         """Noise level at timestep t: VE sigma (√((1-ᾱ)/ᾱ)) for vp/ve, s ∈ [0, 1] for flow."""
         s = self.scheduler
-        t = torch.as_tensor(t).detach().cpu().flatten()[0]
-        idx = self._schedule_index(t)
+        tf = timestep_value(t, getattr(s, "timesteps", None))
+        idx = self._schedule_index(tf)
         if idx is not None:
-            return float(s.sigmas[idx])
+            return float(host_table(s.sigmas)[idx])
         if self.kind == "flow":
-            return float(t) / s.config.num_train_timesteps
-        ac = s.alphas_cumprod.to(torch.float64)
+            return tf / s.config.num_train_timesteps
+        ac = host_table(s.alphas_cumprod)
         # fractional timesteps (Euler with linear interpolation): interpolate the table
-        tf = float(t)
         lo = max(0, min(int(tf), len(ac) - 1))
         hi = min(lo + 1, len(ac) - 1)
         w = tf - lo

@@ -22,6 +22,7 @@ import math
 import torch
 from torch import Tensor
 
+from .devices import upload
 from .errors import InvalidArgumentError
 
 __all__ = [
@@ -140,7 +141,7 @@ def fusion_weights(
         return torch.ones(height, width, device=device, dtype=dtype)
     gy = torch.ones(height, dtype=torch.float64) if single_row else _gaussian_1d(height)
     gx = torch.ones(width, dtype=torch.float64) if single_col else _gaussian_1d(width)
-    return (gy[:, None] * gx[None, :]).to(device=device, dtype=dtype)
+    return upload(gy[:, None] * gx[None, :], device, dtype)
 
 
 def block_starts(length: int, parts: int) -> list[int]:

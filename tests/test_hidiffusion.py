@@ -208,8 +208,9 @@ def test_pipeline_counter_restarts_after_an_interrupted_run(tiny):
 def test_accelerator_timesteps_are_located_without_reading_them(tiny, monkeypatch):
     """On a GPU the U-Net's timestep is an element of the scheduler's device-side timesteps;
     reading its value would make the host wait for the GPU at every call. The patch locates it by
-    storage and offset instead -- emulated here by treating CPU tensors as device ones -- with the
+    storage and position instead -- emulated here by treating CPU tensors as device ones -- with the
     same schedule and images as reading the values, including after an interrupted run."""
+    import anysize.noise
     import anysize.patches.hidiffusion as hd
 
     pipe = tiny("sd1")
@@ -231,8 +232,8 @@ def test_accelerator_timesteps_are_located_without_reading_them(tiny, monkeypatc
 
     by_value = runs()
     reads = []
-    monkeypatch.setattr(hd, "_is_device_view", lambda t: isinstance(t, torch.Tensor) and t.numel() == 1)
-    monkeypatch.setattr(hd, "_timestep_value", lambda t: reads.append(t))
+    monkeypatch.setattr(anysize.noise, "on_accelerator", lambda t: isinstance(t, torch.Tensor) and t.numel() == 1)
+    monkeypatch.setattr(hd, "_timestep_value", lambda t, schedule=None: reads.append(t))
     by_slot = runs()
     assert reads == []  # never read
     assert [e[:4] for e in by_slot[2]] == [e[:4] for e in by_value[2]] == [e[:4] for e in by_slot[3]]

@@ -14,11 +14,13 @@ take one window per call; their windows are still batched across the images of t
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from ..devices import upload
 from ..errors import InvalidArgumentError
 from ..models.base import Conditioning, PromptEmbeds, Window
 from ..sampling import StepContext
@@ -62,9 +64,15 @@ def tile_size(adapter, tile: int | None, height: int, width: int, what: str) -> 
     return tile, tile
 
 
-def _select(embeds: PromptEmbeds, idx: Tensor) -> PromptEmbeds:
+@functools.lru_cache(maxsize=256)
+def _image_index(images: tuple[int, ...], device: torch.device) -> Tensor:
+    # made and uploaded once per selection and device, not at every window call
+    return upload(torch.tensor(images, dtype=torch.long), device)
+
+
+def _select(embeds: PromptEmbeds, images: tuple[int, ...]) -> PromptEmbeds:
     def pick(v):
-        return None if v is None else v.index_select(0, idx.to(v.device))
+        return None if v is None else v.index_select(0, _image_index(images, v.device))
 
     extra = {k: (v if k in embeds.unbatched else pick(v)) for k, v in embeds.extra.items()}
     return PromptEmbeds(pick(embeds.embeds), pick(embeds.pooled), extra, embeds.unbatched)
@@ -74,7 +82,7 @@ def select_cond(cond: Conditioning, images: list[int]) -> Conditioning:
     """The conditioning of images ``images`` (repeats allowed), in that order."""
     if images == list(range(cond.batch)):
         return cond
-    idx = torch.tensor(images, dtype=torch.long)
+    idx = tuple(images)
     neg = None if cond.negative is None else _select(cond.negative, idx)
     return Conditioning(_select(cond.positive, idx), neg, cond.guidance_scale, cond.network_guidance)
 

@@ -79,6 +79,7 @@ Network evaluations per step (one per sample; P local views per image, B images)
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -86,6 +87,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..devices import upload
 from ..errors import InvalidArgumentError
 from ..models.base import Conditioning, PromptEmbeds, Window
 from ..sampling import StepContext
@@ -261,10 +263,15 @@ def resampling_plan(height: int, width: int, ref: tuple[int, int], passes: int, 
     return torch.stack(picks)
 
 
+@functools.lru_cache(maxsize=64)
+def _block_index_on(length: int, parts: int, device: torch.device) -> Tensor:
+    return upload(block_index(length, parts), device)  # once per size and device, not per step
+
+
 def block_upsample(x: Tensor, size: tuple[int, int]) -> Tensor:
     """Nearest upsampling of (..., h, w) to (..., H, W) on the block partition of the plan."""
     h, w = x.shape[-2:]
-    rows, cols = block_index(size[0], h).to(x.device), block_index(size[1], w).to(x.device)
+    rows, cols = _block_index_on(size[0], h, x.device), _block_index_on(size[1], w, x.device)
     return x[..., rows[:, None], cols[None, :]]
 
 
@@ -414,9 +421,9 @@ class Elastic(Method):
                 run.clean[key] = clean
         noisy = run.noisy.get(key)  # noisy is reset every step
         if noisy is None:
-            noise = torch.randn(clean.shape, generator=run.bg_noise[image], dtype=torch.float32)
+            noise = upload(torch.randn(clean.shape, generator=run.bg_noise[image], dtype=torch.float32), clean.device)
             ns = ctx.noise_space
-            noisy = ns.from_x0(clean.float().cpu(), noise, ctx.t) * ns.input_scale(ctx.t)
+            noisy = ns.from_x0(clean.float(), noise, ctx.t) * ns.input_scale(ctx.t)
             noisy = run.noisy[key] = noisy.to(device=like.device, dtype=like.dtype)
         return noisy
 
@@ -457,8 +464,8 @@ class Elastic(Method):
         pass's ε_u."""
         b, c, hh, ww = x_in.shape
         h, w = geo.ref
-        plans = torch.stack([resampling_plan(hh, ww, geo.ref, passes, self.options.new_p, g)
-                             for g in run.picks[:b]]).to(x_in.device)  # (B, passes, h·w)
+        plans = upload(torch.stack([resampling_plan(hh, ww, geo.ref, passes, self.options.new_p, g)
+                                    for g in run.picks[:b]]), x_in.device)  # (B, passes, h·w)
         flat = x_in.flatten(2)
         # pass-major: row k·B + i is pass k of image i
         z = torch.stack([flat[i][:, plans[i, k]] for k in range(passes) for i in range(b)]).view(passes * b, c, h, w)
@@ -546,7 +553,7 @@ class Elastic(Method):
             x0 = ns.to_x0(x.float(), out.float(), ctx.t, ptype)
             proposal = ns.move(x.float(), x0, ctx.t, t_next)
             noise = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in run.renoise[:b]])
-            x = ns.renoise(proposal, t_next, ctx.t, noise.to(x.device)).to(x.dtype)
+            x = ns.renoise(proposal, t_next, ctx.t, upload(noise, x.device)).to(x.dtype)
             scale = w / o.repaint_divisor
             out, ref = self._guided(ctx, run, ctx.model_input(x), geo, 1, scale)
             out = out.to(x.dtype)

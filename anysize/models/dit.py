@@ -9,6 +9,7 @@ the whole canvas both reduce to the stock pipelines exactly.
 from __future__ import annotations
 
 import contextlib
+import functools
 import warnings
 from typing import Sequence
 
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..devices import upload
 from ..errors import InvalidArgumentError
 from .base import Conditioning, ModelAdapter, PromptEmbeds, Window
 
@@ -33,6 +35,14 @@ def _flow_shift_mu(scheduler, image_seq_len: int, default_max_shift: float) -> f
         cfg.get("max_shift", default_max_shift),
     )
 
+
+
+@functools.lru_cache(maxsize=256)
+def _position_ids(top: int, left: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    ids = torch.zeros(h, w, 3)
+    ids[..., 1] += torch.arange(h)[:, None] + top
+    ids[..., 2] += torch.arange(w)[None, :] + left
+    return upload(ids.reshape(h * w, 3), device, dtype)
 
 class DiTAdapter(ModelAdapter):
     scheduler_kind = "flow"
@@ -189,12 +199,10 @@ class FluxAdapter(DiTAdapter):
         return scheduler.timesteps
 
     def position_ids(self, window: Window, device: torch.device | None = None) -> Tensor:
-        """(h/2·w/2, 3) ids (0, row, col) of the window's tokens in canvas coordinates."""
-        h, w = window.height // 2, window.width // 2
-        ids = torch.zeros(h, w, 3)
-        ids[..., 1] += torch.arange(h)[:, None] + window.top // 2
-        ids[..., 2] += torch.arange(w)[None, :] + window.left // 2
-        return ids.reshape(h * w, 3).to(device=device or self.device, dtype=self.dtype)
+        """(h/2·w/2, 3) ids (0, row, col) of the window's tokens in canvas coordinates; one tensor
+        per place, size, device and dtype, made and uploaded once (the transformer only reads it)."""
+        return _position_ids(window.top // 2, window.left // 2, window.height // 2, window.width // 2,
+                             torch.device(device or self.device), self.dtype)
 
     @staticmethod
     def pack(x: Tensor) -> Tensor:

@@ -8,13 +8,21 @@ full canvas this gives (H, W, 0, 0, H, W), the stock pipeline's default.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
 
+from ..devices import upload
 from .base import Conditioning, PromptEmbeds, Window
 from .sd import UNetAdapter
 
+
+
+@functools.lru_cache(maxsize=256)
+def _time_ids(ids: tuple, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    # built and uploaded once per window set, not at every network call (the U-Net only reads it)
+    return upload(torch.tensor(ids, dtype=dtype), device)
 
 class SDXLAdapter(UNetAdapter):
     family = "sdxl"
@@ -43,8 +51,8 @@ class SDXLAdapter(UNetAdapter):
         """(n, 6) size and crop ids: one window for all n, or one window per sample."""
         f = self.vae_factor
         windows = [window] * n if isinstance(window, Window) else list(window)
-        ids = [[w.canvas[0] * f, w.canvas[1] * f, w.top * f, w.left * f, w.height * f, w.width * f] for w in windows]
-        return torch.tensor(ids, dtype=dtype, device=device or self.device)
+        ids = tuple((w.canvas[0] * f, w.canvas[1] * f, w.top * f, w.left * f, w.height * f, w.width * f) for w in windows)
+        return _time_ids(ids, dtype, torch.device(device or self.device))
 
     def _unet_kwargs(self, embeds: PromptEmbeds, window: Window, n: int) -> dict:
         return {

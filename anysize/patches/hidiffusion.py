@@ -76,7 +76,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from .. import noise
 from ..errors import InvalidArgumentError
+from ..noise import host_table, schedule_position, timestep_value
 from ._undo import ReversiblePatch, Undo
 from .msw_msa import WindowAttentionProcessor, feature_hw, shift_index
 from .raunet import DilatedDownsampler, PoolUnpool
@@ -93,16 +95,12 @@ FAMILY_PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
-def _timestep_value(t) -> float | None:
-    """The timestep of a U-Net call as a float (the first one of a per-sample tensor)."""
-    if isinstance(t, torch.Tensor):
-        return float(t.flatten()[0]) if t.numel() else None
-    return None if t is None else float(t)
-
-
-def _is_device_view(t) -> bool:
-    """A one-element timestep tensor on an accelerator (reading it would synchronise)."""
-    return isinstance(t, torch.Tensor) and t.device.type != "cpu" and t.numel() == 1
+def _timestep_value(t, schedule=None) -> float | None:
+    """The timestep of a U-Net call as a float (the first one of a per-sample tensor), from the
+    host copy of ``schedule`` when ``t`` is an accelerator-side element of it."""
+    if isinstance(t, torch.Tensor) and not t.numel():
+        return None
+    return None if t is None else timestep_value(t, schedule)
 
 
 @dataclass
@@ -267,6 +265,7 @@ class HiDiffusionPatch(ReversiblePatch):
         self._last_t: float | tuple | None = None
         self._calls = 0
         self._schedule: list[float] | None = None
+        self._schedule_table: torch.Tensor | None = None  # the schedule tensor the adapter last set
         self._run_start: int | None = None
         self._position = 0
         self._generators = [torch.Generator("cpu") for _ in self.seeds]
@@ -350,7 +349,8 @@ class HiDiffusionPatch(ReversiblePatch):
 
         def set_timesteps(scheduler, steps, latent_hw):
             timesteps = original(scheduler, steps, latent_hw)
-            self._schedule = [float(t) for t in timesteps]
+            self._schedule_table = timesteps
+            self._schedule = host_table(timesteps).tolist()  # one read per run, not one per call
             self._run_start = None
             self._position = 0
             return timesteps
@@ -369,15 +369,13 @@ class HiDiffusionPatch(ReversiblePatch):
             g.manual_seed(s)
 
     def _timestep_slot(self, t) -> tuple[int, int] | None:
-        """(storage, offset) of ``t`` inside the pipeline scheduler's accelerator-side timesteps,
+        """(storage, position) of ``t`` inside the pipeline scheduler's accelerator-side timesteps,
         or None when ``t`` is not such a view (then its value is read)."""
-        if self.adapter is not None or not _is_device_view(t):
+        if self.adapter is not None or not noise.on_accelerator(t):
             return None
         ts = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
-        if not isinstance(ts, torch.Tensor) or ts.device != t.device:
-            return None
-        storage = ts.untyped_storage().data_ptr()
-        return (storage, t.storage_offset()) if t.untyped_storage().data_ptr() == storage else None
+        i = schedule_position(t, ts)
+        return None if i is None else (ts.untyped_storage().data_ptr(), i)
 
     def _find_step(self, t) -> tuple[int | None, int | None]:
         if self.clock.driven:  # the caller says where we are: the timestep is not even read
@@ -392,7 +390,7 @@ class HiDiffusionPatch(ReversiblePatch):
                 self._reset_run()  # a new timesteps tensor, or back to an earlier (noisier) element
             self._last_t = where
         else:
-            t = _timestep_value(t)
+            t = _timestep_value(t, self._schedule_table)
             last = self._last_t if not isinstance(self._last_t, tuple) else None
             if t is not None and last is not None and t > last:
                 self._reset_run()  # the noise level went up: a new run started

@@ -56,6 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..devices import TensorKeyed, upload
 from ..errors import InvalidArgumentError
 from ._undo import ReversiblePatch, Undo
 from .msw_msa import feature_hw
@@ -353,7 +354,7 @@ class NPAPatch(ReversiblePatch):
             ids = kwargs.get("img_ids")
             ehs = kwargs.get("encoder_hidden_states")
             self.text_len = 0 if ehs is None else int(ehs.shape[1])
-            self.token_grid = _raster_grid(ids) if ids is not None else None
+            self.token_grid = _raster_grid(ids) if ids is not None else None  # read once per ids tensor
             return None
         sample = args[0] if args else kwargs.get("hidden_states", kwargs.get("sample"))
         self.latent_hw = (int(sample.shape[-2]), int(sample.shape[-1]))
@@ -399,7 +400,8 @@ class NPAPatch(ReversiblePatch):
         index = self._indices.get(key)
         if index is None:
             index = neighborhood_indices(grid, window, offset)
-            index = index._replace(query=index.query.to(device), inverse=index.inverse.to(device), kv=index.kv.to(device))
+            index = index._replace(query=upload(index.query, device), inverse=upload(index.inverse, device),
+                                   kv=upload(index.kv, device))
             self._indices[key] = index
         return index
 
@@ -437,8 +439,24 @@ class NPAPatch(ReversiblePatch):
         return npa_attention(q, k, v, index, text=text, chunk=self.settings.chunk)
 
 
+_RASTER_GRIDS = TensorKeyed()
+
+
 def _raster_grid(ids: Tensor) -> tuple[int, int] | None:
-    """(H, W) if the (L, 3) position ids are a raster grid (row-major, unit steps), else None."""
+    """(H, W) if the (L, 3) position ids are a raster grid (row-major, unit steps), else None.
+    Reading the ids waits for the device, so the answer is kept per ids tensor (the adapters and
+    the pipelines make one per window size and reuse it)."""
+    hit = _RASTER_GRIDS.get(ids, _UNKNOWN)
+    if hit is _UNKNOWN:
+        hit = _read_raster_grid(ids)
+        _RASTER_GRIDS.put(ids, hit)
+    return hit
+
+
+_UNKNOWN = object()
+
+
+def _read_raster_grid(ids: Tensor) -> tuple[int, int] | None:
     if ids.ndim == 3:
         ids = ids[0]
     L = ids.shape[0]
@@ -582,7 +600,7 @@ class _FluxProcessor(_Processor):
                 return tq, tk, tv
             # the text copy of patch i is rotated by the phase of its window's top-left token
             W = index.grid[1]
-            corner = torch.tensor([r * W + c for r, c in index.corners], device=q.device) + lt
+            corner = upload(torch.tensor([r * W + c for r, c in index.corners]), q.device) + lt
             cc, sc = cos[corner].to(q.device)[:, None], sin[corner].to(q.device)[:, None]  # (N, 1, d)
             rq = _rotate(tq[:, :, None], cc, sc)  # (B, h, N, lt, d)
             rk = _rotate(tk[:, :, None], cc, sc)
