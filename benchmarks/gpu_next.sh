@@ -6,6 +6,8 @@
 #    timestep at every U-Net call (SDXL was 3 % slower than the package before it; issue 6);
 # 2. elastic vs the official loop structure at generate_image()'s own view_batch_size 1 as well as
 #    the CLI's 16 (issue 7's 3x goal was measured against 16 only);
+#    -- both also after b398ed3, which removed every per-step host/device wait of the methods
+#    (benchmarks/host_syncs.md);
 # 3. ScaleDiff's NPA vs full attention at full depth (benchmarks/scalediff_speed.py --gpu).
 set -u
 OUT_DIR=${1:?usage: gpu_next.sh OUTDIR}

@@ -57,7 +57,7 @@ class HostSyncAudit(TorchFunctionMode):
     """A torch function mode that records would-be host/device synchronisations (module doc).
 
     ``roots`` are the tensors that live on the device; ``ignore`` are path fragments of code whose
-    synchronisations are not recorded (e.g. diffusers' schedulers, which every pipeline runs);
+    own synchronisations are not recorded (e.g. diffusers' schedulers, which every pipeline runs);
     ``package`` is the path fragment whose frames are shown in :attr:`SyncEvent.where`.
     """
 
@@ -82,19 +82,24 @@ class HostSyncAudit(TorchFunctionMode):
     def __enter__(self):
         from .. import noise
 
-        self._saved_on_accelerator = noise.on_accelerator
+        self._saved_on_accelerator = getattr(noise, "on_accelerator", None)
         noise.on_accelerator = self.is_device
         return super().__enter__()
 
     def __exit__(self, *exc):
         from .. import noise
 
-        noise.on_accelerator = self._saved_on_accelerator
+        if self._saved_on_accelerator is None:
+            del noise.on_accelerator
+        else:
+            noise.on_accelerator = self._saved_on_accelerator
         return super().__exit__(*exc)
 
     def _record(self, kind: str, func) -> None:
         stack = [f for f in traceback.extract_stack() if f.filename != __file__]
-        if any(frag in f.filename for f in stack[-12:] for frag in self.ignore):
+        # the code that asked for the value: the innermost frame outside torch itself
+        caller = next((f for f in reversed(stack) if "/torch/" not in f.filename.replace("\\", "/")), None)
+        if caller is not None and any(frag in caller.filename.replace("\\", "/") for frag in self.ignore):
             return
         ours = [f for f in stack if self.package in f.filename.replace("\\", "/")]
         where = " <- ".join(f"{f.filename.replace(chr(92), '/').rsplit(self.package, 1)[-1]}:{f.lineno} {f.name}"
