@@ -23,6 +23,7 @@ from .errors import InvalidArgumentError, InvalidSizeError
 from .models import ModelAdapter, adapt
 from .models import load as _load_model
 from .models.base import Conditioning, as_list
+from .options import require
 from .sampling import StepCallback, check_strength, make_generators, partial_schedule
 from .schedulers import make_scheduler, scheduler_name
 
@@ -87,12 +88,6 @@ class GenerationResult:
         cfg["negative_prompt"] = (self.config["negative_prompts"] or [""])[index] if self.config["negative_prompts"] else ""
         cfg["seed"] = self.config["seeds"][index]
         return cfg
-
-
-def _positive_int(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise InvalidArgumentError(f"{name} must be a positive integer, got {v!r}")
-    return v
 
 
 def _check_fits(adapter: ModelAdapter, height: int, width: int, batch: int) -> None:
@@ -367,7 +362,7 @@ def _prompts(prompt, negative_prompt) -> tuple[list[str], list[str] | None]:
 
 
 def _settings(adapter, batch, steps, guidance, seed, scheduler, tiled_vae, output_type) -> _Settings:
-    steps = adapter.default_steps if steps is None else _positive_int("steps", steps)
+    steps = adapter.default_steps if steps is None else require("steps", steps, kind="int", low=1)
     guidance = adapter.default_guidance if guidance is None else float(guidance)
     if guidance < 0:
         raise InvalidArgumentError(f"guidance must be >= 0, got {guidance}")

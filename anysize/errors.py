@@ -17,14 +17,6 @@ class InvalidSizeError(AnysizeError):
     """A width/height that is zero, negative, not divisible by the model's factor, or too large."""
 
 
-class UnknownChoiceError(AnysizeError):
-    """A name (method, scheduler, dtype, family, ...) that is not one of the valid choices."""
-
-    def __init__(self, kind: str, value: object, choices: Iterable[str]):
-        self.kind, self.value, self.choices = kind, value, sorted(choices)
-        super().__init__(f"unknown {kind} {value!r}; valid choices: {', '.join(self.choices)}")
-
-
 class ModelLoadError(AnysizeError):
     """A model id or folder that cannot be loaded as a diffusers pipeline of a supported family."""
 
@@ -35,6 +27,19 @@ class OutputError(AnysizeError):
 
 class InvalidArgumentError(AnysizeError):
     """Any other out-of-range or inconsistent argument (empty prompt list, bad steps, ...)."""
+
+
+class UnknownChoiceError(InvalidArgumentError):
+    """A name (method, scheduler, dtype, family, an option's value, ...) that is not one of the valid choices.
+
+    The choices are listed sorted, or in their own order with ``ordered`` (presets, choices whose
+    order means something); ``extra`` is appended to the list (e.g. " (or unset)").
+    """
+
+    def __init__(self, kind: str, value: object, choices: Iterable[str], *, ordered: bool = False, extra: str = ""):
+        self.kind, self.value = kind, value
+        self.choices = list(choices) if ordered else sorted(choices)
+        super().__init__(f"unknown {kind} {value!r}; valid choices: {', '.join(map(str, self.choices))}{extra}")
 
 
 class Cancelled(RuntimeError):

@@ -23,14 +23,14 @@ import torch
 from torch import Tensor
 
 from .devices import upload
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, check_choice
+from .options import require
 
 __all__ = [
     "PLACEMENTS",
     "WEIGHTINGS",
     "block_index",
     "block_starts",
-    "check_choice",
     "context_views",
     "fusion_weights",
     "overlap_origins",
@@ -42,17 +42,8 @@ WEIGHTINGS = ("gaussian", "uniform")
 PLACEMENTS = ("asd", "improved")
 
 
-def check_choice(kind: str, value, choices) -> str:
-    """``value`` if it is one of ``choices``, else InvalidArgumentError naming the valid ones."""
-    if value not in choices:
-        raise InvalidArgumentError(f"unknown {kind} {value!r}; valid choices: {', '.join(choices)}")
-    return value
-
-
 def _positive(name: str, v) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-        raise InvalidArgumentError(f"{name} must be a positive integer, got {v!r}")
-    return v
+    return require(name, v, kind="int", low=1)
 
 
 def overlap_origins(length: int, window: int, stride: int, *, circular: bool = False) -> list[int]:

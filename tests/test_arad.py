@@ -218,7 +218,7 @@ def test_add_lora_trains_only_lora_parameters(tiny):
 
 @pytest.mark.parametrize("kw,match", [
     ({"steps": 0}, "steps"), ({"batch": -1}, "batch"), ({"lr": 0.0}, "lr"), ({"caption_dropout": 1.0}, "caption_dropout"),
-    ({"mixed_precision": "fp8"}, "mixed precision"), ({"bucket_rule": "area"}, "bucket rule"), ({"grad_clip": -1.0}, "grad_clip"),
+    ({"mixed_precision": "fp8"}, "mixed_precision"), ({"bucket_rule": "area"}, "bucket_rule"), ({"grad_clip": -1.0}, "grad_clip"),
     ({"targets": ()}, "targets"),
 ])
 def test_bad_config(kw, match):
@@ -239,7 +239,7 @@ def test_cli_trains_resumes_and_refuses_to_overwrite(dataset, tmp_path, tiny_mod
     assert "already holds a run" in capsys.readouterr().err
     assert main(["train-arad", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
     assert main(["train-arad", str(dataset), "--out", str(tmp_path / "x"), "--bucket-rule", "area"]) == 2
-    assert "valid choices: log, paper" in capsys.readouterr().err
+    assert "valid choices: paper, log" in capsys.readouterr().err
 
 
 def test_cli_help_teaches_multi_gpu():

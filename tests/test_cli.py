@@ -16,6 +16,7 @@ from anysize import api, cli
 from anysize.methods import METHODS
 from anysize.methods.base import MethodOptions
 from anysize.methods.direct import Direct
+from anysize.options import option
 from anysize.output import read_metadata, read_parameters
 
 FAST = ["--steps", "2", "--size", "128x128"]
@@ -130,8 +131,8 @@ def test_default_model_size_and_name(capsys, model_dir, _workdir):
 
 @dataclasses.dataclass
 class _BoostOptions(MethodOptions):
-    boost: float = 1.0
-    label: str = "x"
+    boost: float = option(1.0, "a number")
+    label: str = option("x", "a string")
 
 
 class _Boost(Direct):

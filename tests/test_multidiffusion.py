@@ -101,7 +101,9 @@ def test_sdxl_batch_matches_single(tiny):
                             method="multidiffusion", method_options={"stride": 8}, output_type="latent",
                             progress=False)
     dog = gen(adapter, h=128, w=192, stride=8, seed=5, prompt="a dog")
-    assert (both.latents[1] - dog.latents[0]).abs().max().item() <= 1e-5
+    # float rounding only: two prompts encoded in one call round the second row differently on some
+    # CPUs (1.5e-5 seen); a wrong window or seed differs by whole units
+    assert (both.latents[1] - dog.latents[0]).abs().max().item() <= 1e-4
 
 
 def test_overlap_origins_cover_every_pixel():

@@ -333,7 +333,7 @@ def test_sdxl_stage_conditioning_is_the_stage_canvas(tiny):
     ({"cutoff": 1.0}, "cutoff must be in \\(0, 1\\)"),
     ({"cutoff": 0}, "cutoff"),
     ({"sg_scale": -1}, "sg_scale must be a number in \\[0, 10\\]"),
-    ({"sg_schedule": "cosine"}, "sg_schedule must be one of alpha, sigma"),
+    ({"sg_schedule": "cosine"}, "sg_schedule .cosine.; valid choices: alpha, sigma"),
     ({"lfm": "yes"}, "lfm must be true or false"),
     ({"query_shift": 1}, "query_shift"),
     ({"stages": 0}, "stages must be an integer >= 1"),

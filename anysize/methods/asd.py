@@ -47,7 +47,7 @@ from torch import Tensor
 from ..buckets import RULES as BUCKET_RULES
 from ..buckets import nearest_bucket, scaled_buckets
 from ..errors import InvalidArgumentError
-from ..sampling import check_strength
+from ..options import option
 from .base import Method, MethodOptions
 from .registry import create, register
 
@@ -68,37 +68,20 @@ def cover_crop(images: Tensor, height: int, width: int) -> Tensor:
     return out[..., top : top + height, left : left + width].clamp(-1.0, 1.0).to(images.dtype)
 
 
+def _check_fstd_options(options) -> None:
+    create("fstd", **options)  # unknown or out-of-range fstd options fail here
+
+
 @dataclasses.dataclass
 class ASDOptions(MethodOptions):
-    #: stage II img2img strength: the fraction of the schedule FSTD re-runs on the enlarged image
-    strength: float = 0.5
-    #: "paper" (nearest H/W) or "log" (nearest log H/W)
-    bucket_rule: str = "paper"
-    #: a LoRA (file or folder diffusers' load_lora_weights reads) applied in stage I only
-    lora: str | None = None
-    #: the LoRA's weight in stage I
-    lora_scale: float = 1.0
-    #: options of the stage-II fstd method (e.g. {"tile": 64, "offset_range": 32})
-    fstd: dict = dataclasses.field(default_factory=dict)
-
-    def validate(self) -> None:
-        check_strength(self.strength)
-        if self.bucket_rule not in BUCKET_RULES:
-            raise InvalidArgumentError(
-                f"unknown bucket_rule {self.bucket_rule!r}; valid choices: {', '.join(BUCKET_RULES)}"
-            )
-        if self.lora is not None:
-            if not isinstance(self.lora, (str, os.PathLike)) or not os.fspath(self.lora):
-                raise InvalidArgumentError(f"lora must be a path to a LoRA file or folder, got {self.lora!r}")
-            if not os.path.exists(os.fspath(self.lora)):
-                raise InvalidArgumentError(f"lora {os.fspath(self.lora)} does not exist")
-        if isinstance(self.lora_scale, bool) or not isinstance(self.lora_scale, (int, float)) or not math.isfinite(
-            self.lora_scale
-        ):
-            raise InvalidArgumentError(f"lora_scale must be a number, got {self.lora_scale!r}")
-        if not isinstance(self.fstd, dict):
-            raise InvalidArgumentError(f"fstd must be a dict of fstd options, got {self.fstd!r}")
-        create("fstd", **self.fstd)  # unknown or out-of-range fstd options fail here
+    strength: float = option(0.5, "stage II img2img strength: the fraction of the schedule FSTD re-runs on the "
+                                  "enlarged image", low=0.0, high=1.0, low_open=True)
+    bucket_rule: str = option("paper", "nearest bucket by H/W (paper) or by log H/W (log)", choices=BUCKET_RULES)
+    lora: str | None = option(None, "a LoRA (file or folder diffusers' load_lora_weights reads) applied in stage I only",
+                              kind="path", must_exist=True, unset="no LoRA")
+    lora_scale: float = option(1.0, "the LoRA's weight in stage I")
+    fstd: dict = option({}, "options of the stage-II fstd method, e.g. {\"tile\": 64}", kind="mapping",
+                        check=_check_fstd_options)
 
 
 @register

@@ -2,8 +2,9 @@
 
 A method overrides :meth:`Method.predict` (the guided model output for the whole canvas; e.g. one
 call, or fused windows), or :meth:`Method.step` (when the step itself changes), or
-:meth:`Method.run` (multi-stage recipes built from other methods). Options are declared once as a
-dataclass so the CLI, the API, metadata and validation all read the same list.
+:meth:`Method.run` (multi-stage recipes built from other methods). Options are declared once with
+:mod:`anysize.options` metadata, so the CLI, the API, the UI, metadata and validation all read the
+same list.
 """
 
 from __future__ import annotations
@@ -14,15 +15,13 @@ from typing import Any, ClassVar
 from torch import Tensor
 
 from ..errors import InvalidArgumentError
+from ..options import Options
 from ..sampling import StepContext, partial_schedule, sample
 
 
 @dataclasses.dataclass
-class MethodOptions:
+class MethodOptions(Options):
     """Base of every method's options (none for plain methods)."""
-
-    def validate(self) -> None:
-        """Raise InvalidArgumentError for out-of-range values."""
 
 
 class Method:
@@ -41,13 +40,7 @@ class Method:
         return False
 
     def __init__(self, **options: Any):
-        names = {f.name for f in dataclasses.fields(self.Options)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            valid = ", ".join(sorted(names)) or "none"
-            raise InvalidArgumentError(f"method {self.name!r} has no option {', '.join(unknown)}; its options: {valid}")
-        self.options = self.Options(**options)
-        self.options.validate()
+        self.options = self.Options.from_kwargs(options, owner=f"method {self.name!r}")
 
     def check(self, adapter, height: int, width: int) -> None:
         """Refuse model/size combinations this method cannot do (before any work starts)."""
@@ -107,4 +100,4 @@ class Method:
         return {}
 
     def describe(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.options)
+        return self.options.as_dict()

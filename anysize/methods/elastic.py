@@ -91,7 +91,8 @@ from ..devices import upload
 from ..errors import InvalidArgumentError
 from ..models.base import Conditioning, PromptEmbeds, Window
 from ..sampling import StepContext
-from ..tiling_grids import block_index, block_starts, check_choice, context_views
+from ..options import option
+from ..tiling_grids import block_index, block_starts, context_views
 from ._windows import latent_patch, select_cond
 from .base import Method, MethodOptions
 from .registry import register
@@ -129,73 +130,40 @@ def gradio_table(height: int, width: int, native: tuple[int, int]) -> tuple[int,
     return 7, 1000.0
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
 @dataclass
 class ElasticOptions(MethodOptions):
-    #: official settings by name: generate_image (the defaults), cli, readme, gradio
-    preset: str | None = None
-    #: R: extra reference passes per step (0: one strided reference, no repaint pass)
-    resampling_steps: int | None = 20
-    #: probability that a block switches to a new pixel on a resampling pass
-    new_p: float = 0.3
-    #: λ0 of reduced-resolution guidance (0: off)
-    rrg_init_weight: float | None = 1000.0
-    #: γ, the exponent of the cosine decay
-    cosine_scale: float = 3.0
-    #: RRG stops after this fraction of the steps is left
-    rrg_stop_t: float = 0.2
-    #: redo each step (all but the last) on the re-noised result with guidance w/repaint_divisor
-    repaint: bool = True
-    repaint_divisor: float = 3.0
-    #: core side of a local patch in latent px (None: native/2); the rest of the native window is context
-    patch_size: int | None = None
-    #: local patches per network call (times the number of images)
-    view_batch_size: int = 16
-    #: all R+1 reference passes of a step in one network call (False: one call per pass, as the official code)
-    batch_references: bool = True
-    #: VAE-encode each background block once per run (False: for every padded call, as the official code)
-    cache_background: bool = True
-    #: pad colour of the reference: "per_run" (one random colour per image and side), "per_step" (a new
-    #: one every step, as the official code) or "gray"
-    background: str = "per_run"
-    #: shifted-window attention (HiDiffusion's MSW-MSA) inside every network call
-    msw_msa: bool = False
+    PRESETS = PRESETS
 
-    def validate(self) -> None:
-        if self.preset is not None:
-            check_choice("elastic preset", self.preset, tuple(PRESETS))
+    preset: str | None = option(None, "official settings by name; unset options take the preset's values",
+                                choices=tuple(PRESETS), unset="the defaults (= generate_image)")
+    resampling_steps: int | None = option(20, "R: extra reference passes per step (0: one strided reference, no repaint)",
+                                          kind="int", low=0, unset="from the gradio preset's per-size table")
+    new_p: float = option(0.3, "probability that a block switches to a new pixel on a resampling pass",
+                          low=0.0, high=1.0)
+    rrg_init_weight: float | None = option(1000.0, "λ0 of reduced-resolution guidance (0: off)", kind="float",
+                                           low=0.0, unset="from the gradio preset's per-size table")
+    cosine_scale: float = option(3.0, "γ, the exponent of the cosine decay of the RRG weight", low=0.0)
+    rrg_stop_t: float = option(0.2, "RRG stops when this fraction of the steps is left", low=0.0, high=1.0)
+    repaint: bool = option(True, "redo each step but the last on the re-noised result with guidance w/repaint_divisor")
+    repaint_divisor: float = option(3.0, "the repaint pass's guidance divisor", low=0.0, low_open=True)
+    patch_size: int | None = option(None, "core side of a local patch (the rest of its native window is context)",
+                                    kind="int", low=1, unit="latent px", unset="half the native latent size")
+    view_batch_size: int = option(16, "local patches per network call (times the number of images)", low=1)
+    batch_references: bool = option(True, "all R+1 reference passes of a step in one network call "
+                                          "(false: one call per pass, as the official code)")
+    cache_background: bool = option(True, "VAE-encode each background block once per run "
+                                          "(false: for every padded call, as the official code)")
+    background: str = option("per_run", "pad colour of the reference: per_run (one random colour per image and "
+                                        "side), per_step (a new one every step, official) or gray",
+                             choices=BACKGROUNDS)
+    msw_msa: bool = option(False, "shifted-window attention (HiDiffusion's MSW-MSA) inside every network call")
+
+    def validate_together(self) -> None:
         by_size = self.preset == "gradio"
         if self.resampling_steps is None and not by_size:
             raise InvalidArgumentError("resampling_steps may only be unset with preset 'gradio' (its per-size table)")
-        if self.resampling_steps is not None and (not _is_int(self.resampling_steps) or self.resampling_steps < 0):
-            raise InvalidArgumentError(f"resampling_steps must be an integer >= 0, got {self.resampling_steps!r}")
-        if not _is_num(self.new_p) or not 0.0 <= self.new_p <= 1.0:
-            raise InvalidArgumentError(f"new_p is a probability and must be in [0, 1], got {self.new_p!r}")
         if self.rrg_init_weight is None and not by_size:
             raise InvalidArgumentError("rrg_init_weight may only be unset with preset 'gradio' (its per-size table)")
-        if self.rrg_init_weight is not None and (not _is_num(self.rrg_init_weight) or self.rrg_init_weight < 0):
-            raise InvalidArgumentError(f"rrg_init_weight must be a number >= 0 (0: no RRG), got {self.rrg_init_weight!r}")
-        if not _is_num(self.cosine_scale) or self.cosine_scale < 0:
-            raise InvalidArgumentError(f"cosine_scale must be a number >= 0, got {self.cosine_scale!r}")
-        if not _is_num(self.rrg_stop_t) or not 0.0 <= self.rrg_stop_t <= 1.0:
-            raise InvalidArgumentError(f"rrg_stop_t is a fraction of the steps and must be in [0, 1], got {self.rrg_stop_t!r}")
-        if not _is_num(self.repaint_divisor) or self.repaint_divisor <= 0:
-            raise InvalidArgumentError(f"repaint_divisor must be a number > 0, got {self.repaint_divisor!r}")
-        if self.patch_size is not None and (not _is_int(self.patch_size) or self.patch_size <= 0):
-            raise InvalidArgumentError(f"patch_size must be a positive integer (latent px) or unset, got {self.patch_size!r}")
-        if not _is_int(self.view_batch_size) or self.view_batch_size <= 0:
-            raise InvalidArgumentError(f"view_batch_size must be a positive integer, got {self.view_batch_size!r}")
-        check_choice("elastic background", self.background, BACKGROUNDS)
-        for name in ("repaint", "batch_references", "cache_background", "msw_msa"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidArgumentError(f"{name} must be true or false, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -304,13 +272,6 @@ class Elastic(Method):
     summary = "local unconditional patches + a global class direction from a subsampled reference (ElasticDiffusion)"
     Options = ElasticOptions
     families = ("sd1", "sd2", "sdxl")
-
-    def __init__(self, **options):
-        preset = options.get("preset")
-        if preset is not None:
-            check_choice("elastic preset", preset, tuple(PRESETS))
-            options = {**PRESETS[preset], **options}
-        super().__init__(**options)
 
     @classmethod
     def demo_options(cls, adapter) -> dict:

@@ -47,8 +47,9 @@ from torch import Tensor
 
 from ..errors import InvalidArgumentError
 from ..models.base import Window
+from ..options import option
 from ..sampling import StepContext
-from ..tiling_grids import PLACEMENTS, WEIGHTINGS, check_choice, fusion_weights, shifted_origins
+from ..tiling_grids import PLACEMENTS, WEIGHTINGS, fusion_weights, shifted_origins
 from ._windows import Job, fuse, latent_patch, tile_size
 from .base import Method, MethodOptions
 from .registry import register
@@ -57,39 +58,22 @@ from .registry import register
 _OFFSET_SEED_SALT = 0x0F57D
 
 
-def _int(name: str, v, lo: int, unset_ok: bool = False) -> None:
-    if unset_ok and v is None:
-        return
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-        raise InvalidArgumentError(f"{name} must be an integer >= {lo}{' or unset' if unset_ok else ''}, got {v!r}")
-
-
 @dataclasses.dataclass
 class FSTDOptions(MethodOptions):
-    #: tile side in latent px (None: the model's native latent size)
-    tile: int | None = None
-    #: offsets are drawn from {0, …, offset_range-1} latent px (None: tile // 2; 0: no shift)
-    offset_range: int | None = None
-    #: every reset_every-th step (0, P, 2P, …) uses the unshifted grid (official: 4)
-    reset_every: int = 4
-    #: "improved" (no duplicate tiles) or "asd" (the official placement)
-    placement: str = "improved"
-    #: unshifted grid on the final step
-    zero_final_shift: bool = True
-    #: "gaussian" (official) or "uniform" fusion where clamped tiles overlap
-    weighting: str = "gaussian"
-    #: tiles per network call
-    tile_batch_size: int = 8
+    tile: int | None = option(None, "tile side", kind="int", low=1, unit="latent px",
+                              unset="the model's native latent size")
+    offset_range: int | None = option(None, "grid offsets are drawn from 0 .. offset_range-1 (0: no shift)",
+                                      kind="int", low=0, unit="latent px", unset="half the tile")
+    reset_every: int = option(4, "every reset_every-th step (0, P, 2P, ...) uses the unshifted grid (official: 4)",
+                              low=1, unit="steps")
+    placement: str = option("improved", "tile placement: improved (never a duplicate tile) or asd (the official one)",
+                            choices=PLACEMENTS)
+    zero_final_shift: bool = option(True, "the unshifted grid on the final step")
+    weighting: str = option("gaussian", "fusion weights where clamped tiles overlap (official: gaussian)",
+                            choices=WEIGHTINGS)
+    tile_batch_size: int = option(8, "tiles per network call", low=1)
 
-    def validate(self) -> None:
-        _int("tile", self.tile, 1, unset_ok=True)
-        _int("offset_range", self.offset_range, 0, unset_ok=True)
-        _int("reset_every", self.reset_every, 1)
-        _int("tile_batch_size", self.tile_batch_size, 1)
-        check_choice("placement", self.placement, PLACEMENTS)
-        check_choice("weighting", self.weighting, WEIGHTINGS)
-        if not isinstance(self.zero_final_shift, bool):
-            raise InvalidArgumentError(f"zero_final_shift must be true or false, got {self.zero_final_shift!r}")
+    def validate_together(self) -> None:
         if self.tile is not None and self.offset_range is not None and self.offset_range > self.tile:
             raise InvalidArgumentError(f"offset_range {self.offset_range} is larger than the tile {self.tile}")
 

@@ -27,26 +27,20 @@ from typing import Sequence
 from torch import Tensor
 
 from ..errors import InvalidArgumentError
+from ..options import option
 from ..patches.hidiffusion import HiDiffusionPatch, HiDiffusionSettings
 from ..sampling import StepContext
 from .base import Method, MethodOptions
 from .registry import METHODS, create, register
 
 
+def _inner_methods() -> list[str]:
+    return sorted(set(METHODS) - {"hidiffusion"})
+
+
 @dataclass
 class HiDiffusionOptions(HiDiffusionSettings, MethodOptions):
-    #: the method whose steps run inside the patch
-    inner: str = "direct"
-
-    def validate(self) -> None:
-        HiDiffusionSettings.validate(self)
-        if self.inner == "hidiffusion":
-            raise InvalidArgumentError("hidiffusion option inner cannot be hidiffusion itself")
-        if not isinstance(self.inner, str) or self.inner not in METHODS:
-            raise InvalidArgumentError(
-                f"hidiffusion option inner must be a method name ({', '.join(sorted(set(METHODS) - {'hidiffusion'}))}), "
-                f"got {self.inner!r}"
-            )
+    inner: str = option("direct", "the method whose steps run inside the patch", choices=_inner_methods)
 
 
 @register

@@ -43,39 +43,26 @@ from torch import Tensor
 
 from ..errors import InvalidArgumentError
 from ..models.base import Window
+from ..options import option
 from ..sampling import StepContext
-from ..tiling_grids import WEIGHTINGS, check_choice, fusion_weights, overlap_origins
+from ..tiling_grids import WEIGHTINGS, fusion_weights, overlap_origins
 from ._windows import Job, fuse, latent_patch, tile_size
 from .base import Method, MethodOptions
 from .registry import register
 
 
-def _opt_positive(name: str, v) -> None:
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-        raise InvalidArgumentError(f"{name} must be a positive integer (latent pixels) or unset, got {v!r}")
-
-
 @dataclasses.dataclass
 class MultiDiffusionOptions(MethodOptions):
-    #: window side in latent px (None: the model's native latent size)
-    window: int | None = None
-    #: distance between window starts in latent px (None: window // 8, as MultiDiffusion's 8 for 64)
-    stride: int | None = None
-    #: "uniform" (MultiDiffusion) or "gaussian" (Mixture of Diffusers)
-    weighting: str = "uniform"
-    #: wrap windows around the left/right border (360° panoramas)
-    circular: bool = False
-    #: windows per network call
-    view_batch_size: int = 4
+    window: int | None = option(None, "window side", kind="int", low=1, unit="latent px",
+                                unset="the model's native latent size")
+    stride: int | None = option(None, "distance between window starts", kind="int", low=1, unit="latent px",
+                                unset="window/8, MultiDiffusion's 8 for 64")
+    weighting: str = option("uniform", "fusion weights: uniform (MultiDiffusion) or gaussian (Mixture of Diffusers)",
+                            choices=WEIGHTINGS)
+    circular: bool = option(False, "wrap windows around the left/right border (360° panoramas)")
+    view_batch_size: int = option(4, "windows per network call", low=1)
 
-    def validate(self) -> None:
-        _opt_positive("window", self.window)
-        _opt_positive("stride", self.stride)
-        check_choice("weighting", self.weighting, WEIGHTINGS)
-        if not isinstance(self.circular, bool):
-            raise InvalidArgumentError(f"circular must be true or false, got {self.circular!r}")
-        if isinstance(self.view_batch_size, bool) or not isinstance(self.view_batch_size, int) or self.view_batch_size <= 0:
-            raise InvalidArgumentError(f"view_batch_size must be a positive integer, got {self.view_batch_size!r}")
+    def validate_together(self) -> None:
         if self.window is not None and self.stride is not None and self.stride > self.window:
             raise InvalidArgumentError(f"stride {self.stride} is larger than the window {self.window}: pixels would be skipped")
 

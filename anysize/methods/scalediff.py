@@ -66,6 +66,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import InvalidArgumentError
+from ..options import option
 from ..patches.npa import NPAPatch, extended_sincos_table
 from ..sampling import StepContext, partial_schedule
 from .base import Method, MethodOptions
@@ -83,56 +84,25 @@ FAMILY_DEFAULTS: dict[str, tuple[float, float, str, bool]] = {
 SG_SCHEDULES = ("alpha", "sigma")
 
 
-def _fraction(name: str, v, lo_open: bool, hi: float, hi_open: bool) -> None:
-    if v is None:
-        return
-    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and (v > 0 if lo_open else v >= 0) and (v < hi if hi_open else v <= hi)
-    if not ok:
-        rng = f"{'(' if lo_open else '['}0, {hi:g}{')' if hi_open else ']'}"
-        raise InvalidArgumentError(f"scalediff option {name} must be in {rng} or unset, got {v!r}")
-
-
 @dataclasses.dataclass
 class ScaleDiffOptions(MethodOptions):
-    #: fraction of the schedule re-run by each upscaling stage (None: 0.4 U-Nets, 0.6 SD3/FLUX)
-    restart: float | None = None
-    #: LFM / SG low-pass cutoff as a fraction of the latent size (None: 0.125 U-Nets, 0.25 SD3/FLUX)
-    cutoff: float | None = None
-    #: multiplies the Structure Guidance weight γ_t (0: no guidance)
-    sg_scale: float = 1.0
-    #: "alpha" ((1−ᾱ_t)/(1−ᾱ_τ)) or "sigma" (σ_t); None: the family's (U-Nets alpha, SD3/FLUX sigma)
-    sg_schedule: str | None = None
-    #: Latent Frequency Mixing (False: the re-encoded pixel upsample alone is the reference)
-    lfm: bool = True
-    #: Neighborhood Patch Attention in the upscaling stages (False: full attention)
-    npa: bool = True
-    #: random query shift of NPA (None: the family's, on for FLUX only)
-    query_shift: bool | None = None
-    #: NPA patches per attention call (None: all; set it to bound memory at very large sizes)
-    npa_chunk: int | None = None
-    #: upscaling stages (None: round(log2(target / native)), at least one above the native size)
-    stages: int | None = None
-    #: encode the pixel upsample with a (seeded) posterior sample like the official code (False: the mode)
-    vae_sample: bool = True
-
-    def validate(self) -> None:
-        _fraction("restart", self.restart, True, 1.0, False)
-        _fraction("cutoff", self.cutoff, True, 1.0, True)
-        if isinstance(self.sg_scale, bool) or not isinstance(self.sg_scale, (int, float)) or not 0 <= self.sg_scale <= 10:
-            raise InvalidArgumentError(f"scalediff option sg_scale must be a number in [0, 10], got {self.sg_scale!r}")
-        if self.sg_schedule is not None and self.sg_schedule not in SG_SCHEDULES:
-            raise InvalidArgumentError(
-                f"scalediff option sg_schedule must be one of {', '.join(SG_SCHEDULES)} or unset, got {self.sg_schedule!r}"
-            )
-        for name in ("lfm", "npa", "vae_sample"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidArgumentError(f"scalediff option {name} must be true or false, got {getattr(self, name)!r}")
-        if self.query_shift is not None and not isinstance(self.query_shift, bool):
-            raise InvalidArgumentError(f"scalediff option query_shift must be true, false or unset, got {self.query_shift!r}")
-        for name, lo in (("npa_chunk", 1), ("stages", 1)):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
-                raise InvalidArgumentError(f"scalediff option {name} must be an integer >= {lo} or unset, got {v!r}")
+    restart: float | None = option(None, "fraction of the schedule re-run by each upscaling stage", kind="float",
+                                   low=0.0, high=1.0, low_open=True, unset="0.4 for U-Nets, 0.6 for SD3/FLUX")
+    cutoff: float | None = option(None, "LFM / SG low-pass cutoff as a fraction of the latent size", kind="float",
+                                  low=0.0, high=1.0, low_open=True, high_open=True,
+                                  unset="0.125 for U-Nets, 0.25 for SD3/FLUX")
+    sg_scale: float = option(1.0, "multiplies the Structure Guidance weight γ_t (0: no guidance)", low=0.0, high=10.0)
+    sg_schedule: str | None = option(None, "the SG weight: alpha ((1-ᾱ_t)/(1-ᾱ_τ)) or sigma (σ_t)",
+                                     choices=SG_SCHEDULES, unset="alpha for U-Nets, sigma for SD3/FLUX")
+    lfm: bool = option(True, "Latent Frequency Mixing (false: the re-encoded pixel upsample alone is the reference)")
+    npa: bool = option(True, "Neighborhood Patch Attention in the upscaling stages (false: full attention)")
+    query_shift: bool | None = option(None, "random query shift of NPA", kind="bool", unset="on for FLUX only")
+    npa_chunk: int | None = option(None, "NPA patches per attention call (bounds memory at very large sizes)",
+                                   kind="int", low=1, unset="all at once")
+    stages: int | None = option(None, "upscaling stages", kind="int", low=1,
+                                unset="round(log2(target / native)), at least one above the native size")
+    vae_sample: bool = option(True, "encode the pixel upsample with a seeded posterior sample like the official "
+                                    "code (false: the mode)")
 
 
 def lowpass(x: Tensor, cutoff: float) -> Tensor:

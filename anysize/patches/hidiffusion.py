@@ -68,7 +68,6 @@ Deliberate differences from hidiffusion 0.1.10 (all other behaviour is reproduce
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -79,6 +78,7 @@ from torch import nn
 from .. import noise
 from ..errors import InvalidArgumentError
 from ..noise import host_table, schedule_position, timestep_value
+from ..options import Options, option
 from ._undo import ReversiblePatch, Undo
 from .msw_msa import WindowAttentionProcessor, feature_hw, shift_index
 from .raunet import DilatedDownsampler, PoolUnpool
@@ -104,61 +104,32 @@ def _timestep_value(t, schedule=None) -> float | None:
 
 
 @dataclass
-class HiDiffusionSettings:
-    """Settings of the HiDiffusion patch; ``None`` means the family's default (table above)."""
+class HiDiffusionSettings(Options):
+    """Settings of the HiDiffusion patch; unset means the family's default (table above)."""
 
-    #: RAU-Net on/off (both operators) and windowed attention on/off
-    raunet: bool = True
-    msw_msa: bool = True
-    #: fraction of the steps the primary / extra RAU-Net operator runs, in [0, 1]
-    t1: float | None = None
-    t2: float | None = None
-    #: SDXL below ``extreme_scale``: extra RAD for the first ``aggressive_start`` of the steps,
-    #: then the pool for the rest of ``t1``
-    aggressive: bool | None = None
-    aggressive_start: float = 8 / 50
-    #: shorter-side scale over native from which the (t1, t2) = (0.7, 0.3) profile is used
-    extreme_scale: float = 4.0
-    #: windows per side (2: four windows) and number of shift choices per axis
-    windows: int = 2
-    shift_choices: int = 4
-    #: "random" (seeded generator), "global" (torch.rand like the official package) or "none"
-    shift_source: str = "random"
-    #: also change the U-Net at or below the native size (the official package does)
-    apply_at_native: bool = False
-    #: block indices (down-block level) of the RAD, pool and windowed attention operators
-    rad_block: int | None = None
-    pool_block: int | None = None
-    window_block: int | None = None
-
-    def validate(self) -> None:
-        for name in ("raunet", "msw_msa", "apply_at_native"):
-            if not isinstance(getattr(self, name), bool):
-                raise InvalidArgumentError(f"hidiffusion option {name} must be true or false, got {getattr(self, name)!r}")
-        for name in ("t1", "t2", "aggressive_start"):
-            v = getattr(self, name)
-            if v is None:
-                continue
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
-                raise InvalidArgumentError(
-                    f"hidiffusion option {name} is a fraction of the denoising steps and must be in [0, 1], got {v!r}"
-                )
-        if self.aggressive is not None and not isinstance(self.aggressive, bool):
-            raise InvalidArgumentError(f"hidiffusion option aggressive must be true, false or unset, got {self.aggressive!r}")
-        if isinstance(self.extreme_scale, bool) or not isinstance(self.extreme_scale, (int, float)) or self.extreme_scale <= 1:
-            raise InvalidArgumentError(f"hidiffusion option extreme_scale must be a number > 1, got {self.extreme_scale!r}")
-        for name in ("windows", "shift_choices"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InvalidArgumentError(f"hidiffusion option {name} must be a positive integer, got {v!r}")
-        if not callable(self.shift_source) and self.shift_source not in SHIFT_SOURCES:
-            raise InvalidArgumentError(
-                f"hidiffusion option shift_source must be one of {', '.join(SHIFT_SOURCES)}, got {self.shift_source!r}"
-            )
-        for name in ("rad_block", "pool_block", "window_block"):
-            v = getattr(self, name)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
-                raise InvalidArgumentError(f"hidiffusion option {name} must be a block index >= 0, got {v!r}")
+    raunet: bool = option(True, "RAU-Net (both of its operators)")
+    msw_msa: bool = option(True, "windowed attention (MSW-MSA)")
+    t1: float | None = option(None, "fraction of the steps the primary RAU-Net operator runs", kind="float",
+                              low=0.0, high=1.0, unset="the family's: 0.4, or 0.7 from extreme_scale on")
+    t2: float | None = option(None, "fraction of the steps the extra RAU-Net operator runs", kind="float",
+                              low=0.0, high=1.0, unset="the family's: 0, or 0.3 from extreme_scale on")
+    aggressive: bool | None = option(None, "SDXL below extreme_scale: extra RAD for the first aggressive_start of "
+                                           "the steps, then the pool for the rest of t1", kind="bool",
+                                     unset="on for SDXL below extreme_scale")
+    aggressive_start: float = option(8 / 50, "fraction of the steps the aggressive RAD runs", low=0.0, high=1.0)
+    extreme_scale: float = option(4.0, "shorter-side scale over native from which the (0.7, 0.3) profile is used",
+                                  low=1.0, low_open=True)
+    windows: int = option(2, "windows per side of the windowed attention (2: four windows)", low=1)
+    shift_choices: int = option(4, "number of window shifts per axis", low=1)
+    shift_source: str = option("random", "window shifts: random (seeded per image), global (torch.rand, as the "
+                                         "official package) or none", choices=SHIFT_SOURCES, callable_ok=True)
+    apply_at_native: bool = option(False, "also change the U-Net at or below the native size (the official package does)")
+    rad_block: int | None = option(None, "down-block level of the RAD operator", kind="int", low=0,
+                                   unset="the family's")
+    pool_block: int | None = option(None, "down-block level of the pool operator", kind="int", low=0,
+                                    unset="the family's")
+    window_block: int | None = option(None, "down-block level of the windowed attention", kind="int", low=0,
+                                      unset="the family's")
 
 
 def raunet_phase(primary: str, k: int, n: int, t1: float, t2: float, aggressive: bool, aggressive_start: float):
@@ -236,14 +207,7 @@ class HiDiffusionPatch(ReversiblePatch):
     name = "hidiffusion"
 
     def __init__(self, target, *, seed: int | Sequence[int] = 0, **options):
-        names = {f.name for f in dataclasses.fields(HiDiffusionSettings)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise InvalidArgumentError(
-                f"patch 'hidiffusion' has no option {', '.join(unknown)}; its options: {', '.join(sorted(names | {'seed'}))}"
-            )
-        self.settings = HiDiffusionSettings(**options)
-        self.settings.validate()
+        self.settings = HiDiffusionSettings.from_kwargs(options, owner="patch 'hidiffusion'", also=("seed",))
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
         if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
             raise InvalidArgumentError(f"seed must be an integer or a list of integers, got {seed!r}")

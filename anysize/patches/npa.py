@@ -58,6 +58,7 @@ from torch import Tensor
 
 from ..devices import TensorKeyed, upload
 from ..errors import InvalidArgumentError
+from ..options import Options, option
 from ._undo import ReversiblePatch, Undo
 from .msw_msa import feature_hw
 
@@ -213,28 +214,13 @@ def extended_sincos_table(pos_embed_module, side: int) -> Tensor | None:
 
 
 @dataclasses.dataclass
-class NPASettings:
-    #: window in native latent px (None: the model's native latent size)
-    window: int | tuple[int, int] | None = None
-    #: random query shift per attention call (official FLUX code: on; paper evaluation: off)
-    shift: bool = False
-    #: patches per attention call (None: all at once)
-    chunk: int | None = None
-    #: also partition layers whose grid fits their window (then every window is the whole axis:
-    #: equal to full attention up to float rounding; for tests)
-    apply_at_native: bool = False
-
-    def validate(self) -> None:
-        if self.window is not None:
-            w = self.window if isinstance(self.window, (tuple, list)) else (self.window, self.window)
-            if len(w) != 2 or any(isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in w):
-                raise InvalidArgumentError(f"npa option window must be a positive integer (latent px) or unset, got {self.window!r}")
-        if not isinstance(self.apply_at_native, bool):
-            raise InvalidArgumentError(f"npa option apply_at_native must be true or false, got {self.apply_at_native!r}")
-        if not isinstance(self.shift, bool):
-            raise InvalidArgumentError(f"npa option shift must be true or false, got {self.shift!r}")
-        if self.chunk is not None and (isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 1):
-            raise InvalidArgumentError(f"npa option chunk must be a positive integer or unset, got {self.chunk!r}")
+class NPASettings(Options):
+    window: int | tuple[int, int] | None = option(None, "key/value window", kind="int", low=1, pair=True,
+                                                  unit="native latent px", unset="the model's native latent size")
+    shift: bool = option(False, "random query shift per attention call (official FLUX code: on; paper evaluation: off)")
+    chunk: int | None = option(None, "patches per attention call", kind="int", low=1, unset="all at once")
+    apply_at_native: bool = option(False, "also partition layers whose grid fits their window (then equal to full "
+                                          "attention up to float rounding; for tests)")
 
 
 def _resolve(target):
@@ -273,12 +259,7 @@ class NPAPatch(ReversiblePatch):
     name = "npa"
 
     def __init__(self, target, *, seed: int | Sequence[int] = 0, **options):
-        names = {f.name for f in dataclasses.fields(NPASettings)}
-        unknown = sorted(set(options) - names)
-        if unknown:
-            raise InvalidArgumentError(f"patch 'npa' has no option {', '.join(unknown)}; its options: {', '.join(sorted(names | {'seed'}))}")
-        self.settings = NPASettings(**options)
-        self.settings.validate()
+        self.settings = NPASettings.from_kwargs(options, owner="patch 'npa'", also=("seed",))
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
         if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
             raise InvalidArgumentError(f"seed must be an integer or a list of integers, got {seed!r}")

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 
 from ..buckets import RULES, parse_buckets, scaled_buckets
-from ..errors import InvalidArgumentError, check_choice
+from ..errors import InvalidArgumentError
+from ..options import REQUIRED, Options, option
 from .data import BucketedImages, scan
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
@@ -45,52 +46,38 @@ FAMILIES = ("sd1", "sd2", "sdxl")
 
 
 @dataclass
-class AradConfig:
-    data: str
-    out: str
-    model: str | None = None  # None: the embedded default (toy) model
-    family: str | None = None  # None: detected
-    steps: int = 10_000
-    batch: int = 8
-    lr: float = 1e-4
-    rank: int = 4
-    alpha: float | None = None  # None: = rank
-    targets: tuple[str, ...] = DEFAULT_TARGETS
-    grad_accum: int = 1
-    mixed_precision: str = "no"
-    caption_dropout: float = 0.1
-    grad_clip: float = 1.0
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    seed: int = 0
-    buckets: str | None = None  # "WxH,WxH,...": default the paper's nine scaled to the native size
-    bucket_rule: str = "paper"
-    min_side: int | None = None  # None: half the model's native side
-    workers: int = 0
-    device: str | None = None
-    resume: bool = True
-    log_every: int = 10
-    progress: bool = True
+class AradConfig(Options):
+    LABEL = "train-arad"
 
-    def validate(self) -> None:
-        for name in ("steps", "batch", "rank", "grad_accum", "checkpoint_every", "keep_checkpoints", "log_every"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise InvalidArgumentError(f"{name} must be a positive integer, got {v!r}")
-        if not self.lr > 0:
-            raise InvalidArgumentError(f"lr must be > 0, got {self.lr}")
-        if self.alpha is not None and not self.alpha > 0:
-            raise InvalidArgumentError(f"alpha must be > 0, got {self.alpha}")
-        if not 0.0 <= self.caption_dropout < 1.0:
-            raise InvalidArgumentError(f"caption_dropout must be in [0, 1), got {self.caption_dropout}")
-        if not self.grad_clip >= 0:
-            raise InvalidArgumentError(f"grad_clip must be >= 0 (0: off), got {self.grad_clip}")
-        if self.workers < 0 or (self.min_side is not None and self.min_side < 0):
-            raise InvalidArgumentError("workers and min_side must be >= 0")
-        if not self.targets:
-            raise InvalidArgumentError("targets: name at least one U-Net module to put LoRA on")
-        check_choice("mixed precision", self.mixed_precision, MIXED_PRECISION)
-        check_choice("bucket rule", self.bucket_rule, RULES)
+    data: str = option(REQUIRED, "image folder with .txt captions, or a .jsonl/.csv manifest", kind="path")
+    out: str = option(REQUIRED, "output folder (LoRA, checkpoints, log)", kind="path")
+    model: str | None = option(None, "hub id or local diffusers folder", kind="str",
+                               unset="the embedded default (toy) model")
+    family: str | None = option(None, "model family", choices=FAMILIES, unset="detected")
+    steps: int = option(10_000, "optimizer steps", low=1)
+    batch: int = option(8, "images per step per device", low=1)
+    lr: float = option(1e-4, "Adam learning rate, constant", low=0.0, low_open=True)
+    rank: int = option(4, "LoRA rank", low=1)
+    alpha: float | None = option(None, "LoRA alpha", kind="float", low=0.0, low_open=True, unset="the rank")
+    targets: tuple[str, ...] = option(DEFAULT_TARGETS, "U-Net modules that get LoRA", kind="strings")
+    grad_accum: int = option(1, "gradient accumulation steps", low=1)
+    mixed_precision: str = option("no", "mixed precision (fp16/bf16 on a GPU)", choices=MIXED_PRECISION)
+    caption_dropout: float = option(0.1, "share of empty captions, for classifier-free guidance",
+                                    low=0.0, high=1.0, high_open=True)
+    grad_clip: float = option(1.0, "max gradient norm (0: off)", low=0.0)
+    checkpoint_every: int = option(500, "steps between checkpoints", low=1, unit="steps")
+    keep_checkpoints: int = option(2, "newest checkpoints kept", low=1)
+    seed: int = option(0, "seed of the whole run")
+    buckets: str | None = option(None, "your own buckets in pixels, WxH,WxH,...", kind="str",
+                                 unset="the paper's nine, scaled to the native size")
+    bucket_rule: str = option("paper", "nearest H/W ratio (paper, Algorithm 1) or nearest log-ratio", choices=RULES)
+    min_side: int | None = option(None, "skip images whose shorter side is below this", kind="int", low=0, unit="px",
+                                  unset="half the model's native side")
+    workers: int = option(0, "image-loading processes", low=0)
+    device: str | None = option(None, "cpu to force the CPU", choices=("cpu",), unset="what accelerate picks")
+    resume: bool = option(True, "resume from the latest checkpoint in out")
+    log_every: int = option(10, "steps between log lines", low=1, unit="steps")
+    progress: bool = option(True, "a progress bar")
 
 
 # ------------------------------------------------------------------------------------------ sampling
