@@ -5,6 +5,9 @@
     result = anysize.generate(model, "a castle", width=4096, height=2048, method="direct", seed=0)
     result.save("castle.png")          # PNG with A1111 `parameters` and full JSON config
 
+    with anysize.patch(pipe, "hidiffusion"):   # a network patch around a stock pipeline or an adapter
+        image = pipe("a castle", height=2048, width=2048).images[0]
+
 No math lives here.
 """
 
@@ -19,13 +22,46 @@ from typing import Any, Sequence
 import torch
 
 from . import methods as _methods
-from .errors import InvalidArgumentError, InvalidSizeError
+from .errors import AnysizeError, InvalidArgumentError, InvalidSizeError, UnknownChoiceError
 from .models import ModelAdapter, adapt
 from .models import load as _load_model
 from .models.base import Conditioning, as_list
 from .options import require
-from .sampling import StepCallback, check_strength, make_generators, partial_schedule
+from .request import Request
+from .sampling import StepCallback, check_strength, current_step, make_generators, partial_schedule
 from .schedulers import make_scheduler, scheduler_name
+
+def patch(target, name: str, **options: Any):
+    """A context manager that patches the network of ``target`` (a diffusers pipeline or an
+    anysize adapter) with patch ``name`` (one of :data:`anysize.patches.PATCHES`) while it is open.
+
+    ``"hidiffusion"`` is RAU-Net + MSW-MSA; ``"raunet"`` and ``"msw_msa"`` are either half; options
+    are the fields of :class:`~anysize.patches.hidiffusion.HiDiffusionSettings` plus ``seed``.
+    ``"npa"`` is ScaleDiff's Neighborhood Patch Attention (U-Nets, SD3, FLUX), options the fields of
+    :class:`~anysize.patches.npa.NPASettings` plus ``seed``. A stock pipeline is adapted once and
+    its denoising loop followed by a :class:`~anysize.patches.steps.PipelineStepTracker`; an
+    adapter's patch follows anysize's own sampling loop (:func:`anysize.sampling.current_step`).
+    Bad names, options or models raise :class:`~anysize.errors.InvalidArgumentError` (an unknown
+    name :class:`~anysize.errors.UnknownChoiceError`) before anything is changed.
+    """
+    from .patches import PATCHES, PipelineStepTracker
+
+    if name not in PATCHES:
+        raise UnknownChoiceError("patch", name, PATCHES)
+    if isinstance(target, ModelAdapter):
+        adapter, position = target, current_step
+    elif hasattr(target, "components") and callable(target):
+        try:
+            adapter = adapt(target)
+        except AnysizeError as e:
+            raise InvalidArgumentError(f"{name} cannot patch {type(target).__name__}: {e}") from None
+        position = PipelineStepTracker(target, adapter.network)
+    else:
+        raise InvalidArgumentError(
+            f"anysize.patch needs a diffusers pipeline or an anysize model adapter, got {type(target).__name__}"
+        )
+    return PATCHES[name](adapter, position, **options)
+
 
 def load(model: str | os.PathLike | None = None, **kwargs) -> ModelAdapter:
     """Load a pipeline (hub id or local folder) into its family adapter. See :func:`anysize.models.load`."""
@@ -34,34 +70,6 @@ def load(model: str | os.PathLike | None = None, **kwargs) -> ModelAdapter:
 
         model = default_model_path()
     return _load_model(model, **kwargs)
-
-
-@dataclass
-class Job:
-    """One validated generation request, as methods see it."""
-
-    adapter: ModelAdapter
-    prompts: list[str]
-    negative: list[str] | None
-    height: int
-    width: int
-    steps: int
-    guidance: float
-    seeds: list[int]
-    scheduler: str | None
-    cond: Conditioning
-    generators: list[torch.Generator]
-    callback: StepCallback | None = None
-    cancel: threading.Event | None = None
-    progress: bool = True
-
-    @property
-    def latent_hw(self) -> tuple[int, int]:
-        f = self.adapter.vae_factor
-        return self.height // f, self.width // f
-
-    def make_scheduler(self):
-        return make_scheduler(self.adapter, self.scheduler)
 
 
 @dataclass
@@ -119,7 +127,7 @@ def generate(
     negative_prompt: str | Sequence[str] | None = None,
     width: int | None = None,
     height: int | None = None,
-    method: str = "direct",
+    method: str | _methods.Method = "direct",
     steps: int | None = None,
     guidance: float | None = None,
     seed: int | Sequence[int] = 0,
@@ -133,8 +141,10 @@ def generate(
 ) -> GenerationResult:
     """Generate one image per prompt at any size with a registered method.
 
-    ``model`` is an adapter from :func:`load` or a diffusers pipeline. ``width``/``height`` default
-    to the model's native size and must be multiples of its pixel factor. ``seed`` is one integer
+    ``model`` is an adapter from :func:`load` or a diffusers pipeline. ``method`` is a registered
+    name (with ``method_options``) or a method object, which may serve several calls, also from
+    several threads at once. ``width``/``height`` default to the model's native size and must be
+    multiples of its pixel factor. ``seed`` is one integer
     (image i uses seed + i) or one per prompt. ``callback(StepInfo)`` runs after every step and may
     return False to cancel, as may setting ``cancel``.
     """
@@ -152,18 +162,18 @@ def generate(
     adapter.check_size(height, width)
     _check_fits(adapter, height, width, len(prompts))
 
-    m = _methods.create(method, **(method_options or {}))
+    m = _method(method, method_options)
     m.check(adapter, height, width)
     settings = _settings(adapter, len(prompts), steps, guidance, seed, scheduler, tiled_vae, output_type)
 
     start = time.perf_counter()
     calls0 = adapter.calls
     with torch.no_grad():
-        job = _job(adapter, prompts, negative, height, width, settings, callback, cancel, progress)
-        latents = m.run(job)
+        request = _request(adapter, prompts, negative, height, width, settings, callback, cancel, progress)
+        latents = m.run(request)
         images = _finish(adapter, latents, settings, progress, wrap=m.wraps)
     seconds = time.perf_counter() - start
-    config = _config(adapter, job, m, settings)
+    config = _config(adapter, request, m, settings)
     return GenerationResult(images, latents, config, seconds, adapter.calls - calls0)
 
 
@@ -232,7 +242,7 @@ def upscale(
     *,
     scale: float | None = None,
     size: tuple[int, int] | None = None,
-    method: str = "fstd",
+    method: str | _methods.Method = "fstd",
     strength: float | None = None,
     noise_level: int | None = None,
     prompt: str = "",
@@ -270,7 +280,7 @@ def upscale(
         raise InvalidArgumentError("upscale takes one prompt and at most one negative prompt (strings)")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidArgumentError(f"seed must be an integer, got {seed!r}")
-    m = _methods.create(method, **(method_options or {}))
+    m = _method(method, method_options)
     if not m.refines:
         able = [n for n in _methods.names() if _methods.get(n).refines]
         raise InvalidArgumentError(
@@ -300,23 +310,23 @@ def upscale(
     start = time.perf_counter()
     calls0 = adapter.calls
     with torch.no_grad():
-        job = _job(adapter, [prompt], None if negative_prompt is None else [negative_prompt], height, width,
+        request = _request(adapter, [prompt], None if negative_prompt is None else [negative_prompt], height, width,
                    settings, callback, cancel, progress)
         if conditioned:  # the low-res image, noised once, conditions every window (drawn first, as the pipeline does)
             low_res = image_to_tensor(source, height // f, width // f)
-            job.cond = adapter.condition_on_image(job.cond, low_res, noise_level, job.generators)
+            request.cond = adapter.condition_on_image(request.cond, low_res, noise_level, request.generators)
         if conditioned and strength == 1.0:
-            latents = m.run(job)  # from pure noise, exactly as the stock pipeline
+            latents = m.run(request)  # from pure noise, exactly as the stock pipeline
         else:
             pixels = image_to_tensor(source, height, width)
             tiled, kw = _vae_tiling(tiled_vae)
             # the posterior sample draws from the image's generator first, as the diffusers img2img pipelines do
-            clean = adapter.encode(pixels, generator=job.generators[0], tiled=tiled, progress=progress, **kw)
+            clean = adapter.encode(pixels, generator=request.generators[0], tiled=tiled, progress=progress, **kw)
             del pixels
-            latents = m.refine(job, clean, strength)
+            latents = m.refine(request, clean, strength)
         images = _finish(adapter, latents, settings, progress, wrap=m.wraps)
     seconds = time.perf_counter() - start
-    config = _config(adapter, job, m, settings)
+    config = _config(adapter, request, m, settings)
     name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "") or ""
     config["strength"] = strength
     config["upscale"] = {
@@ -349,6 +359,14 @@ class _Settings:
     output_type: str
 
 
+def _method(method, options) -> _methods.Method:
+    if isinstance(method, _methods.Method):
+        if options:
+            raise InvalidArgumentError("method_options go with a method name; a method object carries its own options")
+        return method
+    return _methods.create(method, **(options or {}))
+
+
 def _prompts(prompt, negative_prompt) -> tuple[list[str], list[str] | None]:
     prompts = as_list(prompt)
     if prompts is None:
@@ -376,11 +394,11 @@ def _settings(adapter, batch, steps, guidance, seed, scheduler, tiled_vae, outpu
     return _Settings(steps, guidance, seed, scheduler, label, tiled_vae, output_type)
 
 
-def _job(adapter, prompts, negative, height, width, s: _Settings, callback, cancel, progress) -> Job:
+def _request(adapter, prompts, negative, height, width, s: _Settings, callback, cancel, progress) -> Request:
     generators = make_generators(s.seed, len(prompts))
     seeds = [g.initial_seed() for g in generators]
     cond = adapter.encode_prompt(prompts, negative, guidance_scale=s.guidance)
-    return Job(
+    return Request(
         adapter, prompts, negative, height, width, s.steps, s.guidance, seeds, s.scheduler, cond, generators,
         callback, cancel, progress,
     )
@@ -402,17 +420,17 @@ def _finish(adapter, latents, s: _Settings, progress: bool, wrap: bool = False):
     return adapter.postprocess(decoded, output_type=s.output_type)
 
 
-def _config(adapter, job: Job, m, s: _Settings) -> dict[str, Any]:
+def _config(adapter, request: Request, m, s: _Settings) -> dict[str, Any]:
     return {
-        "prompts": job.prompts,
-        "negative_prompts": job.negative,
-        "width": job.width,
-        "height": job.height,
+        "prompts": request.prompts,
+        "negative_prompts": request.negative,
+        "width": request.width,
+        "height": request.height,
         "method": m.name,
         "method_options": m.describe(),
         "steps": s.steps,
         "guidance": s.guidance,
-        "seeds": job.seeds,
+        "seeds": request.seeds,
         "scheduler": s.scheduler_label,
         "model": getattr(adapter, "source", None) or adapter.pipe.config.get("_name_or_path", ""),
         **{k: v for k, v in adapter.describe().items() if k in ("family", "native_size", "prediction_type")},

@@ -159,6 +159,31 @@ class NoiseSpace:
         a, b = self.coefficients(t)
         return a * x0 + b * noise
 
+    def noise_from_output(self, x: Tensor, out: Tensor, t, prediction_type: str) -> Tensor:
+        """ε implied by the model output ``out`` at state ``x``."""
+        a, b = self.coefficients(t)
+        return (x - a * self.to_x0(x, out, t, prediction_type)) / b
+
+    def output_from_noise(self, x: Tensor, eps: Tensor, t, prediction_type: str) -> Tensor:
+        """The model output (ε, v, flow velocity or x0) that corresponds to noise ``eps`` at state ``x``."""
+        a, b = self.coefficients(t)
+        x0 = (x - b * eps) / a
+        if self.kind == "flow" or prediction_type == "flow":
+            return eps - x0
+        if prediction_type == "epsilon":
+            return eps
+        if prediction_type == "v_prediction":
+            c = self.input_scale(t)
+            return (a * c) * eps - (b * c) * x0
+        if prediction_type == "sample":
+            return x0
+        raise InvalidArgumentError(f"unknown prediction type {prediction_type!r}")
+
+    def output_from_x0(self, x: Tensor, x0: Tensor, t, prediction_type: str) -> Tensor:
+        """The model output whose clean estimate at state ``x`` is ``x0``."""
+        a, b = self.coefficients(t)
+        return self.output_from_noise(x, (x - a * x0) / b, t, prediction_type)
+
     # ---------------------------------------------------------------- moving between noise levels
     def move(self, x: Tensor, x0: Tensor, t, t_to) -> Tensor:
         """Deterministic (DDIM, η = 0) move of state x at t to t_to, keeping x's implied noise.

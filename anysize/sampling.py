@@ -1,13 +1,15 @@
 """The one sampling loop.
 
 It walks the scheduler's timesteps and asks the method for each step; it knows no method. Methods
-see a :class:`StepContext` (adapter, scheduler, conditioning, step position, generator) and return
-the next state. Progress, per-step callbacks and cancellation live here once, for every method.
+see a :class:`StepContext` (adapter, scheduler, conditioning, step position, the images' seeds)
+and return the next state. Progress, per-step callbacks, cancellation and the step position that
+network patches are handed (:func:`current_step`) live here once, for every method.
 """
 
 from __future__ import annotations
 
 import inspect
+import itertools
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -19,6 +21,17 @@ from tqdm.auto import tqdm
 from .errors import Cancelled, InvalidArgumentError
 from .models.base import Conditioning, ModelAdapter
 from .noise import NoiseSpace
+from .patches.steps import StepPosition
+
+#: the position of the sampling loop running in each thread (what :func:`current_step` reads)
+_position = threading.local()
+_loops = itertools.count(1)  # loop numbers: a new one tells a patch that a new run started
+
+
+def current_step() -> StepPosition | None:
+    """Where the sampling loop running in this thread is (None outside one): the step position
+    source anysize hands to network patches (e.g. HiDiffusion's RAU-Net phases)."""
+    return getattr(_position, "value", None)
 
 
 @dataclass
@@ -31,8 +44,21 @@ class StepContext:
     timesteps: Tensor
     index: int
     generator: torch.Generator | None
-    #: scratch space a method may use to carry state across steps of one run
+    #: scratch space a method may use to carry state across the steps of this loop
     state: dict = field(default_factory=dict)
+    #: the seed of every image of the batch (per-image random streams derive from them)
+    image_seeds: tuple[int, ...] | None = None
+    #: a value the method's run passed to this loop (e.g. ScaleDiff's upscaling stage), else None
+    extra: Any = None
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        """The seed of every image; a method that draws per-image random numbers needs them."""
+        if self.image_seeds is None:
+            raise InvalidArgumentError(
+                "this method draws per-image random numbers: give the sampling loop the image seeds (sample(..., seeds=[...]))"
+            )
+        return self.image_seeds
 
     @property
     def t(self) -> Tensor:
@@ -97,35 +123,46 @@ def sample(
     scheduler,
     timesteps: Tensor,
     *,
+    seeds: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
     callback: StepCallback | None = None,
     cancel: threading.Event | None = None,
     progress: bool = True,
     stage: str = "",
     begin_index: int = 0,
+    extra: Any = None,
 ) -> Tensor:
     """Denoise ``latents`` along ``timesteps`` (already set on ``scheduler``) with ``method``.
 
-    ``timesteps`` may be the tail of the scheduler's schedule (img2img / SDEdit); ``begin_index``
-    is then where it starts in ``scheduler.timesteps`` (see :func:`partial_schedule`), so
-    multistep schedulers read the right sigmas.
-    ``callback(StepInfo)`` runs after each step; returning ``False`` from it, or setting ``cancel``,
-    stops the run with :class:`~anysize.errors.Cancelled`.
+    ``seeds`` are the images' seeds (methods derive their per-image random streams from them);
+    ``extra`` is handed to every step as ``ctx.extra``. ``timesteps`` may be the tail of the
+    scheduler's schedule (img2img / SDEdit); ``begin_index`` is then where it starts in
+    ``scheduler.timesteps`` (see :func:`partial_schedule`), so multistep schedulers read the
+    right sigmas. ``callback(StepInfo)`` runs after each step; returning ``False`` from it, or
+    setting ``cancel``, stops the run with :class:`~anysize.errors.Cancelled`.
     """
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin_index)
+    image_seeds = None if seeds is None else tuple(int(s) for s in seeds)
+    if image_seeds is not None and len(image_seeds) != latents.shape[0]:
+        raise InvalidArgumentError(f"{len(image_seeds)} seeds for a batch of {latents.shape[0]} images")
     state: dict = {}
     desc = f"{method.name}{' · ' + stage if stage else ''}"
-    with torch.no_grad(), tqdm(total=len(timesteps), desc=desc, disable=not progress, leave=False) as bar:
-        for i in range(len(timesteps)):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"cancelled before step {i + 1}/{len(timesteps)}")
-            ctx = StepContext(adapter, scheduler, cond, timesteps, i, generator, state)
-            latents = method.step(ctx, latents)
-            bar.update()
-            if callback is not None:
-                if callback(StepInfo(i, len(timesteps), timesteps[i], latents, stage)) is False:
-                    raise Cancelled(f"cancelled by the callback after step {i + 1}/{len(timesteps)}")
+    n, loop, outer = len(timesteps), next(_loops), current_step()
+    try:
+        with torch.no_grad(), tqdm(total=n, desc=desc, disable=not progress, leave=False) as bar:
+            for i in range(n):
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled(f"cancelled before step {i + 1}/{n}")
+                _position.value = StepPosition(i, n, loop)
+                ctx = StepContext(adapter, scheduler, cond, timesteps, i, generator, state, image_seeds, extra)
+                latents = method.step(ctx, latents)
+                bar.update()
+                if callback is not None:
+                    if callback(StepInfo(i, n, timesteps[i], latents, stage)) is False:
+                        raise Cancelled(f"cancelled by the callback after step {i + 1}/{n}")
+    finally:
+        _position.value = outer
     return latents
 
 

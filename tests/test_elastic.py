@@ -54,7 +54,7 @@ def ddim(steps=4, **kw):
 
 def ctx_for(adapter, sched, index=0, batch=1, seed=0):
     return StepContext(adapter, sched, fake_cond(batch, True), sched.timesteps, index,
-                       torch.Generator().manual_seed(seed), {})
+                       torch.Generator().manual_seed(seed), {}, image_seeds=tuple(seed + i for i in range(batch)))
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +148,7 @@ def test_diff1_direction_written_exactly_at_the_sampled_positions(hh, ww, n):
     x[..., ::3, ::2] = 0.0  # a written direction of exactly 0 is still written (diff8)
     m = Elastic(resampling_steps=6, new_p=0.5)
     geo = m.geometry(adapter, hh, ww)
-    run = m._run_state(ctx, 1)
+    run = m._run_state(ctx)
     direction, (picks, eu, d), _ = m._global(ctx, run, x, geo, 7)
     plan = resampling_plan(hh, ww, geo.ref, 7, 0.5, torch.Generator().manual_seed(0 + 0xE1A5))
     assert torch.equal(picks[0], plan[-1])
@@ -167,7 +167,7 @@ def test_ratio_2_first_pass_is_the_strided_subsample():
     ctx = ctx_for(adapter, ddim())
     x = torch.randn(1, 4, 32, 64)
     m = Elastic(resampling_steps=0)
-    direction, (picks, _, d), _ = m._global(ctx, m._run_state(ctx, 1), x, m.geometry(adapter, 32, 64), 1)
+    direction, (picks, _, d), _ = m._global(ctx, m._run_state(ctx), x, m.geometry(adapter, 32, 64), 1)
     assert m.geometry(adapter, 32, 64).ref == (16, 32)
     assert torch.equal(d, x[..., ::2, ::2])
     assert torch.equal(direction, x[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1))
@@ -214,7 +214,8 @@ def test_diff3_diff4_background_encoded_once_per_side_per_run():
         state = {}
         m = Elastic(resampling_steps=2, cache_background=cache, batch_references=False)
         for i in range(len(sched.timesteps)):
-            x = m.step(StepContext(adapter, sched, fake_cond(1, True), sched.timesteps, i, torch.Generator().manual_seed(0), state), x)
+            x = m.step(StepContext(adapter, sched, fake_cond(1, True), sched.timesteps, i, torch.Generator().manual_seed(0), state,
+                                   image_seeds=(0,)), x)
         run = state["elastic"]
         assert len(run.colour) == 2  # one colour per side for the whole run (paper: constant colour)
         if cache:
@@ -241,7 +242,8 @@ def test_diff4_background_per_step_and_gray(mode):
     state = {}
     m = Elastic(resampling_steps=2, background=mode)
     for i in range(len(sched.timesteps)):
-        x = m.step(StepContext(adapter, sched, fake_cond(1, True), sched.timesteps, i, torch.Generator().manual_seed(0), state), x)
+        x = m.step(StepContext(adapter, sched, fake_cond(1, True), sched.timesteps, i, torch.Generator().manual_seed(0), state,
+                                   image_seeds=(0,)), x)
     run = state["elastic"]
     assert [tuple(c.tolist()) for c in encoded] == [tuple(c.tolist()) for c in run.colour.values()]
     steps = len(sched.timesteps)
@@ -290,8 +292,8 @@ def test_call_counts_match_the_cost_model(hh, ww, r, repaint, vb):
 
     x = torch.randn(2, 4, hh, ww, generator=torch.Generator().manual_seed(0))
     with spy_windows(adapter) as seen:
-        sample(m, adapter, x, fake_cond(2, True), sched, sched.timesteps, generator=torch.Generator().manual_seed(0),
-               callback=count, progress=False)
+        sample(m, adapter, x, fake_cond(2, True), sched, sched.timesteps, seeds=[0, 1],
+               generator=torch.Generator().manual_seed(0), callback=count, progress=False)
     p = 0 if geo.local_is_reference else geo.views
     full = 2 * (r + 1) + p + ((2 + p) if repaint and r > 0 else 0)
     last = 2 * (r + 1) + p
@@ -374,7 +376,7 @@ def test_diff9_rrg_is_the_official_gradient_step_from_the_last_reference():
     outs = {}
     for lam in (0.0, 5000.0):
         m = Elastic(resampling_steps=0, rrg_init_weight=lam, cosine_scale=3.0)
-        outs[lam] = m.step(StepContext(adapter, sched, fake_cond(1, True), sched.timesteps, 0, None, {}), x)
+        outs[lam] = m.step(StepContext(adapter, sched, fake_cond(1, True), sched.timesteps, 0, None, {}, image_seeds=(0,)), x)
     a = sched.alphas_cumprod[int(sched.timesteps[0])].sqrt()
     up = x[..., ::2, ::2].repeat_interleave(2, -2).repeat_interleave(2, -1)
     expect = 2 * 5000.0 / (4 * 32 * 32) / a * (up - x)
@@ -521,7 +523,7 @@ def test_background_encode_upcasts_an_fp16_vae():
 
 def test_elastic_refines_a_latent_canvas_like_any_loop_method(tiny):
     """img2img (upscaling) goes through the same seeded loop: deterministic, and the seeds are the job's."""
-    from anysize.api import Job
+    from anysize.request import Request
     from anysize.methods import create
     from anysize.models import adapt
     from anysize.sampling import make_generators
@@ -530,7 +532,7 @@ def test_elastic_refines_a_latent_canvas_like_any_loop_method(tiny):
 
     def job(seed):
         cond = adapter.encode_prompt(["a cat"], None, guidance_scale=7.5)
-        return Job(adapter, ["a cat"], None, 192, 256, 4, 7.5, [seed], None, cond, make_generators(seed, 1), progress=False)
+        return Request(adapter, ["a cat"], None, 192, 256, 4, 7.5, [seed], None, cond, make_generators(seed, 1), progress=False)
 
     clean = torch.randn(1, 4, 24, 32, generator=torch.Generator().manual_seed(0))
     m = create("elastic", resampling_steps=1)

@@ -95,7 +95,7 @@ def test_calls_per_step_is_non_overlapping_tile_count(patch):
         x = torch.randn(batch, 4, h, w, generator=torch.Generator().manual_seed(0))
         with spy_windows(adapter) as seen:
             out = sample(m, adapter, x, fake_cond(batch, cfg), sched, sched.timesteps, progress=False,
-                         generator=torch.Generator().manual_seed(9), callback=count)
+                         seeds=[9 + i for i in range(batch)], generator=torch.Generator().manual_seed(9), callback=count)
         n = math.ceil(h / tile) * math.ceil(w / tile)
         assert per_step == [n * batch * (2 if cfg else 1)] * steps, (h, w)
         assert torch.isfinite(out).all()
@@ -117,7 +117,7 @@ def test_grid_moves_between_steps():
     x = torch.randn(1, 4, 40, 56)
     with spy_windows(adapter) as seen:
         sample(anysize.methods.create("fstd"), adapter, x, fake_cond(1, False), sched, sched.timesteps,
-               progress=False, generator=torch.Generator().manual_seed(0))
+               progress=False, seeds=[0], generator=torch.Generator().manual_seed(0))
     by_step = {}
     for t, win, _ in seen:
         by_step.setdefault(t, set()).add((win.top, win.left))
@@ -234,18 +234,16 @@ def test_offsets_depend_on_the_seed(ddim_sd1):
 def test_eps_round_trip(scheduler, ptype):
     import diffusers
 
-    from anysize.methods.fstd import noise_from_output, output_from_noise
+    from anysize.noise import NoiseSpace
 
     cls = getattr(diffusers, scheduler)
     sched = cls() if ptype == "flow" else cls(prediction_type=ptype)
     sched.set_timesteps(10)
-    adapter = FakeAdapter()
-    adapter.prediction_type = ptype
-    ctx = StepContext(adapter, sched, fake_cond(1, False), sched.timesteps, 3, None)
+    ns, t = NoiseSpace.of(sched), sched.timesteps[3]
     g = torch.Generator().manual_seed(0)
     x, eps = torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64), torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64)
-    out = output_from_noise(ctx, x, eps)
-    assert torch.allclose(noise_from_output(ctx, x, out), eps, atol=1e-8)
+    out = ns.output_from_noise(x, eps, t, ptype)
+    assert torch.allclose(ns.noise_from_output(x, out, t, ptype), eps, atol=1e-8)
     if ptype == "epsilon":
         assert torch.equal(out, eps)
 
@@ -261,11 +259,11 @@ def test_stale_strip_gets_previous_eps(monkeypatch):
     m = anysize.methods.create("fstd")
     state = {}
     cond = fake_cond(1, False)
-    x1 = m.step(StepContext(adapter, sched, cond, sched.timesteps, 0, None, state), x)
+    x1 = m.step(StepContext(adapter, sched, cond, sched.timesteps, 0, None, state, image_seeds=(0,)), x)
     eps0 = state["fstd_eps_ref"].clone()
     monkeypatch.setattr(m, "offsets", lambda ctx, b, r: [(4, 6)])
     with spy_windows(adapter) as seen:
-        x2 = m.step(StepContext(adapter, sched, cond, sched.timesteps, 1, None, state), x1)
+        x2 = m.step(StepContext(adapter, sched, cond, sched.timesteps, 1, None, state, image_seeds=(0,)), x1)
     # L = 40, T = 16: 3 tiles, remainder 8 > offsets, so rows [0, 4) and columns [0, 6) are uncovered
     assert {(w.top, w.left) for _, w, _ in seen} == {(r, c) for r in (4, 20, 24) for c in (6, 22, 24)}
     ref = DDIMScheduler(clip_sample=False)

@@ -1,11 +1,10 @@
-"""No method makes the host wait for the device at every step.
+"""The host-sync audit itself, and the pieces that keep the host from waiting for the device.
 
 On a GPU a read of a device value (``float(t)``, ``bool(mask.all())``) or a blocking upload of host
-data (``noise.to("cuda")``) stalls the device until the host catches up. These tests run every
-method on CPU under :class:`anysize.testing.syncs.HostSyncAudit`, which follows the tensors that
-would live on the device and records such places: the count must not grow with the number of
-steps (one-time work -- a host copy of the schedule, the first upload of a cached index -- is fine),
-and the accelerator code paths it switches on must give the same images as the host paths.
+data (``noise.to("cuda")``) stalls the device until the host catches up.
+:class:`anysize.testing.syncs.HostSyncAudit` follows, on a CPU, the tensors that would live on the
+device and records such places; the method contract (tests/test_method_contract.py) runs every
+registered method under it.
 """
 
 from __future__ import annotations
@@ -13,12 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import anysize
 from anysize.devices import TensorKeyed, upload
 from anysize.models import adapt
 from anysize.noise import NoiseSpace, host_table, schedule_position, timestep_value
 from anysize.schedulers import make_scheduler
-from anysize.testing.syncs import HostSyncAudit, audit_sampling
+from anysize.testing.syncs import HostSyncAudit
 
 
 @pytest.fixture
@@ -113,44 +111,4 @@ def test_noise_space_reads_the_device_schedule_once(tiny_adapter, name):
 
 
 # ------------------------------------------------------------------------------ every method
-
-
-CASES = [
-    ("sd1", "direct", 2, 2),
-    ("sd1", "multidiffusion", 1, 2),
-    ("sd1", "fstd", 2, 2),
-    ("sd1", "asd", 2, 2),
-    ("sd1", "elastic", 2, 2),
-    ("sd1", "scalediff", 2, 2),
-    ("sd1", "hidiffusion", 2, 2),
-    ("sdxl", "direct", 1, 1),
-    ("sdxl", "elastic", 1, 3),  # padded reference: cached background, re-noised per step
-    ("sdxl", "multidiffusion", 1, 3),
-    ("sd3", "fstd", 2, 2),
-    ("flux", "multidiffusion", 1, 2),
-    ("flux", "scalediff", 1, 2),
-]
-
-
-def _run(adapter, method, hmul, wmul, steps):
-    nh, nw = adapter.native_size
-    return anysize.generate(adapter, "a red fox", width=nw * wmul, height=nh * hmul, method=method, steps=steps,
-                            seed=3, progress=False, output_type="latent").latents
-
-
-@pytest.mark.parametrize("family, method, hmul, wmul", CASES, ids=[f"{c[0]}-{c[1]}" for c in CASES])
-def test_no_method_waits_for_the_device_at_every_step(tiny_adapter, family, method, hmul, wmul):
-    adapter = tiny_adapter(family)
-    plain = _run(adapter, method, hmul, wmul, 6)
-    counts = {}
-    for steps in (3, 6):
-        with audit_sampling() as audits:
-            out = _run(adapter, method, hmul, wmul, steps)
-        counts[steps] = sum(len(a.events) for a in audits)
-        if steps == 6:
-            # the accelerator paths the audit switches on (schedule positions, cached uploads)
-            # compute the same image
-            assert torch.equal(out, plain)
-            report = "\n".join(a.report() for a in audits)
-    assert counts[6] == counts[3], f"{method} waits for the device at every step:\n{report}"
-    assert counts[6] <= 4, report
+# every registered method on every family it supports: tests/test_method_contract.py

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import anysize
-from anysize.api import Job
+from anysize.request import Request
 from anysize.errors import InvalidArgumentError
 from anysize.methods import create
 from anysize.models import adapt
@@ -17,7 +17,7 @@ def job_for(adapter, prompt, h, w, steps, seed, scheduler=None, guidance=None):
     guidance = adapter.default_guidance if guidance is None else guidance
     cond = adapter.encode_prompt([prompt], None, guidance_scale=guidance)
     gens = make_generators(seed, 1)
-    return Job(adapter, [prompt], None, h, w, steps, guidance, [seed], scheduler, cond, gens, progress=False)
+    return Request(adapter, [prompt], None, h, w, steps, guidance, [seed], scheduler, cond, gens, progress=False)
 
 
 @pytest.mark.parametrize("steps,strength", [(10, 0.3), (10, 0.75), (7, 1.0), (4, 0.5)])
@@ -99,7 +99,7 @@ def test_hidiffusion_refine_runs_inside_its_patch(tiny):
     assert not torch.allclose(patched, plain)  # the patch changed the network during the loop
     again = create("direct").refine(job_for(adapter, "a cat", 256, 256, 4, seed=3), clean, 0.5)
     assert torch.equal(plain, again)  # and was removed after it
-    assert hid._patch is None
+    assert not hasattr(adapter.network, "_anysize_patch")
 
 
 def test_generate_still_equals_refine_free_run(tiny):

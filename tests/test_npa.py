@@ -150,7 +150,7 @@ def test_unet_processor_equals_stock_attention_on_each_neighbourhood(tiny):
     stock = attn.processor
     H, W = 10, 14  # a layer map at 2x-ish the native 8x8 of this block (native latent 16, factor 2)
     x = torch.randn(2, H * W, attn.to_q.in_features, generator=torch.Generator().manual_seed(0))
-    with NPAPatch(pipe) as patch:
+    with NPAPatch(adapt(pipe)) as patch:
         patch.latent_hw = (2 * H, 2 * W)
         ours = attn(x)
     idx = neighborhood_indices((H, W), (8, 8))
@@ -172,7 +172,7 @@ def test_sd3_processor_equals_stock_joint_attention_on_each_neighbourhood(tiny):
     dim = attn.to_q.in_features
     g = torch.Generator().manual_seed(1)
     x, c = torch.randn(1, H * W, dim, generator=g), torch.randn(1, 5, dim, generator=g)
-    with NPAPatch(pipe) as patch:
+    with NPAPatch(adapt(pipe)) as patch:
         patch.token_grid = (H, W)
         ours, ours_c = attn(x, encoder_hidden_states=c)
     idx = neighborhood_indices((H, W), (8, 8))
@@ -211,7 +211,7 @@ def test_flux_processor_equals_stock_attention_with_window_rope(tiny, block):
         out = attn(torch.cat([c, img], 1), image_rotary_emb=rope)
         return out[:, lt:], out[:, :lt]
 
-    with NPAPatch(pipe, window=16) as patch:  # the tiny FLUX pipeline says 1024 px native
+    with NPAPatch(adapt(pipe), window=16) as patch:  # the tiny FLUX pipeline says 1024 px native
         patch.token_grid, patch.text_len = (H, W), lt
         ours, ours_c = call(x, txt_ids, img_ids)
     idx = neighborhood_indices((H, W), (8, 8))

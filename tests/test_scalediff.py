@@ -85,8 +85,7 @@ def test_guidance_round_trip_keeps_the_model_output_when_the_estimate_is_unchang
         x = torch.randn(1, adapter.latent_channels, 16, 16, generator=g) * 3
         out = torch.randn(1, adapter.latent_channels, 16, 16, generator=g)
         x0 = ctx.noise_space.to_x0(x, out, ctx.t, adapter.prediction_type)
-        m._stage = {"ref_low": lowpass(x0, 0.25), "cutoff": 0.25}  # the pull is exactly zero
-        back = m.guide(ctx, x, out, 1.0)
+        back = m.guide(ctx, x, out, 1.0, lowpass(x0, 0.25), 0.25)  # the pull is exactly zero
         assert torch.allclose(back, out, atol=1e-4, rtol=1e-4)
 
 
@@ -157,16 +156,16 @@ def test_the_flow_shift_of_every_stage_is_the_base_sizes(tiny):
 
 
 def _run_weights(adapter, size, **options):
-    from anysize.api import Job
+    from anysize.request import Request
     from anysize.sampling import make_generators
 
     steps = options.pop("steps", 5)
     m = create("scalediff", **options)
     cond = adapter.encode_prompt(["a cat"], None, guidance_scale=adapter.default_guidance)
-    job = Job(adapter, ["a cat"], None, size[0], size[1], steps, adapter.default_guidance, [0], None, cond,
+    job = Request(adapter, ["a cat"], None, size[0], size[1], steps, adapter.default_guidance, [0], None, cond,
               make_generators(0, 1), progress=False)
-    m.run(job)
-    return m.last_weights
+    _, stages = m.cascade(job)
+    return stages[-1].weights
 
 
 # ------------------------------------------------------------------------------ the cascade

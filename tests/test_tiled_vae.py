@@ -216,12 +216,13 @@ def test_non_square_non_multiple_and_batch():
     d = (out - ref).abs()
     # measured: max 0.25, mean 2.4e-3 (vs 3.8e-4 / 2.2e-6 with halo 11 on 40x56)
     assert d.max().item() <= 0.5 and d.mean().item() <= 5e-3, (d.max().item(), d.mean().item())
-    # statistics are per (batch, group): a batch decodes like its members alone
+    # statistics are per (batch, group): a batch decodes like its members alone, to float rounding
+    # (batched convolutions round differently on some CPUs: 1.05e-5 seen; mixed statistics differ by 1e-2)
     solo = tiled_decode(vae, z[1:], tile=12, halo=6, stats="exact")
-    assert (out[1:] - solo).abs().max().item() <= 1e-5
+    assert (out[1:] - solo).abs().max().item() <= 5e-5
     fast = tiled_decode(vae, z, tile=12, halo=6, stats="fast")
     solo_fast = tiled_decode(vae, z[1:], tile=12, halo=6, stats="fast")
-    assert (fast[1:] - solo_fast).abs().max().item() <= 1e-5
+    assert (fast[1:] - solo_fast).abs().max().item() <= 5e-5
 
 
 def test_16_channel_latent_without_quant_convs():

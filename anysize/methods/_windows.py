@@ -1,7 +1,7 @@
 """Shared by the tiled methods: run the network on windows of the canvas and fuse the outputs.
 
-A window job is (image index, :class:`~anysize.models.base.Window`). Jobs are grouped into network
-calls of at most ``batch`` windows; each call crops the windows from the model input, gives each
+An :class:`ImageWindow` is (image index, :class:`~anysize.models.base.Window`). They are grouped
+into network calls of at most ``batch`` windows; each call crops the windows from the model input, gives each
 crop its own image's prompt embeddings, and calls :meth:`ModelAdapter.predict_guided` once (CFG
 doubles the batch inside). Outputs are accumulated with per-window weights into a numerator and a
 denominator canvas (float32).
@@ -27,7 +27,9 @@ from ..sampling import StepContext
 
 
 @dataclass(frozen=True)
-class Job:
+class ImageWindow:
+    """One window of one image of the batch."""
+
     image: int
     window: Window
 
@@ -87,12 +89,12 @@ def select_cond(cond: Conditioning, images: list[int]) -> Conditioning:
     return Conditioning(_select(cond.positive, idx), neg, cond.guidance_scale, cond.network_guidance)
 
 
-def _calls(jobs: list[Job], batch: int, free: bool) -> list[list[Job]]:
-    groups: dict[tuple, list[Job]] = {}
-    for job in jobs:
-        w = job.window
+def _calls(windows: list[ImageWindow], batch: int, free: bool) -> list[list[ImageWindow]]:
+    groups: dict[tuple, list[ImageWindow]] = {}
+    for iw in windows:
+        w = iw.window
         key = (w.height, w.width) if free else (w.top, w.left, w.height, w.width)
-        groups.setdefault(key, []).append(job)
+        groups.setdefault(key, []).append(iw)
     calls = []
     for group in groups.values():
         calls += [group[i : i + batch] for i in range(0, len(group), batch)]
@@ -100,7 +102,7 @@ def _calls(jobs: list[Job], batch: int, free: bool) -> list[list[Job]]:
 
 
 def fuse(
-    ctx: StepContext, x_in: Tensor, jobs: list[Job], batch: int, weights: dict[tuple[int, int], Tensor],
+    ctx: StepContext, x_in: Tensor, windows: list[ImageWindow], batch: int, weights: dict[tuple[int, int], Tensor],
     *, wrap: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Numerator (B, C, H, W) and denominator (B, 1, H, W) of the weighted window fusion.
@@ -113,7 +115,7 @@ def fuse(
     num = torch.zeros(b, c, h, w + wrap, device=x_in.device, dtype=torch.float32)
     den = torch.zeros(b, 1, h, w + wrap, device=x_in.device, dtype=torch.float32)
     free, per_sample = window_free(ctx.adapter), shares_calls(ctx.adapter) and not window_free(ctx.adapter)
-    for call in _calls(jobs, batch, free or per_sample):
+    for call in _calls(windows, batch, free or per_sample):
         win = [j.window for j in call] if per_sample else call[0].window
         x = torch.stack([win_crop(src, j) for j in call])
         out = ctx.adapter.predict_guided(x, ctx.t, select_cond(ctx.cond, [j.image for j in call]), win)
@@ -129,5 +131,5 @@ def fuse(
     return num, den
 
 
-def win_crop(src: Tensor, job: Job) -> Tensor:
-    return job.window.crop(src[job.image])
+def win_crop(src: Tensor, iw: ImageWindow) -> Tensor:
+    return iw.window.crop(src[iw.image])

@@ -17,7 +17,7 @@ Deliberate differences from the paper and the official code (spec ``asd_tiling.m
 
 * Stage II is the same text-to-image model in an SDEdit pass (the spec's option C), not StableSR:
   the official ``ASD-upscale`` starts from the LR latent noised to t = 999 with a super-resolution
-  U-Net; StableSR is not in diffusers. The prompt and guidance of the job are used in both stages.
+  U-Net; StableSR is not in diffusers. The prompt and guidance of the request are used in both stages.
 * Buckets: Table 5's sizes (512² base) are scaled by ``sqrt(native area / 512²)`` and rounded to
   the model's pixel factor, so SD 1.5/2.1-base get the paper's sizes, SDXL twice them. The
   matching uses each bucket's exact ratio H/W (Table 5 prints 1.3330 for 768/576).
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
 import torch
@@ -46,7 +45,6 @@ from torch import Tensor
 
 from ..buckets import RULES as BUCKET_RULES
 from ..buckets import nearest_bucket, scaled_buckets
-from ..errors import InvalidArgumentError
 from ..options import option
 from .base import Method, MethodOptions
 from .registry import create, register
@@ -107,68 +105,18 @@ class ASD(Method):
         if (bh, bw) != (height, width):
             self.stage2.check(adapter, height, width)  # e.g. an fstd tile larger than the canvas
 
-    def run(self, job) -> Tensor:
-        adapter = job.adapter
-        bh, bw = self.bucket(adapter, job.height, job.width)
-        stage1 = dataclasses.replace(job, height=bh, width=bw)
-        with _lora(adapter, self.options.lora, self.options.lora_scale):
+    def run(self, request) -> Tensor:
+        adapter = request.adapter
+        bh, bw = self.bucket(adapter, request.height, request.width)
+        stage1 = dataclasses.replace(request, height=bh, width=bw)
+        with adapter.lora(self.options.lora, self.options.lora_scale, name=LORA_ADAPTER_NAME):
             latents = create("direct").run(stage1)
-        if (bh, bw) == (job.height, job.width):
+        if (bh, bw) == (request.height, request.width):
             return latents
         with torch.no_grad():
             pixels = adapter.decode(latents, tiled="auto")
-            pixels = cover_crop(pixels, job.height, job.width)
-            gens = job.generators if len(job.generators) > 1 else job.generators[0]
+            pixels = cover_crop(pixels, request.height, request.width)
+            gens = request.generators if len(request.generators) > 1 else request.generators[0]
             clean = adapter.encode(pixels, generator=gens, tiled="auto")
         del pixels
-        return self.stage2.refine(job, clean, self.options.strength, stage="stage II (fstd)")
-
-
-class _lora:
-    """Load a LoRA into the pipeline for a block and remove it after (nothing when ``path`` is None)."""
-
-    def __init__(self, adapter, path, scale: float):
-        self.adapter, self.path, self.scale = adapter, path, scale
-
-    def __enter__(self):
-        if self.path is None:
-            return self
-        pipe = self.adapter.pipe
-        if not hasattr(pipe, "load_lora_weights"):
-            raise InvalidArgumentError(f"{type(pipe).__name__} cannot load LoRA weights")
-        if LORA_ADAPTER_NAME in _loaded_adapters(pipe):
-            raise InvalidArgumentError(f"a LoRA named {LORA_ADAPTER_NAME!r} is already loaded in this pipeline")
-        self.before = _active_adapters(pipe)
-        try:
-            pipe.load_lora_weights(os.fspath(self.path), adapter_name=LORA_ADAPTER_NAME)
-            pipe.set_adapters([LORA_ADAPTER_NAME], adapter_weights=[float(self.scale)])
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            self._remove()
-            raise InvalidArgumentError(f"cannot load the LoRA {os.fspath(self.path)}: {e}") from None
-        return self
-
-    def __exit__(self, *exc):
-        if self.path is not None:
-            self._remove()
-        return False
-
-    def _remove(self):
-        pipe = self.adapter.pipe
-        if LORA_ADAPTER_NAME in _loaded_adapters(pipe):
-            pipe.delete_adapters(LORA_ADAPTER_NAME)
-        if self.before:  # the user's own LoRAs were switched off for stage I: on again (at weight 1)
-            pipe.set_adapters(self.before)
-
-
-def _active_adapters(pipe) -> list[str]:
-    try:
-        return list(pipe.get_active_adapters())
-    except (AttributeError, ValueError):
-        return []
-
-
-def _loaded_adapters(pipe) -> list[str]:
-    try:
-        return sorted({name for names in pipe.get_list_adapters().values() for name in names})
-    except (AttributeError, ValueError):
-        return []
+        return self.stage2.refine(request, clean, self.options.strength, stage="stage II (fstd)")

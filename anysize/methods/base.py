@@ -2,15 +2,22 @@
 
 A method overrides :meth:`Method.predict` (the guided model output for the whole canvas; e.g. one
 call, or fused windows), or :meth:`Method.step` (when the step itself changes), or
-:meth:`Method.run` (multi-stage recipes built from other methods). Options are declared once with
-:mod:`anysize.options` metadata, so the CLI, the API, the UI, metadata and validation all read the
-same list.
+:meth:`Method.run` (multi-stage recipes built from other methods); :meth:`Method.session` sets up
+what every sampling loop of a run needs around it (e.g. a network patch). Options are declared once
+with :mod:`anysize.options` metadata, so the CLI, the API, the UI, metadata and validation all read
+the same list.
+
+A method object holds its options and nothing else: everything a run needs lives in the
+:class:`~anysize.request.Request` and in the sampling loop's :class:`~anysize.sampling.StepContext`
+(the images' seeds, the loop's scratch state), so one method object can serve several runs at
+once, from several threads.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from typing import Any, ClassVar
+from typing import Any, ClassVar, ContextManager
 
 from torch import Tensor
 
@@ -33,6 +40,9 @@ class Method:
     #: whether :meth:`refine` can run an img2img pass on a given canvas (multi-stage recipes that
     #: make their own canvas, like asd, cannot)
     refines: ClassVar[bool] = True
+    #: options under which the method is plain generation at the model's native size (default: its
+    #: defaults); the registry's contract test holds every method to it
+    native_options: ClassVar[dict[str, Any]] = {}
 
     @property
     def wraps(self) -> bool:
@@ -48,6 +58,17 @@ class Method:
             raise InvalidArgumentError(
                 f"method {self.name!r} supports {', '.join(self.families)}, not {adapter.family}"
             )
+        f = adapter.vae_factor
+        self.geometry(adapter, height // f, width // f)
+
+    def geometry(self, adapter, height: int, width: int) -> Any:
+        """Where the method puts its windows, tiles or stages on a latent canvas of height x width;
+        raises InvalidArgumentError for a canvas its options cannot cover (default: nothing to place)."""
+        return None
+
+    def session(self, request) -> ContextManager:
+        """What every sampling loop of a run runs inside (e.g. a network patch); default: nothing."""
+        return contextlib.nullcontext()
 
     def predict(self, ctx: StepContext, x_in: Tensor) -> Tensor:
         """Guided model output for the whole canvas at model input ``x_in``."""
@@ -57,38 +78,41 @@ class Method:
         x_in = ctx.model_input(x)
         return ctx.scheduler_step(self.predict(ctx, x_in), x)
 
-    def run(self, job) -> Tensor:
-        """Generate final latents for a :class:`~anysize.api.Job`: one loop from pure noise."""
-        adapter = job.adapter
-        scheduler = job.make_scheduler()
-        h, w = job.latent_hw
-        timesteps = adapter.set_timesteps(scheduler, job.steps, (h, w))
-        latents = adapter.initial_noise((job.cond.batch, adapter.latent_channels, h, w), job.generators)
+    def run(self, request) -> Tensor:
+        """Generate final latents for a :class:`~anysize.request.Request`: one loop from pure noise."""
+        adapter = request.adapter
+        scheduler = request.make_scheduler()
+        h, w = request.latent_hw
+        timesteps = adapter.set_timesteps(scheduler, request.steps, (h, w))
+        latents = adapter.initial_noise((request.cond.batch, adapter.latent_channels, h, w), request.generators)
         latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)
-        return self.denoise(job, latents, scheduler, timesteps)
+        return self.denoise(request, latents, scheduler, timesteps)
 
-    def refine(self, job, latents: Tensor, strength: float, *, steps: int | None = None, stage: str = "") -> Tensor:
+    def refine(self, request, latents: Tensor, strength: float, *, steps: int | None = None, stage: str = "") -> Tensor:
         """SDEdit / img2img: re-noise clean ``latents`` (any size) to ``strength`` and denoise them.
 
-        The schedule is the tail of a ``steps``-step one (default ``job.steps``) chosen by the
-        diffusers img2img rule; the noise comes from the job's per-image generators (continuing
+        The schedule is the tail of a ``steps``-step one (default ``request.steps``) chosen by the
+        diffusers img2img rule; the noise comes from the request's per-image generators (continuing
         their streams), so a seeded multi-stage recipe is reproducible.
         """
-        adapter = job.adapter
-        scheduler = job.make_scheduler()
-        steps = job.steps if steps is None else steps
+        adapter = request.adapter
+        scheduler = request.make_scheduler()
+        steps = request.steps if steps is None else steps
         timesteps, begin = partial_schedule(adapter, scheduler, steps, strength, tuple(latents.shape[-2:]))
-        noise = adapter.initial_noise(tuple(latents.shape), job.generators)
+        noise = adapter.initial_noise(tuple(latents.shape), request.generators)
         x = adapter.from_x0(scheduler, latents.to(noise.dtype), noise, timesteps[:1])
-        return self.denoise(job, x, scheduler, timesteps, begin_index=begin, stage=stage)
+        return self.denoise(request, x, scheduler, timesteps, begin_index=begin, stage=stage)
 
-    def denoise(self, job, latents: Tensor, scheduler, timesteps: Tensor, *, begin_index: int = 0, stage: str = "") -> Tensor:
-        """The one sampling loop with this method's steps (override to wrap it, e.g. in a patch)."""
-        return sample(
-            self, job.adapter, latents, job.cond, scheduler, timesteps,
-            generator=job.generators[0], callback=job.callback, cancel=job.cancel, progress=job.progress,
-            stage=stage, begin_index=begin_index,
-        )
+    def denoise(self, request, latents: Tensor, scheduler, timesteps: Tensor, *, begin_index: int = 0, stage: str = "",
+                extra: Any = None) -> Tensor:
+        """The one sampling loop with this method's steps, inside :meth:`session`; ``extra`` reaches
+        every step as ``ctx.extra``."""
+        with self.session(request):
+            return sample(
+                self, request.adapter, latents, request.cond, scheduler, timesteps, seeds=request.seeds,
+                generator=request.generators[0], callback=request.callback, cancel=request.cancel,
+                progress=request.progress, stage=stage, begin_index=begin_index, extra=extra,
+            )
 
     @classmethod
     def demo_options(cls, adapter) -> dict[str, Any]:

@@ -90,8 +90,9 @@ from torch import Tensor
 from ..devices import upload
 from ..errors import InvalidArgumentError
 from ..models.base import Conditioning, PromptEmbeds, Window
-from ..sampling import StepContext
 from ..options import option
+from ..patches.hidiffusion import HiDiffusionPatch
+from ..sampling import StepContext
 from ..tiling_grids import block_index, block_starts, context_views
 from ._windows import latent_patch, select_cond
 from .base import Method, MethodOptions
@@ -272,6 +273,9 @@ class Elastic(Method):
     summary = "local unconditional patches + a global class direction from a subsampled reference (ElasticDiffusion)"
     Options = ElasticOptions
     families = ("sd1", "sd2", "sdxl")
+    # at native size the reference is the canvas: without resampling (and so without the repaint
+    # pass) the two terms add up to plain CFG, and RRG pulls x0 towards itself
+    native_options = {"resampling_steps": 0}
 
     @classmethod
     def demo_options(cls, adapter) -> dict:
@@ -311,11 +315,6 @@ class Elastic(Method):
             context_views(height, sh, nh), context_views(width, sw, nw), (min(nh, height), min(nw, width)),
         )
 
-    def check(self, adapter, height: int, width: int) -> None:
-        super().check(adapter, height, width)
-        f = adapter.vae_factor
-        self.geometry(adapter, height // f, width // f)
-
     def evaluations_per_step(self, adapter, height: int, width: int, *, repaint_step: bool = True) -> int:
         """Network evaluations per image for one step at a latent canvas of height x width."""
         geo = self.geometry(adapter, height, width)
@@ -327,29 +326,19 @@ class Elastic(Method):
         return n
 
     # ------------------------------------------------------------------ run and per-run state
-    def denoise(self, job, latents: Tensor, scheduler, timesteps: Tensor, **kwargs) -> Tensor:
-        # every loop (from noise, or an img2img refine) gets the per-image seeds and the optional patch
-        self._seeds = [g.initial_seed() for g in job.generators]
-        try:
-            if not self.options.msw_msa:
-                return super().denoise(job, latents, scheduler, timesteps, **kwargs)
-            from ..patches import patch
+    def session(self, request):
+        """Every loop (from noise, or an img2img refine) runs inside the optional windowed attention."""
+        if not self.options.msw_msa:
+            return super().session(request)
+        # windowed attention only (no RAU-Net, so no step position), also at the native size where the calls are
+        return HiDiffusionPatch(request.adapter, raunet=False, apply_at_native=True, seed=list(request.seeds))
 
-            with patch(job.adapter, "msw_msa", apply_at_native=True, seed=list(job.seeds)):
-                return super().denoise(job, latents, scheduler, timesteps, **kwargs)
-        finally:
-            del self._seeds
-
-    def _run_state(self, ctx: StepContext, batch: int) -> _Run:
+    def _run_state(self, ctx: StepContext) -> _Run:
         run = ctx.state.get("elastic")
-        if run is None:
-            seeds = getattr(self, "_seeds", None)
-            if seeds is None or len(seeds) != batch:
-                base = ctx.generator.initial_seed() if ctx.generator is not None else 0
-                seeds = [base + i for i in range(batch)]
+        if run is None:  # the loop's first step: every random stream of every image, from its seed
 
             def gens(salt):
-                return [torch.Generator("cpu").manual_seed((s + salt) % 2**63) for s in seeds]
+                return [torch.Generator("cpu").manual_seed((s + salt) % 2**63) for s in ctx.seeds]
 
             run = ctx.state["elastic"] = _Run(gens(_PICK_SALT), gens(_COLOUR_SALT), gens(_BG_NOISE_SALT),
                                               gens(_RENOISE_SALT))
@@ -490,7 +479,7 @@ class Elastic(Method):
     def predict(self, ctx: StepContext, x_in: Tensor) -> Tensor:
         """The first-pass guided output (local score + w·direction), for composition."""
         self._require_cfg(ctx)
-        run = self._run_state(ctx, x_in.shape[0])
+        run = self._run_state(ctx)
         geo = self.geometry(ctx.adapter, *x_in.shape[-2:])
         r, _ = self.settings(*x_in.shape[-2:], geo.native)
         out, _ = self._guided(ctx, run, x_in, geo, r + 1, ctx.cond.guidance_scale)
@@ -500,7 +489,7 @@ class Elastic(Method):
         self._require_cfg(ctx)
         o = self.options
         b, c, hh, ww = x.shape
-        run = self._run_state(ctx, b)
+        run = self._run_state(ctx)
         geo = self.geometry(ctx.adapter, hh, ww)
         r, lam0 = self.settings(hh, ww, geo.native)
         w = ctx.cond.guidance_scale

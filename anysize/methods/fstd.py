@@ -50,7 +50,7 @@ from ..models.base import Window
 from ..options import option
 from ..sampling import StepContext
 from ..tiling_grids import PLACEMENTS, WEIGHTINGS, fusion_weights, shifted_origins
-from ._windows import Job, fuse, latent_patch, tile_size
+from ._windows import ImageWindow, fuse, latent_patch, tile_size
 from .base import Method, MethodOptions
 from .registry import register
 
@@ -78,37 +78,11 @@ class FSTDOptions(MethodOptions):
             raise InvalidArgumentError(f"offset_range {self.offset_range} is larger than the tile {self.tile}")
 
 
-def noise_from_output(ctx: StepContext, x: Tensor, out: Tensor) -> Tensor:
-    """ε implied by the model output ``out`` at scheduler state ``x``."""
-    ns = ctx.noise_space
-    x0 = ns.to_x0(x, out, ctx.t, ctx.adapter.prediction_type)
-    a, b = ns.coefficients(ctx.t)
-    return (x - a * x0) / b
-
-
-def output_from_noise(ctx: StepContext, x: Tensor, eps: Tensor) -> Tensor:
-    """The model output (ε, v, flow velocity or x0) that corresponds to noise ``eps`` at state ``x``."""
-    ns = ctx.noise_space
-    a, b = ns.coefficients(ctx.t)
-    x0 = (x - b * eps) / a
-    ptype = ctx.adapter.prediction_type
-    if ns.kind == "flow" or ptype == "flow":
-        return eps - x0
-    if ptype == "epsilon":
-        return eps
-    if ptype == "v_prediction":
-        c = ns.input_scale(ctx.t)
-        return (a * c) * eps - (b * c) * x0
-    if ptype == "sample":
-        return x0
-    raise InvalidArgumentError(f"unknown prediction type {ptype!r}")
-
-
-def _covers(jobs: list[Job], batch: int, height: int, width: int) -> bool:
-    """Whether the windows of ``jobs`` cover every latent pixel of every image (all fusion weights
+def _covers(windows: list[ImageWindow], batch: int, height: int, width: int) -> bool:
+    """Whether ``windows`` cover every latent pixel of every image (all fusion weights
     are positive, so this is where the fused denominator is non-zero)."""
     mask = torch.zeros(batch, height, width, dtype=torch.bool)
-    for j in jobs:
+    for j in windows:
         rows, cols = j.window.slices
         mask[j.image, rows, cols] = True
     return bool(mask.all())
@@ -132,31 +106,14 @@ class FSTD(Method):
             ranges = (o.offset_range, o.offset_range)
         return (th, tw), ranges
 
-    def check(self, adapter, height: int, width: int) -> None:
-        super().check(adapter, height, width)
-        f = adapter.vae_factor
-        self.geometry(adapter, height // f, width // f)
-
-    def run(self, job) -> Tensor:
-        self._seeds = [g.initial_seed() for g in job.generators]
-        try:
-            return super().run(job)
-        finally:
-            del self._seeds
-
-    def _offset_generators(self, ctx: StepContext, batch: int) -> list[torch.Generator]:
-        seeds = getattr(self, "_seeds", None)
-        if seeds is None or len(seeds) != batch:
-            base = ctx.generator.initial_seed() if ctx.generator is not None else 0
-            seeds = [base + i for i in range(batch)]
-        return [torch.Generator("cpu").manual_seed((s + _OFFSET_SEED_SALT) % 2**63) for s in seeds]
-
     def offsets(self, ctx: StepContext, batch: int, ranges: tuple[int, int]) -> list[tuple[int, int]]:
-        """(dy, dx) per image for this step."""
+        """(dy, dx) per image for this step, from each image's own offset stream."""
         o = self.options
         gens = ctx.state.get("fstd_generators")
-        if gens is None:
-            gens = ctx.state["fstd_generators"] = self._offset_generators(ctx, batch)
+        if gens is None:  # the loop's first step: one stream per image, derived from its seed
+            gens = ctx.state["fstd_generators"] = [
+                torch.Generator("cpu").manual_seed((s + _OFFSET_SEED_SALT) % 2**63) for s in ctx.seeds
+            ]
         if ctx.index % o.reset_every == 0 or (o.zero_final_shift and ctx.is_last):
             return [(0, 0)] * batch
         p = latent_patch(ctx.adapter)
@@ -180,20 +137,20 @@ class FSTD(Method):
         x_in = ctx.model_input(x)
         b, _, h, w = x.shape
         (th, tw), ranges = self.geometry(ctx.adapter, h, w)
-        jobs = []
+        windows = []
         for i, off in enumerate(self.offsets(ctx, b, ranges)):
-            jobs += [Job(i, win) for win in self.tiles(h, w, (th, tw), off)]
+            windows += [ImageWindow(i, win) for win in self.tiles(h, w, (th, tw), off)]
         weights = {(th, tw): fusion_weights(th, tw, o.weighting, single_row=th == h, single_col=tw == w,
                                             device=x.device)}
-        num, den = fuse(ctx, x_in, jobs, o.tile_batch_size, weights)
+        num, den = fuse(ctx, x_in, windows, o.tile_batch_size, weights)
         covered = den > 0
         out = (num / torch.where(covered, den, torch.ones_like(den))).to(x.dtype)
-        if not _covers(jobs, b, h, w):  # decided from the tiles on the host: no wait for the device
+        if not _covers(windows, b, h, w):  # decided from the tiles on the host: no wait for the device
             eps_ref = ctx.state.get("fstd_eps_ref")
             if eps_ref is None:  # cannot happen: the first step is never shifted
                 raise RuntimeError("FSTD: uncovered pixels on the first step")
-            stale = output_from_noise(ctx, x.float(), eps_ref).to(x.dtype)
+            stale = ctx.noise_space.output_from_noise(x.float(), eps_ref, ctx.t, ctx.adapter.prediction_type).to(x.dtype)
             out = torch.where(covered, out, stale)
         if ranges[0] > 1 or ranges[1] > 1:  # a later step may leave pixels uncovered
-            ctx.state["fstd_eps_ref"] = noise_from_output(ctx, x.float(), out.float())
+            ctx.state["fstd_eps_ref"] = ctx.noise_space.noise_from_output(x.float(), out.float(), ctx.t, ctx.adapter.prediction_type)
         return ctx.scheduler_step(out, x)

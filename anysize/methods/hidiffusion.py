@@ -2,14 +2,13 @@
 
 The U-Net is patched with :class:`anysize.patches.hidiffusion.HiDiffusionPatch` for the run (see
 that module for the operators, the per-family defaults and every deliberate difference from the
-official package); each step tells the patch where the run is (``ctx.index`` of
-``ctx.num_steps``), so the RAU-Net phase is a fraction of the *executed* steps, also for a
-partial (img2img) schedule, and however many network calls the inner method makes per step.
-``inner`` names the method whose steps are patched: ``direct`` is HiDiffusion as published;
-a windowed method (``multidiffusion``, ...) gets RAU-Net and windowed attention inside each of its
-network calls, which only change anything for windows larger than the native size. An inner
-method that owns its whole run (multi-stage recipes) runs inside the patch with the patch finding
-the step position itself from each stage's schedule.
+official package). The patch follows the sampling loop's step position
+(:func:`anysize.sampling.current_step`), so the RAU-Net phase is a fraction of the *executed*
+steps, also for a partial (img2img) schedule, and however many network calls the inner method
+makes per step. ``inner`` names the method whose run is patched: ``direct`` is HiDiffusion as
+published; a windowed method (``multidiffusion``, ...) gets RAU-Net and windowed attention inside
+each of its network calls, which only change anything for windows larger than the native size;
+a multi-stage recipe runs every stage's loop inside the patch, each with its own schedule.
 
 At or below the native size nothing is changed (plain generation), unless ``apply_at_native``.
 Window shifts are drawn from generators seeded with each image's seed, so the same seed gives
@@ -19,17 +18,16 @@ official package's global draws).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass
-from typing import Sequence
 
 from torch import Tensor
 
 from ..errors import InvalidArgumentError
 from ..options import option
+from ..patches._undo import MARK as PATCH_MARK
 from ..patches.hidiffusion import HiDiffusionPatch, HiDiffusionSettings
-from ..sampling import StepContext
+from ..sampling import StepContext, current_step
 from .base import Method, MethodOptions
 from .registry import METHODS, create, register
 
@@ -53,7 +51,6 @@ class HiDiffusion(Method):
     def __init__(self, **options):
         super().__init__(**options)
         self.inner = create(self.options.inner)
-        self._patch: HiDiffusionPatch | None = None
 
     @property
     def wraps(self) -> bool:
@@ -63,45 +60,23 @@ class HiDiffusion(Method):
         super().check(adapter, height, width)
         self.inner.check(adapter, height, width)
 
-    def _settings(self) -> dict:
-        return {f.name: getattr(self.options, f.name) for f in dataclasses.fields(HiDiffusionSettings)}
+    def session(self, request):
+        """The patch, open around every sampling loop of the run; it follows the loop's step position."""
+        settings = {f.name: getattr(self.options, f.name) for f in dataclasses.fields(HiDiffusionSettings)}
+        return HiDiffusionPatch(request.adapter, position=current_step, seed=list(request.seeds), **settings)
+
+    def run(self, request) -> Tensor:
+        # the inner method's whole run (one loop, or one per stage) inside the patch
+        with self.session(request):
+            return self.inner.run(request)
 
     def predict(self, ctx: StepContext, x_in: Tensor) -> Tensor:
         return self.inner.predict(ctx, x_in)
 
     def step(self, ctx: StepContext, x: Tensor) -> Tensor:
-        if self._patch is None:
-            raise InvalidArgumentError(
-                "hidiffusion steps run inside its patch: use method.run(job), or wrap the sampling loop in "
-                "`with method.session(adapter, seeds):`"
+        if not isinstance(getattr(ctx.adapter.network, PATCH_MARK, None), HiDiffusionPatch):
+            raise InvalidArgumentError(  # the steps alone would be plain generation: never a silently wrong image
+                "hidiffusion steps run inside its patch: use method.run(request) or method.refine(...), or wrap the "
+                "sampling loop in `with method.session(request):`"
             )
-        self._patch.clock.set(ctx.index, ctx.num_steps)
         return self.inner.step(ctx, x)
-
-    @contextlib.contextmanager
-    def session(self, adapter, seeds: Sequence[int] = (0,)):
-        """Open the patch on ``adapter`` for a sampling loop driven by someone else (e.g. an
-        img2img / upscaling stage calling :func:`anysize.sampling.sample` with this method on a
-        partial schedule); each step then tells the patch its position in that schedule."""
-        patch = HiDiffusionPatch(adapter, seed=[int(s) for s in seeds], **self._settings())
-        with patch:
-            self._patch = patch
-            try:
-                yield patch
-            finally:
-                self._patch = None
-
-    def denoise(self, job, latents: Tensor, scheduler, timesteps: Tensor, **kwargs) -> Tensor:
-        if self._patch is not None:  # a session is already open around this loop
-            return super().denoise(job, latents, scheduler, timesteps, **kwargs)
-        with self.session(job.adapter, job.seeds):
-            return super().denoise(job, latents, scheduler, timesteps, **kwargs)
-
-    def run(self, job) -> Tensor:
-        if type(self.inner).run is Method.run:
-            return Method.run(self, job)  # its loop runs in denoise, inside the patch
-        # an inner method that owns its run: the patch finds the step from each stage's schedule
-        with self.session(job.adapter, job.seeds) as patch:
-            patch.clock.clear()
-            self._patch = None
-            return self.inner.run(job)

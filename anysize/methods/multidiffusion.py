@@ -46,7 +46,7 @@ from ..models.base import Window
 from ..options import option
 from ..sampling import StepContext
 from ..tiling_grids import WEIGHTINGS, fusion_weights, overlap_origins
-from ._windows import Job, fuse, latent_patch, tile_size
+from ._windows import ImageWindow, fuse, latent_patch, tile_size
 from .base import Method, MethodOptions
 from .registry import register
 
@@ -98,11 +98,6 @@ class MultiDiffusion(Method):
                 raise InvalidArgumentError(f"stride {o.stride} is larger than the window {min(th, tw)}: pixels would be skipped")
         return (th, tw), strides
 
-    def check(self, adapter, height: int, width: int) -> None:
-        super().check(adapter, height, width)
-        f = adapter.vae_factor
-        self.geometry(adapter, height // f, width // f)
-
     def predict(self, ctx: StepContext, x_in: Tensor) -> Tensor:
         o = self.options
         b, _, h, w = x_in.shape
@@ -110,8 +105,8 @@ class MultiDiffusion(Method):
         rows = overlap_origins(h, th, sh)
         cols = overlap_origins(w, tw, sw, circular=o.circular)
         wrap = max(0, cols[-1] + tw - w)
-        jobs = [Job(i, Window(r, c, th, tw, (h, w))) for r in rows for c in cols for i in range(b)]
+        windows = [ImageWindow(i, Window(r, c, th, tw, (h, w))) for r in rows for c in cols for i in range(b)]
         weights = {(th, tw): fusion_weights(th, tw, o.weighting, single_row=len(rows) == 1,
                                             single_col=len(cols) == 1 and not wrap, device=x_in.device)}
-        num, den = fuse(ctx, x_in, jobs, o.view_batch_size * b, weights, wrap=wrap)
+        num, den = fuse(ctx, x_in, windows, o.view_batch_size * b, weights, wrap=wrap)
         return (num / den).to(x_in.dtype)

@@ -27,7 +27,7 @@ noise (test_the_flow_shift_of_every_stage_is_the_base_sizes).
 
 Deliberate differences from the official code (each has a test in tests/test_scalediff.py):
 
-* Reproducible: the re-noising noise and the VAE posterior sample come from the job's per-image
+* Reproducible: the re-noising noise and the VAE posterior sample come from the request's per-image
   generators (seeded from each image's seed), the query shifts from generators seeded the same
   way (official: the global RNG for both), so the same seed gives the same image, alone or in a
   batch.
@@ -51,7 +51,7 @@ Deliberate differences from the official code (each has a test in tests/test_sca
   the native canvas, e.g. 64x128 px for a 2:1 target of a 128-px model); the official code only
   runs square 1024² bases.
 
-The step count is the job's (``--steps``): anysize's FLUX default is 28, the official FLUX runs use
+The step count is the request's (``--steps``): anysize's FLUX default is 28, the official FLUX runs use
 30 (pass ``steps=30`` to match); SDXL's 50 is the same.
 """
 
@@ -67,10 +67,9 @@ from torch import Tensor
 
 from ..errors import InvalidArgumentError
 from ..options import option
-from ..patches.npa import NPAPatch, extended_sincos_table
+from ..patches.npa import NPAPatch
 from ..sampling import StepContext, partial_schedule
 from .base import Method, MethodOptions
-from .fstd import output_from_noise
 from .registry import register
 
 #: family -> (restart, cutoff, sg_schedule, query_shift)
@@ -136,16 +135,30 @@ def sg_weight(schedule: str, coeff_t: tuple[float, float], coeff_tau: tuple[floa
     return v / v0 if v0 > 0 else 0.0
 
 
+@dataclasses.dataclass
+class Stage:
+    """One upscaling stage: what its sampling loop needs at every step (it gets it as ``ctx.extra``)."""
+
+    label: str
+    size: tuple[int, int]  # latent (h, w)
+    reference: Tensor  # Z_ref
+    ref_low: Tensor  # LP_f(Z_ref), the target of Structure Guidance
+    cutoff: float
+    sg_schedule: str
+    scheduler: Any
+    timesteps: Tensor
+    begin: int  # where the tail starts in the scheduler's schedule
+    tau: tuple[float, float]  # state coefficients (a, b) at the stage's first step
+    #: γ_t of every step run so far (for inspection)
+    weights: list[float] = dataclasses.field(default_factory=list)
+
+
 @register
 class ScaleDiff(Method):
     name = "scalediff"
     summary = "SDEdit cascade ×2 per stage with neighborhood patch attention, LFM and structure guidance (ScaleDiff)"
     Options = ScaleDiffOptions
     refines = False  # its stages start from its own native-size base image
-
-    def __init__(self, **options):
-        super().__init__(**options)
-        self._stage: dict | None = None
 
     # ------------------------------------------------------------------ settings
     def settings(self, adapter) -> dict[str, Any]:
@@ -179,51 +192,46 @@ class ScaleDiff(Method):
             sizes.append(size)
         return sizes + [(height, width)]
 
+    def geometry(self, adapter, height: int, width: int) -> list[tuple[int, int]]:
+        return self.stage_sizes(adapter, height, width)
+
     def check(self, adapter, height: int, width: int) -> None:
         super().check(adapter, height, width)
         f = adapter.vae_factor
-        if adapter.family == "sd3":
-            net = adapter.network
-            m = net.pos_embed.pos_embed_max_size
-            side = max(height, width) // (f * net.config.patch_size)
-            if m is not None and side > m:
-                limit = m * net.config.patch_size * f
-                if not self.options.npa:
-                    raise InvalidArgumentError(
-                        f"scalediff with npa=false runs SD3 on the whole canvas, whose position table covers {limit} px "
-                        f"per side; {width}x{height} is larger: use at most {limit} px per side, or npa=true"
-                    )
-                if extended_sincos_table(net.pos_embed, m + 2) is None:
-                    raise InvalidArgumentError(
-                        f"this SD3 model's position table ({limit} px per side) is not the sin-cos formula and cannot be "
-                        f"extended to {width}x{height}: use at most {limit} px per side"
-                    )
-        if self.settings(adapter)["sg_schedule"] not in SG_SCHEDULES:  # pragma: no cover - validated
-            raise InvalidArgumentError("bad sg_schedule")
-        self.stage_sizes(adapter, height // f, width // f)
+        if self.options.npa:  # the stages run inside the patch (which extends SD3's position table)
+            NPAPatch.check_canvas(adapter, (height // f, width // f))
+        else:
+            adapter.check_positions(height, width, remedy="npa=true")
 
     # ------------------------------------------------------------------ the cascade
-    def run(self, job) -> Tensor:
-        adapter = job.adapter
+    def run(self, request) -> Tensor:
+        return self.cascade(request)[0]
+
+    def cascade(self, request) -> tuple[Tensor, list[Stage]]:
+        """The final latents and the upscaling stages that made them (their references and SG weights)."""
+        adapter = request.adapter
         f = adapter.vae_factor
-        sizes = self.stage_sizes(adapter, *job.latent_hw)
+        sizes = self.stage_sizes(adapter, *request.latent_hw)
         base = sizes[0]
         if len(sizes) > 1:
-            self._schedule(job, base)  # a restart that runs no step fails before any work
-        z = Method.run(self, dataclasses.replace(job, height=base[0] * f, width=base[1] * f))
+            self._schedule(request, base)  # a restart that runs no step fails before any work
+        z = Method.run(self, dataclasses.replace(request, height=base[0] * f, width=base[1] * f))
+        stages = []
         for p, size in enumerate(sizes[1:], start=1):
-            z = self.upscale_stage(job, z, size, base, stage=f"stage {p}/{len(sizes) - 1}")
-        return z
+            stage = self.stage(request, z, size, base, label=f"stage {p}/{len(sizes) - 1}")
+            z = self.upscale_stage(request, stage)
+            stages.append(stage)
+        return z, stages
 
-    def reference(self, job, z: Tensor, size: tuple[int, int], cutoff: float) -> Tensor:
+    def reference(self, request, z: Tensor, size: tuple[int, int], cutoff: float) -> Tensor:
         """Z_ref for a stage of latent ``size`` from the previous stage's latents ``z``."""
-        adapter = job.adapter
+        adapter = request.adapter
         f = adapter.vae_factor
         x = adapter.decode(z, progress=False)
         x_up = F.interpolate(x.float(), size=(size[0] * f, size[1] * f), mode="bicubic", align_corners=False)
         # one encode per image with that image's generator: the same seed, the same image in any batch
         z_pixel = torch.cat([
-            adapter.encode(x_up[i : i + 1], generator=job.generators[i], sample=self.options.vae_sample)
+            adapter.encode(x_up[i : i + 1], generator=request.generators[i], sample=self.options.vae_sample)
             for i in range(x_up.shape[0])
         ]).float()
         if not self.options.lfm:
@@ -231,44 +239,41 @@ class ScaleDiff(Method):
         z_latent = F.interpolate(z.float(), size=size, mode="bicubic", align_corners=False)
         return frequency_mix(z_latent, z_pixel, cutoff)
 
-    def _schedule(self, job, base: tuple[int, int]):
-        """(scheduler, timesteps, begin index) of a stage: the last ``restart`` of the job's schedule."""
-        restart = self.settings(job.adapter)["restart"]
-        scheduler = job.make_scheduler()
+    def _schedule(self, request, base: tuple[int, int]):
+        """(scheduler, timesteps, begin index) of a stage: the last ``restart`` of the request's schedule."""
+        restart = self.settings(request.adapter)["restart"]
+        scheduler = request.make_scheduler()
         try:
             # the schedule (and a flow model's resolution shift) of the base size, as the official code
-            timesteps, begin = partial_schedule(job.adapter, scheduler, job.steps, restart, base)
+            timesteps, begin = partial_schedule(request.adapter, scheduler, request.steps, restart, base)
         except InvalidArgumentError:
             raise InvalidArgumentError(
-                f"scalediff restart {restart} of {job.steps} steps re-runs no step in the upscaling stages; "
-                f"use restart >= {1 / job.steps:.3g} or more steps"
+                f"scalediff restart {restart} of {request.steps} steps re-runs no step in the upscaling stages; "
+                f"use restart >= {1 / request.steps:.3g} or more steps"
             ) from None
         return scheduler, timesteps, begin
 
-    def upscale_stage(self, job, z: Tensor, size: tuple[int, int], base: tuple[int, int], *, stage: str = "") -> Tensor:
-        adapter = job.adapter
-        s = self.settings(adapter)
-        ref = self.reference(job, z, size, s["cutoff"])
-        scheduler, timesteps, begin = self._schedule(job, base)
-        noise = adapter.initial_noise(tuple(ref.shape), job.generators)
-        x = adapter.from_x0(scheduler, ref.to(noise.dtype), noise, timesteps[:1])
-        ns = adapter.noise_space(scheduler)
-        self._stage = {
-            "ref_low": lowpass(ref, s["cutoff"]),
-            "cutoff": s["cutoff"],
-            "schedule": s["sg_schedule"],
-            "tau": ns.coefficients(timesteps[0]),
-            "weights": [],
-        }
-        try:
-            if not self.options.npa:
-                return self.denoise(job, x, scheduler, timesteps, begin_index=begin, stage=stage)
-            with NPAPatch(adapter, seed=list(job.seeds), shift=s["query_shift"], chunk=self.options.npa_chunk) as patch:
-                patch.cover(size)  # SD3 beyond its position table: the adapter checks before the network runs
-                return self.denoise(job, x, scheduler, timesteps, begin_index=begin, stage=stage)
-        finally:
-            self.last_weights = self._stage["weights"]
-            self._stage = None
+    def stage(self, request, z: Tensor, size: tuple[int, int], base: tuple[int, int], *, label: str = "") -> Stage:
+        """The upscaling stage to latent ``size`` from the previous stage's latents ``z``."""
+        s = self.settings(request.adapter)
+        ref = self.reference(request, z, size, s["cutoff"])
+        scheduler, timesteps, begin = self._schedule(request, base)
+        tau = request.adapter.noise_space(scheduler).coefficients(timesteps[0])
+        return Stage(label, size, ref, lowpass(ref, s["cutoff"]), s["cutoff"], s["sg_schedule"], scheduler, timesteps,
+                     begin, tau)
+
+    def upscale_stage(self, request, stage: Stage) -> Tensor:
+        """Re-noise the stage's reference to its first step and denoise the tail (inside NPA)."""
+        adapter = request.adapter
+        noise = adapter.initial_noise(tuple(stage.reference.shape), request.generators)
+        x = adapter.from_x0(stage.scheduler, stage.reference.to(noise.dtype), noise, stage.timesteps[:1])
+        loop = dict(begin_index=stage.begin, stage=stage.label, extra=stage)
+        if not self.options.npa:
+            return self.denoise(request, x, stage.scheduler, stage.timesteps, **loop)
+        shift = self.settings(adapter)["query_shift"]
+        with NPAPatch(adapter, seed=list(request.seeds), shift=shift, chunk=self.options.npa_chunk) as patch:
+            patch.cover(stage.size)  # SD3 beyond its position table: the adapter checks before the network runs
+            return self.denoise(request, x, stage.scheduler, stage.timesteps, **loop)
 
     # ------------------------------------------------------------------ one step
     def predict(self, ctx: StepContext, x_in: Tensor) -> Tensor:
@@ -276,22 +281,18 @@ class ScaleDiff(Method):
 
     def step(self, ctx: StepContext, x: Tensor) -> Tensor:
         out = self.predict(ctx, ctx.model_input(x))
-        st = self._stage
-        if st is not None:
+        stage: Stage | None = ctx.extra  # None in the base pass
+        if stage is not None:
             ns = ctx.noise_space
-            weight = self.options.sg_scale * sg_weight(st["schedule"], ns.coefficients(ctx.t), st["tau"])
-            st["weights"].append(weight)
+            weight = self.options.sg_scale * sg_weight(stage.sg_schedule, ns.coefficients(ctx.t), stage.tau)
+            stage.weights.append(weight)
             if weight != 0:
-                out = self.guide(ctx, x, out, weight)
+                out = self.guide(ctx, x, out, weight, stage.ref_low, stage.cutoff)
         return ctx.scheduler_step(out, x)
 
-    def guide(self, ctx: StepContext, x: Tensor, out: Tensor, weight: float) -> Tensor:
-        """The model output whose clean estimate is the structure-guided one."""
-        st = self._stage
-        ns = ctx.noise_space
+    def guide(self, ctx: StepContext, x: Tensor, out: Tensor, weight: float, ref_low: Tensor, cutoff: float) -> Tensor:
+        """The model output whose clean estimate is the structure-guided one (toward ``ref_low``)."""
+        ns, ptype = ctx.noise_space, ctx.adapter.prediction_type
         xf = x.float()
-        x0 = ns.to_x0(xf, out.float(), ctx.t, ctx.adapter.prediction_type)
-        x0 = structure_guidance(x0, st["ref_low"], weight, st["cutoff"])
-        a, b = ns.coefficients(ctx.t)
-        eps = (xf - a * x0) / b
-        return output_from_noise(ctx, xf, eps).to(out.dtype)
+        x0 = structure_guidance(ns.to_x0(xf, out.float(), ctx.t, ptype), ref_low, weight, cutoff)
+        return ns.output_from_x0(xf, x0, ctx.t, ptype).to(out.dtype)

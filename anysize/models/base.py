@@ -9,6 +9,8 @@ method: methods see only this surface.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -215,6 +217,42 @@ class ModelAdapter:
                 raise InvalidSizeError(
                     f"{name} {v} is not a multiple of {m} (the {self.family} model's pixel factor); use {valid}"
                 )
+
+    def check_positions(self, height: int, width: int, remedy: str = "a tiling method") -> None:
+        """Refuse a canvas that one whole-canvas network call cannot place (a position table too
+        small); ``remedy`` says what would. Only SD3 has such a limit."""
+
+    @contextlib.contextmanager
+    def lora(self, path, scale: float = 1.0, *, name: str = "anysize"):
+        """A LoRA (a file or folder diffusers' ``load_lora_weights`` reads) active for a block and
+        removed after it, even on error; nothing when ``path`` is None. LoRAs already loaded into
+        the pipeline are switched off for the block and back on (at weight 1) after it."""
+        if path is None:
+            yield
+            return
+        pipe = self.pipe
+        if not hasattr(pipe, "load_lora_weights"):
+            raise InvalidArgumentError(f"{type(pipe).__name__} cannot load LoRA weights")
+        if name in _loaded_adapters(pipe):
+            raise InvalidArgumentError(f"a LoRA named {name!r} is already loaded in this pipeline")
+        before = _active_adapters(pipe)
+
+        def remove():
+            if name in _loaded_adapters(pipe):
+                pipe.delete_adapters(name)
+            if before:
+                pipe.set_adapters(before)
+
+        try:
+            pipe.load_lora_weights(os.fspath(path), adapter_name=name)
+            pipe.set_adapters([name], adapter_weights=[float(scale)])
+        except (OSError, ValueError, KeyError, RuntimeError) as e:
+            remove()
+            raise InvalidArgumentError(f"cannot load the LoRA {os.fspath(path)}: {e}") from None
+        try:
+            yield
+        finally:
+            remove()
 
     # ---------------------------------------------------------------- prompts
     def encode_prompt(
@@ -449,3 +487,17 @@ def as_list(prompts: str | Sequence[str] | None, what: str = "prompt") -> list[s
 
 
 ProgressFn = Callable[[int, int], None]
+
+
+def _active_adapters(pipe) -> list[str]:
+    try:
+        return list(pipe.get_active_adapters())
+    except (AttributeError, ValueError):
+        return []
+
+
+def _loaded_adapters(pipe) -> list[str]:
+    try:
+        return sorted({name for names in pipe.get_list_adapters().values() for name in names})
+    except (AttributeError, ValueError):
+        return []

@@ -133,8 +133,14 @@ class SD3Adapter(DiTAdapter):
         finally:
             del pe.cropped_pos_embed
 
-    def check_size(self, height: int, width: int) -> None:
-        super().check_size(height, width)
+    def check_positions(self, height: int, width: int, remedy: str = "a tiling method") -> None:
+        m = self.network.pos_embed.pos_embed_max_size
+        limit = None if m is None else m * self.patch * self.vae_factor
+        if limit is not None and max(height, width) > limit:
+            raise InvalidArgumentError(
+                f"SD3's position table covers {limit} px per side, and a whole-canvas call at {width}x{height} needs more: "
+                f"use at most {limit} px per side, or {remedy}"
+            )
 
     def _forward(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, window: Window) -> Tensor:
         self._check_window(window)

@@ -26,15 +26,13 @@ sdxl         pool in ``down_blocks.1`` / RAD on ``down_blocks.1``     all transf
                                          the steps, pool after it
 ===========  ==========================  ===========================  ===========================
 
-An operator with fraction ``f`` is active for the first ``int(f * N)`` of the N executed steps
-(N counts network calls per image for a stock pipeline, e.g. 2n-1 for Heun, exactly like the
-official package; the steps of the schedule otherwise). The step position comes from, in order:
-the caller (``patch.clock.set(index, total)``, what the ``hidiffusion`` method does every step);
-for an adapter, the timestep of each network call located in the schedule the adapter last set
-(an img2img/partial schedule counts from its first executed step); for a stock pipeline, the
-count of U-Net calls since the timestep last went up, wrapped at ``pipe._num_timesteps`` (on a
-GPU "went up" is read from which element of the scheduler's timesteps tensor the call got, not
-from its value, so the host never waits for the device).
+An operator with fraction ``f`` is active for the first ``int(f * N)`` of the N executed steps.
+The patch is handed the step position by one callable (:mod:`anysize.patches.steps`): anysize's
+sampling loop provides :func:`anysize.sampling.current_step` (the steps of the executed schedule,
+so an img2img/partial schedule counts from its first executed step, however many network calls a
+method makes per step); a stock pipeline gets a :class:`~anysize.patches.steps.PipelineStepTracker`
+(N counts its network calls per image, e.g. 2n-1 for Heun, exactly like the official package).
+Neither reads a tensor, so on a GPU the host never waits for the device.
 Windowed attention: a ``windows x windows`` grid (2x2) over the map, rolled by ``k * (window //
 shift_choices)`` with ``k`` uniform in ``0..shift_choices-1`` (4), drawn per block call.
 
@@ -56,8 +54,8 @@ Deliberate differences from hidiffusion 0.1.10 (all other behaviour is reproduce
   (one draw per windowed block call, in execution order), for parity checks.
 * A shift with zero rows but non-zero columns (windows shorter than ``shift_choices`` rows, very
   wide images) is applied; the package skips the whole roll then.
-* The step counter restarts with every run (fixes the package's stale counters after an
-  interrupted run), and is one counter for the U-Net, not one per patched module.
+* The step position restarts with every run (fixes the package's stale counters after an
+  interrupted run), and is one position for the U-Net, not one counter per patched module.
 * Leaving the context restores the U-Net exactly, including ``num_upsamplers`` (the package
   leaves it raised by 12), and refuses unsupported models before changing anything.
 * Odd feature sizes: windows use the package's bicubic resize to whole windows and back; the
@@ -70,18 +68,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 
-from .. import noise
 from ..errors import InvalidArgumentError
-from ..noise import host_table, schedule_position, timestep_value
 from ..options import Options, option
 from ._undo import ReversiblePatch, Undo
 from .msw_msa import WindowAttentionProcessor, feature_hw, shift_index
 from .raunet import DilatedDownsampler, PoolUnpool
+from .steps import StepSource
 
 SHIFT_SOURCES = ("random", "global", "none")
 FAMILIES = ("sd1", "sd2", "sdxl")
@@ -93,14 +90,6 @@ FAMILY_PROFILES: dict[str, dict[str, Any]] = {
     "sd2": dict(primary="rad", rad_block=0, pool_block=1, window_block=0, low=(0.4, 0.0, False), high=(0.7, 0.3, False)),
     "sdxl": dict(primary="pool", rad_block=1, pool_block=1, window_block=1, low=(0.4, 0.0, True), high=(0.7, 0.3, False)),
 }
-
-
-def _timestep_value(t, schedule=None) -> float | None:
-    """The timestep of a U-Net call as a float (the first one of a per-sample tensor), from the
-    host copy of ``schedule`` when ``t`` is an accelerator-side element of it."""
-    if isinstance(t, torch.Tensor) and not t.numel():
-        return None
-    return None if t is None else timestep_value(t, schedule)
 
 
 @dataclass
@@ -142,62 +131,10 @@ def raunet_phase(primary: str, k: int, n: int, t1: float, t2: float, aggressive:
     return k < int(n * t2), k < int(n * t1)
 
 
-class Clock:
-    """Where the current run is. The patch reads it at every U-Net call; a driver (the
-    ``hidiffusion`` method) sets it each step. Unset, the patch finds the step on its own."""
-
-    def __init__(self):
-        self.index: int | None = None
-        self.total: int | None = None
-
-    def set(self, index: int, total: int) -> None:
-        if total < 1 or not 0 <= index < total:
-            raise InvalidArgumentError(f"step {index} is outside a schedule of {total} steps")
-        self.index, self.total = int(index), int(total)
-
-    def clear(self) -> None:
-        self.index = self.total = None
-
-    @property
-    def driven(self) -> bool:
-        return self.total is not None
-
-
-def _resolve_target(target):
-    """(unet, family, native latent (h, w), pipeline or None, adapter or None)."""
-    from ..models import detect_family
-    from ..models.base import ModelAdapter
-
-    if isinstance(target, ModelAdapter):
-        family, adapter, pipe = target.family, target, None
-        unet = target.network
-        native = tuple(target.native_latent_size)
-    elif hasattr(target, "components") and hasattr(target, "__call__"):
-        pipe, adapter = target, None
-        try:
-            family = detect_family(target)
-        except Exception as e:  # noqa: BLE001 - any unsupported pipeline
-            raise InvalidArgumentError(f"hidiffusion cannot patch {type(target).__name__}: {e}") from None
-        unet = getattr(target, "unet", None)
-        native = None
-        if unet is not None:
-            s = unet.config.sample_size
-            native = (int(s[0]), int(s[1])) if isinstance(s, (list, tuple)) else (int(s), int(s))
-    else:
-        raise InvalidArgumentError(
-            f"anysize.patch needs a diffusers pipeline or an anysize model adapter, got {type(target).__name__}"
-        )
-    if family not in FAMILIES:
-        raise InvalidArgumentError(
-            f"hidiffusion works on U-Net models ({', '.join(FAMILIES)}); {family} is a transformer (DiT) model"
-        )
-    return unet, family, native, pipe, adapter
-
-
 class HiDiffusionPatch(ReversiblePatch):
-    """The reversible HiDiffusion change of one U-Net; a context manager (see module docstring).
+    """The reversible HiDiffusion change of one adapter's U-Net; a context manager (see module docstring).
 
-    ``seed`` seeds the window-shift generator (``shift_source="random"``); a list of seeds gives
+    ``position`` is the loop's step source (needed with RAU-Net on). ``seed`` seeds the window-shift generator (``shift_source="random"``); a list of seeds gives
     every image of a batch its own generator (row r of a U-Net batch, which may hold the
     [negative; positive] CFG halves, is image ``r % len(seed)``), so an image of a batch is the
     same as that image generated alone. A callable ``shift_source(block_call) -> k`` scripts the
@@ -206,13 +143,24 @@ class HiDiffusionPatch(ReversiblePatch):
 
     name = "hidiffusion"
 
-    def __init__(self, target, *, seed: int | Sequence[int] = 0, **options):
+    def __init__(self, adapter, *, position: StepSource | None = None, seed: int | Sequence[int] = 0, **options):
         self.settings = HiDiffusionSettings.from_kwargs(options, owner="patch 'hidiffusion'", also=("seed",))
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
         if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
             raise InvalidArgumentError(f"seed must be an integer or a list of integers, got {seed!r}")
+        if adapter.family not in FAMILIES:
+            raise InvalidArgumentError(
+                f"hidiffusion works on U-Net models ({', '.join(FAMILIES)}); {adapter.family} is a transformer (DiT) model"
+            )
+        if position is None and self.settings.raunet:
+            raise InvalidArgumentError(
+                "RAU-Net runs by step: give the patch the loop's step position (position=anysize.sampling.current_step, "
+                "or a PipelineStepTracker), or use anysize.patch(pipe_or_adapter, 'hidiffusion')"
+            )
         self.seeds = seeds
-        self.unet, self.family, self.native, self.pipe, self.adapter = _resolve_target(target)
+        self.adapter, self.position = adapter, position
+        self.unet, self.family = adapter.network, adapter.family
+        self.native = tuple(adapter.native_latent_size)
         profile = FAMILY_PROFILES[self.family]
         s = self.settings
         self.primary = profile["primary"]
@@ -221,17 +169,10 @@ class HiDiffusionPatch(ReversiblePatch):
         self.window_block = profile["window_block"] if s.window_block is None else s.window_block
         self.profiles = profile["low"], profile["high"]
         self._check_layout()
-        self.clock = Clock()
         # per U-Net call
         self.latent_hw: tuple[int, int] | None = None
         self.rad_on = self.pool_on = self.windows_on = False
-        # automatic step finding
-        self._last_t: float | tuple | None = None
-        self._calls = 0
-        self._schedule: list[float] | None = None
-        self._schedule_table: torch.Tensor | None = None  # the schedule tensor the adapter last set
-        self._run_start: int | None = None
-        self._position = 0
+        self._loop: int | None = None  # the loop of the last call (a new one restarts the shifts)
         self._generators = [torch.Generator("cpu") for _ in self.seeds]
         self.block_calls = 0  # windowed block calls in this run (for scripted shifts)
         #: (index, total, rad_on, pool_on, windows_on, latent_hw) per U-Net call, for inspection
@@ -280,20 +221,18 @@ class HiDiffusionPatch(ReversiblePatch):
 
     def _opening(self) -> None:
         self._reset_run()
-
-    def _closed(self) -> None:
-        self.clock.clear()
+        self._loop = None
 
     def _install(self, undo: Undo) -> None:
         unet, s = self.unet, self.settings
+        install = getattr(self.position, "install", None)
+        if install is not None:  # a step tracker counts each call before this patch asks where it is
+            install(undo)
         # every up-sampler interpolates to the exact skip size (identical to x2 for even sizes)
         num_upsamplers = unet.num_upsamplers
         unet.num_upsamplers = num_upsamplers + 16
         undo.add(lambda: setattr(unet, "num_upsamplers", num_upsamplers))
         undo.hook(unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
-        undo.hook(unet.register_forward_hook(self._after_unet))
-        if self.adapter is not None:
-            self._wrap_set_timesteps()
         if s.raunet:
             n = len(unet.down_blocks)
             rad = DilatedDownsampler(unet.down_blocks[self.rad_block].downsamplers[0].conv, lambda: self.rad_on)
@@ -307,87 +246,22 @@ class HiDiffusionPatch(ReversiblePatch):
             for attn in self._window_attentions():
                 undo.processor(attn, WindowAttentionProcessor(attn.processor, self._window_plan))
 
-    def _wrap_set_timesteps(self) -> None:
-        adapter = self.adapter
-        original = adapter.set_timesteps
-
-        def set_timesteps(scheduler, steps, latent_hw):
-            timesteps = original(scheduler, steps, latent_hw)
-            self._schedule_table = timesteps
-            self._schedule = host_table(timesteps).tolist()  # one read per run, not one per call
-            self._run_start = None
-            self._position = 0
-            return timesteps
-
-        adapter.set_timesteps = set_timesteps
-        self._undo.add(lambda: adapter.__dict__.pop("set_timesteps", None))
-
     # ------------------------------------------------------------------ per call
     def _reset_run(self) -> None:
-        self._calls = 0
-        self._last_t = None
-        self._run_start = None
-        self._position = 0
         self.block_calls = 0
         for g, s in zip(self._generators, self.seeds):
             g.manual_seed(s)
 
-    def _timestep_slot(self, t) -> tuple[int, int] | None:
-        """(storage, position) of ``t`` inside the pipeline scheduler's accelerator-side timesteps,
-        or None when ``t`` is not such a view (then its value is read)."""
-        if self.adapter is not None or not noise.on_accelerator(t):
-            return None
-        ts = getattr(getattr(self.pipe, "scheduler", None), "timesteps", None)
-        i = schedule_position(t, ts)
-        return None if i is None else (ts.untyped_storage().data_ptr(), i)
-
-    def _find_step(self, t) -> tuple[int | None, int | None]:
-        if self.clock.driven:  # the caller says where we are: the timestep is not even read
-            return self.clock.index, self.clock.total
-        where = self._timestep_slot(t)
-        if where is not None:
-            # a stock pipeline passes an element of its scheduler's device-side ``timesteps``:
-            # which element (storage and offset, metadata only) tells a new run without reading the
-            # value, which would make the host wait for the GPU at every U-Net call
-            last = self._last_t
-            if isinstance(last, tuple) and (where[0] != last[0] or where[1] < last[1]):
-                self._reset_run()  # a new timesteps tensor, or back to an earlier (noisier) element
-            self._last_t = where
-        else:
-            t = _timestep_value(t, self._schedule_table)
-            last = self._last_t if not isinstance(self._last_t, tuple) else None
-            if t is not None and last is not None and t > last:
-                self._reset_run()  # the noise level went up: a new run started
-            if t is not None:
-                self._last_t = t
-        if self.adapter is not None:
-            sched = self._schedule
-            if not sched or t is None:
-                return None, None
-            pos = next((i for i in range(self._position, len(sched)) if sched[i] == t), None)
-            if pos is None:
-                pos = next((i for i in range(len(sched)) if sched[i] == t), None)
-            if pos is None:
-                return None, None
-            if self._run_start is None or pos < self._run_start:
-                self._run_start = pos
-            self._position = pos
-            return pos - self._run_start, len(sched) - self._run_start
-        total = getattr(self.pipe, "_num_timesteps", None)
-        if not total:
-            total = len(getattr(self.pipe.scheduler, "timesteps", None) or ())
-        if not total:
-            return None, None
-        if self._calls >= total:
-            self._calls = 0
-        return self._calls, total
-
     def _before_unet(self, module, args, kwargs):
         sample = args[0] if args else kwargs["sample"]
-        t = args[1] if len(args) > 1 else kwargs.get("timestep")
         h0, w0 = int(sample.shape[-2]), int(sample.shape[-1])
         self.latent_hw = (h0, w0)
-        index, total = self._find_step(t)
+        where = self.position() if self.position is not None else None
+        if where is not None and where.loop != self._loop:
+            if self._loop is not None:
+                self._reset_run()  # a new run: the shifts start again from the seeds
+            self._loop = where.loop
+        index, total = (where.index, where.total) if where is not None else (None, None)
         nh, nw = self.native
         above = h0 > nh or w0 > nw
         enabled = above or self.settings.apply_at_native
@@ -402,11 +276,6 @@ class HiDiffusionPatch(ReversiblePatch):
         self.rad_on, self.pool_on = rad, pool
         self.windows_on = enabled and self.settings.msw_msa
         self.log.append((index, total, rad, pool, self.windows_on, self.latent_hw))
-        return None
-
-    def _after_unet(self, module, args, output):
-        if not self.clock.driven and self.adapter is None:
-            self._calls += 1
         return None
 
     def _draw_shift_indices(self, batch: int) -> int | list[int]:
@@ -439,5 +308,3 @@ class HiDiffusionPatch(ReversiblePatch):
             return hw, grid, [(i * (wh // c), i * (ww // c)) for i in k]
         return hw, grid, (k * (wh // c), k * (ww // c))
 
-
-PatchFactory = Callable[..., HiDiffusionPatch]

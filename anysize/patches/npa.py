@@ -223,32 +223,6 @@ class NPASettings(Options):
                                           "attention up to float rounding; for tests)")
 
 
-def _resolve(target):
-    """(network, family, native latent (h, w), DiT patch size)."""
-    from ..models import detect_family
-    from ..models.base import ModelAdapter
-
-    if isinstance(target, ModelAdapter):
-        return target.network, target.family, tuple(target.native_latent_size), (target.patch if target.family in ("sd3", "flux") else 1)
-    if hasattr(target, "components") and hasattr(target, "__call__"):
-        try:
-            family = detect_family(target)
-        except Exception as e:  # noqa: BLE001 - any unsupported pipeline
-            raise InvalidArgumentError(f"npa cannot patch {type(target).__name__}: {e}") from None
-        if family in ("sd3", "flux"):
-            net = target.transformer
-            if family == "flux":
-                n = int(getattr(target, "default_sample_size", 128))
-                return net, family, (n, n), 2
-            s = int(net.config.sample_size)
-            return net, family, (s, s), int(net.config.patch_size)
-        net = target.unet
-        s = net.config.sample_size
-        native = (int(s[0]), int(s[1])) if isinstance(s, (list, tuple)) else (int(s), int(s))
-        return net, family, native, 1
-    raise InvalidArgumentError(f"anysize.patch needs a diffusers pipeline or an anysize model adapter, got {type(target).__name__}")
-
-
 class NPAPatch(ReversiblePatch):
     """The reversible NPA change of one network; a context manager (see module docstring).
 
@@ -258,15 +232,17 @@ class NPAPatch(ReversiblePatch):
 
     name = "npa"
 
-    def __init__(self, target, *, seed: int | Sequence[int] = 0, **options):
+    def __init__(self, adapter, *, seed: int | Sequence[int] = 0, **options):
         self.settings = NPASettings.from_kwargs(options, owner="patch 'npa'", also=("seed",))
         seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
         if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
             raise InvalidArgumentError(f"seed must be an integer or a list of integers, got {seed!r}")
+        if adapter.family not in FAMILIES:
+            raise InvalidArgumentError(f"npa supports {', '.join(FAMILIES)}, not {adapter.family}")
         self.seeds = seeds
-        self.network, self.family, native, self.dit_patch = _resolve(target)
-        if self.family not in FAMILIES:  # pragma: no cover - every detected family is supported
-            raise InvalidArgumentError(f"npa supports {', '.join(FAMILIES)}, not {self.family}")
+        self.adapter = adapter
+        self.network, self.family, native = adapter.network, adapter.family, tuple(adapter.native_latent_size)
+        self.dit_patch = adapter.size_multiple // adapter.vae_factor  # tokens per latent px side: 2 for the DiTs
         w = self.settings.window
         self.native = native if w is None else (tuple(w) if isinstance(w, (tuple, list)) else (w, w))
         self._generators = [torch.Generator("cpu") for _ in seeds]
@@ -300,6 +276,24 @@ class NPAPatch(ReversiblePatch):
         proc = {"sd3": _JointProcessor, "flux": _FluxProcessor}.get(self.family, _SelfProcessor)
         for attn in self._attentions():
             undo.processor(attn, proc(attn.processor, self))
+
+    @staticmethod
+    def check_canvas(adapter, latent_hw: tuple[int, int]) -> None:
+        """Refuse, before any work, a canvas the patch could not cover: an SD3 canvas beyond a
+        position table that is not the sin-cos formula (so it cannot be extended)."""
+        if adapter.family != "sd3":
+            return
+        pe = adapter.network.pos_embed
+        m = pe.pos_embed_max_size
+        p = adapter.size_multiple // adapter.vae_factor
+        if m is None or max(latent_hw) // p <= m:
+            return
+        if extended_sincos_table(pe, m + 2) is None:
+            f = adapter.vae_factor
+            raise InvalidArgumentError(
+                f"this SD3 model's position table ({m * p * f} px per side) is not the sin-cos formula and cannot be "
+                f"extended to {latent_hw[1] * f}x{latent_hw[0] * f}: use at most {m * p * f} px per side"
+            )
 
     def cover(self, latent_hw: tuple[int, int]) -> None:
         """SD3: make the position table cover a ``latent_hw`` canvas for as long as the patch is open
