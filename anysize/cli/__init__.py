@@ -1,0 +1,116 @@
+"""The ``anysize`` command line: a thin layer over :func:`anysize.load` and :func:`anysize.generate`.
+
+One module per subcommand, each with its one-line ``HELP``, a ``configure(parser)`` that adds its
+description and options, and the ``run(args)`` that ``configure`` sets as ``func``; :data:`COMMANDS`
+lists them. Everything that can be checked is checked before a model is
+loaded; every user error ends as one line ``anysize: error: <message>`` on stderr with exit code
+2, Ctrl-C as exit code 130, and neither leaves a file behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from types import ModuleType
+from typing import Sequence
+
+from .. import __version__
+from ..errors import AnysizeError, Cancelled
+from . import bench, demo, generate, methods, train_arad, upscale
+from . import eval as eval_
+from .console import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, Parser, UsageError, error
+from .inputs import fix_negative_sizes, parse_set, parse_size  # noqa: F401  (parse_*: part of anysize.cli)
+
+#: subcommand name -> its module (HELP, configure(parser), run(args))
+COMMANDS: dict[str, ModuleType] = {
+    "generate": generate,
+    "upscale": upscale,
+    "methods": methods,
+    "demo": demo,
+    "eval": eval_,
+    "bench": bench,
+    "train-arad": train_arad,
+}
+
+TOP_EPILOG = """\
+examples:
+  # the embedded default model (a tiny stand-in: fast, noise-like images)
+  anysize generate "a red triangle on a blue background" --size 256x128 --steps 20
+
+  # SDXL at 4096x2048 on a GPU
+  anysize generate "a castle on a cliff" --model stabilityai/stable-diffusion-xl-base-1.0 \\
+      --size 4096x2048 --dtype fp16 --device cuda --method direct --seed 7 --out castle.png
+
+  # several prompts: one PNG each in a directory (image i uses seed + i)
+  anysize generate "a cat" "a dog" --seed 7 --out pets/
+  anysize generate --prompts-file prompts.txt --out batch/
+
+  anysize methods             # the registered methods and their options
+  anysize generate --help     # every generate option, with the valid choices
+"""
+
+
+def version_line() -> str:
+    try:
+        import diffusers
+        import torch
+
+        return f"{PROG} {__version__} (diffusers {diffusers.__version__}, torch {torch.__version__})"
+    except ImportError:  # pragma: no cover
+        return f"{PROG} {__version__}"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog=PROG,
+        description="Make any pretrained text-to-image diffusion model (SD 1.x/2.x, SDXL, SD3, FLUX) "
+        "generate at any size and aspect ratio.",
+        epilog=TOP_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=version_line())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for name, command in COMMANDS.items():
+        command.configure(sub.add_parser(name, help=command.HELP))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    argv = fix_negative_sizes(list(sys.argv[1:] if argv is None else argv))
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if getattr(args, "func", None) is None:
+            return error(f"no command given; choose one of: {', '.join(COMMANDS)} (see '{PROG} --help')")
+        return args.func(args)
+    except SystemExit as e:  # --help, --version
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else error(str(e.code)))
+    except UsageError as e:
+        return error(str(e))
+    except AnysizeError as e:
+        return error(str(e))
+    except (KeyboardInterrupt, Cancelled):
+        print(f"\n{PROG}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `anysize methods | head`
+        with contextlib.suppress(OSError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+def __getattr__(name: str):
+    # size_factor moved to the models layer; importing it eagerly would import anysize.models,
+    # whose __init__ imports torch
+    if name == "size_factor":
+        from ..models.config_files import size_factor
+
+        return size_factor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["COMMANDS", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "PROG", "build_parser", "main", "parse_set",
+           "parse_size", "size_factor", "version_line"]
