@@ -2,7 +2,9 @@
 
 One module per subcommand, each with its one-line ``HELP``, a ``configure(parser)`` that adds its
 description and options, and the ``run(args)`` that ``configure`` sets as ``func``; :data:`COMMANDS`
-lists them. Everything that can be checked is checked before a model is
+lists them. Only the chosen subcommand's parser is configured: the others' help texts enumerate the
+method registry, the schedulers and the model families, whose modules import torch, so
+``anysize --help`` answers at once. Everything that can be checked is checked before a model is
 loaded; every user error ends as one line ``anysize: error: <message>`` on stderr with exit code
 2, Ctrl-C as exit code 130, and neither leaves a file behind.
 """
@@ -14,7 +16,7 @@ import contextlib
 import os
 import sys
 from types import ModuleType
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from .. import __version__
 from ..errors import AnysizeError, Cancelled
@@ -53,16 +55,30 @@ examples:
 
 
 def version_line() -> str:
-    try:
-        import diffusers
-        import torch
+    """``anysize X (diffusers Y, torch Z)``, read from the installed packages' metadata, not their imports."""
+    from importlib import metadata
 
-        return f"{PROG} {__version__} (diffusers {diffusers.__version__}, torch {torch.__version__})"
-    except ImportError:  # pragma: no cover
+    try:
+        return f"{PROG} {__version__} (diffusers {metadata.version('diffusers')}, torch {metadata.version('torch')})"
+    except metadata.PackageNotFoundError:  # pragma: no cover
         return f"{PROG} {__version__}"
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _VersionAction(argparse.Action):
+    """``--version``, with the version line made only when asked for (it reads package metadata)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show program's version number and exit"):
+        super().__init__(option_strings=option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The whole parser; only ``commands`` (default: all) get their options and full help."""
+    configured = set(COMMANDS if commands is None else commands)
     parser = Parser(
         prog=PROG,
         description="Make any pretrained text-to-image diffusion model (SD 1.x/2.x, SDXL, SD3, FLUX) "
@@ -70,18 +86,31 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=TOP_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=version_line())
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     for name, command in COMMANDS.items():
-        command.configure(sub.add_parser(name, help=command.HELP))
+        p = sub.add_parser(name, help=command.HELP)
+        if name in configured:
+            command.configure(p)
     return parser
+
+
+def _chosen_command(argv: Sequence[str]) -> str | None:
+    """The subcommand in ``argv``: the top-level options take no values, so it is the first word."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            return argv[i + 1] if i + 1 < len(argv) else None
+        if not arg.startswith("-"):
+            return arg
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
     argv = fix_negative_sizes(list(sys.argv[1:] if argv is None else argv))
     try:
-        parser = build_parser()
+        chosen = _chosen_command(argv)
+        parser = build_parser([chosen] if chosen is not None else [])
         args = parser.parse_args(argv)
         if getattr(args, "func", None) is None:
             return error(f"no command given; choose one of: {', '.join(COMMANDS)} (see '{PROG} --help')")
@@ -104,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def __getattr__(name: str):
     # size_factor moved to the models layer; importing it eagerly would import anysize.models,
-    # whose __init__ imports torch
+    # whose __init__ imports torch, and `anysize --help` would wait seconds for it
     if name == "size_factor":
         from ..models.config_files import size_factor
 
