@@ -22,7 +22,8 @@ HEAVY = ("torch", "diffusers", "transformers")
 
 def fresh(code: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a new interpreter that imports this checkout of anysize."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=path)
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
@@ -116,9 +117,10 @@ def test_size_factor_stays_importable_from_the_cli():
 def test_config_files_module_imports_no_torch():
     """The module the CLI reads config files with imports nothing heavy (loaded alone: anysize.models'
     own __init__ imports torch for the adapters)."""
+    module_file = str(ROOT / "anysize" / "models" / "config_files.py")
     proc = fresh(
         "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('config_files', {str(ROOT / 'anysize/models/config_files.py')!r})\n"
+        f"spec = importlib.util.spec_from_file_location('config_files', {module_file!r})\n"
         "module = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(module)\n"
         f"print(module.config_file({str(ROOT / 'anysize/toy/model')!r}, 'model_index.json') is not None)\n"

@@ -38,7 +38,7 @@ COMMANDS: dict[str, ModuleType] = {
 
 TOP_EPILOG = """\
 examples:
-  # the embedded default model (a tiny stand-in: fast, noise-like images)
+  # the embedded default model: anysize's own toy model (one coloured shape on a background)
   anysize generate "a red triangle on a blue background" --size 256x128 --steps 20
 
   # SDXL at 4096x2048 on a GPU

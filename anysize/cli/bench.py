@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgumentError, OutputError, check_choice
 from .console import EXIT_OK, library_output, note
-from .model_options import check_device, default_device
+from .model_options import DEFAULT_DEVICE_ORDER, check_device, default_device
 
 HELP = "time every method on real architectures, as ratios to direct"
 
@@ -53,7 +53,8 @@ FLUX: 1+2 blocks) so a CPU can run it; auto = reduced on a CPU, full on a GPU.""
     p.add_argument("--depth", default="auto", metavar="D",
                    help=f"{', '.join(DEPTHS[:-1])} or {DEPTHS[-1]} (default: auto)")
     p.add_argument("--dtype", metavar="T", default="fp32", help=f"{', '.join(DTYPES)} (default: fp32)")
-    p.add_argument("--device", metavar="DEV", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--device", metavar="DEV", default=None,
+                   help=f"cpu, cuda, cuda:N, mps (default: {DEFAULT_DEVICE_ORDER})")
     p.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
     p.add_argument("--out", default="anysize-bench.json",
                    help="JSON results; a Markdown table goes beside it as .md (default: %(default)s)")

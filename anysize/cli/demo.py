@@ -20,7 +20,7 @@ examples:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from ..toy.demo import COLUMNS, DEFAULT_PROMPT
+    from ..toy.demo import COLUMNS, DEFAULT_PROMPT, DEMO_STEPS
 
     p.formatter_class, p.epilog = argparse.RawDescriptionHelpFormatter, EPILOG
     p.description = f"""\
@@ -32,7 +32,8 @@ figures also go to a JSON file. On the embedded toy model the whole sheet takes 
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt of every cell (default: %(default)r)")
     p.add_argument("--seed", type=int, default=0, help="seed of every cell (default: 0)")
     p.add_argument("--steps", type=int, default=None,
-                   help="denoising steps (default: 10, or the model's default if lower — quick enough for every row)")
+                   help=f"denoising steps (default: {DEMO_STEPS}, or the model's default if lower — quick enough for "
+                   "every row)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--methods", nargs="+", metavar="NAME", default=None,
                    help="only these methods (default: every registered method that supports the model)")

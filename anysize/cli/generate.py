@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 
 from ..errors import check_choice
 from .console import EXIT_OK, library_output, note
@@ -25,11 +26,22 @@ examples:
 """
 
 
+def _default_model_paragraph() -> str:
+    from ..toy.data import OBJECT_COLOURS, SHAPES
+
+    return textwrap.fill(
+        "Without --model the embedded default model is used: anysize's own toy model, an SD 1.5-structured "
+        'pipeline trained on one coloured shape on a background ("a red triangle on a blue background"; '
+        f"objects {', '.join(OBJECT_COLOURS[:-1])} or {OBJECT_COLOURS[-1]}; shapes {', '.join(SHAPES)}). "
+        "It runs in about a second on a CPU and, like SD at 2x its native side, duplicates its object at "
+        "larger sizes: the failure the methods are there to fix.", width=99)
+
+
 def _description() -> str:
     from .. import methods
     from ..schedulers import scheduler_names
 
-    return """\
+    return f"""\
 Generate one PNG per prompt at any size, with a registered method.
 
 Sizes are WIDTHxHEIGHT in pixels and must be multiples of the model's pixel factor: 8 for
@@ -37,10 +49,7 @@ SD 1.x/2.x and SDXL, 16 for SD3 and FLUX, 4 for the embedded toy model (e.g. 409
 --size the model's native size is used (1024x1024 for SDXL, 512x512 for SD 1.5, 128x128 for the
 embedded default model).
 
-Without --model the embedded default model is used: anysize's own toy model, an SD 1.5-structured
-pipeline trained on one coloured shape on a background ("a red triangle on a blue background";
-objects red, green, blue, yellow, purple or orange; shapes circle, square, triangle, star). It runs in about a second on a CPU and, like SD at 2x its native side,
-duplicates its object at larger sizes: the failure the methods are there to fix.
+{_default_model_paragraph()}
 
 Every PNG carries an A1111-style "parameters" text chunk and an "anysize" JSON chunk with the full
 configuration. Files are written atomically and never overwritten without --force.

@@ -35,7 +35,7 @@ def add_runtime_options(p) -> None:
 
     p.add_argument("--dtype", metavar="T", default="fp32", help=f"{', '.join(DTYPES)} (default: fp32)")
     p.add_argument("--device", metavar="DEV", default=None,
-                   help="cpu, cuda, cuda:N, mps (default: cuda if available, else cpu)")
+                   help=f"cpu, cuda, cuda:N, mps (default: {DEFAULT_DEVICE_ORDER})")
     p.add_argument("--offload", metavar="MODE", default="none",
                    help=f"{', '.join(OFFLOADS)}: move weights to the GPU only while used (default: none)")
 
@@ -44,6 +44,10 @@ def scheduler_help() -> str:
     from ..schedulers import SCHEDULERS
 
     return f"default, {', '.join(SCHEDULERS)} (default: the model's own)"
+
+
+#: what default_device() picks, as its help texts say it
+DEFAULT_DEVICE_ORDER = "cuda if available, else mps if available, else cpu"
 
 
 def default_device() -> str:
