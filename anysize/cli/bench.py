@@ -1,0 +1,109 @@
+"""``anysize bench``: time every method on real architectures, as ratios to ``direct`` measured in one run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import InvalidArgumentError, OutputError, check_choice
+from .console import EXIT_OK, library_output, note
+from .model_options import DEFAULT_DEVICE_ORDER, check_device, default_device
+
+HELP = "time every method on real architectures, as ratios to direct"
+
+#: --depth: auto is reduced on a CPU, full on a GPU
+DEPTHS = ("auto", "full", "reduced")
+
+EPILOG = """\
+examples:
+  anysize bench --arch toy --size native 2x --steps 4
+  anysize bench --arch sd1.5 sdxl sd3 flux --size native 2x --steps 10 --device cuda --dtype fp16
+  anysize bench --arch sd1.5 --size 256x256 --depth reduced --steps 2 --repeats 2 --out bench.json
+"""
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    from ..eval.architectures import ARCHITECTURES
+    from ..models import DTYPES
+
+    arch_lines = "\n".join(f"  {k:<7} {v}" for k, v in ARCHITECTURES.items())
+    p.formatter_class, p.epilog = argparse.RawDescriptionHelpFormatter, EPILOG
+    p.description = f"""\
+Time whole-image generation (prompt encoding, the denoising loop, VAE decode) of every registered
+method, or --methods, for each architecture and size; report each method's median seconds per
+image, its ratio to 'direct' measured in the same run, the network evaluations per image and the
+peak memory (CUDA allocator on a GPU, process RSS on a CPU). Methods alternate run by run after
+one warm-up each, so machine drift cancels in the ratios.
+
+architectures (all but toy: the real denoiser configuration with random weights, built offline;
+text encoders and VAE are one-layer stand-ins with the real widths, so the denoiser dominates):
+{arch_lines}
+
+--depth reduced keeps every width but cuts the depth (U-Nets: 1 layer per block; SD3: 2 blocks;
+FLUX: 1+2 blocks) so a CPU can run it; auto = reduced on a CPU, full on a GPU."""
+    p.add_argument("--arch", nargs="+", default=["toy"], metavar="NAME", help="architectures (default: toy)")
+    p.add_argument("--size", nargs="+", default=["native"], metavar="S",
+                   help="sizes: native, a scale of the native side like 2x, or WxH (default: native)")
+    p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
+                   help="methods (default: every registered method; direct is always included)")
+    p.add_argument("--steps", type=int, default=4, help="denoising steps (default: 4)")
+    p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per method (default: 3)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed runs per method first (default: 1)")
+    p.add_argument("--depth", default="auto", metavar="D",
+                   help=f"{', '.join(DEPTHS[:-1])} or {DEPTHS[-1]} (default: auto)")
+    p.add_argument("--dtype", metavar="T", default="fp32", help=f"{', '.join(DTYPES)} (default: fp32)")
+    p.add_argument("--device", metavar="DEV", default=None,
+                   help=f"cpu, cuda, cuda:N, mps (default: {DEFAULT_DEVICE_ORDER})")
+    p.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
+    p.add_argument("--out", default="anysize-bench.json",
+                   help="JSON results; a Markdown table goes beside it as .md (default: %(default)s)")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress notes")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import bench, methods
+    from ..eval.architectures import ARCHITECTURES
+    from ..models import DTYPES
+    from ..output import check_writable, save_json, save_text
+
+    for a in args.arch:
+        check_choice("architecture", a, ARCHITECTURES)
+    for m in args.methods or ():
+        check_choice("method", m, methods.names())
+    for s in args.size:
+        bench.parse_bench_size(s)
+    for v, name in ((args.steps, "--steps"), (args.repeats, "--repeats")):
+        if v <= 0:
+            raise InvalidArgumentError(f"{name} must be a positive integer, got {v}")
+    if args.warmup < 0:
+        raise InvalidArgumentError(f"--warmup must be >= 0, got {args.warmup}")
+    check_choice("depth", args.depth, DEPTHS)
+    check_choice("dtype", args.dtype, DTYPES)
+    device = check_device(args.device or default_device(), "none")
+    out = Path(args.out)
+    if out.suffix.lower() != ".json":
+        raise OutputError(f"--out {out} must end in .json")
+    md = out.with_suffix(".md")
+    check_writable(out, args.force)
+    check_writable(md, args.force)
+    import torch
+
+    reduced = args.depth == "reduced" or (args.depth == "auto" and torch.device(device).type == "cpu")
+    with library_output(True):
+        report = bench.bench(
+            args.arch, sizes=args.size, methods=args.methods, steps=args.steps, guidance=args.guidance,
+            repeats=args.repeats, warmup=args.warmup, reduced=reduced, device=device, dtype=DTYPES[args.dtype],
+            seed=args.seed, progress=None if args.quiet else (lambda msg: note(False, f"bench {msg}")),
+        )
+    table = bench.format_table(report)
+    save_json(report, out, force=args.force)
+    save_text(table + "\n", md, force=args.force)
+    print(table)
+    print(out)
+    print(md)
+    return EXIT_OK
+
+

@@ -1,0 +1,91 @@
+"""Reading what the user typed: sizes, ``--set`` method options, prompts."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..errors import InvalidArgumentError, InvalidSizeError
+
+_SIZE_RE = re.compile(r"^\s*([^xX×*]+?)\s*[xX×*]\s*([^xX×*]+?)\s*$")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"WxH"`` -> (width, height), positive integers; InvalidSizeError otherwise."""
+    m = _SIZE_RE.match(text or "")
+    if not m:
+        raise InvalidSizeError(f"size {text!r} is not WIDTHxHEIGHT (e.g. 1024x768)")
+    out = []
+    for name, part in zip(("width", "height"), m.groups()):
+        try:
+            v = int(part)
+        except ValueError:
+            raise InvalidSizeError(
+                f"size {text!r}: {name} {part!r} is not an integer; give WIDTHxHEIGHT in pixels, e.g. 1024x768"
+            ) from None
+        if v <= 0:
+            raise InvalidSizeError(f"size {text!r}: {name} must be a positive number of pixels, got {v}")
+        out.append(v)
+    return out[0], out[1]
+
+
+def fix_negative_sizes(argv: list[str]) -> list[str]:
+    """``--size -8x128`` would read as an unknown option; pass it on as ``--size=-8x128`` for a clear error."""
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        if argv[i] == "--size" and i + 1 < len(argv) and re.match(r"^-\d", argv[i + 1]):
+            out.append(f"--size={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(argv[i])
+        i += 1
+    return out
+
+
+def check_multiple(width: int, height: int, factor: int, why: str) -> None:
+    """Sizes must be multiples of the model's pixel factor; the message proposes the nearest ones."""
+    for name, v in (("width", width), ("height", height)):
+        if v % factor:
+            lo, hi = (v // factor) * factor, (v // factor + 1) * factor
+            valid = f"{lo} or {hi}" if lo > 0 else f"{hi}"
+            raise InvalidSizeError(f"{name} {v} is not a multiple of {factor} ({why}); use {valid}")
+
+
+def parse_set(items: Sequence[str] | None) -> dict[str, Any]:
+    """``--set key=value`` pairs -> method options; values are JSON when they parse, else strings."""
+    options: dict[str, Any] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise InvalidArgumentError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        options[key] = value
+    return options
+
+
+def read_prompts(positional: Sequence[str], prompts_file: str | None) -> list[str]:
+    """Prompts from the command line, then one per non-empty line of ``prompts_file`` ('-': stdin)."""
+    prompts = list(positional or [])
+    if prompts_file is not None:
+        try:
+            if prompts_file == "-":
+                text = sys.stdin.read()
+            else:
+                text = Path(prompts_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise InvalidArgumentError(f"cannot read prompts file {prompts_file}: {getattr(e, 'strerror', None) or e}") from None
+        from_file = [line.strip() for line in text.splitlines() if line.strip()]
+        if not from_file:
+            raise InvalidArgumentError(f"prompts file {prompts_file} has no prompts (one per non-empty line)")
+        prompts += from_file
+    if not prompts:
+        raise InvalidArgumentError("no prompt given: pass one or more PROMPTs or --prompts-file FILE")
+    return prompts
