@@ -151,7 +151,8 @@ def test_set_passes_method_options(capsys, model_dir, _workdir, monkeypatch):
     assert "boost: 2.5, label: a b, Version:" in read_parameters("o.png")
     rc, out, err = run(capsys, "methods")
     assert "test-boost: direct, with options (test only)" in out
-    assert "boost (float, default 1.0)" in out and "label (str, default 'x')" in out
+    assert "boost (float): a number\n        default: 1; valid: a number" in out
+    assert "label (str): a string\n        default: x; valid: a non-empty string" in out
     rc, out, err = gen(capsys, model_dir, "a cat", "--method", "test-boost", "--set", "nope=1", "--out", "p.png")
     assert rc == 2 and err.count("\n") == 1 and "boost, label" in err
     assert not (_workdir / "p.png").exists()
@@ -173,6 +174,20 @@ def test_methods_lists_direct(capsys):
     assert rc == 0
     assert "direct: the whole canvas in one network call per step (baseline)" in out
     assert "options: none" in out
+
+
+def test_methods_name_lists_every_option_from_its_declaration(capsys):
+    from anysize.methods import get
+
+    rc, out, err = run(capsys, "methods", "fstd", "elastic")
+    assert rc == 0 and out.startswith("fstd: ") and "\n\nelastic: " in out and "direct:" not in out
+    for name in ("fstd", "elastic"):
+        for spec in get(name).Options.specs():
+            assert f"    {spec.name} ({spec.kind}" in out and spec.doc in out and spec.requirement() in out
+    assert "one of asd, improved" in out and "one of per_run, per_step, gray" in out  # every valid value
+    assert "cli: resampling_steps=10" in out  # elastic's presets
+    rc, out, err = run(capsys, "methods", "nope")
+    assert rc == 2 and "unknown method 'nope'; valid choices: asd, direct" in err
 
 
 def test_help_teaches(capsys):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 
 from .console import EXIT_OK
 
@@ -24,44 +23,39 @@ def refining_methods() -> list[str]:
     return [n for n in methods.names() if methods.get(n).refines]
 
 
-def _type_name(t) -> str:
-    if isinstance(t, str):
-        return t
-    return getattr(t, "__name__", None) or str(t)
-
-
-def describe_methods() -> str:
-    """The registered methods, their summaries and their options (name, type, default)."""
+def describe_method(name: str) -> list[str]:
+    """A method's summary, families and every option with its doc, kind, unit, default and valid
+    values, all from its options' declarations (:mod:`anysize.options`)."""
     from .. import methods
 
-    lines = []
-    for name in methods.names():
-        cls = methods.get(name)
-        lines.append(f"{name}: {cls.summary}")
-        families = getattr(cls, "families", None)
-        lines.append(f"  families: {', '.join(families) if families else 'all'}")
-        fields = dataclasses.fields(cls.Options)
-        if not fields:
-            lines.append("  options: none")
-        else:
-            lines.append("  options:")
-            for f in fields:
-                if f.default is not dataclasses.MISSING:
-                    default = repr(f.default)
-                elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-                    default = repr(f.default_factory())  # type: ignore[misc]
-                else:
-                    default = "required"
-                lines.append(f"    {f.name} ({_type_name(f.type)}, default {default})")
-    return "\n".join(lines)
+    cls = methods.get(name)
+    families = getattr(cls, "families", None)
+    lines = [f"{name}: {cls.summary}", f"  families: {', '.join(families) if families else 'all'}"]
+    options = cls.Options.listing(indent="    ")
+    lines += ["  options:", *options] if options else ["  options: none"]
+    return lines
+
+
+def describe_methods(names=None) -> str:
+    """The registered methods (or ``names``), each as :func:`describe_method` lists it."""
+    from .. import methods
+
+    blocks = ["\n".join(describe_method(n)) for n in (methods.names() if names is None else names)]
+    return "\n\n".join(blocks)
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.description = ("List the registered methods, their summaries and their options (use them with "
-                     "'anysize generate --method NAME --set KEY=VALUE').")
+    p.description = ("List the registered methods, their summaries and every option with its meaning, kind, default "
+                     "and valid values (use them with 'anysize generate --method NAME --set KEY=VALUE').")
+    p.add_argument("names", nargs="*", metavar="NAME", help="only these methods (default: all)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    print(describe_methods())
+    from .. import methods
+    from ..errors import check_choice
+
+    for name in args.names:
+        check_choice("method", name, methods.names())
+    print(describe_methods(args.names or None))
     return EXIT_OK
