@@ -19,7 +19,7 @@ import torch
 import anysize
 from anysize.eval.timing import alternate
 from anysize.models import adapt
-from anysize.testing import tiny_pipeline
+from anysize.builders import tiny_pipeline
 
 
 def main(argv=None):
@@ -33,7 +33,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
 
     print(f"machine: {platform.processor() or platform.machine()}, torch threads {args.threads}, "
-          f"torch {torch.__version__}; tiny random-weight pipelines (anysize.testing), {args.size}², "
+          f"torch {torch.__version__}; tiny random-weight pipelines (anysize.builders), {args.size}², "
           f"{args.steps} steps, {args.repeats} alternating repeats after 1 warm-up each\n")
     print("| family | anysize direct (s) | diffusers pipeline (s) | ratio ours/stock | max abs diff |")
     print("|---|---|---|---|---|")

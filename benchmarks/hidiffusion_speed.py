@@ -9,7 +9,7 @@ CPU can run; every reduction is printed with the results:
   is the real one: SD 1.5 at 4x native per side (= 2048 px for the real model, 512 px here with a
   native latent of 16) and SDXL at 2x native (= 2048 px for the real model, 512 px here with a
   native latent of 32);
-* cross-attention / pooled text widths from the tiny text encoders of ``anysize.testing``;
+* cross-attention / pooled text widths from the tiny text encoders of ``anysize.builders``;
 * ``--steps`` (default 10) instead of 50, DDIM (SD) / Euler (SDXL), CFG on (batch 2).
 
 All three run the same stock diffusers pipeline call with the same weights, seed and scheduler
@@ -48,7 +48,7 @@ import torch
 
 import anysize
 from anysize.eval.timing import machine, synchronize
-from anysize.testing import tiny_pipeline
+from anysize.builders import tiny_pipeline
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 from hidiffusion_official import OFFICIAL_NAMES, load_official  # noqa: E402

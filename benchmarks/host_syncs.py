@@ -30,7 +30,7 @@ def count() -> list[dict]:
 
     import anysize
     from anysize.models import adapt
-    from anysize.testing import tiny_pipeline
+    from anysize.builders import tiny_pipeline
     from anysize.testing.syncs import audit_sampling
 
     torch.set_num_threads(1)

@@ -46,7 +46,7 @@ def sd15_like_adapter():
     """SD 1.5's U-Net block structure at a quarter of its widths, tiny text encoder and VAE."""
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-    from anysize.testing import tiny_pipeline
+    from anysize.builders import tiny_pipeline
 
     base = tiny_pipeline("sd1")
     with torch.random.fork_rng(devices=[]):

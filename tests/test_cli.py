@@ -23,7 +23,7 @@ FAST = ["--steps", "2", "--size", "128x128"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from anysize.testing import save_tiny_pipeline
+    from anysize.builders import save_tiny_pipeline
 
     return save_tiny_pipeline("sd1", tmp_path_factory.mktemp("model") / "m")
 

@@ -120,7 +120,7 @@ def _sd_unet(*, sample_size: int, head_dim, cross: int, linear: bool, layers: in
 def _sd15(reduced: bool, device: torch.device):
     from diffusers import PNDMScheduler, StableDiffusionPipeline
 
-    from ..testing.tokenizers import tiny_clip_tokenizer
+    from ..builders.tokenizers import tiny_clip_tokenizer
 
     tok = tiny_clip_tokenizer(pad_token="<|endoftext|>")
     with device:  # the big network is drawn where it will run
@@ -135,7 +135,7 @@ def _sd15(reduced: bool, device: torch.device):
 def _sd21(reduced: bool, device: torch.device):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-    from ..testing.tokenizers import tiny_clip_tokenizer
+    from ..builders.tokenizers import tiny_clip_tokenizer
 
     tok = tiny_clip_tokenizer(pad_token="!")
     with device:
@@ -152,7 +152,7 @@ def _sd21(reduced: bool, device: torch.device):
 def _sdxl(reduced: bool, device: torch.device):
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
 
-    from ..testing.tokenizers import tiny_clip_tokenizer
+    from ..builders.tokenizers import tiny_clip_tokenizer
 
     tok, tok2 = tiny_clip_tokenizer(pad_token="<|endoftext|>"), tiny_clip_tokenizer(pad_token="!")
     with device:
@@ -182,7 +182,7 @@ def _sdxl_unet(reduced: bool):
 def _sd3(reduced: bool, device: torch.device):
     from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
 
-    from ..testing.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
+    from ..builders.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
     tok, tok2, tok3 = tiny_clip_tokenizer(pad_token="<|endoftext|>"), tiny_clip_tokenizer(pad_token="!"), tiny_t5_tokenizer()
     with device:
@@ -203,7 +203,7 @@ def _sd3(reduced: bool, device: torch.device):
 def _flux(reduced: bool, device: torch.device):
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 
-    from ..testing.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
+    from ..builders.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
     tok, tok2 = tiny_clip_tokenizer(pad_token="<|endoftext|>"), tiny_t5_tokenizer()
     with device:

@@ -1,4 +1,4 @@
-"""Tests for anysize.testing: tiny offline tokenizers and random-weight pipelines of every family."""
+"""Tests for anysize.builders: tiny offline tokenizers and random-weight pipelines of every family."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from anysize.errors import AnysizeError, InvalidArgumentError, UnknownChoiceError
-from anysize.testing import (
+from anysize.builders import (
     FAMILIES,
     save_tiny_pipeline,
     tiny_clip_tokenizer,

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import torch
 
 from anysize.errors import InvalidArgumentError, UnknownChoiceError
-from anysize.testing.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
+from anysize.builders.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
 
 if TYPE_CHECKING:  # pragma: no cover
     import diffusers

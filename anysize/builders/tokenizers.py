@@ -1,4 +1,4 @@
-"""Tiny tokenizers built entirely in code (no hub access), for the tiny test pipelines.
+"""Tiny tokenizers built entirely in code (no hub access), for the pipelines of :mod:`anysize.builders`.
 
 Both are the real ``transformers`` classes the Stable Diffusion / SDXL / SD3 / FLUX pipelines use
 (``CLIPTokenizer`` and ``T5Tokenizer``, which transformers 5 also exposes as ``T5TokenizerFast``), so
