@@ -1036,7 +1036,7 @@ def cmd_eval_composition(args: argparse.Namespace) -> int:
 
 
 def _build_bench(sub) -> None:
-    from .eval.architectures import ARCHITECTURES
+    from .bench import ARCHITECTURES
 
     arch_lines = "\n".join(f"  {k:<7} {v}" for k, v in ARCHITECTURES.items())
     p = sub.add_parser(
@@ -1084,7 +1084,7 @@ examples:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench, methods
-    from .eval.architectures import ARCHITECTURES
+    from .bench import ARCHITECTURES
     from .models import DTYPES
     from .output import check_writable, save_json, save_text
 

@@ -20,7 +20,7 @@ repaint on) unless ``--preset`` says otherwise; every candidate uses DDIM (the o
 and guidance 10. Times are whole generations to latents (the final VAE decode, the same for all,
 is left out).
 
-Networks: the SD 2.1 (768-v) and SDXL U-Net and VAE layouts of :mod:`anysize.eval.architectures`
+Networks: the SD 2.1 (768-v) and SDXL U-Net and VAE layouts of :mod:`anysize.builders`
 with random weights. On a CPU the channel widths of the U-Net and the VAE are divided by
 ``--width-div`` (default 4; head counts kept) and the native latent size and the image size by the
 same factor, so the ratio over native is the real one (SD 2.1 at 2048x1024 = 2.67x native on the
@@ -42,7 +42,7 @@ import time
 import torch
 
 import anysize
-from anysize.eval.architectures import build_pipeline
+from anysize.builders import build_pipeline
 from anysize.eval.timing import alternate, machine
 from anysize.models import adapt
 
@@ -124,13 +124,14 @@ def main(argv=None) -> int:
           f"{args.repeats} alternating repeats after 1 warm-up each; elastic options {elastic_opts or 'generate_image defaults'}",
           flush=True)
     records = []
+    profile = "full" if args.full else "reduced"
     for arch in args.archs:
         if args.width_div > 1:
-            pipe = shrink(build_pipeline(arch, reduced=not args.full, device="cpu", dtype=torch.float32), args.width_div)
+            pipe = shrink(build_pipeline(arch, profile, device="cpu", dtype=torch.float32), args.width_div)
             give_vae(pipe, args.width_div)
             pipe.to(device=args.device, dtype=dtype)
         else:  # the real widths: drawn on the device in the final dtype
-            pipe = give_vae(build_pipeline(arch, reduced=not args.full, device=args.device, dtype=dtype), 1,
+            pipe = give_vae(build_pipeline(arch, profile, device=args.device, dtype=dtype), 1,
                             args.device, dtype)
         adapter = adapt(pipe)
         w, h = parse(sizes[arch])

@@ -4,7 +4,7 @@ ScaleDiff's claim (paper Table 1/3): NPA keeps every layer but self-attention at
 canvas and cuts self-attention to ``s²`` native-size neighbourhoods, where full attention costs
 ``s⁴`` and MultiDiffusion (stride = window/2) re-runs the *whole network* on ``(2s-1)²`` windows.
 This script measures, for the SDXL U-Net and the FLUX.1-dev transformer (real widths and heads,
-random weights, :mod:`anysize.eval.architectures`), at ``s`` = 2 and 4 times the native side:
+random weights, :mod:`anysize.builders`), at ``s`` = 2 and 4 times the native side:
 
 * **attention**: one self-attention layer on the canvas's token map -- SDXL ``down_blocks.1``'s
   first ``attn1`` (the largest map: native latent / 2; CFG batch 2), FLUX's first single-stream
@@ -39,7 +39,8 @@ import time
 import torch
 
 import anysize
-from anysize.eval.architectures import build_pipeline, describe
+from anysize.bench import describe
+from anysize.builders import build_pipeline
 from anysize.eval.timing import alternate, machine
 from anysize.models import adapt
 from anysize.patches.npa import NPAPatch
@@ -185,7 +186,7 @@ def main(argv=None) -> int:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arch in a.archs:
-        pipe = build_pipeline(arch, reduced=reduced, device=device, dtype=dtype)
+        pipe = build_pipeline(arch, "reduced" if reduced else "full", device=device, dtype=dtype)
         adapter = adapt(pipe, native_size=native)
         print(describe(arch, reduced), flush=True)
         for s in a.scales:

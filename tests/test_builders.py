@@ -340,3 +340,33 @@ def test_t5_tokenizer(tmp_path):
     assert len(again) == len(tok) and again.model_max_length == 512
     for prompt in (PROMPT, "", LONG_PROMPT):
         assert again(prompt).input_ids == tok(prompt).input_ids
+
+
+# ----------------------------------------------------------------------------------------------
+# one builder per family, three profiles
+# ----------------------------------------------------------------------------------------------
+
+
+def test_build_pipeline_tiny_is_tiny_pipeline_and_knows_the_release_names():
+    from anysize.builders import ALIASES, build_pipeline
+
+    for alias, family in ALIASES.items():
+        built, tiny = build_pipeline(alias, seed=3), tiny_pipeline(family, seed=3)
+        assert type(built) is type(tiny)
+        for name, module in _modules(tiny).items():
+            assert _state_dicts_equal(module, _modules(built)[name]), (alias, name)
+
+
+def test_build_pipeline_profiles():
+    from anysize.builders import PROFILES, build_pipeline
+
+    assert PROFILES == ("tiny", "reduced", "full")
+    with pytest.raises(UnknownChoiceError, match="unknown profile 'huge'"):
+        build_pipeline("sd1", "huge")
+    with pytest.raises(UnknownChoiceError, match="unknown family 'sd9'"):
+        build_pipeline("sd9", "full", device="meta")
+    reduced, full = (build_pipeline("sdxl", p, device="meta").unet.config for p in ("reduced", "full"))
+    assert reduced.block_out_channels == full.block_out_channels == (320, 640, 1280)
+    assert (reduced.layers_per_block, full.layers_per_block) == (1, 2)
+    pipe = build_pipeline("sd2", "reduced", device="meta", prediction_type="epsilon")
+    assert pipe.scheduler.config.prediction_type == "epsilon"
