@@ -63,7 +63,7 @@ def main() -> int:
 
     import anysize
     from anysize.buckets import scaled_buckets
-    from anysize.eval.benchmark import composition_benchmark
+    from anysize.toy.benchmark import composition_benchmark
     from anysize.toy.data import write_aspect_dataset
 
     work = Path(args.work)

@@ -10,7 +10,7 @@
    after one warm-up each; the table gives the median sampling time (latents only, no VAE).
 2. Seams. The shipped toy model (`anysize.load()`, SD 1.5-structured, 128 px native, 32-latent
    tiles) generates the same prompts and seeds at a size of 2×3 tiles with each method; the seam
-   score of :func:`anysize.eval.composition.seam_score` is measured on the lines of the
+   score of :func:`anysize.toy.composition.seam_score` is measured on the lines of the
    non-overlapping tile grid (1.0 = a boundary line is as smooth as any other line). `fstd` runs
    with its defaults (the official unshifted grid on every 4th step) and with the paper's schedule
    (a shift on every step but the first and the last).
@@ -35,8 +35,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 import anysize  # noqa: E402
-from anysize.eval.composition import seam_score  # noqa: E402
-from anysize.eval.benchmark import toy_prompts  # noqa: E402
+from anysize.toy.composition import seam_score  # noqa: E402
+from anysize.toy.benchmark import toy_prompts  # noqa: E402
 from anysize.models import adapt  # noqa: E402
 
 TILE = 32

@@ -62,7 +62,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import InvalidArgumentError
-from ..toy.data import COLOURS, NATIVE_SIZE, OBJECT_COLOURS, SHAPES, SIZE_RANGE, parse_caption, shape_mask
+from .data import COLOURS, NATIVE_SIZE, OBJECT_COLOURS, SHAPES, SIZE_RANGE, parse_caption, shape_mask
 
 __all__ = [
     "DEFAULT_MAX_COLOUR_DISTANCE", "DEFAULT_MIN_AREA_FRAC", "DEFAULT_BACKGROUND_BORDER_FRAC",

@@ -2,7 +2,7 @@
 
 Prompt i is the caption of toy dataset item i (seed ``prompt_seed``), generated with seed ``seed + i``,
 so any single image can be regenerated alone. Images are generated in batches; the metrics come from
-:func:`anysize.eval.composition.analyse` and :func:`~anysize.eval.composition.summarise`.
+:func:`anysize.toy.composition.analyse` and :func:`~anysize.toy.composition.summarise`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .composition import analyse, summarise
 
 
 def toy_prompts(n: int, prompt_seed: int = 0) -> list[str]:
-    from ..toy.data import make_sample
+    from .data import make_sample
 
     return [make_sample(prompt_seed, i, size=8)[1].caption for i in range(n)]
 
