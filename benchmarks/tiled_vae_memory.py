@@ -6,7 +6,7 @@ on the same random latent; the untiled decode is the reference for the error col
 * ``untiled``: ``vae.decode(z)`` in one piece;
 * ``diffusers``: ``vae.enable_tiling()`` (tiles of ``sample_size`` px with 25 % overlap, linear
   blending, each tile normalised with its own GroupNorm statistics);
-* ``anysize-fast`` / ``anysize-exact``: :func:`anysize.tiling.tiled_decode` (latent tile 64, halo 11),
+* ``anysize-fast`` / ``anysize-exact``: :func:`anysize.models.tiled_vae.tiled_decode` (latent tile 64, halo 11),
   GroupNorm statistics estimated on a downsampled pass / recomputed exactly over the whole image.
 
 The VAE has SD's decoder structure (4 up blocks, 2 resnets each + 1, 32 GroupNorm groups, mid-block
@@ -35,7 +35,7 @@ import json, resource, sys, time
 import numpy as np, torch
 torch.set_num_threads(1)
 from diffusers import AutoencoderKL
-from anysize.tiling import tiled_decode
+from anysize.models.tiled_vae import tiled_decode
 mode, size, width, out_path = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
 torch.manual_seed(0)
 ch = tuple(max(32, int(c * width)) for c in (128, 256, 512, 512))

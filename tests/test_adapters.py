@@ -233,9 +233,9 @@ def test_from_x0_then_to_x0_roundtrip(tiny, scheduler):
 
 @pytest.mark.parametrize("mode", [True, "fast"])
 def test_tiled_vae_modes_reach_the_decoder(tiny, monkeypatch, mode):
-    """tiled_vae=True / "fast" decode through anysize.tiling with exact / fast statistics; at this
+    """tiled_vae=True / "fast" decode through anysize.models.tiled_vae with exact / fast statistics; at this
     size the grid is one tile, so the image equals the untiled one."""
-    from anysize import tiling
+    from anysize.models import tiled_vae as tiling
 
     adapter = adapt(tiny("sd1"))
     seen = []

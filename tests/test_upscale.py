@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 import anysize
-from anysize import api, cli, tiling
+from anysize import api, cli
+from anysize.models import tiled_vae as tiling
 from anysize.api import upscale_size
 from anysize.errors import InvalidArgumentError, InvalidSizeError
 from anysize.models import adapt

@@ -1,11 +1,8 @@
-"""Tiling utilities.
+"""The tiled VAE: memory-bounded ``AutoencoderKL`` decode / encode with synchronised GroupNorm
+statistics (spec ``asd_tiling.md`` §3.4 and §6.2), which the model adapters switch to above a size.
 
-Sections
---------
-1. Tiled VAE: memory-bounded ``AutoencoderKL`` decode / encode with synchronised GroupNorm statistics
-   (spec ``asd_tiling.md`` §3.4 and §6.2). Self-contained: it only needs torch, diffusers' VAE and
-   :mod:`anysize.errors`.
-2. (Reserved) tile grids for tiled diffusion: added later, independent of section 1.
+Self-contained: it only needs torch, diffusers' VAE and :mod:`anysize.errors`. (The tile grids of
+tiled *diffusion* are :mod:`anysize.tiling_grids`.)
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anysize.errors import InvalidArgumentError, InvalidSizeError, check_choice
+from ..errors import InvalidArgumentError, InvalidSizeError, check_choice
 
 __all__ = [
     "DEFAULT_VAE_TILE_THRESHOLD_PIXELS",
