@@ -27,8 +27,8 @@ same factor, so the ratio over native is the real one (SD 2.1 at 2048x1024 = 2.6
 long side; SDXL at 2048² = 2x); U-Net depth is reduced as in ``anysize bench``. On a GPU run
 ``--width-div 1 --full`` for the real networks at the issue's sizes:
 
-    PYTHONPATH=. python benchmarks/elastic_speed.py                         # CPU, reduced
-    PYTHONPATH=. python benchmarks/elastic_speed.py --width-div 1 --full --device cuda --dtype fp16 \\
+    PYTHONPATH=. python benchmarks/elastic_speed/elastic_speed.py                         # CPU, reduced
+    PYTHONPATH=. python benchmarks/elastic_speed/elastic_speed.py --width-div 1 --full --device cuda --dtype fp16 \\
         --steps 50 --repeats 3 --sd21-size 2048x1024 --sdxl-size 2048x2048
 """
 

@@ -6,7 +6,7 @@ step (host reads of device values, blocking uploads), the rest is once per run. 
 another checkout (e.g. an older commit, with ``anysize/testing/syncs.py`` and ``anysize/devices.py``
 copied in) in a subprocess, so both tables come from one invocation:
 
-    PYTHONPATH=. python benchmarks/host_syncs.py --tree /tmp/anysize-old --json benchmarks/host_syncs.json
+    PYTHONPATH=. python benchmarks/host_syncs/host_syncs.py --tree /tmp/anysize-old --json benchmarks/host_syncs/host_syncs.json
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ def count() -> list[dict]:
 
     import anysize
     from anysize.models import adapt
-    from anysize.builders import tiny_pipeline
     from anysize.testing.syncs import audit_sampling
+
+    try:
+        from anysize.builders import tiny_pipeline
+    except ImportError:  # a --tree checkout from before anysize.builders
+        from anysize.testing import tiny_pipeline
 
     torch.set_num_threads(1)
     adapters, rows = {}, []

@@ -15,8 +15,8 @@
    with its defaults (the official unshifted grid on every 4th step) and with the paper's schedule
    (a shift on every step but the first and the last).
 
-    python benchmarks/tiling_speed_seams.py                 # writes benchmarks/tiling_speed_seams.md
-    python benchmarks/tiling_speed_seams.py --quick         # a smoke run
+    python benchmarks/tiling_speed_seams/tiling_speed_seams.py                 # writes benchmarks/tiling_speed_seams/README.md
+    python benchmarks/tiling_speed_seams/tiling_speed_seams.py --quick         # a smoke run
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parents[1]))  # the repository root
 
 import anysize  # noqa: E402
 from anysize.toy.composition import seam_score  # noqa: E402
@@ -146,7 +146,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seam-images", type=int, default=4)
     ap.add_argument("--seam-steps", type=int, default=None, help="toy model steps (default: its own, 20)")
     ap.add_argument("--quick", action="store_true", help="1 repeat, 2x2 tiles only, 2 seam images, 8 steps")
-    ap.add_argument("--out", type=Path, default=HERE / "tiling_speed_seams.md")
+    ap.add_argument("--out", type=Path, default=HERE / "README.md")
     args = ap.parse_args(argv)
     if args.quick:
         args.repeats, args.tiles, args.seam_images, args.seam_steps = 1, [2], 2, 8
@@ -155,7 +155,7 @@ def main(argv=None) -> None:
     speed = run_speed(args.tiles, args.steps, args.repeats)
     seams = run_seams(args.seam_images, args.seam_steps, 2, 3)
 
-    cmd = "python benchmarks/tiling_speed_seams.py" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:]))
+    cmd = "python benchmarks/tiling_speed_seams/tiling_speed_seams.py" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(sys.argv[1:]))
     lines = [
         "# FSTD vs explicit-overlap tiling: speed and seams",
         "",

@@ -3,7 +3,7 @@
 A GPU run is fast when the host (a) launches no more kernels than needed, (b) never waits for the
 device in the middle of a step and (c) spends little Python time per launched kernel. All three
 can be counted on a CPU, side by side in one run, on the real SD 1.5 and SDXL block layouts
-(reduced widths, as ``hidiffusion_speed.py``; counts do not depend on widths):
+(reduced widths, as ``benchmarks/hidiffusion_speed/hidiffusion_speed.py``; counts do not depend on widths):
 
 * **operators dispatched** per U-Net call (every ATen operator reaching the backend: a kernel
   launch on a GPU, except views) and the ones whose counts differ between the implementations;
@@ -13,7 +13,7 @@ can be counted on a CPU, side by side in one run, on the real SD 1.5 and SDXL bl
   Python and dispatch cost of a step, which on a GPU overlaps the kernels unless something
   makes the host wait.
 
-    PYTHONPATH=. python benchmarks/hidiffusion_dispatch.py --json benchmarks/hidiffusion_dispatch.json
+    PYTHONPATH=. python benchmarks/hidiffusion_dispatch/hidiffusion_dispatch.py --json benchmarks/hidiffusion_dispatch/hidiffusion_dispatch.json
 """
 
 from __future__ import annotations
@@ -36,8 +36,9 @@ import anysize
 from anysize.eval.timing import machine
 from anysize.testing.syncs import HostSyncAudit
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "hidiffusion_speed"))  # the sibling study's pipelines
+sys.path.insert(0, os.path.join(HERE, "..", "..", "tests"))
 from hidiffusion_official import OFFICIAL_NAMES, load_official  # noqa: E402
 from hidiffusion_speed import ARCHS, make_pipe  # noqa: E402
 

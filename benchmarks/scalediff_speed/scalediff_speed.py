@@ -26,8 +26,8 @@ is the issue's (2048² and 4096² for a 1024-px model), the absolute token count
 
 GPU profile (``--gpu``): full depth, native 128 (1024 px), 2048² and 4096², bf16 on CUDA.
 
-    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/scalediff_speed.py --out benchmarks/scalediff_speed.md
-    PYTHONPATH=. python benchmarks/scalediff_speed.py --gpu --out scalediff_speed_gpu.md
+    PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/scalediff_speed/scalediff_speed.py --out benchmarks/scalediff_speed/README.md
+    PYTHONPATH=. python benchmarks/scalediff_speed/scalediff_speed.py --gpu --out scalediff_speed_gpu.md
 """
 
 from __future__ import annotations
@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     lines = [
         "# NPA vs full attention vs MultiDiffusion-style windows (ScaleDiff)",
         "",
-        f"`{' '.join(['python', 'benchmarks/scalediff_speed.py'] + (argv if argv is not None else sys.argv[1:]))}`",
+        f"`{' '.join(['python', 'benchmarks/scalediff_speed/scalediff_speed.py'] + (argv if argv is not None else sys.argv[1:]))}`",
         "",
         f"Machine: {machine(device)}",
         "",

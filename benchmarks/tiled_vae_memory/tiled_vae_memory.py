@@ -13,8 +13,8 @@ The VAE has SD's decoder structure (4 up blocks, 2 resnets each + 1, 32 GroupNor
 attention, 4 latent channels, factor 8) with random weights at 1/4 of SD's channel widths so the run
 fits a CPU; activation memory scales with the width, so the *ratios* carry over to the real VAE.
 
-    python benchmarks/tiled_vae_memory.py                      # the table in tiled_vae_memory.md
-    python benchmarks/tiled_vae_memory.py --sizes 1024 --modes untiled anysize-fast --width 1.0
+    python benchmarks/tiled_vae_memory/tiled_vae_memory.py                      # the table in README.md
+    python benchmarks/tiled_vae_memory/tiled_vae_memory.py --sizes 1024 --modes untiled anysize-fast --width 1.0
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODES = ("untiled", "diffusers", "anysize-fast", "anysize-exact")
 
 _CHILD = r"""

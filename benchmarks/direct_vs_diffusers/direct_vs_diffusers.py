@@ -5,7 +5,7 @@ Measures the overhead of anysize's adapter + sampling loop over the diffusers pi
 :func:`anysize.eval.timing.alternate`, shared with ``anysize bench``) so machine drift cancels;
 warm-up runs are excluded.
 
-    python benchmarks/direct_vs_diffusers.py --families sd1 sdxl sd3 flux --steps 10 --repeats 5
+    python benchmarks/direct_vs_diffusers/direct_vs_diffusers.py --families sd1 sdxl sd3 flux --steps 10 --repeats 5
 """
 
 from __future__ import annotations

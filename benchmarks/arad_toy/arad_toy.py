@@ -7,12 +7,13 @@ buckets scaled to 128 px), (2) runs `anysize train-arad` on it (resumable: rerun
 (3) fuses the LoRA into a copy of the model, and (4) measures composition with `direct`
 generation at the bucket sizes of the four ratios, before and after, on the same prompts and seeds.
 
-    python benchmarks/arad_toy.py --work /tmp/arad-toy --steps 400 --lr 1e-3 --rank 8 --n 64
+    python benchmarks/arad_toy/arad_toy.py --work /tmp/arad-toy --steps 400 --lr 1e-3 --rank 8 --n 64
 
-writes benchmarks/arad_toy.{json,md}. Step (2) is by far the longest (about 1.5-4 s per step of
+writes arad_toy.{json,md} beside this script. Step (2) is by far the longest (about 1.5-4 s per step of
 batch 8 on a 2-core CPU; minutes on a GPU). On a GPU, with mixed precision:
 
-    python benchmarks/arad_toy.py --work /tmp/arad-gpu --device cuda --mixed-precision fp16 --out arad_toy_gpu.json
+    python benchmarks/arad_toy/arad_toy.py --work /tmp/arad-gpu --device cuda --mixed-precision fp16 \
+        --out benchmarks/arad_toy/arad_toy_gpu.json
 """
 
 from __future__ import annotations

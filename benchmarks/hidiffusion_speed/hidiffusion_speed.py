@@ -27,9 +27,9 @@ On a GPU (``--device cuda``) the timings are wall-clock seconds with the device 
 ``--width-div 1`` runs the real widths at the real sizes (SD 1.5 and SDXL at 2048²; ``--sdxl-scale 4``
 for SDXL at 4096²):
 
-    PYTHONPATH=. python benchmarks/hidiffusion_speed.py --steps 10 --repeats 2
-    ANYSIZE_HIDIFFUSION_PATH=/path/to/pip-target PYTHONPATH=. python benchmarks/hidiffusion_speed.py
-    PYTHONPATH=. python benchmarks/hidiffusion_speed.py --device cuda --dtype fp16 --width-div 1 --steps 10
+    PYTHONPATH=. python benchmarks/hidiffusion_speed/hidiffusion_speed.py --steps 10 --repeats 2
+    ANYSIZE_HIDIFFUSION_PATH=/path/to/pip-target PYTHONPATH=. python benchmarks/hidiffusion_speed/hidiffusion_speed.py
+    PYTHONPATH=. python benchmarks/hidiffusion_speed/hidiffusion_speed.py --device cuda --dtype fp16 --width-div 1 --steps 10
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import anysize
 from anysize.eval.timing import machine, synchronize
 from anysize.builders import tiny_pipeline
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tests"))
 from hidiffusion_official import OFFICIAL_NAMES, load_official  # noqa: E402
 
 ARCHS = {

@@ -8,8 +8,8 @@ RSS of the process, RSS after loading (the floor), their difference, seconds, ne
 canvas-sized tensors (float image 12 B/px, uint8 copy 3 B/px, latents) grow with the area; the
 model's and the tiles' working sets do not.
 
-    python benchmarks/upscale_memory.py                       # 2048 and 8192, table to stdout
-    python benchmarks/upscale_memory.py --sizes 2048 4096 --out benchmarks/upscale_memory.md
+    python benchmarks/upscale_memory/upscale_memory.py                       # 2048 and 8192, table to stdout
+    python benchmarks/upscale_memory/upscale_memory.py --sizes 2048 4096 --out benchmarks/upscale_memory/README.md
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _CHILD = r"""
 import json, os, resource, sys, time
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         f"# anysize upscale: peak memory (toy model, fstd, tiled VAE {args.tiled_vae}, {args.steps} steps at strength 0.5)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), 1 thread per process; python "
-        f"{platform.python_version()}. Command: `python benchmarks/upscale_memory.py --sizes "
+        f"{platform.python_version()}. Command: `python benchmarks/upscale_memory/upscale_memory.py --sizes "
         f"{' '.join(map(str, args.sizes))} --tiled-vae {args.tiled_vae} --steps {args.steps}`.",
         "",
         "| output | peak RSS (MiB) | RSS after load (MiB) | growth (MiB) | growth / growth at "
