@@ -1,14 +1,15 @@
 """``anysize bench``: time every registered method on real architectures, as ratios to ``direct``.
 
-For each architecture (:mod:`anysize.eval.architectures`: the toy model, or the real SD 1.5 / SD 2.1
-/ SDXL / SD3 / FLUX denoisers with random weights) and each size, every method that supports the
+For each architecture (:data:`ARCHITECTURES`: the toy model, or the real SD 1.5 / SD 2.1 / SDXL /
+SD3 / FLUX denoisers with random weights, built by :mod:`anysize.builders` at their ``full`` or
+``reduced`` profile) and each size, every method that supports the
 model generates the same prompt and seed with :func:`anysize.generate`; the methods alternate
 (:func:`anysize.eval.timing.alternate`: one untimed warm-up each, device synchronised, order
 reversed every other round), so each method's median time divided by ``direct``'s median from the
 same rounds is free of slow machine drift. Per method and size the bench records:
 
 * ``seconds``: median wall-clock seconds of one whole-image generation (prompt encoding, the
-  denoising loop, VAE decode; see the architectures module for which parts are real-sized);
+  denoising loop, VAE decode; see :mod:`anysize.builders` for which parts are real-sized);
 * ``ratio_to_direct``: that median over ``direct``'s;
 * ``network_calls``: denoiser evaluations per image (``adapter.calls``; a CFG call on [uncond;
   cond] counts 2), e.g. ``steps x 2`` for ``direct`` with classifier-free guidance;
@@ -27,13 +28,24 @@ from typing import Any, Sequence
 
 import torch
 
-from .errors import InvalidArgumentError, InvalidSizeError
-from .eval.architectures import ARCHITECTURES, build_pipeline, describe
+from .builders import build_pipeline
+from .errors import InvalidArgumentError, InvalidSizeError, UnknownChoiceError
 from .eval.timing import alternate, machine
 
-__all__ = ["BENCH_PROMPT", "bench", "build_adapter", "format_table", "parse_bench_size"]
+__all__ = ["ARCHITECTURES", "BENCH_PROMPT", "bench", "build_adapter", "build_architecture", "describe", "format_table",
+           "parse_bench_size"]
 
 BENCH_PROMPT = "a red triangle on a blue background"
+
+#: name -> one-line description (what the bench table says)
+ARCHITECTURES: dict[str, str] = {
+    "toy": "anysize's embedded toy model (trained SD 1.5-structured U-Net, 128 px native)",
+    "sd1.5": "SD 1.5 U-Net (860M params), random weights, 512 px native",
+    "sd2.1": "SD 2.1 U-Net (866M params), random weights, v-prediction, 768 px native",
+    "sdxl": "SDXL base U-Net (2.57B params), random weights, 1024 px native",
+    "sd3": "SD3-medium MMDiT (2.03B params), random weights, 1024 px native",
+    "flux": "FLUX.1-dev transformer (11.9B params), random weights, 1024 px native",
+}
 
 _SCALE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*x\s*$", re.IGNORECASE)
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
@@ -65,6 +77,29 @@ def parse_bench_size(text: str, native: tuple[int, int] | None = None, multiple:
     return int(m.group(1)), int(m.group(2))
 
 
+def build_architecture(name: str, *, reduced: bool = False, device: str | torch.device = "cpu",
+                       dtype: torch.dtype = torch.float32, seed: int = 0):
+    """The pipeline of architecture ``name`` (see :data:`ARCHITECTURES`), on ``device`` in ``dtype``:
+    :func:`anysize.builders.build_pipeline` at the ``reduced`` or ``full`` profile, weights drawn from
+    ``seed``; ``toy`` loads the embedded model instead."""
+    if name not in ARCHITECTURES:
+        raise UnknownChoiceError("architecture", name, ARCHITECTURES)
+    if name != "toy":
+        return build_pipeline(name, "reduced" if reduced else "full", seed=seed, device=device, dtype=dtype)
+    from diffusers import DiffusionPipeline
+
+    from .defaults import default_model_path
+
+    pipe = DiffusionPipeline.from_pretrained(str(default_model_path()), torch_dtype=dtype).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def describe(name: str, reduced: bool) -> str:
+    text = ARCHITECTURES[name]
+    return text + (", reduced depth" if reduced and name != "toy" else "")
+
+
 def build_adapter(name: str, *, reduced: bool, device: str | torch.device = "cpu",
                   dtype: torch.dtype = torch.float32):
     """The model adapter of architecture ``name`` (the toy loads with its folder defaults)."""
@@ -74,7 +109,7 @@ def build_adapter(name: str, *, reduced: bool, device: str | torch.device = "cpu
         from . import api
 
         return api.load(None, dtype=dtype, device=str(device))
-    return adapt(build_pipeline(name, reduced=reduced, device=device, dtype=dtype))
+    return adapt(build_architecture(name, reduced=reduced, device=device, dtype=dtype))
 
 
 def _methods_for(adapter, methods: Sequence[str] | None, height: int, width: int) -> tuple[list[str], dict[str, str]]:
@@ -149,8 +184,6 @@ def bench(
     progress=None,
 ) -> dict[str, Any]:
     """Run the bench; returns ``{"machine", "config", "results": [...]}`` (one result per arch × size)."""
-    from .errors import UnknownChoiceError
-
     for a in architectures:
         if a not in ARCHITECTURES:
             raise UnknownChoiceError("architecture", a, ARCHITECTURES)

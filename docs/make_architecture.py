@@ -8,8 +8,8 @@ LAYERS = [
     ("front ends", "anysize generate / upscale / demo  ·  anysize.generate()  ·  PNG + metadata", "#dbeafe"),
     ("sampling", "one loop: scheduler timesteps · progress · callbacks · cancel", "#e0e7ff"),
     ("methods", "direct · multidiffusion · fstd · asd · hidiffusion · elastic · scalediff", "#ede9fe"),
-    ("patches / tiling", "MSW-MSA · RAU-Net · NPA   |   tile grids · fusion weights · tiled VAE", "#fce7f3"),
-    ("model adapters", "encode_prompt · predict(window) · to_x0 · encode/decode", "#dcfce7"),
+    ("patches / tiling grids", "MSW-MSA · RAU-Net · NPA   |   tile grids · fusion weights", "#fce7f3"),
+    ("model adapters", "encode_prompt · predict(window) · to_x0 · encode/decode (tiled VAE above a size)", "#dcfce7"),
     ("diffusers", "SD 1.x · SD 2.x · SDXL · SD3 · FLUX.1   (any scheduler)", "#fef9c3"),
 ]
 

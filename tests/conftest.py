@@ -29,7 +29,7 @@ def _no_network(monkeypatch):
 @pytest.fixture(scope="session")
 def tiny():
     """Cached tiny pipelines by family (tests must not mutate them)."""
-    from anysize.testing import tiny_pipeline
+    from anysize.builders import tiny_pipeline
 
     cache = {}
 

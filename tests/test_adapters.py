@@ -117,7 +117,7 @@ def test_sd3_window_larger_than_position_table_is_refused(tiny):
 
 @pytest.mark.parametrize("family", ["sd1", "sdxl", "flux"])
 def test_loading_from_a_saved_folder(tmp_path, family):
-    from anysize.testing import save_tiny_pipeline, tiny_pipeline
+    from anysize.builders import save_tiny_pipeline, tiny_pipeline
 
     folder = save_tiny_pipeline(family, tmp_path / family)
     adapter = anysize.load(folder)
@@ -233,9 +233,9 @@ def test_from_x0_then_to_x0_roundtrip(tiny, scheduler):
 
 @pytest.mark.parametrize("mode", [True, "fast"])
 def test_tiled_vae_modes_reach_the_decoder(tiny, monkeypatch, mode):
-    """tiled_vae=True / "fast" decode through anysize.tiling with exact / fast statistics; at this
+    """tiled_vae=True / "fast" decode through anysize.models.tiled_vae with exact / fast statistics; at this
     size the grid is one tile, so the image equals the untiled one."""
-    from anysize import tiling
+    from anysize.models import tiled_vae as tiling
 
     adapter = adapt(tiny("sd1"))
     seen = []
@@ -249,7 +249,7 @@ def test_tiled_vae_modes_reach_the_decoder(tiny, monkeypatch, mode):
 
 def test_model_folder_declares_its_sampling_defaults(tmp_path):
     from anysize.models import MODEL_DEFAULTS_FILE
-    from anysize.testing import save_tiny_pipeline
+    from anysize.builders import save_tiny_pipeline
 
     folder = save_tiny_pipeline("sd1", tmp_path / "m")
     assert anysize.load(folder).default_steps == 50  # SD's own default without the file

@@ -114,7 +114,7 @@ def test_draw_batch_is_consistent_across_ranks(dataset):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from anysize.testing import save_tiny_pipeline
+    from anysize.builders import save_tiny_pipeline
 
     return str(save_tiny_pipeline("sd1", tmp_path_factory.mktemp("model") / "sd1"))
 

@@ -125,7 +125,7 @@ def lora_dir(tmp_path_factory):
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from anysize.testing import tiny_pipeline
+    from anysize.builders import tiny_pipeline
 
     pipe = tiny_pipeline("sd1")
     with torch.random.fork_rng(devices=[]):
@@ -142,7 +142,7 @@ def lora_dir(tmp_path_factory):
 
 
 def test_lora_applies_to_stage_one_only_and_is_removed(lora_dir):
-    from anysize.testing import tiny_pipeline
+    from anysize.builders import tiny_pipeline
 
     adapter = adapt(tiny_pipeline("sd1"))  # its own pipeline: the LoRA is loaded into it
     plain = gen(adapter).images
@@ -159,7 +159,7 @@ def test_lora_applies_to_stage_one_only_and_is_removed(lora_dir):
 
 
 def test_lora_that_cannot_be_read_is_a_clear_error_and_leaves_the_model(tmp_path):
-    from anysize.testing import tiny_pipeline
+    from anysize.builders import tiny_pipeline
 
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a safetensors file")
@@ -182,7 +182,7 @@ def test_demo_row_is_quick(tiny):
 def test_cli_generate_asd_with_lora(capsys, tmp_path, monkeypatch, lora_dir):
     from anysize import cli
     from anysize.output import read_metadata
-    from anysize.testing import save_tiny_pipeline
+    from anysize.builders import save_tiny_pipeline
 
     model = save_tiny_pipeline("sd1", tmp_path / "m")
     monkeypatch.chdir(tmp_path)

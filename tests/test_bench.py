@@ -87,7 +87,7 @@ def test_unknown_architecture():
 @pytest.mark.parametrize("reduced", [True, False])
 def test_real_architecture_configs(reduced):
     """The published configurations, built on the meta device (no memory, no time)."""
-    from anysize.eval.architectures import build_pipeline
+    from anysize.bench import build_architecture as build_pipeline
 
     def net(name):
         pipe = build_pipeline(name, reduced=reduced, device="meta")
@@ -118,7 +118,7 @@ PARAMS_M = {"sd1.5": (860, 579), "sd2.1": (866, 583), "sdxl": (2567, 575), "sd3"
 
 
 def test_architectures_are_drawn_in_the_requested_dtype():
-    from anysize.eval.architectures import build_pipeline
+    from anysize.bench import build_architecture as build_pipeline
 
     pipe = build_pipeline("sd3", reduced=True, device="meta", dtype=torch.bfloat16)
     assert pipe.transformer.dtype == torch.bfloat16 and torch.get_default_dtype() == torch.float32
@@ -126,7 +126,7 @@ def test_architectures_are_drawn_in_the_requested_dtype():
 
 @pytest.mark.parametrize("name", sorted(PARAMS_M))
 def test_real_architecture_sizes(name):
-    from anysize.eval.architectures import build_pipeline
+    from anysize.bench import build_architecture as build_pipeline
 
     for reduced, expected in zip((False, True), PARAMS_M[name]):
         pipe = build_pipeline(name, reduced=reduced, device="meta")

@@ -24,7 +24,7 @@ FAST = ["--steps", "2", "--size", "128x128"]
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from anysize.testing import save_tiny_pipeline
+    from anysize.builders import save_tiny_pipeline
 
     return save_tiny_pipeline("sd1", tmp_path_factory.mktemp("model") / "m")
 
@@ -453,7 +453,7 @@ def test_demo_rows_follow_the_registry(capsys, model_dir, _workdir, monkeypatch)
 def test_eval_composition_table_and_json(capsys, model_dir, _workdir):
     import json
 
-    from anysize.eval.benchmark import toy_prompts
+    from anysize.toy.benchmark import toy_prompts
 
     rc, out, err = run(capsys, "eval", "composition", "--model", model_dir, "--method", "direct",
                        "--size", "128x128", "256x128", "--n", "3", "--batch", "2", "--steps", "2", "--seed", "7", "-q")

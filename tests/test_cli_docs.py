@@ -76,7 +76,7 @@ def test_generate_help_choices_come_from_the_code(capsys):
 
 def test_other_help_choices_come_from_the_code(capsys):
     from anysize.buckets import RULES
-    from anysize.eval.architectures import ARCHITECTURES
+    from anysize.bench import ARCHITECTURES
     from anysize.eval.metrics import METRICS
     from anysize.train.arad import MIXED_PRECISION
 

@@ -69,11 +69,11 @@ def test_import_anysize_is_lazy():
 
 
 def test_lazy_names_are_the_real_objects():
-    from anysize import api, methods, patches
+    from anysize import api, methods
 
     assert anysize.generate is api.generate and anysize.load is api.load and anysize.upscale is api.upscale
     assert anysize.GenerationResult is api.GenerationResult
-    assert anysize.METHODS is methods.METHODS and anysize.patch is patches.patch
+    assert anysize.METHODS is methods.METHODS and anysize.patch is api.patch
     from anysize import AnysizeError, errors
 
     assert AnysizeError is errors.AnysizeError

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from anysize.errors import InvalidArgumentError
-from anysize.eval.composition import (
+from anysize.toy.composition import (
     ImageAnalysis,
     analyse,
     label_regions,

@@ -512,7 +512,7 @@ def test_bad_inputs_no_cfg_family_and_size(tiny, sd1):
 
 def test_background_encode_upcasts_an_fp16_vae():
     """The official code encodes the pad in fp32 when the SDXL VAE is fp16; so does adapter.encode."""
-    from anysize.testing import tiny_pipeline
+    from anysize.builders import tiny_pipeline
 
     pipe = tiny_pipeline("sdxl")
     pipe.vae.to(torch.float16)

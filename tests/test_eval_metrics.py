@@ -388,7 +388,7 @@ def test_from_dir_needs_every_image_and_crops_fit(tmp_path, net):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from anysize.testing import save_tiny_pipeline
+    from anysize.builders import save_tiny_pipeline
 
     return save_tiny_pipeline("sd1", tmp_path_factory.mktemp("sd1"))
 

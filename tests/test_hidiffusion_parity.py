@@ -17,7 +17,7 @@ import torch
 import anysize
 from anysize.models import adapt
 from anysize.patches.hidiffusion import HiDiffusionPatch
-from anysize.testing import tiny_pipeline
+from anysize.builders import tiny_pipeline
 
 from hidiffusion_official import OFFICIAL_NAMES, load_official
 

@@ -20,7 +20,7 @@ import torch
 import anysize
 from anysize import methods
 from anysize.models import FAMILIES, adapt
-from anysize.testing import tiny_pipeline
+from anysize.builders import tiny_pipeline
 from anysize.testing.syncs import audit_sampling
 
 #: a canvas above the native 128x128 px of every case, wide and not a power of two (16-px multiple)

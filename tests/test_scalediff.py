@@ -364,7 +364,7 @@ def test_sd3_beyond_its_position_table_runs_with_the_extended_table_and_restores
 
 
 def test_sd3_with_a_table_that_is_not_sin_cos_is_refused_beyond_it(tiny):
-    from anysize.testing import tiny_pipeline
+    from anysize.builders import tiny_pipeline
 
     adapter = adapt(tiny_pipeline("sd3"), native_size=16)  # a private copy: its table is changed
     pe = adapter.network.pos_embed

@@ -1,4 +1,4 @@
-"""Tiled VAE decode/encode with synchronised GroupNorm statistics (anysize.tiling, section 1).
+"""Tiled VAE decode/encode with synchronised GroupNorm statistics (anysize.models.tiled_vae).
 
 All models are tiny AutoencoderKLs built from configs with seeded random weights (no hub access).
 The numeric bounds below were measured on these models (torch 2.13 CPU, fp32) and carry a margin;
@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anysize.errors import InvalidArgumentError, InvalidSizeError, UnknownChoiceError
-from anysize.tiling import (
+from anysize.models.tiled_vae import (
     DEFAULT_VAE_TILE_THRESHOLD_PIXELS,
     TiledVAEError,
     _axis_grid,
@@ -432,7 +432,7 @@ _MEM_SCRIPT = textwrap.dedent(
     import json, sys, time, torch
     torch.set_num_threads(1)
     from diffusers import AutoencoderKL
-    from anysize.tiling import tiled_decode
+    from anysize.models.tiled_vae import tiled_decode
     mode = sys.argv[1]
     torch.manual_seed(0)
     vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,

@@ -116,7 +116,7 @@ def test_non_square_render_keeps_the_object_square_and_centred():
 def test_write_aspect_dataset(tmp_path):
     from PIL import Image
 
-    from anysize.eval.composition import analyse
+    from anysize.toy.composition import analyse
     from anysize.toy.data import write_aspect_dataset
 
     assert write_aspect_dataset(tmp_path, 6, [(64, 128), (128, 64), (72, 128)], seed=2) == 6

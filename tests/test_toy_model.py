@@ -10,7 +10,7 @@ import pytest
 
 import anysize
 from anysize.defaults import SHIPPED_MODEL, default_model_path
-from anysize.eval.composition import analyse
+from anysize.toy.composition import analyse
 
 SD15_DOWN = ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"]
 SD15_UP = ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"]

@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 import anysize
-from anysize import api, cli, tiling
+from anysize import api, cli
+from anysize.models import tiled_vae as tiling
 from anysize.api import upscale_size
 from anysize.errors import InvalidArgumentError, InvalidSizeError
 from anysize.models import adapt
@@ -163,7 +164,7 @@ def test_unreadable_images(tiny, tmp_path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from anysize.testing import save_tiny_pipeline
+    from anysize.builders import save_tiny_pipeline
 
     return save_tiny_pipeline("sd1", tmp_path_factory.mktemp("model") / "m")
 
@@ -266,7 +267,7 @@ def test_cli_tile_larger_than_canvas(capsys, model_dir, work):
 
 @pytest.fixture(scope="module")
 def x4():
-    from anysize.testing import tiny_x4_upscaler_pipeline
+    from anysize.builders import tiny_x4_upscaler_pipeline
 
     return tiny_x4_upscaler_pipeline()
 
@@ -333,7 +334,7 @@ def test_x4_bad_input(x4, tiny):
 
 
 def test_cli_upscale_with_an_x4_upscaler_folder(capsys, work, tmp_path_factory):
-    from anysize.testing import tiny_x4_upscaler_pipeline
+    from anysize.builders import tiny_x4_upscaler_pipeline
 
     folder = tmp_path_factory.mktemp("x4") / "m"
     tiny_x4_upscaler_pipeline().save_pretrained(folder, safe_serialization=True)

@@ -23,7 +23,7 @@ examples:
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    from ..eval.architectures import ARCHITECTURES
+    from ..bench import ARCHITECTURES
     from ..models import DTYPES
 
     arch_lines = "\n".join(f"  {k:<7} {v}" for k, v in ARCHITECTURES.items())
@@ -65,7 +65,7 @@ FLUX: 1+2 blocks) so a CPU can run it; auto = reduced on a CPU, full on a GPU.""
 
 def run(args: argparse.Namespace) -> int:
     from .. import bench, methods
-    from ..eval.architectures import ARCHITECTURES
+    from ..bench import ARCHITECTURES
     from ..models import DTYPES
     from ..output import check_writable, save_json, save_text
 

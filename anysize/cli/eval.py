@@ -60,7 +60,7 @@ examples:
 
 def run_composition(args: argparse.Namespace) -> int:
     from .. import methods
-    from ..eval.benchmark import composition_benchmark, format_table
+    from ..toy.benchmark import composition_benchmark, format_table
     from ..output import check_writable, save_json
 
     for m in args.method:

@@ -370,7 +370,7 @@ class ModelAdapter:
             images = self.decode(padded, tiled=tiled, progress=progress, **tile_kw)
             f = images.shape[-1] // padded.shape[-1]
             return images[..., k * f : images.shape[-1] - k * f]
-        from .. import tiling
+        from . import tiled_vae as tiling
 
         vae = self.vae
         dtype = self._vae_dtype()
@@ -394,7 +394,7 @@ class ModelAdapter:
         tiled: bool | str = "auto", progress: bool = False, **tile_kw,
     ) -> Tensor:
         """Images in [-1, 1] (B, 3, H, W) -> latents in model space (posterior sample or mode)."""
-        from .. import tiling
+        from . import tiled_vae as tiling
 
         vae = self.vae
         dtype = self._vae_dtype()

@@ -1,15 +1,3 @@
-"""Offline test fixtures: tiny random-weight diffusers pipelines for every supported family."""
-
-from anysize.testing.pipelines import FAMILIES, PREDICTION_TYPES, save_tiny_pipeline, tiny_pipeline
-from anysize.testing.pipelines import tiny_x4_upscaler_pipeline
-from anysize.testing.tokenizers import tiny_clip_tokenizer, tiny_t5_tokenizer
-
-__all__ = [
-    "FAMILIES",
-    "PREDICTION_TYPES",
-    "save_tiny_pipeline",
-    "tiny_clip_tokenizer",
-    "tiny_pipeline",
-    "tiny_t5_tokenizer",
-    "tiny_x4_upscaler_pipeline",
-]
+"""Test support: the host/device synchronisation audit (:mod:`~anysize.testing.syncs`) and offline
+stand-ins for the evaluation networks (:mod:`~anysize.testing.eval`). The tiny pipelines the tests
+run on are built by :mod:`anysize.builders`."""

@@ -47,7 +47,7 @@ def tiny_clip(seed: int = 0, image_size: int = 32):
     """A factory for torchmetrics ``CLIPScore``: returns ``() -> (CLIPModel, CLIPProcessor)``, tiny and random."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
-    from .tokenizers import tiny_clip_tokenizer
+    from ..builders.tokenizers import tiny_clip_tokenizer
 
     def make():
         tok = tiny_clip_tokenizer(pad_token="<|endoftext|>")

@@ -5,7 +5,7 @@ Every image shows exactly **one** object (a circle, square, triangle or star in 
 "a red triangle on a blue background" or "a yellow star on a black and white background". A model
 trained on these at its native size knows one object per canvas; generated at a larger size, a
 method either keeps one object (good composition) or repeats it (the seeds' failure mode), which
-:mod:`anysize.eval.composition` counts by image analysis.
+:mod:`anysize.toy.composition` counts by image analysis.
 
 Samples are a pure function of ``(seed, index)``: deterministic, independent of order, and fast
 (about 1 ms at 128 px), so training generates them on the fly.

@@ -2,7 +2,7 @@
 
 Rows are the registered methods (a new method appears automatically), columns the sizes where the
 seeds' failure shows: native, 2x wide, 2x tall, 4x area and 16x area. Each cell is analysed with
-:mod:`anysize.eval.composition` (how many prompted objects, do colour and shape match), and the
+:mod:`anysize.toy.composition` (how many prompted objects, do colour and shape match), and the
 figures go under the image and into a JSON file next to the sheet.
 
 The sheet is meant to take minutes on a CPU: it uses :data:`DEMO_STEPS` steps, and a method whose
@@ -83,7 +83,7 @@ def run_demo(
 ) -> DemoResult:
     """Generate every (method, size) cell of the sheet and analyse it."""
     from .. import api
-    from ..eval.composition import analyse
+    from .composition import analyse
     from ..methods import get as registry_get
 
     names = demo_methods(adapter, methods)

@@ -102,7 +102,7 @@ SMOKE = dict(vae_steps=3, vae_batch=2, dataset_size=8, unet_steps=3, batch=4, wa
 
 
 def build_tokenizer():
-    from ..testing.tokenizers import tiny_clip_tokenizer
+    from ..builders.tokenizers import tiny_clip_tokenizer
 
     tok = tiny_clip_tokenizer(num_merges=1000)  # 1000 merges: every toy word is one token
     tok.model_max_length = TOKEN_LENGTH

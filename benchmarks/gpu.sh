@@ -1,0 +1,158 @@
+#!/usr/bin/env bash
+# The GPU benchmark driver: every GPU figure in benchmarks/ comes from one of its parts.
+#
+#   bash benchmarks/gpu.sh OUTDIR [PART|SET ...]     # default: next
+#   bash benchmarks/gpu.sh --list                     # parts, their limits and commands, and the sets
+#
+# Runs on a machine with one CUDA GPU, torch and transformers installed, from the repository root.
+# Wheels for what the machine lacks (diffusers 0.42.1, importlib_metadata, hidiffusion 0.1.10) are
+# installed from .whl/ when that folder exists. Each part runs under its own time limit (LIMIT_<part>
+# seconds overrides the default, e.g. LIMIT_elastic_vb=240), so one slow part cannot take the others'
+# results with it; its log ($RES/<part>.log) and result files go to OUTDIR/results.tgz, re-packed after
+# every part. The machine (GPU, driver, library versions) is recorded first, in machine.txt.
+#
+# Sets:
+#   run       the first GPU call of 2026-11-30: hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096
+#             bench_sdxl
+#   followup  the second, shorter call of 2026-11-30: hidiffusion_fair composition_512 elastic_512
+#   next      the GPU checks still pending after 2026-11-30, in order of importance, for the next
+#             session that is lent a GPU (about 8 minutes on an H200, plus the machine's start):
+#             1. hidiffusion_fair: HiDiffusion vs the official package after the change that stopped
+#                reading the device-side timestep at every U-Net call (SDXL was 3 % slower than the
+#                package before it; issue 6);
+#             2. elastic_vb: Elastic vs the official loop structure at generate_image()'s own
+#                view_batch_size 1 as well as the CLI's 16 (issue 7's 3x goal was measured against 16
+#                only);
+#                -- both also after b398ed3, which removed every per-step host/device wait of the
+#                methods (benchmarks/host_syncs/README.md);
+#             3. scalediff: ScaleDiff's NPA vs full attention at full depth (scalediff_speed.py --gpu).
+set -u
+
+# ------------------------------------------------------------------------------------------ the parts
+# name, default limit (s), command ("$RES" is where result files go)
+
+PARTS=(hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096 bench_sdxl hidiffusion_fair composition_512
+       elastic_512 elastic_vb scalediff)
+SET_run="hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096 bench_sdxl"
+SET_followup="hidiffusion_fair composition_512 elastic_512"
+SET_next="hidiffusion_fair elastic_vb scalediff"
+
+limit_of() {
+  case $1 in
+    hidiffusion_2048) echo 110 ;; elastic) echo 170 ;; arad) echo 90 ;; bench_sd15) echo 70 ;;
+    hidiffusion_4096) echo 70 ;; bench_sdxl) echo 50 ;; hidiffusion_fair) echo 100 ;; composition_512) echo 45 ;;
+    elastic_512) echo 35 ;; elastic_vb) echo 200 ;; scalediff) echo 150 ;;
+  esac
+}
+
+command_of() {
+  case $1 in
+    # issue 6: direct vs anysize hidiffusion vs the official package, real SD 1.5 and SDXL widths, 2048²
+    hidiffusion_2048) echo "python3 benchmarks/hidiffusion_speed/hidiffusion_speed.py --device cuda --dtype bf16 \
+--width-div 1 --steps 10 --repeats 2 --json $RES/hidiffusion_2048.json" ;;
+    # issue 7: elastic vs its official loop structure, direct, MultiDiffusion; real SD 2.1 (2048x1024), SDXL (2048²)
+    elastic) echo "python3 benchmarks/elastic_speed/elastic_speed.py --width-div 1 --full --device cuda --dtype bf16 \
+--steps 4 --repeats 1 --json $RES/elastic.json" ;;
+    # issue 9: ARAD in miniature with mixed precision on the GPU (same data and settings as the CPU run)
+    arad) echo "python3 benchmarks/arad_toy/arad_toy.py --work $ARAD_WORK --device cuda --mixed-precision fp16 \
+--steps 400 --batch 8 --lr 1e-3 --rank 8 --n 32 --out $RES/arad_toy_gpu.json" ;;
+    # issue 4: every registered method on the full SD 1.5 U-Net, native and 2x
+    bench_sd15) echo "python3 -m anysize bench --arch sd1.5 --size native 2x --steps 5 --repeats 2 --device cuda \
+--dtype bf16 --out $RES/bench_gpu_sd15.json" ;;
+    # issue 6: SDXL at 4096² (the package's 4096 profile)
+    hidiffusion_4096) echo "python3 benchmarks/hidiffusion_speed/hidiffusion_speed.py --device cuda --dtype bf16 \
+--width-div 1 --archs sdxl --sdxl-scale 4 --steps 10 --repeats 1 --json $RES/hidiffusion_4096.json" ;;
+    # issue 4: SDXL 2x with the methods that support it
+    bench_sdxl) echo "python3 -m anysize bench --arch sdxl --size 2x --steps 5 --repeats 2 --device cuda --dtype bf16 \
+--methods direct fstd hidiffusion scalediff asd --out $RES/bench_gpu_sdxl.json" ;;
+    # hidiffusion vs the official package, timed fairly: whole-run warm-ups (the first call of the
+    # full-resolution phase is warmed too) and the order reversed every other round
+    hidiffusion_fair) echo "python3 benchmarks/hidiffusion_speed/hidiffusion_speed.py --device cuda --dtype bf16 \
+--width-div 1 --steps 20 --repeats 2 --warmup-steps 0 --json $RES/hidiffusion_fair.json" ;;
+    # composition at 4x the toy model's side (512²) with the issue's n = 64 for direct and hidiffusion
+    composition_512) echo "python3 -m anysize eval composition --method direct hidiffusion --size 512x512 --n 64 \
+--device cuda --out $RES/composition_512_n64.json -q" ;;
+    # elastic at 512² with its default and CLI settings (n = 16)
+    elastic_512) echo "python3 -m anysize eval composition --method elastic --size 512x512 --n 16 --device cuda \
+--out $RES/elastic_512_default.json -q && python3 -m anysize eval composition --method elastic --size 512x512 \
+--n 16 --set preset=cli --device cuda --out $RES/elastic_512_cli.json -q" ;;
+    # elastic vs the official loop at view_batch_size 1 and 16, without MultiDiffusion
+    elastic_vb) echo "python3 benchmarks/elastic_speed/elastic_speed.py --width-div 1 --full --device cuda --dtype bf16 \
+--steps 4 --repeats 1 --no-multidiffusion --official-vb 1 16 --json $RES/elastic_vb.json" ;;
+    # ScaleDiff's NPA vs full attention vs MultiDiffusion windows at full depth, 2048² and 4096²
+    scalediff) echo "python3 benchmarks/scalediff_speed/scalediff_speed.py --gpu --out $RES/scalediff_speed_gpu.md" ;;
+  esac
+}
+
+# ------------------------------------------------------------------------------------------ arguments
+
+RES=${RES:-/tmp/anysize-gpu}
+ARAD_WORK=${ARAD_WORK:-/tmp/arad-gpu}
+if [ "${1:-}" = "--list" ]; then
+  for p in "${PARTS[@]}"; do echo "$p (limit $(limit_of "$p") s): $(command_of "$p")"; done
+  echo; echo "run: $SET_run"; echo "followup: $SET_followup"; echo "next: $SET_next"
+  exit 0
+fi
+OUT_DIR=${1:?usage: gpu.sh OUTDIR [PART|SET ...] (default: next), or gpu.sh --list}
+shift
+selected=()
+for name in "${@:-next}"; do
+  set_var="SET_$name"
+  if [ -n "${!set_var:-}" ]; then
+    selected+=(${!set_var})
+  elif [ -n "$(limit_of "$name")" ]; then
+    selected+=("$name")
+  else
+    echo "unknown part or set '$name'; parts: ${PARTS[*]}; sets: run followup next" >&2
+    exit 2
+  fi
+done
+
+# ------------------------------------------------------------------------------------------ setup
+
+rm -rf "$RES"; mkdir -p "$RES" "$OUT_DIR"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+else
+  export PYTHONPATH=$PWD
+fi
+
+pack() { tar czf "$OUT_DIR/results.tmp" -C "$RES" . && mv "$OUT_DIR/results.tmp" "$OUT_DIR/results.tgz"; }
+part() {
+  local name=$1 limit=$2; shift 2
+  echo "=== $name (limit ${limit}s) $(date +%T)"
+  local t0=$SECONDS
+  timeout -k 5 "$limit" "$@" > "$RES/$name.log" 2>&1
+  local rc=$?
+  grep -v -e "should be kept in float32" -e "requires torchvision" "$RES/$name.log" | tail -n 40
+  echo "=== $name: rc $rc in $((SECONDS - t0)) s"
+  pack
+}
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RES/machine.txt" 2>&1
+python3 -c "import torch, diffusers, transformers; print(torch.__version__, diffusers.__version__, transformers.__version__, torch.cuda.get_device_name())" >> "$RES/machine.txt" 2>&1
+cat "$RES/machine.txt"
+echo "parts: ${selected[*]}"
+
+# the ARAD toy dataset is written on the CPU while the GPU runs the parts before arad
+DATA_PID=
+if [[ " ${selected[*]} " == *" arad "* ]]; then
+  python3 -c "
+from anysize.buckets import scaled_buckets
+from anysize.toy.data import write_aspect_dataset
+write_aspect_dataset('$ARAD_WORK/data', 4500, [(b.height, b.width) for b in scaled_buckets(128, 4)], seed=100)
+" > "$RES/arad_data.log" 2>&1 &
+  DATA_PID=$!
+fi
+
+# ------------------------------------------------------------------------------------------ run
+
+for p in "${selected[@]}"; do
+  if [ "$p" = arad ] && [ -n "$DATA_PID" ]; then wait "$DATA_PID"; fi
+  limit_var="LIMIT_$p"
+  part "$p" "${!limit_var:-$(limit_of "$p")}" bash -c "$(command_of "$p")"
+done
+pack
+echo "=== done $(date +%T)"
