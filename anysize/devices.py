@@ -11,9 +11,14 @@ be freed or reused right after the call (the copy reads the staged bytes). On a 
 from __future__ import annotations
 
 import weakref
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+from .lazy import lazy_module
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 def upload(x: Tensor, device, dtype: torch.dtype | None = None) -> Tensor:
@@ -46,7 +51,7 @@ class TensorKeyed:
         return hit[2]
 
     def __contains__(self, t) -> bool:
-        return isinstance(t, Tensor) and self.get(t, _MISSING) is not _MISSING
+        return isinstance(t, torch.Tensor) and self.get(t, _MISSING) is not _MISSING
 
     def put(self, t: Tensor, value) -> None:
         key = id(t)

@@ -19,12 +19,16 @@ located from its tensor metadata (storage and offset), so a step reads nothing f
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from .devices import TensorKeyed
 from .errors import InvalidArgumentError
+from .lazy import lazy_module
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 #: table -> its float64 CPU copy
 _HOST_TABLES = TensorKeyed()
@@ -32,13 +36,13 @@ _HOST_TABLES = TensorKeyed()
 
 def on_accelerator(t) -> bool:
     """A tensor whose values the host can only read by waiting for the device."""
-    return isinstance(t, Tensor) and t.device.type not in ("cpu", "meta")
+    return isinstance(t, torch.Tensor) and t.device.type not in ("cpu", "meta")
 
 
 def host_table(table: Tensor) -> Tensor:
     """A float64 CPU copy of a scheduler table (timesteps, sigmas, alphas_cumprod), made once
     per table and again only after the table changes in place."""
-    if not isinstance(table, Tensor):  # a list or array
+    if not isinstance(table, torch.Tensor):  # a list or array
         return torch.as_tensor(table, dtype=torch.float64)
     host = _HOST_TABLES.get(table)
     if host is None:
@@ -50,7 +54,7 @@ def host_table(table: Tensor) -> Tensor:
 def schedule_position(t, table) -> int | None:
     """``i`` such that ``t`` is the view ``table[i]`` (or ``table[i:i+1]``), found from tensor
     metadata only; None when ``t`` is not an element view of the 1-D ``table``."""
-    if not (isinstance(t, Tensor) and isinstance(table, Tensor)) or t.numel() != 1 or table.ndim != 1:
+    if not (isinstance(t, torch.Tensor) and isinstance(table, torch.Tensor)) or t.numel() != 1 or table.ndim != 1:
         return None
     if t.device != table.device or t.dtype != table.dtype:
         return None
@@ -69,7 +73,7 @@ def schedule_position(t, table) -> int | None:
 def timestep_value(t, table=None) -> float:
     """``t`` as a Python float. An accelerator-side element of ``table`` (a scheduler's
     ``timesteps``) is read from the table's host copy, without waiting for the device."""
-    if isinstance(t, Tensor):
+    if isinstance(t, torch.Tensor):
         if on_accelerator(t):
             i = schedule_position(t, table)
             if i is not None:
@@ -100,7 +104,7 @@ class NoiseSpace:
         s = self.scheduler
         timesteps = getattr(s, "timesteps", None)
         sigmas = getattr(s, "sigmas", None)
-        if not isinstance(timesteps, Tensor) or sigmas is None or len(sigmas) < len(timesteps):
+        if not isinstance(timesteps, torch.Tensor) or sigmas is None or len(sigmas) < len(timesteps):
             return None
         hits = (host_table(timesteps) == t).nonzero()
         return int(hits[0]) if len(hits) else None

@@ -12,16 +12,20 @@ import inspect
 import itertools
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-import torch
-from torch import Tensor
 from tqdm.auto import tqdm
 
 from .errors import Cancelled, InvalidArgumentError
+from .lazy import lazy_module
 from .models.base import Conditioning, ModelAdapter
 from .noise import NoiseSpace
 from .patches.steps import StepPosition
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 #: the position of the sampling loop running in each thread (what :func:`current_step` reads)
 _position = threading.local()

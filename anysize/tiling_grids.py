@@ -18,13 +18,17 @@ Two grid kinds, one per axis (a 2-D grid is the product of a row axis and a colu
 from __future__ import annotations
 
 import math
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from .devices import upload
 from .errors import InvalidArgumentError, check_choice
+from .lazy import lazy_module
 from .options import require
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 __all__ = [
     "PLACEMENTS",
@@ -119,7 +123,7 @@ def _gaussian_1d(n: int) -> Tensor:
 
 def fusion_weights(
     height: int, width: int, weighting: str, *, single_row: bool = False, single_col: bool = False,
-    device=None, dtype: torch.dtype = torch.float32,
+    device=None, dtype: torch.dtype | None = None,
 ) -> Tensor:
     """(height, width) weight map of one window.
 
@@ -128,6 +132,7 @@ def fusion_weights(
     copy of the network output, with no rounding).
     """
     check_choice("weighting", weighting, WEIGHTINGS)
+    dtype = torch.float32 if dtype is None else dtype
     if weighting == "uniform":
         return torch.ones(height, width, device=device, dtype=dtype)
     gy = torch.ones(height, dtype=torch.float64) if single_row else _gaussian_1d(height)

@@ -1,29 +1,39 @@
-"""Draws docs/architecture.png, the layer diagram in the README: python docs/make_architecture.py"""
+"""Draws docs/architecture.png, the layer diagram in the README, from the code: python docs/make_architecture.py"""
 
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-LAYERS = [
-    ("front ends", "anysize generate / upscale / demo  ·  anysize.generate()  ·  PNG + metadata", "#dbeafe"),
-    ("sampling", "one loop: scheduler timesteps · progress · callbacks · cancel", "#e0e7ff"),
-    ("methods", "direct · multidiffusion · fstd · asd · hidiffusion · elastic · scalediff", "#ede9fe"),
-    ("patches / tiling grids", "MSW-MSA · RAU-Net · NPA   |   tile grids · fusion weights", "#fce7f3"),
-    ("model adapters", "encode_prompt · predict(window) · to_x0 · encode/decode (tiled VAE above a size)", "#dcfce7"),
-    ("diffusers", "SD 1.x · SD 2.x · SDXL · SD3 · FLUX.1   (any scheduler)", "#fef9c3"),
-]
+
+def layers() -> list[tuple[str, str, str]]:
+    """(layer, what is in it, colour), the names read from the code: the registry, the commands, the patches."""
+    from anysize import cli, methods
+    from anysize.models import FAMILIES
+    from anysize.patches import PATCHES
+
+    commands = " / ".join(cli.COMMANDS)
+    return [
+        ("front ends", f"anysize {commands}  ·  anysize.generate / upscale / patch  ·  PNG metadata", "#dbeafe"),
+        ("sampling", "one loop: timesteps · seeds · progress · callbacks · cancel · current_step() for patches", "#e0e7ff"),
+        ("methods", " · ".join(methods.names()) + "   (options: anysize.options; state: the Request)", "#ede9fe"),
+        ("patches / tiling grids", " · ".join(PATCHES) + " (told the step)   |   tile grids · fusion weights", "#fce7f3"),
+        ("model adapters · noise spaces", "encode_prompt · predict(window) · ε/v/flow/x0 (NoiseSpace) · tiled VAE · lora()",
+         "#dcfce7"),
+        ("diffusers", " · ".join(f for f in FAMILIES) + "   (any scheduler)", "#fef9c3"),
+    ]
 
 
 def main(path: Path = Path(__file__).with_name("architecture.png")) -> None:
-    w, row, pad = 900, 62, 14
-    img = Image.new("RGB", (w, pad + len(LAYERS) * (row + pad)), "white")
+    rows = layers()
+    w, row, pad = 1040, 62, 14
+    img = Image.new("RGB", (w, pad + len(rows) * (row + pad)), "white")
     d = ImageDraw.Draw(img)
     try:
         big = ImageFont.truetype("DejaVuSans-Bold.ttf", 20)
         small = ImageFont.truetype("DejaVuSans.ttf", 15)
     except OSError:
         big = small = ImageFont.load_default()
-    for i, (name, text, colour) in enumerate(LAYERS):
+    for i, (name, text, colour) in enumerate(rows):
         y = pad + i * (row + pad)
         d.rounded_rectangle([pad, y, w - pad, y + row], radius=10, fill=colour, outline="#334155", width=2)
         d.text((pad + 16, y + 8), name, fill="#0f172a", font=big)

@@ -1,4 +1,4 @@
-"""The command line starts without torch: ``--help`` and ``--version`` import none of the heavy libraries.
+"""The command line starts without torch: ``--help``, ``--version`` and ``methods`` import none of the heavy libraries.
 
 Each check runs in a fresh interpreter, since this test process has long imported torch. Whether
 that makes ``anysize --help`` fast is measured, not asserted: no timed assertions in tests.
@@ -48,6 +48,15 @@ def test_help_imports_no_torch_and_prints_no_warnings():
     assert rc == 0 and "commands:" in out and "generate" in out
     assert heavy == []
     assert err == ""
+
+
+def test_methods_lists_every_option_without_importing_torch():
+    """The registry and the option declarations import torch lazily (:mod:`anysize.lazy`)."""
+    rc, out, err, heavy = run_main(["methods"])
+    assert rc == 0 and err == "" and heavy == []
+    assert "elastic: " in out and "resampling_steps (int)" in out
+    rc, out, err, heavy = run_main(["methods", "scalediff"])
+    assert rc == 0 and heavy == [] and out.startswith("scalediff: ")
 
 
 def test_version_reads_package_metadata_without_importing_them():

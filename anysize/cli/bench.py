@@ -66,7 +66,7 @@ FLUX: 1+2 blocks) so a CPU can run it; auto = reduced on a CPU, full on a GPU.""
 def run(args: argparse.Namespace) -> int:
     from .. import bench, methods
     from ..bench import ARCHITECTURES
-    from ..models import DTYPES
+    from ..models import DTYPES, resolve_dtype
     from ..output import check_writable, save_json, save_text
 
     for a in args.arch:
@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     with library_output(True):
         report = bench.bench(
             args.arch, sizes=args.size, methods=args.methods, steps=args.steps, guidance=args.guidance,
-            repeats=args.repeats, warmup=args.warmup, reduced=reduced, device=device, dtype=DTYPES[args.dtype],
+            repeats=args.repeats, warmup=args.warmup, reduced=reduced, device=device, dtype=resolve_dtype(args.dtype),
             seed=args.seed, progress=None if args.quiet else (lambda msg: note(False, f"bench {msg}")),
         )
     table = bench.format_table(report)

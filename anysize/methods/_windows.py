@@ -16,14 +16,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from ..devices import upload
 from ..errors import InvalidArgumentError
+from ..lazy import lazy_module
 from ..models.base import Conditioning, PromptEmbeds, Window
 from ..sampling import StepContext
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 @dataclass(frozen=True)

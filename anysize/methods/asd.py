@@ -37,17 +37,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from ..buckets import RULES as BUCKET_RULES
 from ..buckets import nearest_bucket, scaled_buckets
+from ..lazy import lazy_module
 from ..options import option
 from .base import Method, MethodOptions
 from .registry import create, register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 #: name of the stage-I LoRA adapter while it is loaded
 LORA_ADAPTER_NAME = "anysize_arad"

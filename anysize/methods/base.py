@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from typing import Any, ClassVar, ContextManager
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, ContextManager
 
 from ..errors import InvalidArgumentError
 from ..options import Options
 from ..sampling import StepContext, partial_schedule, sample
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
 
 
 @dataclasses.dataclass

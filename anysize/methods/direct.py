@@ -7,11 +7,14 @@ every other method must reduce to it there.
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from ..sampling import StepContext
 from .base import Method
 from .registry import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
 
 
 @register

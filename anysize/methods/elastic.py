@@ -82,13 +82,11 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from ..devices import upload
 from ..errors import InvalidArgumentError
+from ..lazy import lazy_module
 from ..models.base import Conditioning, PromptEmbeds, Window
 from ..options import option
 from ..patches.hidiffusion import HiDiffusionPatch
@@ -97,6 +95,11 @@ from ..tiling_grids import block_index, block_starts, context_views
 from ._windows import latent_patch, select_cond
 from .base import Method, MethodOptions
 from .registry import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 # added to an image's seed for each of its random streams, so they are independent of the noise
 # and of each other (batched and sequential reference passes then draw exactly the same numbers)

@@ -41,11 +41,10 @@ Follows the official code (ProAirVerse/Any-Size-Diffusion ``ASD-upscale``, spec 
 from __future__ import annotations
 
 import dataclasses
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
+from ..lazy import lazy_module
 from ..models.base import Window
 from ..options import option
 from ..sampling import StepContext
@@ -53,6 +52,11 @@ from ..tiling_grids import PLACEMENTS, WEIGHTINGS, fusion_weights, shifted_origi
 from ._windows import ImageWindow, fuse, latent_patch, tile_size
 from .base import Method, MethodOptions
 from .registry import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 #: added to an image's seed to seed its offset generator (a stream separate from the noise)
 _OFFSET_SEED_SALT = 0x0F57D

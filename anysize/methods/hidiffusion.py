@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
 from ..options import option
@@ -30,6 +29,9 @@ from ..patches.hidiffusion import HiDiffusionPatch, HiDiffusionSettings
 from ..sampling import StepContext, current_step
 from .base import Method, MethodOptions
 from .registry import METHODS, create, register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
 
 
 def _inner_methods() -> list[str]:

@@ -38,8 +38,7 @@ official code (omerbt/MultiDiffusion, diffusers' panorama pipeline):
 from __future__ import annotations
 
 import dataclasses
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
 from ..models.base import Window
@@ -49,6 +48,9 @@ from ..tiling_grids import WEIGHTINGS, fusion_weights, overlap_origins
 from ._windows import ImageWindow, fuse, latent_patch, tile_size
 from .base import Method, MethodOptions
 from .registry import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
 
 
 @dataclasses.dataclass

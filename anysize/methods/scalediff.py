@@ -59,18 +59,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentError
+from ..lazy import lazy_module
 from ..options import option
 from ..patches.npa import NPAPatch
 from ..sampling import StepContext, partial_schedule
 from .base import Method, MethodOptions
 from .registry import register
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 #: family -> (restart, cutoff, sg_schedule, query_shift)
 FAMILY_DEFAULTS: dict[str, tuple[float, float, str, bool]] = {

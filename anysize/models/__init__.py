@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from ..errors import ModelLoadError, UnknownChoiceError, check_choice
+from ..lazy import lazy_module
 from .base import Conditioning, ModelAdapter, PromptEmbeds, Window
 from .dit import FluxAdapter, SD3Adapter
 from .sd import SD2Adapter, SDAdapter, SDX4UpscalerAdapter
 from .sdxl import SDXLAdapter
+
+torch = lazy_module("torch")
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     "sd1": SDAdapter,
@@ -23,7 +24,8 @@ ADAPTERS: dict[str, type[ModelAdapter]] = {
 }
 FAMILIES = tuple(ADAPTERS)
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: dtype name -> the name of the torch dtype (resolved when a model loads: listing them needs no torch)
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 OFFLOADS = ("none", "model", "sequential")
 
 
@@ -65,7 +67,7 @@ def adapt(pipe, *, family: str | None = None, native_size=None) -> ModelAdapter:
 def resolve_dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
         return dtype
-    return DTYPES[check_choice("dtype", dtype, DTYPES)]
+    return getattr(torch, DTYPES[check_choice("dtype", dtype, DTYPES)])
 
 
 def load(

@@ -12,13 +12,16 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from ..errors import InvalidArgumentError, InvalidSizeError
+from ..lazy import lazy_module
 from ..noise import NoiseSpace
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 @dataclass(frozen=True)

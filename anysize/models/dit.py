@@ -11,15 +11,19 @@ from __future__ import annotations
 import contextlib
 import functools
 import warnings
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from ..devices import upload
 from ..errors import InvalidArgumentError
+from ..lazy import lazy_module
 from .base import Conditioning, ModelAdapter, PromptEmbeds, Window
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+torch = lazy_module("torch")
 
 
 def _flow_shift_mu(scheduler, image_seq_len: int, default_max_shift: float) -> float:
@@ -34,7 +38,6 @@ def _flow_shift_mu(scheduler, image_seq_len: int, default_max_shift: float) -> f
         cfg.get("base_shift", 0.5),
         cfg.get("max_shift", default_max_shift),
     )
-
 
 
 @functools.lru_cache(maxsize=256)

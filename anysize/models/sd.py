@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
-from torch import Tensor
+from typing import TYPE_CHECKING, Sequence
 
 from .base import Conditioning, ModelAdapter, PromptEmbeds, Window
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
 
 
 class UNetAdapter(ModelAdapter):

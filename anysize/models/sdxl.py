@@ -11,12 +11,12 @@ from __future__ import annotations
 import functools
 from typing import Sequence
 
-import torch
-
 from ..devices import upload
+from ..lazy import lazy_module
 from .base import Conditioning, PromptEmbeds, Window
 from .sd import UNetAdapter
 
+torch = lazy_module("torch")
 
 
 @functools.lru_cache(maxsize=256)

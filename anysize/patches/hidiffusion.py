@@ -70,15 +70,16 @@ import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import torch
-from torch import nn
-
 from ..errors import InvalidArgumentError
+from ..lazy import lazy_module
 from ..options import Options, option
 from ._undo import ReversiblePatch, Undo
 from .msw_msa import WindowAttentionProcessor, feature_hw, shift_index
 from .raunet import DilatedDownsampler, PoolUnpool
 from .steps import StepSource
+
+torch = lazy_module("torch")
+nn = lazy_module("torch.nn")
 
 SHIFT_SOURCES = ("random", "global", "none")
 FAMILIES = ("sd1", "sd2", "sdxl")

@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from ..lazy import lazy_module
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 
 def feature_hw(tokens: int, latent_hw: tuple[int, int]) -> tuple[int, int] | None:

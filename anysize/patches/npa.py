@@ -50,17 +50,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple, Sequence
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 from ..devices import TensorKeyed, upload
 from ..errors import InvalidArgumentError
+from ..lazy import lazy_module
 from ..options import Options, option
 from ._undo import ReversiblePatch, Undo
 from .msw_msa import feature_hw
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
 
 FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 

@@ -23,9 +23,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+from ..lazy import lazy_module
+
+torch = lazy_module("torch")
+F = lazy_module("torch.nn.functional")
+nn = lazy_module("torch.nn")
 
 
 class DilatedDownsampler:
