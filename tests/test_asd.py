@@ -171,7 +171,7 @@ def test_lora_that_cannot_be_read_is_a_clear_error_and_leaves_the_model(tmp_path
 
 
 def test_demo_row_is_quick(tiny):
-    """The demo's largest cell (16x area) on the tiny model costs about one fstd pass at 16x area."""
+    """asd at 16x area on the tiny model costs about one fstd pass at 16x area after its bucket pass."""
     adapter = adapt(tiny("sd1"))
     r = gen(adapter, width=512, height=512, steps=10, scheduler="ddim")
     # stage I: 10 steps at the 128x128 bucket (x2 CFG); stage II: 5 steps of 16 tiles (x2 CFG)

@@ -119,7 +119,7 @@ class Method:
     def demo_options(cls, adapter) -> dict[str, Any]:
         """Lighter options for ``anysize demo``'s quick sheet (default: none, i.e. the defaults).
 
-        A method whose defaults cost far more than one whole-canvas call per step at 16x area
+        A method whose defaults cost far more than one whole-canvas call per step at 4x area
         returns settings that keep its row within the sheet's time budget; the sheet shows them.
         """
         return {}

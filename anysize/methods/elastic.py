@@ -282,9 +282,9 @@ class Elastic(Method):
 
     @classmethod
     def demo_options(cls, adapter) -> dict:
-        # the defaults cost 2(R+1) + 2P + 2 evaluations per step (R = 20, P = 64: 172 at 16x area);
-        # R = 1 without the repaint pass and cores of 7/8 native (P = 25) make it 29, which keeps
-        # the sheet's row within its budget (about 30 s at 10 steps on 2 CPU cores for the toy model)
+        # the defaults cost 2(R+1) + 2P + 2 evaluations per step (R = 20, P = 16: 76 at 4x area);
+        # R = 1 without the repaint pass and cores of 7/8 native (P = 9) make it 13, which keeps
+        # the sheet's row within its budget (a few seconds at 10 steps on 2 CPU cores for the toy model)
         p = latent_patch(adapter)
         core = max(p, min(adapter.native_latent_size) * 7 // 8 // p * p)
         return {"resampling_steps": 1, "repaint": False, "patch_size": core}

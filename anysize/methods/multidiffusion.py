@@ -81,9 +81,9 @@ class MultiDiffusion(Method):
 
     @classmethod
     def demo_options(cls, adapter) -> dict:
-        # window/4 instead of window/8: about 4x fewer windows (169 instead of 625 per step at 16x area)
+        # window/2 instead of window/8: 9 instead of 81 windows per step at 4x area (still overlapping by half)
         p = latent_patch(adapter)
-        return {"stride": max(p, min(adapter.native_latent_size) // 4 // p * p)}
+        return {"stride": max(p, min(adapter.native_latent_size) // 2 // p * p)}
 
     def geometry(self, adapter, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """((window h, w), (stride h, w)) in latent px for a latent canvas of height×width."""
