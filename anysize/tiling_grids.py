@@ -46,10 +46,6 @@ WEIGHTINGS = ("gaussian", "uniform")
 PLACEMENTS = ("asd", "improved")
 
 
-def _positive(name: str, v) -> int:
-    return require(name, v, kind="int", low=1)
-
-
 def overlap_origins(length: int, window: int, stride: int, *, circular: bool = False) -> list[int]:
     """Window starts along one axis for explicit-overlap tiling.
 
@@ -57,9 +53,9 @@ def overlap_origins(length: int, window: int, stride: int, *, circular: bool = F
     the last regular window stops short of the end (full coverage). Circular: ``ceil(length /
     stride)`` starts ``k·stride``; windows reaching past the end wrap around to the start.
     """
-    _positive("length", length)
-    _positive("window", window)
-    _positive("stride", stride)
+    require("length", length, kind="int", low=1)
+    require("window", window, kind="int", low=1)
+    require("stride", stride, kind="int", low=1)
     if window > length:
         raise InvalidArgumentError(f"window {window} is larger than the canvas side {length}")
     if stride > window:
@@ -83,8 +79,8 @@ def shifted_origins(length: int, tile: int, offset: int, placement: str = "impro
     n = 1: [0]; offset 0: [0, T, …, (n-2)T, L-T]; offset >= r: [0] + [offset + jT, j < n-2] + [L-T]
     (full coverage); else [offset + jT, j < n-1] + [L-T] (pixels [0, offset) uncovered).
     """
-    _positive("length", length)
-    _positive("tile", tile)
+    require("length", length, kind="int", low=1)
+    require("tile", tile, kind="int", low=1)
     check_choice("placement", placement, PLACEMENTS)
     if tile > length:
         raise InvalidArgumentError(f"tile {tile} is larger than the canvas side {length}")
@@ -144,8 +140,8 @@ def block_starts(length: int, parts: int) -> list[int]:
     """Bounds of ``parts`` nearly equal blocks of an axis: block i is [s[i], s[i+1]) with
     s[i] = floor(i·length/parts). Every block is non-empty when parts <= length (any ratio, not
     only integers: used to subsample a canvas one pixel per block and to upsample back)."""
-    _positive("length", length)
-    _positive("parts", parts)
+    require("length", length, kind="int", low=1)
+    require("parts", parts, kind="int", low=1)
     if parts > length:
         raise InvalidArgumentError(f"cannot split {length} pixels into {parts} non-empty blocks")
     return [i * length // parts for i in range(parts + 1)]
@@ -167,9 +163,9 @@ def context_views(length: int, core: int, window: int) -> list[tuple[int, int, i
     core that no earlier core covers (first writer wins), so the owned parts partition the axis.
     An axis no longer than the window is one view without context: (0, length, 0).
     """
-    _positive("length", length)
-    _positive("core", core)
-    _positive("window", window)
+    require("length", length, kind="int", low=1)
+    require("core", core, kind="int", low=1)
+    require("window", window, kind="int", low=1)
     if core > window:
         raise InvalidArgumentError(f"core {core} is larger than the window {window}")
     if length <= window:

@@ -71,19 +71,23 @@ def test_native_size_is_plain_generation(adapters, name, family):
     plain = _gen(adapter, "direct", size=native)
     ours = _gen(adapter, name, size=native, options=options)
     assert torch.allclose(ours.latents, plain.latents, atol=1e-5), (ours.latents - plain.latents).abs().max()
+    assert ours.network_calls == plain.network_calls
 
 
 @pytest.mark.parametrize("name,family", CASES, ids=IDS)
 def test_an_image_of_a_batch_is_that_image_alone_and_runs_are_repeatable(adapters, name, family):
     adapter = adapters(family)
+    quick = methods.get(name).demo_options(adapter) or None  # the invariants hold for any options: the quick ones
     rng = torch.random.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()
-    batch = _gen(adapter, name, prompt=["a red circle", "a blue square"], seed=[5, 9])
-    again = _gen(adapter, name, prompt=["a red circle", "a blue square"], seed=[5, 9])
+    batch = _gen(adapter, name, prompt=["a red circle", "a blue square"], seed=[5, 9], options=quick)
+    again = _gen(adapter, name, prompt=["a red circle", "a blue square"], seed=[5, 9], options=quick)
     assert torch.equal(batch.latents, again.latents)  # same seeds, same bytes
+    other = _gen(adapter, name, prompt=["a red circle", "a blue square"], seed=[6, 9], options=quick)
+    assert (other.latents[0] - batch.latents[0]).abs().max() > 1e-3 and torch.allclose(other.latents[1], batch.latents[1], atol=1e-3)
     after = torch.random.get_rng_state(), random.getstate(), np.random.get_state()[1]
     assert torch.equal(rng[0], after[0]) and rng[1] == after[1] and np.array_equal(rng[2], after[2])
     for i, (prompt, seed) in enumerate((("a red circle", 5), ("a blue square", 9))):
-        alone = _gen(adapter, name, prompt=prompt, seed=seed).latents[0]
+        alone = _gen(adapter, name, prompt=prompt, seed=seed, options=quick).latents[0]
         # float rounding only (prompts encoded together round differently on some CPUs); a wrong
         # seed or random stream differs by whole units
         assert (batch.latents[i] - alone).abs().max() <= 1e-3, (i, (batch.latents[i] - alone).abs().max())
@@ -119,7 +123,7 @@ def test_options_round_trip_through_the_image_metadata(adapters, name):
 def test_one_method_object_serves_two_threads_at_once(name):
     # two pipelines with the same weights: a network patch belongs to one network at a time
     a, b = (adapt(tiny_pipeline("sd1"), native_size=16) for _ in range(2))
-    method = methods.create(name)
+    method = methods.create(name, **methods.get(name).demo_options(a))
     alone = [_gen(a, method, seed=5).latents, _gen(b, method, prompt="a blue square", seed=9).latents]
     results, errors = [None, None], []
     start = threading.Barrier(2)

@@ -83,29 +83,6 @@ def test_every_family_at_non_native_non_square_size(tiny, family):
     assert (res.latents - direct.latents).abs().max().item() > 1e-3
 
 
-def test_deterministic_and_batch_matches_single(tiny):
-    adapter = adapt(tiny("sd1"), native_size=16)
-    a = gen(adapter, h=128, w=240, stride=8, seed=11)
-    b = gen(adapter, h=128, w=240, stride=8, seed=11)
-    assert torch.equal(a.latents, b.latents)
-    both = anysize.generate(adapter, ["a cat", "a dog"], height=128, width=240, steps=2, seed=10,
-                            method="multidiffusion", method_options={"stride": 8, "view_batch_size": 3},
-                            output_type="latent", progress=False)
-    dog = gen(adapter, h=128, w=240, stride=8, seed=11, prompt="a dog")
-    assert (both.latents[1] - dog.latents[0]).abs().max().item() <= 1e-5
-
-
-def test_sdxl_batch_matches_single(tiny):
-    adapter = adapt(tiny("sdxl"), native_size=16)
-    both = anysize.generate(adapter, ["a cat", "a dog"], height=128, width=192, steps=2, seed=4,
-                            method="multidiffusion", method_options={"stride": 8}, output_type="latent",
-                            progress=False)
-    dog = gen(adapter, h=128, w=192, stride=8, seed=5, prompt="a dog")
-    # float rounding only: two prompts encoded in one call round the second row differently on some
-    # CPUs (1.5e-5 seen); a wrong window or seed differs by whole units
-    assert (both.latents[1] - dog.latents[0]).abs().max().item() <= 1e-4
-
-
 def test_overlap_origins_cover_every_pixel():
     rng = random.Random(0)
     for _ in range(2000):

@@ -252,14 +252,6 @@ def test_determinism_and_the_global_rng_is_untouched(tiny, family):
     assert not torch.allclose(a, c)
 
 
-def test_an_image_in_a_batch_equals_the_image_alone(tiny):
-    adapter = model(tiny, "flux")  # query shift on: per-image shift generators
-    both = anysize.generate(adapter, ["a cat", "a dog"], height=256, width=256, steps=4, seed=[5, 9],
-                            method="scalediff", output_type="latent", progress=False).latents
-    alone = gen(adapter, (256, 256), steps=4, seed=9, prompt="a dog").latents
-    assert torch.allclose(both[1:], alone, atol=1e-4)
-
-
 def test_sg_weight_zero_is_plain_sdedit_with_npa(tiny, monkeypatch):
     adapter = model(tiny, "sd1")
     from anysize.methods.scalediff import ScaleDiff

@@ -51,7 +51,7 @@ each checked in ``tests/test_elastic.py``:
    Within a step every pass sees the same noisy pad, as in the official code.
 5. Every random draw (picks, colours, background noise, repaint noise) comes from generators
    derived from each image's seed: same seed, same image, alone or in a batch; the global RNG is
-   never touched.
+   never touched (checked for every method by tests/test_method_contract.py).
 6. The repaint re-noising is the exact one-jump forward process from t_prev to t (official: 1000/N
    single DDPM transitions, off by one timestep), and the first-pass update is a DDIM move through
    the scheduler's tables that leaves the scheduler's state alone, so the scheduler's own
