@@ -163,8 +163,8 @@ def generate(
     _check_fits(adapter, height, width, len(prompts))
 
     m = _method(method, method_options)
-    m.check(adapter, height, width)
     settings = _settings(adapter, len(prompts), steps, guidance, seed, scheduler, tiled_vae, output_type)
+    m.check(adapter, height, width, settings.steps)
 
     start = time.perf_counter()
     calls0 = adapter.calls
@@ -299,10 +299,10 @@ def upscale(
     height, width, rounded = upscale_size((source.height, source.width), adapter.size_multiple, scale=scale, size=size)
     adapter.check_size(height, width)
     _check_fits(adapter, height, width, 1)
-    m.check(adapter, height, width)
     if guidance is None and not prompt and not negative_prompt:
         guidance = 1.0  # no text: guidance would only double every call (the official upscaler: empty prompt, no CFG)
     settings = _settings(adapter, 1, steps, guidance, seed, scheduler, tiled_vae, output_type)
+    m.check(adapter, height, width, settings.steps)
     f = adapter.vae_factor
     # refuses a strength that runs no step, before the (possibly long) encode
     partial_schedule(adapter, make_scheduler(adapter, scheduler), settings.steps, strength, (height // f, width // f))

@@ -112,7 +112,8 @@ def build_adapter(name: str, *, reduced: bool, device: str | torch.device = "cpu
     return adapt(build_architecture(name, reduced=reduced, device=device, dtype=dtype))
 
 
-def _methods_for(adapter, methods: Sequence[str] | None, height: int, width: int) -> tuple[list[str], dict[str, str]]:
+def _methods_for(adapter, methods: Sequence[str] | None, height: int, width: int,
+                 steps: int) -> tuple[list[str], dict[str, str]]:
     from . import methods as registry
     from .errors import AnysizeError
 
@@ -123,7 +124,7 @@ def _methods_for(adapter, methods: Sequence[str] | None, height: int, width: int
     usable, skipped = [], {}
     for n in names:
         try:
-            registry.create(n).check(adapter, height, width)
+            registry.create(n).check(adapter, height, width, steps)
         except AnysizeError as e:
             skipped[n] = str(e)
             continue
@@ -138,7 +139,9 @@ def bench_one(adapter, *, methods: Sequence[str] | None, width: int, height: int
     from . import api
 
     adapter.check_size(height, width)
-    names, skipped = _methods_for(adapter, methods, height, width)
+    names, skipped = _methods_for(adapter, methods, height, width, steps)
+    if "direct" not in names:  # the baseline itself cannot run: nothing to compare
+        raise InvalidArgumentError(f"direct cannot run at {width}x{height}: {skipped['direct']}")
     calls: dict[str, list[int]] = {n: [] for n in names}
 
     def run(n):
@@ -222,16 +225,21 @@ def format_table(report: dict[str, Any]) -> str:
     """A Markdown table: one row per architecture × size × method."""
     head = ["architecture", "size", "method", "s/image", "× direct", "network calls", "peak MiB"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = []
     for r in report["results"]:
         for m in r["methods"]:
             lines.append("| " + " | ".join([
                 r["architecture"], f"{r['width']}x{r['height']}", m["method"], f"{m['seconds']:.3f}",
                 f"{m['ratio_to_direct']:.2f}", str(m["network_calls"]), f"{m['peak_memory_mib']:.0f}",
             ]) + " |")
+        for name, why in r.get("skipped", {}).items():  # a method that cannot run at these settings says why
+            lines.append(f"| {r['architecture']} | {r['width']}x{r['height']} | {name} | not run¹ | | | |")
+            notes.append(f"¹ {name} at {r['width']}x{r['height']}: {why}")
     mach = report["machine"]
     where = mach.get("gpu") or f"{mach['cpu']} ({mach['torch_threads']} torch threads)"
     cfg = report["config"]
     lines.append("")
+    lines += notes + ([""] if notes else [])
     real = any(r["architecture"] != "toy" for r in report["results"])
     depth = f"{'reduced-depth' if cfg['reduced'] else 'full-depth'} random-weight denoisers; " if real else ""
     lines.append(f"Machine: {where}; torch {mach['torch']}, diffusers {mach['diffusers']}; {cfg['dtype']}, "

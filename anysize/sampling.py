@@ -178,15 +178,22 @@ def partial_schedule(adapter: ModelAdapter, scheduler, steps: int, strength: flo
     Returns ``(timesteps, begin_index)``; re-noise the clean latents to ``timesteps[0]``
     (``adapter.from_x0``) and pass ``begin_index`` to :func:`sample`.
     """
-    check_strength(strength)
+    skipped = check_runs_a_step(adapter, steps, strength)
     full = adapter.set_timesteps(scheduler, steps, latent_hw)
+    begin = skipped * getattr(scheduler, "order", 1)
+    return full[begin:], begin
+
+
+def check_runs_a_step(adapter: ModelAdapter, steps: int, strength: float) -> int:
+    """The steps an img2img pass at ``strength`` of ``steps`` skips; refuses a pass that runs none
+    (callable before any work: it needs no scheduler)."""
+    check_strength(strength)
     skipped = adapter.img2img_skipped_steps(steps, strength)
     if skipped >= steps:
         raise InvalidArgumentError(
             f"strength {strength} of {steps} steps runs no step at all; use strength >= {1 / steps:.3g} or more steps"
         )
-    begin = skipped * getattr(scheduler, "order", 1)
-    return full[begin:], begin
+    return skipped
 
 
 def check_strength(strength) -> float:

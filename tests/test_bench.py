@@ -7,8 +7,9 @@ import json
 import pytest
 import torch
 
+import anysize
 from anysize import bench, cli
-from anysize.errors import InvalidSizeError, UnknownChoiceError
+from anysize.errors import InvalidArgumentError, InvalidSizeError, UnknownChoiceError
 from anysize.eval import timing
 from anysize.models import adapt
 
@@ -200,3 +201,21 @@ def test_ratios_and_calls_of_another_method(tiny, monkeypatch):
     table = bench.format_table({"results": [{"architecture": "tiny-sdxl", **rec}], "machine": timing.machine(),
                                 "config": {"dtype": "float32", "steps": 2, "repeats": 2, "warmup": 1, "reduced": True}})
     assert "| tiny-sdxl | 128x128 | twice-test |" in table
+
+
+def test_a_method_that_cannot_run_at_the_settings_says_why_and_the_others_are_measured(tiny):
+    """Issue 24.1: at 2 steps scalediff's restart 0.4 re-runs no step; it used to abort the whole bench."""
+    adapter = adapt(tiny("sd1"))
+    rec = bench.bench_one(adapter, methods=["direct", "scalediff", "fstd"], width=256, height=256, steps=2,
+                          repeats=1, warmup=0)
+    assert [m["method"] for m in rec["methods"]] == ["direct", "fstd"]
+    assert "restart 0.4 of 2 steps re-runs no step" in rec["skipped"]["scalediff"]
+    table = bench.format_table({"results": [{"architecture": "tiny", **rec}], "config": {
+        "reduced": True, "dtype": "float32", "steps": 2, "repeats": 1, "warmup": 0},
+        "machine": {"cpu": "x", "torch_threads": 1, "torch": "t", "diffusers": "d"}})
+    assert "| tiny | 256x256 | scalediff | not run¹ |" in table and "¹ scalediff at 256x256: scalediff restart" in table
+    # and generate refuses the same settings before any work (no prompt encoded, no network call)
+    calls = adapter.calls
+    with pytest.raises(InvalidArgumentError, match="re-runs no step"):
+        anysize.generate(adapter, "a cat", width=256, height=256, steps=2, method="scalediff", progress=False)
+    assert adapter.calls == calls

@@ -43,6 +43,7 @@ from ..buckets import RULES as BUCKET_RULES
 from ..buckets import nearest_bucket, scaled_buckets
 from ..lazy import lazy_module
 from ..options import option
+from ..sampling import check_runs_a_step
 from .base import Method, MethodOptions
 from .registry import create, register
 
@@ -102,11 +103,13 @@ class ASD(Method):
         b = table[nearest_bucket(height, width, table, self.options.bucket_rule)]
         return b.height, b.width
 
-    def check(self, adapter, height: int, width: int) -> None:
-        super().check(adapter, height, width)
+    def check(self, adapter, height: int, width: int, steps: int | None = None) -> None:
+        super().check(adapter, height, width, steps)
         bh, bw = self.bucket(adapter, height, width)
         if (bh, bw) != (height, width):
-            self.stage2.check(adapter, height, width)  # e.g. an fstd tile larger than the canvas
+            self.stage2.check(adapter, height, width, steps)  # e.g. an fstd tile larger than the canvas
+            if steps is not None:
+                check_runs_a_step(adapter, steps, self.options.strength)  # stage II's pass
 
     def run(self, request) -> Tensor:
         adapter = request.adapter

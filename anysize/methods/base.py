@@ -53,8 +53,9 @@ class Method:
     def __init__(self, **options: Any):
         self.options = self.Options.from_kwargs(options, owner=f"method {self.name!r}")
 
-    def check(self, adapter, height: int, width: int) -> None:
-        """Refuse model/size combinations this method cannot do (before any work starts)."""
+    def check(self, adapter, height: int, width: int, steps: int | None = None) -> None:
+        """Refuse model/size/step-count combinations this method cannot do, before any work starts
+        (``steps``: the run's step count, when known)."""
         if self.families is not None and adapter.family not in self.families:
             raise InvalidArgumentError(
                 f"method {self.name!r} supports {', '.join(self.families)}, not {adapter.family}"

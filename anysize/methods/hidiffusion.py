@@ -58,9 +58,9 @@ class HiDiffusion(Method):
     def wraps(self) -> bool:
         return self.inner.wraps
 
-    def check(self, adapter, height: int, width: int) -> None:
-        super().check(adapter, height, width)
-        self.inner.check(adapter, height, width)
+    def check(self, adapter, height: int, width: int, steps: int | None = None) -> None:
+        super().check(adapter, height, width, steps)
+        self.inner.check(adapter, height, width, steps)
 
     def session(self, request):
         """The patch, open around every sampling loop of the run; it follows the loop's step position."""

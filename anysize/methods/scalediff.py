@@ -65,7 +65,7 @@ from ..errors import InvalidArgumentError
 from ..lazy import lazy_module
 from ..options import option
 from ..patches.npa import NPAPatch
-from ..sampling import StepContext, partial_schedule
+from ..sampling import StepContext, check_runs_a_step, partial_schedule
 from .base import Method, MethodOptions
 from .registry import register
 
@@ -198,9 +198,11 @@ class ScaleDiff(Method):
     def geometry(self, adapter, height: int, width: int) -> list[tuple[int, int]]:
         return self.stage_sizes(adapter, height, width)
 
-    def check(self, adapter, height: int, width: int) -> None:
-        super().check(adapter, height, width)
+    def check(self, adapter, height: int, width: int, steps: int | None = None) -> None:
+        super().check(adapter, height, width, steps)
         f = adapter.vae_factor
+        if steps is not None and len(self.stage_sizes(adapter, height // f, width // f)) > 1:
+            self._check_restart(adapter, steps)
         if self.options.npa:  # the stages run inside the patch (which extends SD3's position table)
             NPAPatch.check_canvas(adapter, (height // f, width // f))
         else:
@@ -242,18 +244,23 @@ class ScaleDiff(Method):
         z_latent = F.interpolate(z.float(), size=size, mode="bicubic", align_corners=False)
         return frequency_mix(z_latent, z_pixel, cutoff)
 
-    def _schedule(self, request, base: tuple[int, int]):
-        """(scheduler, timesteps, begin index) of a stage: the last ``restart`` of the request's schedule."""
-        restart = self.settings(request.adapter)["restart"]
-        scheduler = request.make_scheduler()
+    def _check_restart(self, adapter, steps: int) -> None:
+        restart = self.settings(adapter)["restart"]
         try:
-            # the schedule (and a flow model's resolution shift) of the base size, as the official code
-            timesteps, begin = partial_schedule(request.adapter, scheduler, request.steps, restart, base)
+            check_runs_a_step(adapter, steps, restart)
         except InvalidArgumentError:
             raise InvalidArgumentError(
-                f"scalediff restart {restart} of {request.steps} steps re-runs no step in the upscaling stages; "
-                f"use restart >= {1 / request.steps:.3g} or more steps"
+                f"scalediff restart {restart} of {steps} steps re-runs no step in the upscaling stages; "
+                f"use restart >= {1 / steps:.3g} or more steps"
             ) from None
+
+    def _schedule(self, request, base: tuple[int, int]):
+        """(scheduler, timesteps, begin index) of a stage: the last ``restart`` of the request's schedule."""
+        self._check_restart(request.adapter, request.steps)
+        scheduler = request.make_scheduler()
+        # the schedule (and a flow model's resolution shift) of the base size, as the official code
+        timesteps, begin = partial_schedule(request.adapter, scheduler, request.steps,
+                                            self.settings(request.adapter)["restart"], base)
         return scheduler, timesteps, begin
 
     def stage(self, request, z: Tensor, size: tuple[int, int], base: tuple[int, int], *, label: str = "") -> Stage:
