@@ -73,7 +73,32 @@ def load(model: str | os.PathLike | None = None, **kwargs) -> ModelAdapter:
 
 
 @dataclass
+class ImageResult:
+    """One image of a :class:`GenerationResult` with its own parameters (its prompt and seed)."""
+
+    image: Any
+    config: dict[str, Any]
+
+    @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+    @property
+    def prompt(self) -> str:
+        return self.config["prompt"]
+
+    def save(self, path: str | os.PathLike, *, force: bool = False):
+        """Write the image as PNG with its generation parameters, atomically."""
+        from .output import save_png
+
+        return save_png(self.image, path, self.config, force=force)
+
+
+@dataclass
 class GenerationResult:
+    """The images of one call (``result[i]``, ``len(result)``, ``for one in result``: one
+    :class:`ImageResult` per prompt, each with its own prompt, seed and ``save``)."""
+
     images: list
     latents: torch.Tensor
     config: dict[str, Any]
@@ -83,6 +108,21 @@ class GenerationResult:
     @property
     def image(self):
         return self.images[0]
+
+    def __len__(self) -> int:
+        return len(self.config["prompts"])
+
+    def __getitem__(self, index: int) -> ImageResult:
+        if isinstance(index, bool) or not isinstance(index, int):
+            raise TypeError(f"a GenerationResult is indexed by an integer, got {type(index).__name__}")
+        n = len(self)
+        if not -n <= index < n:
+            raise IndexError(f"image {index} of a result with {n} image{'s' if n != 1 else ''}")
+        index %= n
+        return ImageResult(self.images[index], self.config_for(index))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
     def save(self, path: str | os.PathLike, *, index: int = 0, force: bool = False):
         """Write image ``index`` as PNG with its generation parameters, atomically."""

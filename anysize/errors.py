@@ -25,6 +25,18 @@ class OutputError(AnysizeError):
     """An output path that cannot be written, or exists and may not be overwritten."""
 
 
+class OutputExistsError(OutputError):
+    """An output file that exists and may not be overwritten; the message names the Python spelling
+    of the way out (``force=True``), :meth:`for_cli` the command line's (``--force``)."""
+
+    def __init__(self, path):
+        self.path = path
+        super().__init__(f"{path} already exists; pass force=True to overwrite it (or choose another path)")
+
+    def for_cli(self) -> str:
+        return f"{self.path} already exists; pass --force to overwrite it (or choose another --out)"
+
+
 class InvalidArgumentError(AnysizeError):
     """Any other out-of-range or inconsistent argument (empty prompt list, bad steps, ...)."""
 

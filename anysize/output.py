@@ -24,7 +24,7 @@ import secrets
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import InvalidArgumentError, OutputError
+from .errors import InvalidArgumentError, OutputError, OutputExistsError
 
 __all__ = ["PARAMETERS_KEY", "METADATA_KEY", "infotext", "save_png", "save_json", "save_text", "check_writable", "read_metadata", "read_parameters"]
 
@@ -123,7 +123,7 @@ def check_writable(path: str | os.PathLike, force: bool = False) -> Path:
         raise OutputError(f"output path {path} is a directory; give a file name ending in .png")
     if path.exists() or path.is_symlink():
         if not force:
-            raise OutputError(f"{path} already exists; pass --force to overwrite it (or choose another --out)")
+            raise OutputExistsError(path)
     parent = path.parent
     base = _nearest_existing(parent)
     if not base.is_dir():
@@ -166,7 +166,7 @@ def _unlink_quietly(p: Path) -> None:
 
 
 def _exists_error(path: Path) -> OutputError:
-    return OutputError(f"{path} already exists; pass --force to overwrite it (or choose another --out)")
+    return OutputExistsError(path)
 
 
 def _move_into_place(tmp: Path, path: Path, force: bool) -> None:

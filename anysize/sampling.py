@@ -105,6 +105,12 @@ class StepInfo:
     latents: Tensor
     stage: str = ""
 
+    def __repr__(self) -> str:  # shapes, not whole tensors
+        lat = self.latents
+        where = f", stage {self.stage!r}" if self.stage else ""
+        return (f"StepInfo(step {self.index + 1}/{self.num_steps}{where}, timestep {float(self.timestep):g}, "
+                f"latents {tuple(lat.shape)} {str(lat.dtype).replace('torch.', '')})")
+
 
 StepCallback = Callable[[StepInfo], Any]
 

@@ -93,7 +93,7 @@ def test_creates_missing_directories(tmp_path):
 def test_no_overwrite_without_force(tmp_path):
     path = tmp_path / "out.png"
     path.write_bytes(b"original")
-    with pytest.raises(OutputError, match="--force"):
+    with pytest.raises(OutputError, match="pass force=True"):
         save_png(image(), path, config())
     assert path.read_bytes() == b"original"
     assert leftovers(tmp_path) == ["out.png"]
@@ -113,7 +113,7 @@ def test_no_overwrite_is_checked_at_the_final_move(tmp_path, monkeypatch):
         path.write_bytes(b"the other writer")
 
     monkeypatch.setattr(img, "save", save_then_race)
-    with pytest.raises(OutputError, match="--force"):
+    with pytest.raises(OutputError, match="pass force=True"):
         save_png(img, path, config())
     assert path.read_bytes() == b"the other writer"
     assert leftovers(tmp_path) == ["out.png"]
@@ -128,7 +128,7 @@ def test_falls_back_when_hard_links_are_unsupported(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "link", no_link)
     path = save_png(image(), tmp_path / "out.png", config())
     assert read_metadata(path) == config()
-    with pytest.raises(OutputError, match="--force"):
+    with pytest.raises(OutputError, match="pass force=True"):
         save_png(image(), path, config())
     assert leftovers(tmp_path) == ["out.png"]
 
@@ -215,7 +215,7 @@ def test_check_writable(tmp_path):
     assert not (tmp_path / "new").exists()  # creates nothing
     existing = tmp_path / "old.png"
     existing.write_bytes(b"x")
-    with pytest.raises(OutputError, match="--force"):
+    with pytest.raises(OutputError, match="pass force=True"):
         check_writable(existing)
     assert check_writable(existing, force=True) == existing
 
