@@ -8,7 +8,9 @@ Every PNG gets two text chunks:
   :func:`read_metadata` and later tools.
 
 Writes go to a temporary file in the target directory and are moved into place only once the PNG
-is complete, so a crash, an encoding error or Ctrl-C never leaves a partial or temporary file. An
+is complete, so a crash, an encoding error or Ctrl-C never leaves a partial or temporary file (a
+write killed outright leaves its temporary file, which the next run's first write into that
+directory removes: :func:`remove_stale_temps`). An
 existing file is never overwritten unless ``force=True``; the check is made by the final move
 itself (a hard link, which fails if the name exists), so two writers cannot both win.
 
@@ -20,7 +22,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import secrets
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -147,8 +151,44 @@ def _pnginfo(config: dict):
     return info
 
 
+#: anysize's temporary files: ``.<name>.<8 hex>.tmp`` beside the file being written
+_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{8}\.tmp$")
+#: a temporary file untouched this long, and older than this process, belongs to a write that died
+STALE_TEMP_SECONDS = 600
+_PROCESS_START = time.time()
+_swept: set[str] = set()
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Remove the temporary files a killed write left in ``directory`` (SIGKILL, power loss: no
+    cleanup ran): anysize's own pattern, not modified since before this process started and for
+    :data:`STALE_TEMP_SECONDS` (a live write, also another process's, keeps touching its file).
+    Done once per directory per process, at its first write. Returns what was removed."""
+    key = os.path.abspath(directory)
+    if key in _swept:
+        return []
+    _swept.add(key)
+    cutoff = min(_PROCESS_START, time.time() - STALE_TEMP_SECONDS)
+    removed = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for e in entries:
+        if not _TEMP_NAME.match(e.name):
+            continue
+        try:
+            if e.is_file(follow_symlinks=False) and e.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(e.path)
+                removed.append(Path(e.path))
+        except OSError:
+            continue  # gone already, or not ours to remove
+    return removed
+
+
 def _open_temp(directory: Path, name: str) -> tuple[int, Path]:
     """A new, exclusively created temporary file next to the target (mode from the umask, like open())."""
+    remove_stale_temps(directory)
     for _ in range(100):
         tmp = directory / f".{name}.{secrets.token_hex(4)}.tmp"
         try:

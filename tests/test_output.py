@@ -247,3 +247,38 @@ def test_save_json_is_atomic_and_refuses_to_overwrite(tmp_path):
     save_json({"a": 2}, path, force=True)
     assert json.loads(path.read_text())["a"] == 2
     assert sorted(p.name for p in path.parent.iterdir()) == ["m.json"]  # no temporary files left
+
+
+def test_a_killed_writes_temporary_file_is_removed_at_the_next_run(tmp_path):
+    """Issue 24.3: SIGKILL mid-write leaves .<name>.<hex>.tmp; the next write into the folder removes
+    it, but not a live write's file (recent), nor anything that is not anysize's pattern."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    import anysize.output as output
+
+    code = (
+        "import os, signal, sys\n"
+        "from PIL import Image\n"
+        "from anysize.output import save_png\n"
+        "im = Image.new('RGB', (64, 64))\n"
+        "def save(f, **kw):\n"
+        "    f.write(b'partial'); f.flush(); os.kill(os.getpid(), signal.SIGKILL)\n"
+        "im.save = save\n"
+        f"save_png(im, {str(tmp_path / 'a.png')!r}, {{}})\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True)
+    assert proc.returncode == -9
+    stale = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert len(stale) == 1 and stale[0].name.startswith(".a.png.") and not (tmp_path / "a.png").exists()
+    old = time.time() - 2 * output.STALE_TEMP_SECONDS
+    os.utime(stale[0], (old, old))
+    live = tmp_path / ".b.png.0123abcd.tmp"  # another process writing right now
+    live.write_bytes(b"x")
+    other = tmp_path / ".c.png.notours.tmp"
+    other.write_bytes(b"x")
+    os.utime(other, (old, old))
+    save_png(image(), tmp_path / "d.png", config())
+    assert not stale[0].exists() and live.exists() and other.exists() and (tmp_path / "d.png").exists()
