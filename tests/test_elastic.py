@@ -268,6 +268,28 @@ def test_background_reaches_the_network(sd1):
         assert (runs[a] - runs[b]).abs().max().item() > 1e-4, (a, b)
 
 
+def test_corner_blocks_below_native_on_both_axes_take_the_top_and_bottom_colour():
+    """The official background_pad pads the width first (left/right blocks as tall as the input),
+    then the height across the whole padded width: the corners belong to the top/bottom bars."""
+    adapter = PickAdapter(native=16)
+    sched = ddim(4)
+    m = Elastic(resampling_steps=0)
+    ctx = StepContext(adapter, sched, fake_cond(1, True), sched.timesteps, 0, None, {}, image_seeds=(0,))
+    run = m._run_state(ctx)
+    z = torch.randn(1, 4, 6, 10, generator=torch.Generator().manual_seed(0))
+    padded, (top, left) = m._pad(ctx, run, z, [0], (16, 16))
+    assert padded.shape[-2:] == (16, 16) and (top, left) == (5, 3)
+    bar = {side: run.noisy[(0, side, size, None)] for side, size in
+           (("top", (5, 16)), ("bottom", (5, 16)), ("left", (6, 3)), ("right", (6, 3)))}
+    assert torch.equal(padded[0, :, :5], bar["top"]) and torch.equal(padded[0, :, 11:], bar["bottom"])
+    assert torch.equal(padded[0, :, 5:11, :3], bar["left"]) and torch.equal(padded[0, :, 5:11, 13:], bar["right"])
+    assert torch.equal(padded[0, :, 5:11, 3:13], z[0])
+    # the corners: the top/bottom colour (PickAdapter encodes a colour to its mean), not the left/right one
+    mean = {side: run.colour[(0, side, None)].mean() for side in bar}
+    assert len({round(float(v), 6) for v in mean.values()}) == 4
+    assert run.clean[(0, "top", (5, 16), None)].mean() == pytest.approx(float(mean["top"]), abs=1e-6)
+
+
 def test_background_choice_is_checked():
     with pytest.raises(InvalidArgumentError, match="per_run, per_step, gray"):
         Elastic(background="blue")

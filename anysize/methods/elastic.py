@@ -23,7 +23,9 @@ repaint on, core native/2); ``preset`` selects the settings of the official CLI 
 guidance scale is 10 (``guidance=10`` / ``--guidance 10``; anysize's default is the model's).
 Below the native size the canvas itself is padded to native with the background, as the official
 code does, for the reference and the single local patch alike (which are then the same network
-input, so one evaluation serves both).
+input, so one evaluation serves both). Padding goes as the official ``background_pad``: the width
+first (left/right blocks as tall as the input), then the height across the whole padded width, so
+with both axes below native the corner blocks take the top/bottom colour.
 
 All native sizes come from the adapter (``native_latent_size``); every step is expressed through
 the scheduler's tables (:class:`~anysize.noise.NoiseSpace`), so ε and v-prediction and any
@@ -387,16 +389,18 @@ class Elastic(Method):
         top, left = (nh - h) // 2, (nw - w) // 2
         rows = []
         for img, zi in zip(images, z):
-            parts = [zi]
-            if nh > h:
-                parts = [self._background(ctx, run, img, "top", (top, w), z)] if top else []
-                parts += [zi, self._background(ctx, run, img, "bottom", (nh - h - top, w), z)]
-            col = torch.cat(parts, dim=-2)
+            # the width first, then the height across the whole padded width, as the official
+            # background_pad: the corner blocks belong to the top and bottom bars
+            out = zi
             if nw > w:
-                parts = [self._background(ctx, run, img, "left", (nh, left), z)] if left else []
-                parts += [col, self._background(ctx, run, img, "right", (nh, nw - w - left), z)]
-                col = torch.cat(parts, dim=-1)
-            rows.append(col)
+                parts = [self._background(ctx, run, img, "left", (h, left), z)] if left else []
+                parts += [out, self._background(ctx, run, img, "right", (h, nw - w - left), z)]
+                out = torch.cat(parts, dim=-1)
+            if nh > h:
+                parts = [self._background(ctx, run, img, "top", (top, nw), z)] if top else []
+                parts += [out, self._background(ctx, run, img, "bottom", (nh - h - top, nw), z)]
+                out = torch.cat(parts, dim=-2)
+            rows.append(out)
         return torch.stack(rows), (top, left)
 
     # ------------------------------------------------------------------ network calls
