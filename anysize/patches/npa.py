@@ -359,8 +359,9 @@ class NPAPatch(ReversiblePatch):
         return None
 
     def plan(self, tokens: int, batch: int) -> tuple[tuple[int, int], tuple[int, int], list[tuple[int, int]]] | None:
-        """(grid, window, one query offset per batch row) for a call on ``tokens`` image tokens, or
-        None when the call keeps full attention (grid within the window, or an unknown layout)."""
+        """(grid, window, one query offset per batch row, None without the query shift) for a call on
+        ``tokens`` image tokens, or None when the call keeps full attention (grid within the window,
+        or an unknown layout)."""
         if self.family in ("sd3", "flux"):
             grid = self.token_grid
             if grid is None or grid[0] * grid[1] != tokens:
