@@ -188,16 +188,30 @@ class NoiseSpace:
         a, b = self.coefficients(t)
         return self.output_from_noise(x, (x - a * x0) / b, t, prediction_type)
 
+    def clip_x0(self, x0: Tensor) -> Tensor:
+        """x0 as the scheduler's own step treats its estimate: dynamic thresholding when its config
+        asks for it (``thresholding``), else clamped to ±``clip_sample_range`` (``clip_sample``, e.g.
+        DDIM's and DDPM's default), else unchanged (Euler, LMS, PNDM, SD's shipped configs)."""
+        cfg = self.scheduler.config
+        if cfg.get("thresholding", False) and hasattr(self.scheduler, "_threshold_sample"):
+            return self.scheduler._threshold_sample(x0)
+        if cfg.get("clip_sample", False):
+            r = float(cfg.get("clip_sample_range", 1.0))
+            return x0.clamp(-r, r)
+        return x0
+
     # ---------------------------------------------------------------- moving between noise levels
     def move(self, x: Tensor, x0: Tensor, t, t_to) -> Tensor:
         """Deterministic (DDIM, η = 0) move of state x at t to t_to, keeping x's implied noise.
 
-        The noise part is (x - a·x0)/b at t; the result is a'·x0 + b'·noise at t_to. For DDIM this
-        is exactly its step; for any other scheduler it is a proposal that does not touch the
-        scheduler's own (possibly multistep) state.
+        The noise part is (x - a·x0)/b at t; the result is a'·clip(x0) + b'·noise at t_to, with
+        the scheduler's own clipping of its estimate (:meth:`clip_x0`; the noise part stays that of
+        the unclipped x0, as DDIM's step keeps the model's ε). For DDIM this is exactly its step;
+        for any other scheduler it is a proposal that does not touch the scheduler's own (possibly
+        multistep) state.
         """
         a, b = self.coefficients(t)
-        return self.from_x0(x0, (x - a * x0) / b, t_to)
+        return self.from_x0(self.clip_x0(x0), (x - a * x0) / b, t_to)
 
     def renoise(self, x: Tensor, t_from, t_to, noise: Tensor) -> Tensor:
         """The forward process from the less noisy t_from to the noisier t_to in one exact jump:

@@ -204,18 +204,19 @@ def test_ratios_and_calls_of_another_method(tiny, monkeypatch):
 
 
 def test_a_method_that_cannot_run_at_the_settings_says_why_and_the_others_are_measured(tiny):
-    """Issue 24.1: at 2 steps scalediff's restart 0.4 re-runs no step; it used to abort the whole bench."""
+    """Issue 24.1: a method that cannot run at the settings used to abort the whole bench (there:
+    scalediff at 2 steps; here asd at 1 step, whose stage II at strength 0.5 would run none)."""
     adapter = adapt(tiny("sd1"))
-    rec = bench.bench_one(adapter, methods=["direct", "scalediff", "fstd"], width=256, height=256, steps=2,
+    rec = bench.bench_one(adapter, methods=["direct", "asd", "fstd"], width=256, height=256, steps=1,
                           repeats=1, warmup=0)
     assert [m["method"] for m in rec["methods"]] == ["direct", "fstd"]
-    assert "restart 0.4 of 2 steps re-runs no step" in rec["skipped"]["scalediff"]
+    assert "strength 0.5 of 1 steps runs no step" in rec["skipped"]["asd"]
     table = bench.format_table({"results": [{"architecture": "tiny", **rec}], "config": {
-        "reduced": True, "dtype": "float32", "steps": 2, "repeats": 1, "warmup": 0},
+        "reduced": True, "dtype": "float32", "steps": 1, "repeats": 1, "warmup": 0},
         "machine": {"cpu": "x", "torch_threads": 1, "torch": "t", "diffusers": "d"}})
-    assert "| tiny | 256x256 | scalediff | not run¹ |" in table and "¹ scalediff at 256x256: scalediff restart" in table
+    assert "| tiny | 256x256 | asd | not run¹ |" in table and "¹ asd at 256x256: strength 0.5" in table
     # and generate refuses the same settings before any work (no prompt encoded, no network call)
     calls = adapter.calls
-    with pytest.raises(InvalidArgumentError, match="re-runs no step"):
-        anysize.generate(adapter, "a cat", width=256, height=256, steps=2, method="scalediff", progress=False)
+    with pytest.raises(InvalidArgumentError, match="runs no step"):
+        anysize.generate(adapter, "a cat", width=256, height=256, steps=1, method="asd", progress=False)
     assert adapter.calls == calls

@@ -46,7 +46,8 @@ class PickAdapter(FakeAdapter):
 def ddim(steps=4, **kw):
     from diffusers import DDIMScheduler
 
-    s = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
+    kw = {"clip_sample": False, **kw}
+    s = DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
                       set_alpha_to_one=False, steps_offset=1, **kw)
     s.set_timesteps(steps)
     return s
@@ -268,6 +269,28 @@ def test_background_reaches_the_network(sd1):
         assert (runs[a] - runs[b]).abs().max().item() > 1e-4, (a, b)
 
 
+def test_corner_blocks_below_native_on_both_axes_take_the_top_and_bottom_colour():
+    """The official background_pad pads the width first (left/right blocks as tall as the input),
+    then the height across the whole padded width: the corners belong to the top/bottom bars."""
+    adapter = PickAdapter(native=16)
+    sched = ddim(4)
+    m = Elastic(resampling_steps=0)
+    ctx = StepContext(adapter, sched, fake_cond(1, True), sched.timesteps, 0, None, {}, image_seeds=(0,))
+    run = m._run_state(ctx)
+    z = torch.randn(1, 4, 6, 10, generator=torch.Generator().manual_seed(0))
+    padded, (top, left) = m._pad(ctx, run, z, [0], (16, 16))
+    assert padded.shape[-2:] == (16, 16) and (top, left) == (5, 3)
+    bar = {side: run.noisy[(0, side, size, None)] for side, size in
+           (("top", (5, 16)), ("bottom", (5, 16)), ("left", (6, 3)), ("right", (6, 3)))}
+    assert torch.equal(padded[0, :, :5], bar["top"]) and torch.equal(padded[0, :, 11:], bar["bottom"])
+    assert torch.equal(padded[0, :, 5:11, :3], bar["left"]) and torch.equal(padded[0, :, 5:11, 13:], bar["right"])
+    assert torch.equal(padded[0, :, 5:11, 3:13], z[0])
+    # the corners: the top/bottom colour (PickAdapter encodes a colour to its mean), not the left/right one
+    mean = {side: run.colour[(0, side, None)].mean() for side in bar}
+    assert len({round(float(v), 6) for v in mean.values()}) == 4
+    assert run.clean[(0, "top", (5, 16), None)].mean() == pytest.approx(float(mean["top"]), abs=1e-6)
+
+
 def test_background_choice_is_checked():
     with pytest.raises(InvalidArgumentError, match="per_run, per_step, gray"):
         Elastic(background="blue")
@@ -347,6 +370,32 @@ def test_diff6_move_is_the_ddim_step_and_renoise_is_the_exact_forward_jump(ptype
         ns.renoise(expect, t, t_prev, noise)
 
 
+@pytest.mark.parametrize("clipping", [dict(clip_sample=True), dict(clip_sample=True, clip_sample_range=0.5),
+                                      dict(thresholding=True, sample_max_value=3.0)])
+@pytest.mark.parametrize("ptype", ["epsilon", "v_prediction"])
+def test_move_clips_x0_as_a_clipping_ddim_step_does(ptype, clipping):
+    """The repaint proposal is DDIM's own step also when the scheduler clips its x0 estimate
+    (the official code: scheduler.step(...).prev_sample): clipped clean part, the model's noise."""
+    sched = ddim(10, prediction_type=ptype, **clipping)
+    ns = NoiseSpace.of(sched)
+    t, t_prev = sched.timesteps[3], sched.timesteps[4]
+    g = torch.Generator().manual_seed(0)
+    x, out = (torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64) * 2 for _ in range(2))
+    x0 = ns.to_x0(x, out, t, ptype)
+    step = sched.step(out, t, x, eta=0.0)
+    assert not torch.allclose(x0, step.pred_original_sample)  # the clipping is active here
+    assert torch.allclose(ns.clip_x0(x0), step.pred_original_sample, atol=1e-10)
+    assert torch.allclose(ns.move(x, x0, t, t_prev), step.prev_sample, atol=1e-8)
+
+
+def test_clip_x0_leaves_schedulers_that_do_not_clip_alone():
+    from diffusers import EulerDiscreteScheduler
+
+    x0 = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 5
+    for sched in (ddim(4), EulerDiscreteScheduler()):
+        assert NoiseSpace.of(sched).clip_x0(x0) is x0
+
+
 def test_diff6_scheduler_steps_once_per_timestep_with_repaint(sd1):
     from diffusers import EulerDiscreteScheduler
 
@@ -382,6 +431,39 @@ def test_diff9_rrg_is_the_official_gradient_step_from_the_last_reference():
     expect = 2 * 5000.0 / (4 * 32 * 32) / a * (up - x)
     assert torch.allclose(outs[5000.0] - outs[0.0], expect, atol=1e-5)
     assert expect.abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("clipping", [dict(clip_sample=True), dict(thresholding=True, sample_max_value=2.0)])
+def test_rrg_on_a_clipping_ddim_uses_the_schedulers_clipped_estimates(clipping):
+    """With clip_sample / thresholding both RRG estimates are the scheduler's pred_original_sample,
+    as in the official reduced_resolution_guidance: the reference's from DDIM's step on the
+    reference, the canvas's from its step on the canvas."""
+    adapter = PickAdapter(native=16)
+    sched = ddim(10, **clipping)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 32, 32, generator=g)
+    lam = 5000.0
+
+    def rrg_term(s):
+        outs = [Elastic(resampling_steps=0, rrg_init_weight=w, cosine_scale=3.0).step(
+            StepContext(adapter, s, fake_cond(1, True), s.timesteps, 0, None, {}, image_seeds=(0,)), x)
+            for w in (0.0, lam)]
+        return outs[1] - outs[0]
+
+    # PickAdapter: ε_u = 0 and the direction is the input, so the guided outputs are w·z (reference
+    # z = x[::2, ::2]) and w·U(z) (canvas); the official term is -∇ λ·mse(U(x0_ref), x0̂)
+    w = fake_cond(1, True).guidance_scale
+    z = x[..., ::2, ::2]
+    up = z.repeat_interleave(2, -2).repeat_interleave(2, -1)
+    t = sched.timesteps[0]
+    x0_ref = sched.step(w * z, t, z).pred_original_sample
+    x0_hat = sched.step(w * up, t, x).pred_original_sample
+    u_ref = x0_ref.repeat_interleave(2, -2).repeat_interleave(2, -1)
+    expect = 2 * lam / (4 * 32 * 32) * (u_ref - x0_hat)
+    ours = rrg_term(sched)
+    assert torch.allclose(ours, expect, atol=1e-5)
+    unclipped = rrg_term(ddim(10))
+    assert (unclipped - ours).abs().max() > 10 * expect.abs().max()  # clipping changes the term a lot here
 
 
 def test_rrg_schedule_matches_the_official_table():

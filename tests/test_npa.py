@@ -82,10 +82,100 @@ def test_neighborhood_indices_invariants_on_random_layouts(seed):
 
 def test_query_shift_pads_the_grid_and_keeps_every_token_once():
     idx = neighborhood_indices((8, 12), (4, 6), (1, 2))
-    assert idx.patches == 5 * 5  # ceil((8+1)/2) x ceil((12+2)/3)
+    assert idx.patches == 5 * 5  # ceil((8+2)/2) x ceil((12+3)/3)
     assert idx.query[0].tolist()[:3] == [-1, -1, -1]  # the first row of the first patch is padding
     with pytest.raises(InvalidArgumentError, match="query shift"):
         neighborhood_indices((8, 12), (4, 6), (3, 0))
+
+
+@pytest.mark.parametrize("grid,window", [((8, 12), (4, 6)), ((16, 16), (8, 8)), ((7, 11), (4, 6))])
+def test_query_shift_always_pads_a_whole_patch_like_the_official_jitter(grid, window):
+    """The official query_random_jitter pads the query grid by a whole patch whatever the drawn
+    offset: H/p + 1 patch rows also for an offset of 0 (the last row all padding) or of p (the
+    first); without a shift the grid is tiled from 0 with ceil(H/p) rows."""
+    (H, W), (ph, pw) = grid, (window[0] // 2, window[1] // 2)
+    plain = neighborhood_indices(grid, window)
+    assert plain.patches == -(-H // ph) * -(-W // pw)
+    rows, cols = -(-(H + ph) // ph), -(-(W + pw) // pw)
+    for off in [(0, 0), (0, pw), (ph, 0), (ph, pw), (1, 1)]:
+        idx = neighborhood_indices(grid, window, off)
+        assert idx.patches == rows * cols, off
+        _check_layout(grid, window, off)
+        empty = (idx.query.view(rows, cols, -1) < 0).all(-1)
+        if off[0] == 0 and H % ph == 0:
+            assert empty[-1].all()  # the padded last row
+        if off[0] == ph:
+            assert empty[0].all()  # the padded first row
+    assert axis_plan(16, 8, 0) == (4, [0, 4, 8, 12, 16], [0, 2, 6, 8, 8])  # the extra row reuses the border window
+    assert axis_plan(16, 8, 4) == (4, [-4, 0, 4, 8, 12], [0, 0, 2, 6, 8])
+    assert axis_plan(16, 8) == (4, [0, 4, 8, 12], [0, 2, 6, 8])
+
+
+def _official_jitter_attention(q, k, v, text, grid, window, offset):
+    """The official FLUX query jitter, written out from its description (spec §2.2): zero-pad the
+    query grid to (H + p) x (W + p) with the real queries at the offset, tile it with p-sized
+    patches, give patch (a, b) the window at clamp(a·p - o - h/4, 0, H - h) (likewise for columns),
+    prepend the text to queries and keys, crop the image output, average the text over all patches."""
+    B, Hh, L, d = q.shape
+    (H, W), (h, w) = grid, window
+    ph, pw = h // 2, w // 2
+    oh, ow = offset
+    tq, tk, tv = text
+    qg = torch.zeros(B, Hh, H + ph, W + pw, d)
+    qg[:, :, oh : oh + H, ow : ow + W] = q.view(B, Hh, H, W, d)
+    kg, vg = k.view(B, Hh, H, W, d), v.view(B, Hh, H, W, d)
+    out = torch.zeros_like(qg)
+    texts = []
+    for a in range((H + ph) // ph):
+        for b in range((W + pw) // pw):
+            r = min(max(a * ph - oh - h // 4, 0), H - h)
+            c = min(max(b * pw - ow - w // 4, 0), W - w)
+            qp = qg[:, :, a * ph : (a + 1) * ph, b * pw : (b + 1) * pw].reshape(B, Hh, -1, d)
+            kp = kg[:, :, r : r + h, c : c + w].reshape(B, Hh, -1, d)
+            vp = vg[:, :, r : r + h, c : c + w].reshape(B, Hh, -1, d)
+            o = F.scaled_dot_product_attention(torch.cat([tq, qp], 2), torch.cat([tk, kp], 2), torch.cat([tv, vp], 2))
+            lt = tq.shape[2]
+            texts.append(o[:, :, :lt])
+            out[:, :, a * ph : (a + 1) * ph, b * pw : (b + 1) * pw] = o[:, :, lt:].view(B, Hh, ph, pw, d)
+    return out[:, :, oh : oh + H, ow : ow + W].reshape(B, Hh, L, d), torch.stack(texts).mean(0)
+
+
+@pytest.mark.parametrize("offset", [(0, 0), (0, 3), (4, 0), (4, 3), (2, 1)])
+def test_query_shift_equals_the_official_padded_layout_for_image_and_text(offset):
+    """Image and text outputs both equal the official padded layout, including offsets of 0 (where
+    the text mean counts the all-padding patches) and of a whole patch."""
+    g = torch.Generator().manual_seed(3)
+    grid, window = (16, 12), (8, 6)
+    q, k, v = (torch.randn(2, 2, 16 * 12, 4, generator=g) for _ in range(3))
+    text = tuple(torch.randn(2, 2, 3, 4, generator=g) for _ in range(3))
+    ref_img, ref_txt = _official_jitter_attention(q, k, v, text, grid, window, offset)
+    img, txt = npa_attention(q, k, v, neighborhood_indices(grid, window, offset), text=text)
+    assert torch.allclose(img, ref_img, atol=1e-6)
+    assert torch.allclose(txt, ref_txt, atol=1e-6)
+    # the minimal tiling (dropping the all-padding patches) gives the same image but another text mean
+    if offset[0] == 0 or offset[1] == 0:
+        H, W = grid
+        rows, cols = axis_plan(H, 8, offset[0]), axis_plan(W, 6, offset[1])
+        keep = [(i * len(cols[1]) + j) for i, r in enumerate(rows[1]) if r < H for j, c in enumerate(cols[1]) if c < W]
+        idx = neighborhood_indices(grid, window, offset)
+        minimal = idx._replace(query=idx.query[keep], kv=idx.kv[keep], corners=[idx.corners[i] for i in keep])
+        flat = minimal.query.flatten()
+        slots = (flat >= 0).nonzero().flatten()
+        inverse = torch.empty(H * W, dtype=torch.long)
+        inverse[flat[slots]] = slots
+        img2, txt2 = npa_attention(q, k, v, minimal._replace(inverse=inverse), text=text)
+        assert torch.allclose(img2, ref_img, atol=1e-6)
+        assert (txt2 - ref_txt).abs().max() > 1e-4
+
+
+def test_the_npa_docstring_states_the_official_shift_layout():
+    import anysize.patches.npa as npa
+
+    doc = " ".join(npa.__doc__.split())
+    assert "padded by one whole patch on each axis" in doc and "(H/p + 1) x (W/p + 1)" in doc
+    assert "whatever the offsets, 0 included" in doc
+    H, p = 64, 32
+    assert axis_plan(H, 2 * p, 0)[1] == [0, 32, 64] and len(axis_plan(H, 2 * p, 0)[1]) == H // p + 1
 
 
 # ------------------------------------------------------------------------------ attention core
@@ -110,7 +200,7 @@ def test_partitioned_queries_with_whole_canvas_windows_equal_full_attention_with
     assert torch.allclose(text, ref[:, :, :3], atol=1e-6)
 
 
-@pytest.mark.parametrize("offset,chunk", [((0, 0), None), ((1, 2), None), ((2, 1), 3)])
+@pytest.mark.parametrize("offset,chunk", [(None, None), ((0, 0), None), ((1, 2), None), ((2, 1), 3), ((2, 2), 4)])
 def test_npa_attention_equals_a_loop_over_neighbourhoods(offset, chunk):
     g = torch.Generator().manual_seed(2)
     H, W = 7, 10

@@ -1,6 +1,7 @@
 """ScaleDiff: LFM, Structure Guidance, the cascade's stages and defaults, reduction to plain
 generation, determinism, every family to a 4x target, and bad options."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -8,7 +9,7 @@ import anysize
 from anysize.errors import InvalidArgumentError
 from anysize.methods import create
 from anysize.methods.scalediff import (
-    FAMILY_DEFAULTS, frequency_mix, lowpass, sg_weight, structure_guidance,
+    FAMILY_DEFAULTS, ScaleDiff, frequency_mix, lowpass, restart_index, sg_weight, stage_schedule, structure_guidance,
 )
 from anysize.models import adapt
 from anysize.sampling import partial_schedule
@@ -92,9 +93,9 @@ def test_guidance_round_trip_keeps_the_model_output_when_the_estimate_is_unchang
 # ------------------------------------------------------------------------------ weights and defaults
 
 
-def _stage_weights(adapter, steps, restart, schedule, base_hw):
+def _stage_weights(adapter, steps, restart, schedule):
     s = make_scheduler(adapter)
-    timesteps, _ = partial_schedule(adapter, s, steps, restart, base_hw)
+    timesteps, _ = stage_schedule(adapter, s, steps, restart)
     ns = adapter.noise_space(s)
     tau = ns.coefficients(timesteps[0])
     return [sg_weight(schedule, ns.coefficients(t), tau) for t in timesteps]
@@ -106,10 +107,10 @@ def test_sdxl_default_schedule_is_the_official_one(tiny):
     restart, cutoff, schedule, shift = FAMILY_DEFAULTS["sdxl"]
     assert (restart, cutoff, schedule, shift) == (0.4, 0.125, "alpha", False)
     s = make_scheduler(adapter)
-    timesteps, begin = partial_schedule(adapter, s, 50, restart, (128, 128))
+    timesteps, begin = stage_schedule(adapter, s, 50, restart)
     assert (begin, len(timesteps), int(timesteps[0])) == (30, 20, 381)
     spec = [1.00, .94, .88, .82, .76, .69, .63, .57, .51, .46, .40, .35, .29, .24, .20, .15, .11, .07, .04, .003]
-    ours = _stage_weights(adapter, 50, restart, schedule, (128, 128))
+    ours = _stage_weights(adapter, 50, restart, schedule)
     assert ours == pytest.approx(spec, abs=0.006)
 
 
@@ -119,43 +120,96 @@ def test_flux_default_schedule_is_the_official_one(tiny):
     restart, cutoff, schedule, shift = FAMILY_DEFAULTS["flux"]
     assert (restart, cutoff, schedule, shift) == (0.6, 0.25, "sigma", True)
     spec = [.826, .805, .783, .760, .734, .707, .678, .646, .612, .575, .535, .490, .441, .387, .327, .260, .184, .098]
-    assert _stage_weights(adapter, 30, restart, schedule, (128, 128)) == pytest.approx(spec, abs=0.0015)
+    assert _stage_weights(adapter, 30, restart, schedule) == pytest.approx(spec, abs=0.0015)
 
 
-def test_the_stage_tail_follows_the_shared_img2img_rule(tiny):
-    """Deliberate difference: U-Nets keep int(N·r) steps (official SDXL: N - int(N·(1-r)))"""
-    adapter = adapt(tiny("sdxl"))
-    for steps, restart, ours, official in [(50, 0.4, 20, 20), (3, 0.4, 1, 2), (7, 0.4, 2, 3)]:
-        timesteps, _ = partial_schedule(adapter, make_scheduler(adapter), steps, restart, (128, 128))
-        assert len(timesteps) == ours
-        assert steps - int(steps * (1 - restart)) == official
+# (steps, restart, steps re-run by the official int(N·(1 - r))) incl. the issue's cases where 1 - r
+# is not exact in binary and the diffusers img2img rules are one step off
+OFFICIAL_TAILS = [(50, 0.4, 20), (30, 0.6, 18), (3, 0.4, 2), (7, 0.4, 3), (10, 0.8, 9), (30, 0.8, 25),
+                  (50, 0.9, 46), (60, 0.55, 34), (5, 0.4, 2), (5, 0.6, 3), (10, 0.05, 1)]
+
+
+@pytest.mark.parametrize("family", ["sdxl", "sd2", "sd3", "flux"])
+def test_the_restart_index_is_the_officials(tiny, family):
+    """Every family restarts at the official int(N·(1 - restart)), float rounding included; the
+    diffusers img2img rules (partial_schedule) differ by one step on some of these."""
+    adapter = model(tiny, family)
+    differs = 0
+    for steps, restart, tail in OFFICIAL_TAILS:
+        assert restart_index(steps, restart) == int(steps * (1 - restart)) == steps - tail
+        s = make_scheduler(adapter)
+        timesteps, begin = stage_schedule(adapter, s, steps, restart)
+        assert (len(timesteps), begin) == (tail, steps - tail), (steps, restart)
+        assert torch.equal(timesteps, s.timesteps[steps - tail:])
+        if restart * steps >= 1:
+            differs += len(partial_schedule(adapter, make_scheduler(adapter), steps, restart, (16, 16))[0]) != tail
+    assert differs >= 3  # what the shared img2img rule would have run instead
+
+
+def test_the_docstring_states_the_restart_rule_the_code_runs():
+    import re
+
+    import anysize.methods.scalediff as module
+
+    doc = " ".join(module.__doc__.split())
+    assert "int(N·(1 − restart))" in doc
+    claims = re.findall(r"(\d+(?:\.\d+)?) of (\d+)(?: steps)? re-runs (\d+)", doc)
+    assert len(claims) >= 8
+    for restart, steps, runs in claims:
+        assert int(steps) - restart_index(int(steps), float(restart)) == int(runs), (restart, steps, runs)
 
 
 def test_alpha_schedule_on_a_vp_scheduler_is_the_alphas_cumprod_ratio(tiny):
     adapter = model(tiny, "sd2")  # DDIM, v-prediction
     s = make_scheduler(adapter)
-    timesteps, _ = partial_schedule(adapter, s, 20, 0.4, (16, 16))
+    timesteps, _ = stage_schedule(adapter, s, 20, 0.4)
     ac = s.alphas_cumprod.double()
     expect = [float((1 - ac[int(t)]) / (1 - ac[int(timesteps[0])])) for t in timesteps]
-    assert _stage_weights(adapter, 20, 0.4, "alpha", (16, 16)) == pytest.approx(expect, rel=1e-5)
+    assert _stage_weights(adapter, 20, 0.4, "alpha") == pytest.approx(expect, rel=1e-5)
 
 
-def test_the_flow_shift_of_every_stage_is_the_base_sizes(tiny):
-    """Deliberate difference kept from the official code: the first SG weight (γ = σ_τ) is the base
-    schedule's σ at the restart index, not that of a schedule shifted for the stage's size."""
-    adapter = model(tiny, "flux")
-    assert create("scalediff").stage_sizes(adapter, 32, 32) == [(16, 16), (32, 32)]
-    s = make_scheduler(adapter)
-    _, begin = partial_schedule(adapter, s, 10, 0.6, (16, 16))
-    base_sigma = float(s.sigmas[begin])
-    s2 = make_scheduler(adapter)
-    _, begin2 = partial_schedule(adapter, s2, 10, 0.6, (32, 32))
-    assert abs(float(s2.sigmas[begin2]) - base_sigma) > 1e-3  # the stage's own shift would differ
-    weights = _run_weights(adapter, (256, 256), steps=10, query_shift=False)
-    assert weights[0] == pytest.approx(base_sigma, abs=1e-6)
+def test_the_flow_shift_is_the_native_sizes_in_the_base_pass_and_every_stage(tiny, monkeypatch):
+    """The official code pins the flow shift's image length (4096 tokens) in the base pass and the
+    stages for any base size; anysize pins the native token count (= 4096 for FLUX.1): a 2:1 target
+    has a base of half the native tokens and still gets the native shift, and so do its stages (the
+    first SG weight γ = σ_τ is the native schedule's σ at the restart index)."""
+    from anysize.models.dit import _flow_shift_mu
+
+    adapter = model(tiny, "flux")  # native 16x16 latent = 8x8 tokens
+    assert create("scalediff").stage_sizes(adapter, 32, 64) == [(8, 16), (16, 32), (32, 64)]
+    seen, timesteps = [], []
+    set_timesteps, denoise = adapter.set_timesteps, ScaleDiff.denoise
+
+    def spy_set(scheduler, steps, latent_hw):
+        seen.append(tuple(latent_hw))
+        return set_timesteps(scheduler, steps, latent_hw)
+
+    def spy_denoise(self, request, latents, scheduler, ts, **kw):
+        timesteps.append(ts.clone())
+        return denoise(self, request, latents, scheduler, ts, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(adapter, "set_timesteps", spy_set)
+        m.setattr(ScaleDiff, "denoise", spy_denoise)
+        weights = _run_weights(adapter, (256, 512), steps=10, query_shift=False, with_stages=True)
+    assert seen and set(seen) == {(16, 16)}  # the base pass, the early restart check and both stages
+    native = make_scheduler(adapter)
+    full = adapter.set_timesteps(native, 10, (16, 16))
+    own = adapter.set_timesteps(make_scheduler(adapter), 10, (8, 16))
+    assert torch.equal(timesteps[0], full) and not torch.equal(own, full)  # the base's own shift would differ
+    begin = restart_index(10, 0.6)
+    assert all(torch.equal(t, full[begin:]) for t in timesteps[1:]) and len(timesteps) == 3
+    assert weights[-1][0] == pytest.approx(float(native.sigmas[begin]), abs=1e-6)
+    # FLUX.1's native 1024² canvas is the official 4096 tokens
+    flux = adapt(tiny("flux"))
+    s1, s2 = make_scheduler(flux), make_scheduler(flux)
+    assert tuple(flux.native_latent_size) == (128, 128)
+    stage_schedule(flux, s1, 30, 0.6)
+    s2.set_timesteps(sigmas=np.linspace(1.0, 1 / 30, 30), mu=_flow_shift_mu(s2, 4096, 1.15))
+    assert torch.equal(s1.sigmas, s2.sigmas) and float(s1.sigmas[12]) == pytest.approx(0.826, abs=1e-3)
 
 
-def _run_weights(adapter, size, **options):
+def _run_weights(adapter, size, with_stages=False, **options):
     from anysize.request import Request
     from anysize.sampling import make_generators
 
@@ -165,7 +219,7 @@ def _run_weights(adapter, size, **options):
     job = Request(adapter, ["a cat"], None, size[0], size[1], steps, adapter.default_guidance, [0], None, cond,
               make_generators(0, 1), progress=False)
     _, stages = m.cascade(job)
-    return stages[-1].weights
+    return [s.weights for s in stages] if with_stages else stages[-1].weights
 
 
 # ------------------------------------------------------------------------------ the cascade
@@ -339,8 +393,9 @@ def test_bad_options_are_refused_with_the_valid_range(options, match):
 def test_a_restart_that_runs_no_step_is_refused_before_any_work(tiny):
     adapter = model(tiny, "sd1")
     calls = adapter.calls
-    with pytest.raises(InvalidArgumentError, match="restart 0.05 of 10 steps re-runs no step.*restart >= 0.1"):
-        gen(adapter, steps=10, restart=0.05)
+    # int(10·(1 - 1e-17)) = 10 in floating point: no step left (0.05 of 10 still re-runs one, officially too)
+    with pytest.raises(InvalidArgumentError, match="restart 1e-17 of 10 steps re-runs no step.*larger restart"):
+        gen(adapter, steps=10, restart=1e-17)
     assert adapter.calls == calls
 
 

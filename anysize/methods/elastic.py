@@ -23,11 +23,17 @@ repaint on, core native/2); ``preset`` selects the settings of the official CLI 
 guidance scale is 10 (``guidance=10`` / ``--guidance 10``; anysize's default is the model's).
 Below the native size the canvas itself is padded to native with the background, as the official
 code does, for the reference and the single local patch alike (which are then the same network
-input, so one evaluation serves both).
+input, so one evaluation serves both). Padding goes as the official ``background_pad``: the width
+first (left/right blocks as tall as the input), then the height across the whole padded width, so
+with both axes below native the corner blocks take the top/bottom colour.
 
 All native sizes come from the adapter (``native_latent_size``); every step is expressed through
 the scheduler's tables (:class:`~anysize.noise.NoiseSpace`), so ε and v-prediction and any
-diffusers scheduler work (DDIM, the official one, reproduces the official update).
+diffusers scheduler work (DDIM, the official one, reproduces the official update). The clean
+estimates the repaint pass and RRG use are clipped the way the scheduler's own step clips its
+estimate (``clip_sample`` / ``clip_sample_range``, or dynamic ``thresholding``;
+:meth:`~anysize.noise.NoiseSpace.clip_x0`), as the official code takes them from DDIM's
+``pred_original_sample``; schedulers that do not clip (SD's shipped configs, Euler) are unchanged.
 
 Deliberate differences from the official code (ElasticDiffusion-official, ``elastic_diffusion.py``),
 each checked in ``tests/test_elastic.py``:
@@ -390,16 +396,18 @@ class Elastic(Method):
         top, left = (nh - h) // 2, (nw - w) // 2
         rows = []
         for img, zi in zip(images, z):
-            parts = [zi]
-            if nh > h:
-                parts = [self._background(ctx, run, img, "top", (top, w), z)] if top else []
-                parts += [zi, self._background(ctx, run, img, "bottom", (nh - h - top, w), z)]
-            col = torch.cat(parts, dim=-2)
+            # the width first, then the height across the whole padded width, as the official
+            # background_pad: the corner blocks belong to the top and bottom bars
+            out = zi
             if nw > w:
-                parts = [self._background(ctx, run, img, "left", (nh, left), z)] if left else []
-                parts += [col, self._background(ctx, run, img, "right", (nh, nw - w - left), z)]
-                col = torch.cat(parts, dim=-1)
-            rows.append(col)
+                parts = [self._background(ctx, run, img, "left", (h, left), z)] if left else []
+                parts += [out, self._background(ctx, run, img, "right", (h, nw - w - left), z)]
+                out = torch.cat(parts, dim=-1)
+            if nh > h:
+                parts = [self._background(ctx, run, img, "top", (top, nw), z)] if top else []
+                parts += [out, self._background(ctx, run, img, "bottom", (nh - h - top, nw), z)]
+                out = torch.cat(parts, dim=-2)
+            rows.append(out)
         return torch.stack(rows), (top, left)
 
     # ------------------------------------------------------------------ network calls
@@ -504,7 +512,7 @@ class Elastic(Method):
         if o.repaint and r > 0 and not ctx.is_last:
             t_next = ctx.timesteps[ctx.index + 1]
             x0 = ns.to_x0(x.float(), out.float(), ctx.t, ptype)
-            proposal = ns.move(x.float(), x0, ctx.t, t_next)
+            proposal = ns.move(x.float(), x0, ctx.t, t_next)  # clips x0 as the scheduler's step does
             noise = torch.stack([torch.randn(x.shape[1:], generator=g, dtype=torch.float32) for g in run.renoise[:b]])
             x = ns.renoise(proposal, t_next, ctx.t, upload(noise, x.device)).to(x.dtype)
             scale = w / o.repaint_divisor
@@ -523,8 +531,10 @@ class Elastic(Method):
         picks, eu, d = ref
         b, c, hh, ww = x.shape
         z = torch.stack([x[i].flatten(1)[:, picks[i]] for i in range(b)]).view(d.shape)  # the reference, unscaled
-        x0_hat = ns.to_x0(x.float(), out.float(), ctx.t, ptype)
-        x0_ref = ns.to_x0(z.float(), eu.float() + scale * d, ctx.t, ptype)
+        # both estimates as the scheduler's step clips them (the official code takes both from DDIM's
+        # pred_original_sample)
+        x0_hat = ns.clip_x0(ns.to_x0(x.float(), out.float(), ctx.t, ptype))
+        x0_ref = ns.clip_x0(ns.to_x0(z.float(), eu.float() + scale * d, ctx.t, ptype))
         delta = (2.0 * lam / (c * hh * ww)) * (block_upsample(x0_ref, (hh, ww)) - x0_hat)
         c_next = ns.input_scale(ctx.timesteps[ctx.index + 1]) if not ctx.is_last else 1.0
         return delta / c_next

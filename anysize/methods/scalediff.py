@@ -8,9 +8,9 @@ Attention, Latent Frequency Mixing and Structure Guidance.
    * **LFM** reference: ``Z_ref = HP_f(E(up_rgb(x))) + LP_f(up_lat(z))`` — the low band of the
      bicubic latent upsample, the high band of the VAE re-encoding of the bicubic pixel upsample;
      ``LP_f`` = bilinear antialiased down-sampling by ``cutoff`` and bilinear up-sampling back.
-   * Re-noise ``Z_ref`` to the start of the last ``restart`` of the schedule (the family's
-     diffusers img2img rule, :func:`anysize.sampling.partial_schedule`) and denoise the tail with
-     the network under the ``npa`` patch (:mod:`anysize.patches.npa`).
+   * Re-noise ``Z_ref`` to step ``i0 = int(N·(1 − restart))`` of the N-step schedule (the official
+     rule, :func:`restart_index`) and denoise the tail from there with the network under the
+     ``npa`` patch (:mod:`anysize.patches.npa`).
    * **Structure Guidance** at every step: ``x0 ← x0 + γ_t · (LP_f(Z_ref) − LP_f(x0))`` on the
      predicted clean latent, converted back into the model's own output (ε, v or flow velocity)
      through the scheduler's tables, so every scheduler and parametrisation works.
@@ -20,10 +20,18 @@ restart 0.4, cutoff 0.125, ``γ_t = (1−ᾱ_t)/(1−ᾱ_τ)`` ("alpha"), no que
 cutoff 0.25, ``γ_t = σ_t`` ("sigma"), query shift on (the official code's default); SD3 (not in the
 paper) is a flow model like FLUX and takes FLUX's settings except the query shift (off).
 
-Kept from the official code although the generic img2img path would differ: a flow model's
-resolution shift ``mu`` is that of the base size for every stage (official FLUX pins 4096 tokens);
-a partial schedule shifted for the stage's own, much larger size would start from almost pure
-noise (test_the_flow_shift_of_every_stage_is_the_base_sizes).
+Kept from the official code although the generic img2img path would differ:
+
+* The restart index is the official ``int(N·(1 − restart))``, computed in the same floating point,
+  for every family (diffusers' img2img pipelines keep ``int(N·restart)`` steps on U-Nets and skip
+  ``int(N − N·restart)`` on SD3/FLUX, which differ from it): restart 0.4 of 50 steps re-runs 20,
+  0.6 of 30 re-runs 18, 0.4 of 3 re-runs 2, 0.4 of 7 re-runs 3, and where ``1 − restart`` is not
+  exact in binary 0.8 of 10 re-runs 9, 0.8 of 30 re-runs 25, 0.9 of 50 re-runs 46 and 0.55 of 60
+  re-runs 34, as in the official code (test_the_restart_index_is_the_officials).
+* A flow model's resolution shift ``mu`` is pinned at one token count for the base pass and every
+  stage alike (official FLUX: 4096 tokens for any base size); a partial schedule shifted for the
+  stage's own, much larger size would start from almost pure noise. At or below the native size
+  (no stage) the run is plain generation with its own shift.
 
 Deliberate differences from the official code (each has a test in tests/test_scalediff.py):
 
@@ -44,9 +52,10 @@ Deliberate differences from the official code (each has a test in tests/test_sca
 * SD 1.x/2.x and SD3 are supported (not in the paper or the code), with the defaults above; SD3
   canvases beyond its position table get the table's sin-cos formula extended outward (see
   :mod:`anysize.patches.npa`; the spec's option (a), untested on the real model's quality).
-* The stage's schedule tail is the shared img2img path's (each family's diffusers rule): the U-Nets
-  run ``int(N·restart)`` steps, the official SDXL code ``N − int(N·(1−restart))``; both give the
-  same whenever ``N·restart`` is whole (50 × 0.4 = 20), and SD3/FLUX agree always.
+* The pinned token count of the flow shift is the model's native one (``native_latent_size``;
+  official: the constant 4096, which is FLUX.1's native 1024² canvas, so the two agree for FLUX.1
+  at every target, square or not)
+  (test_the_flow_shift_is_the_native_sizes_in_the_base_pass_and_every_stage).
 * A non-square target's base is native on the target's limiting side (the base never extends past
   the native canvas, e.g. 64x128 px for a 2:1 target of a 128-px model); the official code only
   runs square 1024² bases.
@@ -65,7 +74,7 @@ from ..errors import InvalidArgumentError
 from ..lazy import lazy_module
 from ..options import option
 from ..patches.npa import NPAPatch
-from ..sampling import StepContext, check_runs_a_step, partial_schedule
+from ..sampling import StepContext
 from .base import Method, MethodOptions
 from .registry import register
 
@@ -105,6 +114,33 @@ class ScaleDiffOptions(MethodOptions):
                                 unset="round(log2(target / native)), at least one above the native size")
     vae_sample: bool = option(True, "encode the pixel upsample with a seeded posterior sample like the official "
                                     "code (false: the mode)")
+
+
+def restart_index(steps: int, restart: float) -> int:
+    """The step of an N-step schedule the upscaling stages restart from: the official
+    ``int(N·(1 − restart))``, in the same floating point (so 0.8 of 10 steps gives 1, not 2)."""
+    return int(steps * (1 - restart))
+
+
+def check_restart(steps: int, restart: float) -> int:
+    """:func:`restart_index`, refusing a restart whose stages would run no step (before any work)."""
+    skipped = restart_index(steps, restart)
+    if skipped >= steps:
+        raise InvalidArgumentError(
+            f"scalediff restart {restart} of {steps} steps re-runs no step in the upscaling stages "
+            f"(int(steps·(1 − restart)) = {skipped}); use a larger restart or more steps"
+        )
+    return skipped
+
+
+def stage_schedule(adapter, scheduler, steps: int, restart: float) -> tuple[Tensor, int]:
+    """(timesteps, begin) of an upscaling stage: ``steps`` steps set on ``scheduler`` as for the
+    model's native size (a flow model's resolution shift pinned there), from
+    :func:`restart_index` on (``begin`` counts the scheduler's sub-steps, e.g. Heun's two)."""
+    skipped = check_restart(steps, restart)
+    timesteps = adapter.set_timesteps(scheduler, steps, tuple(adapter.native_latent_size))
+    begin = skipped * getattr(scheduler, "order", 1)
+    return timesteps[begin:], begin
 
 
 def lowpass(x: Tensor, cutoff: float) -> Tensor:
@@ -202,7 +238,7 @@ class ScaleDiff(Method):
         super().check(adapter, height, width, steps)
         f = adapter.vae_factor
         if steps is not None and len(self.stage_sizes(adapter, height // f, width // f)) > 1:
-            self._check_restart(adapter, steps)
+            check_restart(steps, self.settings(adapter)["restart"])
         if self.options.npa:  # the stages run inside the patch (which extends SD3's position table)
             NPAPatch.check_canvas(adapter, (height // f, width // f))
         else:
@@ -218,12 +254,13 @@ class ScaleDiff(Method):
         f = adapter.vae_factor
         sizes = self.stage_sizes(adapter, *request.latent_hw)
         base = sizes[0]
-        if len(sizes) > 1:
-            self._schedule(request, base)  # a restart that runs no step fails before any work
-        z = Method.run(self, dataclasses.replace(request, height=base[0] * f, width=base[1] * f))
+        if len(sizes) == 1:  # at or below the native size: plain generation
+            return Method.run(self, request), []
+        check_restart(request.steps, self.settings(adapter)["restart"])  # before any work
+        z = self.base_pass(dataclasses.replace(request, height=base[0] * f, width=base[1] * f))
         stages = []
         for p, size in enumerate(sizes[1:], start=1):
-            stage = self.stage(request, z, size, base, label=f"stage {p}/{len(sizes) - 1}")
+            stage = self.stage(request, z, size, label=f"stage {p}/{len(sizes) - 1}")
             z = self.upscale_stage(request, stage)
             stages.append(stage)
         return z, stages
@@ -244,30 +281,29 @@ class ScaleDiff(Method):
         z_latent = F.interpolate(z.float(), size=size, mode="bicubic", align_corners=False)
         return frequency_mix(z_latent, z_pixel, cutoff)
 
-    def _check_restart(self, adapter, steps: int) -> None:
-        restart = self.settings(adapter)["restart"]
-        try:
-            check_runs_a_step(adapter, steps, restart)
-        except InvalidArgumentError:
-            raise InvalidArgumentError(
-                f"scalediff restart {restart} of {steps} steps re-runs no step in the upscaling stages; "
-                f"use restart >= {1 / steps:.3g} or more steps"
-            ) from None
-
-    def _schedule(self, request, base: tuple[int, int]):
-        """(scheduler, timesteps, begin index) of a stage: the last ``restart`` of the request's schedule."""
-        self._check_restart(request.adapter, request.steps)
+    def base_pass(self, request) -> Tensor:
+        """The base image of a cascade: one loop from pure noise on the request's (base) canvas, its
+        schedule set as for the native size (a flow model's shift pinned there, as the stages')."""
+        adapter = request.adapter
         scheduler = request.make_scheduler()
-        # the schedule (and a flow model's resolution shift) of the base size, as the official code
-        timesteps, begin = partial_schedule(request.adapter, scheduler, request.steps,
-                                            self.settings(request.adapter)["restart"], base)
+        h, w = request.latent_hw
+        timesteps = adapter.set_timesteps(scheduler, request.steps, tuple(adapter.native_latent_size))
+        latents = adapter.initial_noise((request.cond.batch, adapter.latent_channels, h, w), request.generators)
+        latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)
+        return self.denoise(request, latents, scheduler, timesteps)
+
+    def _schedule(self, request):
+        """(scheduler, timesteps, begin index) of a stage (:func:`stage_schedule`)."""
+        restart = self.settings(request.adapter)["restart"]
+        scheduler = request.make_scheduler()
+        timesteps, begin = stage_schedule(request.adapter, scheduler, request.steps, restart)
         return scheduler, timesteps, begin
 
-    def stage(self, request, z: Tensor, size: tuple[int, int], base: tuple[int, int], *, label: str = "") -> Stage:
+    def stage(self, request, z: Tensor, size: tuple[int, int], *, label: str = "") -> Stage:
         """The upscaling stage to latent ``size`` from the previous stage's latents ``z``."""
         s = self.settings(request.adapter)
         ref = self.reference(request, z, size, s["cutoff"])
-        scheduler, timesteps, begin = self._schedule(request, base)
+        scheduler, timesteps, begin = self._schedule(request)
         tau = request.adapter.noise_space(scheduler).coefficients(timesteps[0])
         return Stage(label, size, ref, lowpass(ref, s["cutoff"]), s["cutoff"], s["sg_schedule"], scheduler, timesteps,
                      begin, tau)

@@ -8,7 +8,7 @@ Diffusion", NeurIPS 2025 (arXiv 2510.25818); official code KSH00906/ScaleDiff.
 
 Every self-attention layer whose token grid (H, W) is larger than its *window* (the grid the same
 layer has at the model's native size, h x w) splits its queries into non-overlapping
-``ceil(h/2) x ceil(w/2)`` patches; each patch attends to the ``h x w`` key/value window centred on
+``⌊h/2⌋ x ⌊w/2⌋`` patches; each patch attends to the ``h x w`` key/value window centred on
 it (slid inward at the borders), i.e. to exactly as many keys as the layer saw in training. Q/K/V
 projections, output projections and every other layer run once on the whole canvas.
 
@@ -25,9 +25,15 @@ projections, output projections and every other layer run once on the whole canv
   (:func:`extended_sincos_table`, checked to contain the stored table exactly in its centre, so
   every canvas that fitted gets the same positions as before).
 
-Optional query shift (``shift=True``): for every attention call the query grid is offset by a
-random ``(o_h, o_w)``, ``o ∈ {0..patch}``, giving ``ceil((H+o_h)/p)`` patch rows (the official FLUX
-code's ``query_random_jitter``); offsets come from generators seeded with each image's seed.
+Optional query shift (``shift=True``, the official FLUX code's ``query_random_jitter``): for every
+attention call a random ``(o_h, o_w)``, ``o ∈ {0..p}`` with ``p`` the query patch side, is drawn;
+as in the official code the query grid is padded by one whole patch on each axis, to
+``(H + p_h) x (W + p_w)``, the real queries placed at ``(o_h, o_w)``, and tiled by patches:
+``ceil((H + p_h)/p_h) x ceil((W + p_w)/p_w)`` of them (``(H/p + 1) x (W/p + 1)`` when ``p``
+divides the grid, e.g. ``(2s + 1)²`` at scale s), whatever the offsets, 0 included. A patch that
+lies wholly in the padding (the last row for ``o_h = 0``, the first for ``o_h = p``) still runs:
+its image outputs are dropped, but its text outputs count in the text mean over the patches, as
+officially. Offsets come from generators seeded with each image's seed.
 
 A layer whose grid fits its window (the native size and below) keeps its own processor, so the
 patch changes nothing there; leaving the context restores the original processors.
@@ -71,23 +77,32 @@ FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 # ----------------------------------------------------------------------------- geometry (pure)
 
 
-def axis_plan(length: int, window: int, offset: int = 0) -> tuple[int, list[int], list[int]]:
+def axis_plan(length: int, window: int, offset: int | None = None) -> tuple[int, list[int], list[int]]:
     """One axis of the NPA geometry.
 
     Returns ``(patch, starts, corners)``: the query patch size, the start of every query patch in
-    real coordinates (the first may be negative with an offset: its leading part is padding) and
-    the corner of its key/value window, ``clamp(start - (window - patch) // 2, 0, length - window)``.
-    An axis shorter than the window is one patch with the whole axis as its window.
+    real coordinates and the corner of its key/value window,
+    ``clamp(start - (window - patch) // 2, 0, length - window)``. Without a query shift
+    (``offset`` None) the axis is tiled from 0: ``ceil(length / patch)`` patches. With one
+    (``offset`` o in 0..patch, 0 included) the queries sit at o on an axis padded to
+    ``length + patch``, as the official ``query_random_jitter``: ``ceil((length + patch) / patch)``
+    patches whatever o is (``length/patch + 1`` when the patch divides the length), starts
+    ``a·patch - o``; a patch that lies wholly in the padding (the last one for o = 0, the first for
+    o = patch) is kept: its queries are all padding, but its text rows still count in the text mean.
+    An axis shorter than the window is one patch with the whole axis as its window (no shift).
     """
     if length < 1 or window < 1:
         raise InvalidArgumentError(f"NPA needs a positive length and window, got {length} and {window}")
     if length < window:
         return length, [0], [0]
     patch = max(1, window // 2)
-    if not 0 <= offset <= patch:
+    if offset is not None and not 0 <= offset <= patch:
         raise InvalidArgumentError(f"query shift {offset} is outside 0..{patch}")
     margin = (window - patch) // 2
-    n = -(-(length + offset) // patch)
+    if offset is None:
+        n, offset = -(-length // patch), 0
+    else:
+        n = -(-(length + patch) // patch)
     starts = [a * patch - offset for a in range(n)]
     corners = [min(max(s - margin, 0), length - window) for s in starts]
     return patch, starts, corners
@@ -114,12 +129,16 @@ class NPAIndex(NamedTuple):
         return self.query.shape[0]
 
 
-def neighborhood_indices(grid: tuple[int, int], window: tuple[int, int], offset: tuple[int, int] = (0, 0)) -> NPAIndex:
-    """The NPA layout of a ``grid`` = (H, W) token map with native ``window`` = (h, w) (see module doc)."""
+def neighborhood_indices(grid: tuple[int, int], window: tuple[int, int],
+                         offset: tuple[int, int] | None = None) -> NPAIndex:
+    """The NPA layout of a ``grid`` = (H, W) token map with native ``window`` = (h, w) (see module
+    doc); ``offset`` (o_h, o_w) is a query shift (None: none; (0, 0) is a shift by zero, which
+    still pads each axis by a patch, see :func:`axis_plan`)."""
     H, W = grid
     wh, ww = min(window[0], H), min(window[1], W)
-    ph, rows, crows = axis_plan(H, window[0], offset[0])
-    pw, cols, ccols = axis_plan(W, window[1], offset[1])
+    oh, ow = (None, None) if offset is None else offset
+    ph, rows, crows = axis_plan(H, window[0], oh)
+    pw, cols, ccols = axis_plan(W, window[1], ow)
     ar_h, ar_w = torch.arange(ph), torch.arange(pw)
     kh, kw = torch.arange(wh), torch.arange(ww)
     query, kv, corners = [], [], []
@@ -343,8 +362,9 @@ class NPAPatch(ReversiblePatch):
         return None
 
     def plan(self, tokens: int, batch: int) -> tuple[tuple[int, int], tuple[int, int], list[tuple[int, int]]] | None:
-        """(grid, window, one query offset per batch row) for a call on ``tokens`` image tokens, or
-        None when the call keeps full attention (grid within the window, or an unknown layout)."""
+        """(grid, window, one query offset per batch row, None without the query shift) for a call on
+        ``tokens`` image tokens, or None when the call keeps full attention (grid within the window,
+        or an unknown layout)."""
         if self.family in ("sd3", "flux"):
             grid = self.token_grid
             if grid is None or grid[0] * grid[1] != tokens:
@@ -361,7 +381,7 @@ class NPAPatch(ReversiblePatch):
             window = (-(-self.native[0] // r), -(-self.native[1] // r))
         if grid[0] <= window[0] and grid[1] <= window[1] and not self.settings.apply_at_native:
             return None
-        offsets = [(0, 0)] * batch
+        offsets = [None] * batch
         if self.settings.shift:
             ph = max(1, window[0] // 2) if grid[0] >= window[0] else 0
             pw = max(1, window[1] // 2) if grid[1] >= window[1] else 0
@@ -386,7 +406,7 @@ class NPAPatch(ReversiblePatch):
     def attend(self, q: Tensor, k: Tensor, v: Tensor, plan, text=None) -> tuple[Tensor, Tensor | None]:
         """NPA for a batch (q, k, v: (B, heads, L, d)); rows with different offsets run apart."""
         grid, window, offsets = plan
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[int, int] | None, list[int]] = {}
         for r, off in enumerate(offsets):
             groups.setdefault(off, []).append(r)
         if len(groups) == 1:
