@@ -72,7 +72,7 @@ def test_manifest_datasets_and_bad_rows(tmp_path):
     data.__post_init__()
     img, caption = data.load(1, np.random.default_rng(0))
     assert caption == "a wide one" and img.shape == (3, 64, 96)
-    assert data.skipped["unreadable at load"] == 1
+    assert data.skipped["undecodable at load"] == 1
     csv = tmp_path / "m.csv"
     csv.write_text("path,prompt\na.png,from csv\n")
     assert [e.caption for e in scan(csv, (Bucket(64, 64),)).entries] == ["from csv"]
@@ -306,3 +306,36 @@ def test_distributed_data_parallel_on_two_cpu_processes(dataset, tmp_path, tiny_
     env["CUDA_VISIBLE_DEVICES"] = ""
     alone = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert alone.returncode != 0 and "no distributed training" in alone.stderr
+
+
+def test_truncated_zero_byte_and_misnamed_images_in_a_whole_run(dataset, tmp_path, tiny_model, monkeypatch):
+    """Issue 24.4: the header-only scan passes a truncated PNG; the run counts it once under
+    'undecodable at load' and never opens it again, however often it is drawn."""
+    from PIL import Image as PILImage
+
+    import anysize.train.data as data_module
+
+    truncated = dataset / "truncated.png"
+    _png(truncated, 128, 128, 7)
+    truncated.write_bytes(truncated.read_bytes()[:80])  # the header decodes, the pixels do not
+    (dataset / "truncated.txt").write_text("cut short")
+    (dataset / "zero.png").write_bytes(b"")
+    (dataset / "zero.txt").write_text("nothing")
+    _png(dataset / "misnamed.jpg", 128, 128, 8)  # a PNG with a .jpg name: Pillow reads it by content
+    (dataset / "misnamed.txt").write_text("misnamed")
+    opened = []
+    real_open = PILImage.open
+
+    def counting_open(path, *a, **kw):
+        opened.append(str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(data_module.Image, "open", counting_open)
+    out = tmp_path / "out"
+    train_arad(_cfg(dataset, out, tiny_model, steps=12, batch=4, checkpoint_every=12))
+    info = json.loads((out / "arad.json").read_text())
+    assert info["skipped"]["undecodable at load"] == 1
+    assert info["skipped"]["unreadable image"] == 2  # broken.png and the zero-byte file, at the scan
+    loads = [p for p in opened if p.endswith("truncated.png")]
+    assert len(loads) == 2  # once by the scan (header), once at load: then never again
+    assert any(p.endswith("misnamed.jpg") for p in opened[-100:])  # drawn and decoded

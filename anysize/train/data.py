@@ -52,6 +52,8 @@ class BucketedImages:
     skipped: Counter = field(default_factory=Counter)
 
     def __post_init__(self):
+        #: entries that failed to decode when loaded (a truncated file passes the header-only scan)
+        self.undecodable: set[int] = set()
         self.by_bucket: dict[int, list[int]] = {}
         for i, e in enumerate(self.entries):
             self.by_bucket.setdefault(e.bucket, []).append(i)
@@ -65,18 +67,24 @@ class BucketedImages:
 
         The image is resized to *cover* the bucket (aspect ratio kept) and cropped to it — a random
         crop for training, the centre otherwise (spec §2.3: no distortion, unlike a plain resize).
-        A file that no longer decodes is counted (``skipped['unreadable at load']``) and replaced
-        by the next entry of the same bucket, so a batch keeps its shape.
+        A file that does not decode (a truncated PNG passes the header-only scan) is counted once
+        (``skipped['undecodable at load']``), never opened again, and replaced by the next entry of
+        the same bucket, so a batch keeps its shape; the replacement is the same whether the failure
+        is new or remembered, so a resumed run draws exactly the same images.
         """
         members = self.by_bucket[self.entries[index].bucket]
         start = members.index(index)
         for k in range(len(members)):
-            e = self.entries[members[(start + k) % len(members)]]
+            i = members[(start + k) % len(members)]
+            if i in self.undecodable:
+                continue
+            e = self.entries[i]
             try:
                 with Image.open(e.path) as im:
                     img = im.convert("RGB")
             except (OSError, ValueError, Image.DecompressionBombError):
-                self.skipped["unreadable at load"] += 1
+                self.undecodable.add(i)
+                self.skipped["undecodable at load"] += 1
                 continue
             return to_bucket(img, self.buckets[e.bucket], rng, random_crop), e.caption
         raise InvalidArgumentError(f"no image of bucket {self.buckets[self.entries[index].bucket]} can be decoded")
