@@ -27,6 +27,7 @@ from .models import ModelAdapter, adapt
 from .models import load as _load_model
 from .models.base import Conditioning, as_list
 from .options import require
+from .prompts import check_prompt
 from .request import Request
 from .sampling import StepCallback, check_strength, current_step, make_generators, partial_schedule
 from .schedulers import make_scheduler, scheduler_name
@@ -276,8 +277,11 @@ def upscale(
     pipeline); below 1 the bicubic target-size image, encoded, is the starting point.
     """
     adapter = adapt(model)
-    if not isinstance(prompt, str) or not (negative_prompt is None or isinstance(negative_prompt, str)):
+    if isinstance(prompt, (list, tuple)) or isinstance(negative_prompt, (list, tuple)):
         raise InvalidArgumentError("upscale takes one prompt and at most one negative prompt (strings)")
+    check_prompt(prompt)
+    if negative_prompt is not None:
+        check_prompt(negative_prompt, "negative prompt")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidArgumentError(f"seed must be an integer, got {seed!r}")
     m = _method(method, method_options)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgumentError, OutputError, check_choice
 from .console import EXIT_OK, library_output, note
-from .inputs import parse_set, parse_size
+from .inputs import check_text_option, parse_set, parse_size
 from .methods import method_lines, refining_methods
 from .model_options import (
     TILED_VAE_MODES, add_model_options, add_runtime_options, check_model_options, check_run_options, check_sizes,
@@ -106,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     if args.strength is not None:
         check_strength(args.strength)
     tiled = check_run_options(args)
+    check_text_option(args.prompt, "--prompt")
+    check_text_option(args.negative, "--negative")
     device = check_model_options(args)
     source = api.load_image(args.image)  # unreadable images fail before the model loads
     check_sizes(args, [size])
