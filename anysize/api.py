@@ -23,10 +23,12 @@ import torch
 
 from . import methods as _methods
 from .errors import AnysizeError, InvalidArgumentError, InvalidSizeError, UnknownChoiceError
+from .images import load_image  # noqa: F401  (anysize.api.load_image: part of the API)
 from .models import ModelAdapter, adapt
 from .models import load as _load_model
 from .models.base import Conditioning, as_list
 from .options import require
+from .prompts import check_prompt
 from .request import Request
 from .sampling import StepCallback, check_strength, current_step, make_generators, partial_schedule
 from .schedulers import make_scheduler, scheduler_name
@@ -246,24 +248,6 @@ def upscale_size(
     return snapped[0], snapped[1], snapped != exact
 
 
-def load_image(image):
-    """An RGB PIL image from a PIL image or a file path; unreadable files are an InvalidArgumentError."""
-    from PIL import Image, UnidentifiedImageError
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    if not isinstance(image, (str, os.PathLike)):
-        raise InvalidArgumentError(f"image must be a PIL image or a file path, got {type(image).__name__}")
-    try:
-        with Image.open(image) as im:
-            im.load()
-            return im.convert("RGB")
-    except FileNotFoundError:
-        raise InvalidArgumentError(f"image {os.fspath(image)} does not exist") from None
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise InvalidArgumentError(f"cannot read image {os.fspath(image)}: {e}") from None
-
-
 def image_to_tensor(image, height: int, width: int) -> torch.Tensor:
     """An RGB PIL image resized (bicubic) to height×width, as a (1, 3, H, W) float tensor in [-1, 1]."""
     import numpy as np
@@ -300,6 +284,10 @@ def upscale(
 ) -> GenerationResult:
     """Enlarge ``image`` (a PIL image or a file path) SDEdit-style with a registered method.
 
+    The image is read as 8-bit RGB by :func:`anysize.images.load_image`: EXIF orientation applied,
+    16-bit and [0, 1]-float images scaled, palettes expanded, alpha composited over white, modes
+    without a defined conversion refused (see :mod:`anysize.images`).
+
     The image is resized (bicubic) to the target, ``scale`` × its size (sides rounded to the
     model's pixel factor; the config's ``upscale.rounded`` says when that moved them) or ``size``
     = (width, height); encoded with the model's VAE (tiled above 2048² px with ``tiled_vae="auto"``);
@@ -316,8 +304,11 @@ def upscale(
     pipeline); below 1 the bicubic target-size image, encoded, is the starting point.
     """
     adapter = adapt(model)
-    if not isinstance(prompt, str) or not (negative_prompt is None or isinstance(negative_prompt, str)):
+    if isinstance(prompt, (list, tuple)) or isinstance(negative_prompt, (list, tuple)):
         raise InvalidArgumentError("upscale takes one prompt and at most one negative prompt (strings)")
+    check_prompt(prompt)
+    if negative_prompt is not None:
+        check_prompt(negative_prompt, "negative prompt")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InvalidArgumentError(f"seed must be an integer, got {seed!r}")
     m = _method(method, method_options)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgumentError, OutputError, check_choice
 from .console import EXIT_OK, library_output
+from .inputs import check_text_option
 from .model_options import add_model_options, add_runtime_options, check_model_options, load_model
 
 HELP = "every method at native size and beyond, on one labelled comparison sheet"
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from ..output import check_writable, save_json, save_png
     from ..toy.demo import render_sheet, run_demo
 
+    check_text_option(args.prompt, "--prompt")
     for m in args.methods or ():
         check_choice("method", m, methods.names())
     if args.steps is not None and args.steps <= 0:

@@ -7,7 +7,7 @@ import textwrap
 
 from ..errors import check_choice
 from .console import EXIT_OK, library_output, note
-from .inputs import parse_set, parse_size, read_prompts
+from .inputs import check_text_option, parse_set, parse_size, read_prompts
 from .methods import method_lines
 from .model_options import (
     TILED_VAE_MODES, add_model_options, add_runtime_options, check_model_options, check_run_options, check_sizes,
@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     tiled = check_run_options(args)
     device = check_model_options(args)
     prompts = read_prompts(args.prompts, args.prompts_file)
+    check_text_option(args.negative, "--negative")
     check_sizes(args, [size])
     outputs = plan_outputs(args.out, len(prompts), args.method, size, args.seed)
     for path in outputs or ():

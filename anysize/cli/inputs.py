@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import InvalidArgumentError, InvalidSizeError
+from ..prompts import check_prompt, decode_prompt_file
 
 _SIZE_RE = re.compile(r"^\s*([^xX×*]+?)\s*[xX×*]\s*([^xX×*]+?)\s*$")
 
@@ -72,20 +73,32 @@ def parse_set(items: Sequence[str] | None) -> dict[str, Any]:
 
 
 def read_prompts(positional: Sequence[str], prompts_file: str | None) -> list[str]:
-    """Prompts from the command line, then one per non-empty line of ``prompts_file`` ('-': stdin)."""
-    prompts = list(positional or [])
+    """Prompts from the command line, then one per non-empty line of ``prompts_file`` ('-': stdin),
+    each checked to be valid UTF-8 text (:mod:`anysize.prompts`) before anything loads."""
+    prompts = [check_prompt(p, f"prompt {i + 1}" if len(positional) > 1 else "prompt")
+               for i, p in enumerate(positional or [])]
     if prompts_file is not None:
+        name = "<stdin>" if prompts_file == "-" else prompts_file
         try:
             if prompts_file == "-":
-                text = sys.stdin.read()
+                stream = getattr(sys.stdin, "buffer", None)  # bytes, decoded as a file is (not by the locale)
+                text = decode_prompt_file(stream.read(), name) if stream is not None else sys.stdin.read()
             else:
-                text = Path(prompts_file).read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise InvalidArgumentError(f"cannot read prompts file {prompts_file}: {getattr(e, 'strerror', None) or e}") from None
-        from_file = [line.strip() for line in text.splitlines() if line.strip()]
+                text = decode_prompt_file(Path(prompts_file).read_bytes(), name)
+        except OSError as e:
+            raise InvalidArgumentError(f"cannot read prompts file {prompts_file}: {e.strerror or e}") from None
+        from_file = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                from_file.append(check_prompt(line.strip(), f"prompt on line {n} of prompts file {name}"))
         if not from_file:
             raise InvalidArgumentError(f"prompts file {prompts_file} has no prompts (one per non-empty line)")
         prompts += from_file
     if not prompts:
         raise InvalidArgumentError("no prompt given: pass one or more PROMPTs or --prompts-file FILE")
     return prompts
+
+
+def check_text_option(value: str | None, option: str) -> str | None:
+    """A text option (``--negative``, ``--prompt``) checked like a prompt; None stays None."""
+    return None if value is None else check_prompt(value, option)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgumentError, OutputError, check_choice
 from .console import EXIT_OK, library_output, note
-from .inputs import parse_set, parse_size
+from .inputs import check_text_option, parse_set, parse_size
 from .methods import method_lines, refining_methods
 from .model_options import (
     TILED_VAE_MODES, add_model_options, add_runtime_options, check_model_options, check_run_options, check_sizes,
@@ -49,7 +49,9 @@ examples:
 def configure(p: argparse.ArgumentParser) -> None:
     p.description = DESCRIPTION + "\n".join(method_lines(refining_methods()))
     p.epilog, p.formatter_class = EPILOG, argparse.RawDescriptionHelpFormatter
-    p.add_argument("image", metavar="IMAGE", help="the image to enlarge (any format Pillow reads)")
+    p.add_argument("image", metavar="IMAGE",
+                   help="the image to enlarge (any format Pillow reads; EXIF orientation applied, 16-bit and float "
+                   "images scaled, alpha composited over white)")
     target = p.add_mutually_exclusive_group()
     target.add_argument("--scale", type=float, metavar="S", default=None, help="enlarge each side S times (> 0)")
     target.add_argument("--size", metavar="WxH", default=None, help="the exact output size in pixels")
@@ -84,6 +86,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .. import api, methods
+    from ..images import load_image
     from ..output import check_writable, save_png
     from ..sampling import check_strength
     from ..schedulers import make_scheduler
@@ -106,8 +109,10 @@ def run(args: argparse.Namespace) -> int:
     if args.strength is not None:
         check_strength(args.strength)
     tiled = check_run_options(args)
+    check_text_option(args.prompt, "--prompt")
+    check_text_option(args.negative, "--negative")
     device = check_model_options(args)
-    source = api.load_image(args.image)  # unreadable images fail before the model loads
+    source = load_image(args.image)  # unreadable or unconvertible images fail before the model loads
     check_sizes(args, [size])
     if args.out is not None and Path(args.out).suffix.lower() != ".png" and not Path(args.out).is_dir():
         raise OutputError(f"--out {args.out} must end in .png (anysize writes PNG files with their parameters)")

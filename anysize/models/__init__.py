@@ -8,6 +8,7 @@ from pathlib import Path
 from ..errors import ModelLoadError, UnknownChoiceError, check_choice
 from ..lazy import lazy_module
 from .base import Conditioning, ModelAdapter, PromptEmbeds, Window
+from .config_files import check_pipeline_folder, config_file, pipeline_components
 from .dit import FluxAdapter, SD3Adapter
 from .sd import SD2Adapter, SDAdapter, SDX4UpscalerAdapter
 from .sdxl import SDXLAdapter
@@ -92,15 +93,17 @@ def load(
         check_choice("family", family, FAMILIES)
     from diffusers import DiffusionPipeline
 
-    path = Path(model)
+    path = Path(model).expanduser()
     looks_local = path.exists() or str(model).startswith((".", "/", "~"))
     if looks_local:
-        if not (path / "model_index.json").is_file():
-            raise ModelLoadError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
+        check_loadable_folder(path)
         local_files_only = True
+    else:
+        _check_reachable(str(model), local_files_only)
     try:
         pipe = DiffusionPipeline.from_pretrained(
-            str(model), torch_dtype=torch_dtype, variant=variant, local_files_only=bool(local_files_only)
+            str(path) if looks_local else str(model), torch_dtype=torch_dtype, variant=variant,
+            local_files_only=bool(local_files_only),
         )
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelLoadError(f"cannot load {model!s} as a diffusers pipeline: {e}") from e
@@ -116,6 +119,46 @@ def load(
     if looks_local:
         _apply_folder_defaults(adapter, path / MODEL_DEFAULTS_FILE)
     return adapter
+
+
+def check_loadable_folder(folder: Path) -> None:
+    """A local folder must hold every component its model_index.json lists
+    (:func:`~anysize.models.config_files.check_pipeline_folder`), and name classes this diffusers
+    and transformers have: one clear ModelLoadError before ``from_pretrained`` (whose own message
+    for a missing component is "no file named config.json found in directory <the folder>")."""
+    import diffusers
+    import transformers
+
+    data = check_pipeline_folder(folder)
+    index = folder / "model_index.json"
+    name = data["_class_name"]
+    if getattr(diffusers, name, None) is None:
+        raise ModelLoadError(
+            f"{index} names pipeline class {name!r}, which diffusers {diffusers.__version__} does not have "
+            "(a typo, or a newer diffusers); text-to-image pipelines of the supported families are e.g. "
+            "StableDiffusionPipeline, StableDiffusionXLPipeline, StableDiffusion3Pipeline, FluxPipeline"
+        )
+    libraries = {"diffusers": diffusers, "transformers": transformers}
+    unknown = [f"{component}: {library}.{cls}" for component, (library, cls) in sorted(pipeline_components(data).items())
+               if library in libraries and getattr(libraries[library], cls, None) is None]
+    if unknown:
+        raise ModelLoadError(f"{index} names component classes this installation does not have ({', '.join(unknown)}; "
+                             f"diffusers {diffusers.__version__}, transformers {transformers.__version__})")
+
+
+def _check_reachable(model: str, local_files_only: bool | None) -> None:
+    """A hub id with downloads off must already be in the local cache; say so instead of diffusers'
+    "not fully cached ... see the stacktrace above"."""
+    from huggingface_hub import constants
+
+    if not (local_files_only or constants.HF_HUB_OFFLINE):
+        return
+    if config_file(model, "model_index.json") is None:
+        why = "local_files_only=True" if local_files_only else "HF_HUB_OFFLINE is set"
+        raise ModelLoadError(
+            f"model {model!r} is neither a local folder nor a pipeline in the local Hugging Face cache, and "
+            f"downloads are off ({why}); give the path of a diffusers pipeline folder, or download the model first"
+        )
 
 
 #: optional file in a model folder with anysize's defaults for it, e.g. {"default_steps": 20}

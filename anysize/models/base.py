@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from ..errors import InvalidArgumentError, InvalidSizeError
 from ..lazy import lazy_module
 from ..noise import NoiseSpace
+from ..prompts import check_prompts
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -476,17 +477,8 @@ def _pair(v) -> tuple[int, int]:
 
 
 def as_list(prompts: str | Sequence[str] | None, what: str = "prompt") -> list[str] | None:
-    if prompts is None:
-        return None
-    if isinstance(prompts, str):
-        return [prompts]
-    prompts = list(prompts)
-    if not prompts:
-        raise InvalidArgumentError(f"empty {what} list: give at least one {what}")
-    for p in prompts:
-        if not isinstance(p, str):
-            raise InvalidArgumentError(f"every {what} must be a string, got {type(p).__name__}")
-    return prompts
+    """One prompt or a list of them as a list, every one checked (:func:`anysize.prompts.check_prompts`)."""
+    return check_prompts(prompts, what)
 
 
 ProgressFn = Callable[[int, int], None]
