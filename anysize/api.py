@@ -16,13 +16,14 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from . import methods as _methods
-from .errors import AnysizeError, InvalidArgumentError, InvalidSizeError, UnknownChoiceError
+from .errors import AnysizeError, InvalidArgumentError, InvalidSizeError, UnknownChoiceError, check_choice
 from .images import load_image  # noqa: F401  (anysize.api.load_image: part of the API)
 from .models import ModelAdapter, adapt
 from .models import load as _load_model
@@ -186,11 +187,16 @@ def generate(
     ``model`` is an adapter from :func:`load` or a diffusers pipeline. ``method`` is a registered
     name (with ``method_options``) or a method object, which may serve several calls, also from
     several threads at once. ``width``/``height`` default to the model's native size and must be
-    multiples of its pixel factor. ``seed`` is one integer
-    (image i uses seed + i) or one per prompt. ``callback(StepInfo)`` runs after every step and may
-    return False to cancel, as may setting ``cancel``.
+    multiples of its pixel factor. ``seed`` is one integer in [0, :data:`MAX_SEED`] (image i uses
+    seed + i) or one per prompt; negative seeds are refused, as on the command line (torch would
+    take them but record their unsigned 64-bit twin, so the saved seed would not be the one given).
+    An empty prompt (``""``) generates without text, as diffusers does. ``callback(StepInfo)`` runs
+    after every step and may return False to cancel, as may setting ``cancel`` (a
+    ``threading.Event``). Every argument is checked (type and range) before any work: a wrong one
+    raises :class:`~anysize.errors.InvalidArgumentError` (a size :class:`~anysize.errors.InvalidSizeError`,
+    a name that is not one of the choices :class:`~anysize.errors.UnknownChoiceError`) naming it.
     """
-    adapter = adapt(model)
+    adapter = _adapter(model)
     if getattr(adapter, "needs_image", False):
         raise InvalidArgumentError(
             f"the {adapter.family} model enlarges images and cannot generate from text alone; use "
@@ -205,7 +211,8 @@ def generate(
     _check_fits(adapter, height, width, len(prompts))
 
     m = _method(method, method_options)
-    settings = _settings(adapter, len(prompts), steps, guidance, seed, scheduler, tiled_vae, output_type)
+    settings = _settings(adapter, len(prompts), steps, guidance, seed, scheduler, tiled_vae, output_type, callback,
+                         cancel, progress)
     m.check(adapter, height, width, settings.steps)
 
     start = time.perf_counter()
@@ -236,6 +243,8 @@ def upscale_size(
     if (scale is None) == (size is None):
         raise InvalidArgumentError("give exactly one of scale or size")
     if size is not None:
+        if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2:
+            raise InvalidSizeError(f"size must be a (width, height) pair of integers, got {size!r}")
         width, height = size
         for name, v in (("width", width), ("height", height)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
@@ -303,14 +312,12 @@ def upscale(
     every window the method runs; ``strength`` then defaults to 1 (from pure noise, like the stock
     pipeline); below 1 the bicubic target-size image, encoded, is the starting point.
     """
-    adapter = adapt(model)
+    adapter = _adapter(model)
     if isinstance(prompt, (list, tuple)) or isinstance(negative_prompt, (list, tuple)):
         raise InvalidArgumentError("upscale takes one prompt and at most one negative prompt (strings)")
     check_prompt(prompt)
     if negative_prompt is not None:
         check_prompt(negative_prompt, "negative prompt")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InvalidArgumentError(f"seed must be an integer, got {seed!r}")
     m = _method(method, method_options)
     if not m.refines:
         able = [n for n in _methods.names() if _methods.get(n).refines]
@@ -326,13 +333,16 @@ def upscale(
         )
     if conditioned:
         noise_level = adapter.check_noise_level(adapter.default_noise_level if noise_level is None else noise_level)
+    if guidance is None and not prompt and not negative_prompt:
+        guidance = 1.0  # no text: guidance would only double every call (the official upscaler: empty prompt, no CFG)
+    if isinstance(seed, (list, tuple)):
+        raise InvalidArgumentError(f"upscale makes one image: seed must be one integer, got {seed!r}")
+    settings = _settings(adapter, 1, steps, guidance, seed, scheduler, tiled_vae, output_type, callback, cancel,
+                         progress)
     source = load_image(image)
     height, width, rounded = upscale_size((source.height, source.width), adapter.size_multiple, scale=scale, size=size)
     adapter.check_size(height, width)
     _check_fits(adapter, height, width, 1)
-    if guidance is None and not prompt and not negative_prompt:
-        guidance = 1.0  # no text: guidance would only double every call (the official upscaler: empty prompt, no CFG)
-    settings = _settings(adapter, 1, steps, guidance, seed, scheduler, tiled_vae, output_type)
     m.check(adapter, height, width, settings.steps)
     f = adapter.vae_factor
     # refuses a strength that runs no step, before the (possibly long) encode
@@ -390,11 +400,34 @@ class _Settings:
     output_type: str
 
 
+def _adapter(model) -> ModelAdapter:
+    if isinstance(model, (str, os.PathLike)):  # a model id or folder: loading is a call of its own
+        raise InvalidArgumentError(
+            f"model must be a loaded model (anysize.load(...)) or a diffusers pipeline, got the path {os.fspath(model)!r}; "
+            f"load it once first: model = anysize.load({os.fspath(model)!r})"
+        )
+    return adapt(model)
+
+
 def _method(method, options) -> _methods.Method:
+    if options is not None and not (isinstance(options, Mapping) and all(isinstance(k, str) for k in options)):
+        raise InvalidArgumentError(
+            f"method_options must be a dict of option names to values, e.g. {{'tile': 64}}, got {options!r}"
+        )
     if isinstance(method, _methods.Method):
         if options:
             raise InvalidArgumentError("method_options go with a method name; a method object carries its own options")
         return method
+    if isinstance(method, type) and issubclass(method, _methods.Method):
+        raise InvalidArgumentError(
+            f"method must be a method name or a method object, got the class {method.__name__}; pass "
+            f"{method.__name__}(...) or its name {method.name!r}"
+        )
+    if not isinstance(method, str):
+        raise InvalidArgumentError(
+            f"method must be a method name ({', '.join(_methods.names())}) or a method object, "
+            f"got {type(method).__name__} {method!r}"
+        )
     return _methods.create(method, **(options or {}))
 
 
@@ -410,17 +443,54 @@ def _prompts(prompt, negative_prompt) -> tuple[list[str], list[str] | None]:
     return prompts, negative
 
 
-def _settings(adapter, batch, steps, guidance, seed, scheduler, tiled_vae, output_type) -> _Settings:
+#: the largest seed: seeds are integers in [0, MAX_SEED] in every front end (torch's manual_seed takes
+#: negative ones too, but records them as their unsigned 64-bit twin: the PNG's seed would not be the one given)
+MAX_SEED = 2**63 - 1
+
+#: the ``tiled_vae`` values of :func:`generate` and :func:`upscale`
+TILED_VAE = (True, False, "auto", "fast")
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+def check_seed(seed, count: int = 1, name: str = "seed") -> int:
+    """``seed`` if it is an integer in [0, :data:`MAX_SEED`] and so is ``seed + count - 1`` (image i
+    of ``count`` uses seed + i); an :class:`~anysize.errors.InvalidArgumentError` naming ``name`` otherwise."""
+    require(name, seed, kind="int", low=0, high=MAX_SEED)
+    if seed + count - 1 > MAX_SEED:
+        raise InvalidArgumentError(
+            f"{name} {seed} gives image {count} of {count} the seed {seed + count - 1}, beyond {MAX_SEED}; "
+            f"use a {name} <= {MAX_SEED - count + 1}"
+        )
+    return seed
+
+
+def _settings(adapter, batch, steps, guidance, seed, scheduler, tiled_vae, output_type, callback=None, cancel=None,
+              progress=True) -> _Settings:
+    """Every sampling argument of :func:`generate` and :func:`upscale`, checked (type and range)
+    before any work; the one place the API validates them."""
     steps = adapter.default_steps if steps is None else require("steps", steps, kind="int", low=1)
-    guidance = adapter.default_guidance if guidance is None else float(guidance)
-    if guidance < 0:
-        raise InvalidArgumentError(f"guidance must be >= 0, got {guidance}")
-    if isinstance(seed, (list, tuple)) and len(seed) != batch:
-        raise InvalidArgumentError(f"{len(seed)} seeds for {batch} prompts")
-    if tiled_vae not in (True, False, "auto", "fast"):
+    guidance = adapter.default_guidance if guidance is None else float(require("guidance", guidance, kind="float", low=0))
+    if isinstance(seed, (list, tuple)):
+        if len(seed) != batch:
+            raise InvalidArgumentError(f"{len(seed)} seeds for {batch} prompts")
+        for i, s in enumerate(seed):
+            check_seed(s, name=f"seed {i + 1} of {batch}")
+    else:
+        check_seed(seed, batch)
+    if not (isinstance(tiled_vae, bool) or tiled_vae in ("auto", "fast")):
         raise InvalidArgumentError(f"tiled_vae must be True, False, 'auto' or 'fast', got {tiled_vae!r}")
-    if output_type not in ("pil", "np", "pt", "latent"):
-        raise InvalidArgumentError(f"output_type must be one of pil, np, pt, latent; got {output_type!r}")
+    check_choice("output_type", output_type, OUTPUT_TYPES)
+    if callback is not None and not callable(callback):
+        raise InvalidArgumentError(
+            f"callback must be a function called with a StepInfo after every step (or None), got {type(callback).__name__}"
+        )
+    if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+        raise InvalidArgumentError(
+            f"cancel must be a threading.Event (anything with is_set()) or None, got {type(cancel).__name__} {cancel!r}"
+        )
+    if not isinstance(progress, bool):
+        raise InvalidArgumentError(f"progress must be True or False, got {progress!r}")
     label = scheduler_name(make_scheduler(adapter, scheduler))  # validates before any work
     return _Settings(steps, guidance, seed, scheduler, label, tiled_vae, output_type)
 

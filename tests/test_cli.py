@@ -225,7 +225,7 @@ PRE_LOAD = [  # (args, fragment of the message): all must fail before any model 
     (["--steps", "0"], "--steps must be a positive integer"),
     (["--steps", "two"], "invalid int value"),
     (["--guidance", "-1"], "--guidance must be a number >= 0"),
-    (["--seed", "-1"], "--seed must be between 0"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 9223372036854775807]"),
     (["--device", "quantum"], "unknown device"),
     (["--model", "/nonexistent/anysize/model"], "does not exist"),
     (["--out", "blocker/out.png"], "not a directory"),

@@ -19,7 +19,7 @@ from types import ModuleType
 from typing import Iterable, Sequence
 
 from .. import __version__
-from ..errors import AnysizeError, Cancelled, OutputExistsError
+from ..errors import AnysizeError, Cancelled
 from . import bench, demo, generate, methods, train_arad, upscale
 from . import eval as eval_
 from .console import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, Parser, UsageError, error
@@ -119,10 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else error(str(e.code)))
     except UsageError as e:
         return error(str(e))
-    except OutputExistsError as e:  # the way out in this front end's spelling
-        return error(e.for_cli())
-    except AnysizeError as e:
-        return error(str(e))
+    except AnysizeError as e:  # errors that name a way out (force=True, family=...) say it in the CLI's spelling
+        return error(e.for_cli() if callable(getattr(e, "for_cli", None)) else str(e))
     except (KeyboardInterrupt, Cancelled):
         print(f"\n{PROG}: interrupted", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED

@@ -11,7 +11,7 @@ import math
 import os
 from pathlib import Path
 
-from ..errors import AnysizeError, InvalidArgumentError, ModelLoadError, check_choice
+from ..errors import InvalidArgumentError, ModelLoadError, check_choice
 from .inputs import check_multiple
 
 #: --tiled-vae word -> the ``tiled_vae`` value of anysize.generate / anysize.upscale
@@ -64,21 +64,19 @@ def default_device() -> str:
 def check_device(device: str, offload: str) -> str:
     import torch
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise InvalidArgumentError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InvalidArgumentError(f"device {device!r} is not available (no CUDA GPU visible to torch); use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InvalidArgumentError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise InvalidArgumentError(f"device {device!r} is not available; use --device cpu")
-    if offload != "none" and dev.type == "cpu":
+    from ..models import check_device as check
+
+    check(device, cpu_hint="--device cpu")
+    if offload != "none" and torch.device(device).type == "cpu":
         raise InvalidArgumentError(f"--offload {offload} moves weights to an accelerator and needs --device cuda, not cpu")
     return device
+
+
+def check_seed(seed: int, count: int = 1) -> int:
+    """--seed in [0, 2^63 - 1], also for the last of ``count`` images (image i uses seed + i)."""
+    from ..api import check_seed as check
+
+    return check(seed, count, name="--seed")
 
 
 def check_model_options(args) -> str:
@@ -107,8 +105,7 @@ def check_run_options(args):
         raise InvalidArgumentError(f"--steps must be a positive integer, got {args.steps}")
     if args.guidance is not None and not (math.isfinite(args.guidance) and args.guidance >= 0):
         raise InvalidArgumentError(f"--guidance must be a number >= 0, got {args.guidance}")
-    if not 0 <= args.seed < 2**63:
-        raise InvalidArgumentError(f"--seed must be between 0 and {2**63 - 1}, got {args.seed}")
+    check_seed(args.seed)
     return tiled
 
 
@@ -125,26 +122,8 @@ def check_sizes(args, sizes) -> None:
         check_multiple(width, height, factor, why)
 
 
-def check_family_fits(pipe, family: str) -> None:
-    """--family overrides detection (e.g. SD 1.x vs 2.x), but cannot make one pipeline layout another."""
-    from ..models import detect_family
-    from ..models.config_files import LAYOUTS
-
-    try:
-        detected = detect_family(pipe)
-    except AnysizeError:
-        return  # detection failed: the override is what the user knows
-    if LAYOUTS[detected] != LAYOUTS[family]:
-        raise InvalidArgumentError(
-            f"--family {family} does not fit this model: its components are those of a {detected} pipeline "
-            f"({type(pipe).__name__}); leave --family out to detect it"
-        )
-
-
 def load_model(args, device: str):
     from .. import api
 
-    adapter = api.load(args.model, family=args.family, dtype=args.dtype, device=device, offload=args.offload)
-    if args.family is not None:
-        check_family_fits(adapter.pipe, args.family)
-    return adapter
+    # a --family that does not fit the pipeline's layout is refused by the load (FamilyMismatchError)
+    return api.load(args.model, family=args.family, dtype=args.dtype, device=device, offload=args.offload)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..errors import ModelLoadError, UnknownChoiceError, check_choice
+from ..errors import InvalidArgumentError, ModelLoadError, UnknownChoiceError, check_choice
 from ..lazy import lazy_module
 from .base import Conditioning, ModelAdapter, PromptEmbeds, Window
 from .config_files import check_pipeline_folder, config_file, pipeline_components
@@ -55,14 +55,61 @@ def detect_family(pipe) -> str:
     )
 
 
+class FamilyMismatchError(ModelLoadError):
+    """A family override whose pipeline layout is not the loaded pipeline's (``family="sdxl"`` for an
+    SD 1.5 folder): an override can tell SD 1.x from 2.x, never one layout from another."""
+
+    def __init__(self, family: str, detected: str, pipeline: str):
+        self.family, self.detected, self.pipeline = family, detected, pipeline
+        super().__init__(self._message(f"family={family!r}", "leave family out"))
+
+    def _message(self, given: str, way_out: str) -> str:
+        return (f"{given} does not fit this model: its components are those of a {self.detected} pipeline "
+                f"({self.pipeline}); {way_out} to detect it")
+
+    def for_cli(self) -> str:
+        return self._message(f"--family {self.family}", "leave --family out")
+
+
 def adapt(pipe, *, family: str | None = None, native_size=None) -> ModelAdapter:
-    """Wrap an already loaded diffusers pipeline in the adapter of its family."""
+    """Wrap an already loaded diffusers pipeline in the adapter of its family (``family`` overrides
+    the detected one within a pipeline layout; across layouts it is a :class:`FamilyMismatchError`)."""
     if isinstance(pipe, ModelAdapter):
         return pipe
     if family is None:
         family = detect_family(pipe)
-    check_choice("family", family, FAMILIES)
+    else:
+        check_choice("family", family, FAMILIES)
+        _check_family_fits(pipe, family)
     return ADAPTERS[family](pipe, native_size=native_size)
+
+
+def _check_family_fits(pipe, family: str) -> None:
+    from .config_files import LAYOUTS
+
+    try:
+        detected = detect_family(pipe)
+    except ModelLoadError:
+        return  # detection failed: the override is what the user knows
+    if LAYOUTS[detected] != LAYOUTS[family]:
+        raise FamilyMismatchError(family, detected, type(pipe).__name__)
+
+
+def check_device(device, cpu_hint: str = "device='cpu'") -> None:
+    """Refuse a device torch cannot parse or does not have, before any weights load
+    (``cpu_hint``: how this front end spells the way out)."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise InvalidArgumentError(f"unknown device {device!r}; use cpu, cuda, cuda:N or mps") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"device {device!r} is not available (no CUDA GPU visible to torch); use {cpu_hint}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InvalidArgumentError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise InvalidArgumentError(f"device {device!r} is not available; use {cpu_hint}")
 
 
 def resolve_dtype(dtype) -> torch.dtype:
@@ -87,10 +134,14 @@ def load(
     ``offload`` is "none", "model" (whole components move to the GPU when used) or "sequential"
     (layer by layer: slowest, least memory).
     """
+    if isinstance(model, bool) or not isinstance(model, (str, os.PathLike)) or not os.fspath(model):
+        raise InvalidArgumentError(f"model must be a hub id or the path of a diffusers pipeline folder, got {model!r}")
     torch_dtype = resolve_dtype(dtype)
     check_choice("offload", offload, OFFLOADS)
     if family is not None:
         check_choice("family", family, FAMILIES)
+    if device is not None:
+        check_device(device)
     from diffusers import DiffusionPipeline
 
     path = Path(model).expanduser()
@@ -183,6 +234,6 @@ def _apply_folder_defaults(adapter: ModelAdapter, file: Path) -> None:
 
 
 __all__ = [
-    "ADAPTERS", "FAMILIES", "DTYPES", "OFFLOADS", "Conditioning", "ModelAdapter", "PromptEmbeds", "Window",
-    "adapt", "detect_family", "load", "resolve_dtype", "UnknownChoiceError",
+    "ADAPTERS", "FAMILIES", "DTYPES", "OFFLOADS", "Conditioning", "FamilyMismatchError", "ModelAdapter", "PromptEmbeds",
+    "Window", "adapt", "check_device", "detect_family", "load", "resolve_dtype", "UnknownChoiceError",
 ]
