@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgumentError, OutputError, check_choice
 from .console import EXIT_OK, library_output, note
-from .model_options import DEFAULT_DEVICE_ORDER, check_device, default_device
+from .model_options import DEFAULT_DEVICE_ORDER, check_device, check_seed, default_device
 
 HELP = "time every method on real architectures, as ratios to direct"
 
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidArgumentError(f"{name} must be a positive integer, got {v}")
     if args.warmup < 0:
         raise InvalidArgumentError(f"--warmup must be >= 0, got {args.warmup}")
+    check_seed(args.seed)
     check_choice("depth", args.depth, DEPTHS)
     check_choice("dtype", args.dtype, DTYPES)
     device = check_device(args.device or default_device(), "none")

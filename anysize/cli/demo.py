@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import InvalidArgumentError, OutputError, check_choice
 from .console import EXIT_OK, library_output
 from .inputs import check_text_option
-from .model_options import add_model_options, add_runtime_options, check_model_options, load_model
+from .model_options import add_model_options, add_runtime_options, check_model_options, check_seed, load_model
 
 HELP = "every method at native size and beyond, on one labelled comparison sheet"
 
@@ -58,11 +58,14 @@ def run(args: argparse.Namespace) -> int:
         check_choice("method", m, methods.names())
     if args.steps is not None and args.steps <= 0:
         raise InvalidArgumentError(f"--steps must be a positive integer, got {args.steps}")
+    check_seed(args.seed)
     device = check_model_options(args)
     out = Path(args.out)
     if out.suffix.lower() != ".png":
         raise OutputError(f"--out {out} must end in .png")
     json_path = Path(args.json) if args.json else out.with_suffix(".json")
+    if json_path.resolve() == out.resolve():  # the sheet would be written, then the metrics refused over it
+        raise OutputError(f"--json {args.json} is the sheet's own file (--out); give the metrics another name")
     check_writable(out, args.force)
     check_writable(json_path, args.force)
     with library_output(True):  # the model loads without a bar of its own: the sheet has one, over its cells

@@ -8,7 +8,9 @@ from pathlib import Path
 from ..errors import InvalidArgumentError, OutputError, check_choice
 from .console import EXIT_OK, PROG, error, library_output, note
 from .inputs import parse_set, parse_size
-from .model_options import add_model_options, add_runtime_options, check_model_options, check_sizes, load_model
+from .model_options import (
+    add_model_options, add_runtime_options, check_model_options, check_seed, check_sizes, load_model,
+)
 
 HELP = "evaluate methods: composition (toy world), metrics (FID/KID/IS/CLIP), plots"
 
@@ -74,6 +76,7 @@ def run_composition(args: argparse.Namespace) -> int:
             raise InvalidArgumentError(f"{name} must be a positive integer, got {v}")
     if args.steps is not None and args.steps <= 0:
         raise InvalidArgumentError(f"--steps must be a positive integer, got {args.steps}")
+    check_seed(args.seed, args.n)  # image i uses seed + i
     device = check_model_options(args)
     check_sizes(args, sizes)
     out = Path(args.out or f"anysize-eval-composition-{args.method[0]}-n{args.n}-s{args.seed}.json")

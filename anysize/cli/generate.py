@@ -10,8 +10,8 @@ from .console import EXIT_OK, library_output, note
 from .inputs import check_text_option, parse_set, parse_size, read_prompts
 from .methods import method_lines
 from .model_options import (
-    TILED_VAE_MODES, add_model_options, add_runtime_options, check_model_options, check_run_options, check_sizes,
-    load_model, scheduler_help,
+    TILED_VAE_MODES, add_model_options, add_runtime_options, check_model_options, check_run_options, check_seed,
+    check_sizes, load_model, scheduler_help,
 )
 from .outputs import plan_outputs
 
@@ -115,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     tiled = check_run_options(args)
     device = check_model_options(args)
     prompts = read_prompts(args.prompts, args.prompts_file)
+    check_seed(args.seed, len(prompts))  # image i uses seed + i
     check_text_option(args.negative, "--negative")
     check_sizes(args, [size])
     outputs = plan_outputs(args.out, len(prompts), args.method, size, args.seed)

@@ -74,9 +74,15 @@ def parse_set(items: Sequence[str] | None) -> dict[str, Any]:
 
 def read_prompts(positional: Sequence[str], prompts_file: str | None) -> list[str]:
     """Prompts from the command line, then one per non-empty line of ``prompts_file`` ('-': stdin),
-    each checked to be valid UTF-8 text (:mod:`anysize.prompts`) before anything loads."""
-    prompts = [check_prompt(p, f"prompt {i + 1}" if len(positional) > 1 else "prompt")
-               for i, p in enumerate(positional or [])]
+    each checked to be valid UTF-8 text (:mod:`anysize.prompts`) before anything loads. A blank
+    prompt on the command line is refused (a blank line of the file is no prompt); the Python API
+    takes ``""`` and generates without text."""
+    prompts = []
+    for i, p in enumerate(positional or []):
+        what = f"prompt {i + 1}" if len(positional) > 1 else "prompt"
+        if not check_prompt(p, what).strip():  # e.g. "$PROMPT" of an unset variable; blank file lines are skipped too
+            raise InvalidArgumentError(f"{what} is empty; give the text of the image to generate")
+        prompts.append(p)
     if prompts_file is not None:
         name = "<stdin>" if prompts_file == "-" else prompts_file
         try:

@@ -12,8 +12,15 @@ def default_filename(method: str, width: int, height: int, seed: int) -> str:
     return f"anysize-{method}-{width}x{height}-s{seed}.png"
 
 
+def check_out_given(out: str | None) -> None:
+    """``--out ""`` (an unset variable, say) is refused, not read as the current directory."""
+    if out is not None and not out.strip():
+        raise OutputError("--out is empty; give a .png file or a directory (or leave --out out for the default name)")
+
+
 def plan_outputs(out: str | None, n: int, method: str, size: tuple[int, int] | None, seed: int) -> list[Path] | None:
     """The file of each image, or None when the name needs the model's native size (known after loading)."""
+    check_out_given(out)
     if n > 1:
         folder = Path(out) if out is not None else Path("anysize-out")
         if folder.exists() and not folder.is_dir():

@@ -10,6 +10,7 @@ from ..errors import InvalidArgumentError, OutputError, check_choice
 from .console import EXIT_OK, library_output, note
 from .inputs import check_text_option, parse_set, parse_size
 from .methods import method_lines, refining_methods
+from .outputs import check_out_given
 from .model_options import (
     TILED_VAE_MODES, add_model_options, add_runtime_options, check_model_options, check_run_options, check_sizes,
     load_model, scheduler_help,
@@ -114,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     device = check_model_options(args)
     source = load_image(args.image)  # unreadable or unconvertible images fail before the model loads
     check_sizes(args, [size])
+    check_out_given(args.out)
     if args.out is not None and Path(args.out).suffix.lower() != ".png" and not Path(args.out).is_dir():
         raise OutputError(f"--out {args.out} must end in .png (anysize writes PNG files with their parameters)")
 
