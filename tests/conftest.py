@@ -45,10 +45,9 @@ def is_loopback_address(address) -> bool:
         return False
 
 
-@pytest.fixture
-def loopback_only(monkeypatch, _no_network):
-    """Connections to 127.0.0.1 / ::1 / localhost only (a test talking to a server it started);
-    every other connection still fails the test and is listed in the returned list."""
+def allow_loopback_only(monkeypatch) -> list:
+    """Let sockets connect to 127.0.0.1 / ::1 / localhost only (a test talking to a server it
+    started); every other connection fails and is listed in the returned list."""
     refused = []
 
     def connect(self, address):
@@ -66,6 +65,23 @@ def loopback_only(monkeypatch, _no_network):
     monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket, "create_connection", create_connection)
     return refused
+
+
+@pytest.fixture
+def loopback_only(monkeypatch, _no_network):
+    """:func:`allow_loopback_only` for one test (after ``_no_network``, which it relaxes)."""
+    return allow_loopback_only(monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def loopback_module():
+    """:func:`allow_loopback_only` for a module's fixtures (a server launched once per module):
+    the function-scoped guards do not cover module-scoped set-up. Fails at teardown if anything
+    tried to reach another address."""
+    with pytest.MonkeyPatch.context() as mp:
+        refused = allow_loopback_only(mp)
+        yield refused
+    assert not refused, f"connections to other machines attempted: {refused}"
 
 
 @pytest.fixture(scope="session")

@@ -328,12 +328,10 @@ class Service:
 
     def method_options(self, method: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
         """Checked options of ``method`` (unknown names, wrong kinds, out of range: the CLI's messages)."""
-        from .. import methods
+        from .. import api
 
-        check_choice("method", method, methods.names())
-        options = dict(options or {})
-        methods.create(method, **options)
-        return options
+        api._method(method, options)  # the API's own check: a dict of names, each known and in range
+        return dict(options or {})
 
     def _sampling(self, seed, steps, guidance, scheduler, tiled_vae) -> dict[str, Any]:
         """The shared sampling settings, read from form values (numbers arrive as floats, empty for
