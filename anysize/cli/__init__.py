@@ -51,6 +51,7 @@ examples:
   anysize generate --prompts-file prompts.txt --out batch/
 
   anysize methods             # the registered methods and their options
+  anysize app                 # the web UI at http://127.0.0.1:7860 (pip install 'anysize[app]')
   anysize generate --help     # every generate option, with the valid choices
 """
 
