@@ -5,8 +5,10 @@ The app runs in this process on a free port of 127.0.0.1 (every other connection
 browser resolves no host name but 127.0.0.1 (``--host-resolver-rules``), sends everything else to
 a dead proxy, and its performance log lists every request the page made: the test asserts all of
 them went to the app. It types a prompt, picks a method and the 2:1 size, clicks Generate, sees
-the progress bar count the steps, and checks the image's size; it drops a PNG to fill the form;
-it presses Cancel during a long run and sees the app ready again.
+the progress bar count the steps, and checks the image's size and the downloaded PNG; it drops a
+PNG to fill the form; it presses Cancel during a long run and sees the app ready again; it compares
+two methods (gallery, table with the toy metrics, image slider, history) and upscales an image,
+after the one-line notice a bad strength gets.
 
 The screenshot it takes is the README's ``docs/app.png``: set ``ANYSIZE_APP_SCREENSHOT=docs/app.png``
 to write it there. Without Chromium or its driver the module is skipped, except under CI (env
@@ -197,4 +199,55 @@ def test_cancel_a_long_run_and_ready_again(app, browser):
     type_into(driver, "#seed input", "5")
     driver.find_element(By.CSS_SELECTOR, "#generate").click()
     wait_for(lambda: status(driver).startswith("done: direct 128x128 seed 5"), 120, "the next run")
+    assert external(requested_urls(driver, urls), app.url) == []
+
+
+def open_tab(driver, name):
+    tab = [b for b in driver.find_elements(By.CSS_SELECTOR, "button[role=tab]") if b.text.strip() == name]
+    assert tab, f"no tab {name!r}"
+    tab[0].click()
+
+
+def test_compare_side_by_side_with_a_slider(app, browser):
+    driver, urls = browser
+    type_into(driver, "#steps input", "2")
+    type_into(driver, "#seed input", "8")
+    pick(driver, "size-preset", "native")
+    open_tab(driver, "Compare")
+    checked = {label.text.strip() for label in driver.find_elements(By.CSS_SELECTOR, "#compare-methods label")
+               if label.find_element(By.CSS_SELECTOR, "input").is_selected()}
+    assert checked == {"direct", "multidiffusion"}
+    driver.find_element(By.CSS_SELECTOR, "#compare").click()
+    wait_for(lambda: status(driver).startswith("compared 2 methods"), 180, "the comparison")
+    wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#compare-gallery img")) >= 2, 30, "the gallery")
+    table = driver.find_element(By.CSS_SELECTOR, "#compare-table").text
+    assert "direct" in table and "multidiffusion" in table and "object" in table  # the toy metrics column
+    wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#compare-slider img")) == 2, 30, "the image slider")
+    open_tab(driver, "History")
+    wait_for(lambda: len(driver.find_elements(By.CSS_SELECTOR, "#history img")) >= 3, 30, "the session's history")
+    open_tab(driver, "Generate")
+    assert external(requested_urls(driver, urls), app.url) == []
+
+
+def test_upscale_tab_and_a_bad_input_message(app, browser, tmp_path):
+    driver, urls = browser
+    src = app.service.generate("a red star on a grey background", steps=2, seed=4).path
+    open_tab(driver, "Upscale")
+    driver.find_element(By.CSS_SELECTOR, "#upscale-in input[type=file]").send_keys(str(src))
+    type_into(driver, "#steps input", "2")  # strength 0.4 of 2 steps runs no step: the CLI's message
+    time.sleep(1)
+    driver.find_element(By.CSS_SELECTOR, "#upscale").click()
+    toast = wait_for(lambda: [t.text for t in driver.find_elements(By.CSS_SELECTOR, "[data-testid=toast-body]")
+                              if "runs no step" in t.text], 60, "the error notice")[0]
+    assert "strength 0.4 of 2 steps runs no step at all; use strength >= 0.5 or more steps" in toast
+    assert "Traceback" not in driver.page_source
+    type_into(driver, "#steps input", "5")
+    driver.find_element(By.CSS_SELECTOR, "#upscale").click()
+    wait_for(lambda: status(driver).startswith("done: fstd 256x256 seed"), 180, "the upscale")
+    img = wait_for(lambda: [i for i in driver.find_elements(By.CSS_SELECTOR, "#upscale-image img")
+                            if i.get_attribute("src")], 30, "the enlarged image")[0]
+    wait_for(lambda: driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img), 30,
+             "the image to decode")
+    assert driver.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", img) == [256, 256]
+    open_tab(driver, "Generate")
     assert external(requested_urls(driver, urls), app.url) == []
