@@ -7,6 +7,11 @@ import os
 
 import pytest
 
+from anysize.app.server import offline_environment
+
+# before anything imports Gradio: no analytics, no telemetry (as anysize app sets them)
+offline_environment()
+
 
 def require(module: str, why: str):
     """Import ``module`` or skip the test module; under CI (env ``CI`` set) a missing one fails

@@ -204,7 +204,7 @@ def test_multi_stage_progress_names_the_stage(tiny):
         service.close()
 
 
-def test_upscale_scale_and_exact_size(toy, tmp_path):
+def test_upscale_scale_and_exact_size(toy, tmp_path, capsys):
     src = toy.generate(PROMPT, steps=2).path
     out = toy.upscale(str(src), scale=2, method="fstd", strength=0.5, steps=2)
     c = read_metadata(out.path)
@@ -227,6 +227,11 @@ def test_upscale_scale_and_exact_size(toy, tmp_path):
         with pytest.raises(AnysizeError) as e:
             toy.upscale(args.pop("image"), **args)
         assert message in str(e.value) and "\n" not in str(e.value), (kwargs, str(e.value))
+    # a file that is not an image: the message of anysize upscale
+    with pytest.raises(AnysizeError) as e:
+        toy.upscale(str(bad), scale=2, steps=2, strength=0.5)
+    assert cli.main(["upscale", str(bad), "--scale", "2", "--steps", "2", "--out", str(tmp_path / "u.png")]) == 2
+    assert str(e.value) in capsys.readouterr().err
 
 
 def test_x4_upscaler_only_upscales_with_a_noise_level():
