@@ -190,7 +190,8 @@ def test_cancel_a_long_run_and_ready_again(app, browser):
              or "direct 3/500" in driver.find_element(By.CSS_SELECTOR, "#image").text, 120, "the long run to start")
     started = time.monotonic()
     driver.find_element(By.CSS_SELECTOR, "#cancel").click()
-    wait_for(lambda: status(driver).startswith("cancelled"), 60, "the cancelled status")
+    text = wait_for(lambda: status(driver).startswith("cancelled") and status(driver), 60, "the cancelled status")
+    assert text.startswith("cancelled before step ") and text.endswith("/500 · ready"), text
     assert time.monotonic() - started < 30  # not the 500 steps
     wait_for(lambda: "/500" not in driver.find_element(By.CSS_SELECTOR, "#image").text, 30, "the progress bar to go")
     assert app.service.queue.stats()["running"] == 0 and len(app.service.jobs) == 0

@@ -288,7 +288,7 @@ def build(service: Service) -> gr.Blocks:
             try:
                 return work(event)
             except Cancelled as e:
-                return None, _cancelled(e)
+                return None, f"{_cancelled(e)} · ready"  # the device is free for the next run
             except Exception as e:  # noqa: BLE001 - every failure is one line in the page
                 raise _error(e) from None
             finally:
