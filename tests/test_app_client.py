@@ -8,6 +8,7 @@ one-line message as the client's error, and the app keeps serving.
 
 import urllib.error
 import urllib.request
+from contextlib import closing
 
 import pytest
 from _app_helpers import require
@@ -34,7 +35,9 @@ def app(loopback_module):
 
 @pytest.fixture
 def client(app, loopback_only):
-    return Client(app.url, verbose=False, download_files=True)
+    c = Client(app.url, verbose=False, download_files=True)
+    yield c
+    c.close()  # its heartbeat thread would outlive the test's loopback permission
 
 
 def still_serving(app, client):
@@ -139,8 +142,8 @@ def test_password(app, loopback_only):
         with pytest.raises(urllib.error.HTTPError) as e:  # the API route itself, not only the client's check
             urllib.request.urlopen(running.url + "gradio_api/info", timeout=30)
         assert e.value.code == 401
-        png, info = Client(running.url, auth=("alice", "s3cret"), verbose=False).predict(PROMPT, steps=1,
-                                                                                       api_name="/generate")
+        with closing(Client(running.url, auth=("alice", "s3cret"), verbose=False)) as c:
+            png, info = c.predict(PROMPT, steps=1, api_name="/generate")
         assert info["config"]["prompt"] == PROMPT
     finally:
         running.close()

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -77,7 +78,12 @@ def request(i: int) -> dict:
 
 def test_peak_memory_does_not_grow_over_50_requests(app, loopback_only):
     proc, url = app
-    client = Client(url, verbose=False)
+    with closing(Client(url, verbose=False)) as client:
+        memory_run(proc, client)
+
+
+def memory_run(proc, client):
+    """50 requests one after another; VmHWM read after the 5th and the 50th."""
     seconds = []
     for i in range(50):
         if i == 5:
@@ -98,7 +104,12 @@ def test_peak_memory_does_not_grow_over_50_requests(app, loopback_only):
 
 def test_20_concurrent_requests_complete_or_are_told_busy(app, loopback_only):
     proc, url = app
-    client = Client(url, verbose=False)
+    with closing(Client(url, verbose=False)) as client:
+        concurrent_run(client)
+
+
+def concurrent_run(client):
+    """20 requests at once from 20 threads; each outcome checked against its own request."""
     start = time.perf_counter()
     with ThreadPoolExecutor(20) as pool:
         jobs = [pool.submit(client.predict, **request(i), steps=6, api_name="/generate") for i in range(20)]
