@@ -160,7 +160,7 @@ def test_host_and_auth_checks():
             server.parse_auth(bad)
 
 
-def test_cli_refuses_before_loading(capsys, app):
+def test_cli_refuses_before_loading(capsys, app, monkeypatch):
     from anysize import cli
 
     taken = int(app.url.rsplit(":", 1)[1].strip("/"))
@@ -173,3 +173,38 @@ def test_cli_refuses_before_loading(capsys, app):
         assert cli.main(["app", *args]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    monkeypatch.setenv(server.AUTH_ENV, "alice")  # the password may come from the environment instead
+    assert cli.main(["app"]) == 2
+    assert f"{server.AUTH_ENV} must be USER:PASS" in capsys.readouterr().err
+
+
+def test_a_registered_method_gets_its_controls_on_the_page(app, monkeypatch):
+    """The page is built from the registry and the options metadata: a new method needs no UI code."""
+    import dataclasses
+
+    from anysize.app.ui import build
+    from anysize.methods import METHODS
+    from anysize.methods.base import MethodOptions
+    from anysize.methods.direct import Direct
+    from anysize.options import option
+
+    @dataclasses.dataclass
+    class DialOptions(MethodOptions):
+        gain: float = option(1.0, "how hard to push", low=0.0, high=4.0)
+        look: str = option("soft", "the look", choices=("soft", "hard"))
+
+    class Dial(Direct):
+        name = "test-dial"
+        summary = "direct with a dial (test only)"
+        Options = DialOptions
+
+    monkeypatch.setitem(METHODS, Dial.name, Dial)
+    demo = build(app.service)
+    props = {c["props"].get("elem_id"): (c["type"], c["props"]) for c in demo.config["components"]}
+    kind, gain = props["gen-opt-test-dial-gain"]
+    assert kind == "slider" and (gain["minimum"], gain["maximum"], gain["value"]) == (0.0, 4.0, 1.0)
+    assert gain["info"].startswith("how hard to push")
+    kind, look = props["gen-opt-test-dial-look"]
+    assert kind == "dropdown" and [c[1] for c in look["choices"]] == ["soft", "hard"]
+    assert "test-dial" in [c[1] for c in props["method"][1]["choices"]]
+    assert "test-dial" in [c[1] for c in props["compare-methods"][1]["choices"]]
