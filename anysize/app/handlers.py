@@ -28,13 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from ..cli.model_options import TILED_VAE_MODES
 from ..errors import AnysizeError, Cancelled, InvalidArgumentError, InvalidSizeError, check_choice
 
 #: ``(done, total, text)`` after every step; done/total None while waiting for the device
 ProgressFn = Callable[[int | None, int | None, str], None]
 
-#: what the page offers for the VAE ("auto" tiles above 2048x2048 px), as ``anysize generate --tiled-vae``
-TILED_VAE_CHOICES = ("auto", "on", "off", "fast")
+#: what the page offers for the VAE ("auto" tiles above 2048x2048 px): the words of ``anysize generate --tiled-vae``
+TILED_VAE_CHOICES = tuple(TILED_VAE_MODES)
 #: the aspect presets, as (width share, height share), beside native and the 2x / 4x sides
 ASPECTS = ((1, 4), (1, 3), (1, 2), (2, 3), (3, 2), (2, 1), (3, 1), (4, 1), (16, 9), (9, 16))
 #: the waiting room of ``anysize app`` without ``--queue``
@@ -337,7 +338,6 @@ class Service:
         """The shared sampling settings, read from form values (numbers arrive as floats, empty for
         "the model's") and checked by the API's own checks, before the run waits for the device."""
         from ..api import check_seed
-        from ..cli.model_options import TILED_VAE_MODES
         from ..options import require
         from ..schedulers import make_scheduler
 
