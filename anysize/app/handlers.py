@@ -249,13 +249,20 @@ class Service:
 
     @classmethod
     def load(cls, model: str | None = None, *, queue: int = DEFAULT_QUEUE, out_dir: str | os.PathLike | None = None,
-             **load_kwargs) -> "Service":
+             **load_kwargs) -> Service:
         """Load ``model`` (None: the embedded toy model) once and serve it."""
         from .. import api
+
+        return cls.serving(api.load(model, **load_kwargs), model, queue=queue, out_dir=out_dir)
+
+    @classmethod
+    def serving(cls, adapter, model: str | None, *, queue: int = DEFAULT_QUEUE,
+                out_dir: str | os.PathLike | None = None) -> Service:
+        """Serve ``adapter``, loaded from ``model`` (its name in the page; None: the embedded toy model,
+        the one model the composition metrics apply to)."""
         from ..defaults import SHIPPED_MODEL
 
-        adapter = api.load(model, **load_kwargs)
-        toy = model is None or Path(str(model)).expanduser().resolve() == SHIPPED_MODEL.resolve()
+        toy = model is None or Path(str(model)).expanduser().resolve() == Path(SHIPPED_MODEL).resolve()
         label = "the embedded toy model" if model is None else str(model)
         return cls(adapter, DeviceQueue(queue), None if out_dir is None else Path(out_dir), label, toy)
 

@@ -90,14 +90,11 @@ def run(args: argparse.Namespace) -> int:
     if warning:
         print(f"{PROG} app: warning: {warning}", file=sys.stderr, flush=True)
 
-    from ..app.handlers import DeviceQueue, Service
-    from ..defaults import SHIPPED_MODEL
+    from ..app.handlers import Service
 
     with library_output(args.quiet):
         adapter = load_model(args, device)
-    label = "the embedded toy model" if args.model is None else args.model
-    toy = args.model is None or os.path.realpath(os.path.expanduser(args.model)) == os.path.realpath(SHIPPED_MODEL)
-    service = Service(adapter, DeviceQueue(args.queue), args.out, label, toy)
+    service = Service.serving(adapter, args.model, queue=args.queue, out_dir=args.out)
     STOP.clear()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda *_: STOP.set()) if main_thread else None
