@@ -5,7 +5,7 @@
 
 The argument is a local copy of ``pipeline_demofusion_sdxl.py`` from PRIS-CV/DemoFusion (this
 repository holds none of its code). Both run on the same tiny random-weight SDXL pipeline
-(anysize's builder, native 128 px) at 2× and 3× the native side, 4 steps, CFG 5, with the
+(anysize's builder, native 128 px) at 2× and 3× the native side and at 2:1 (128x256), 4 steps, CFG 5, with the
 official settings scaled to the tiny model (window = its 16-latent-px native size, stride 8,
 so a jitter range of 2 px), and every random number pinned:
 
@@ -59,6 +59,8 @@ PROMPT = "a red circle on a blue square"
 STEPS = 4
 GUIDANCE = 5.0
 SEED = 7
+#: (height, width): 2x and 3x the native side, and 2:1 (the official code's aspect-ratio path)
+SIZES = ((256, 256), (384, 384), (256, 128))
 
 
 def load_official(path: str):
@@ -203,14 +205,14 @@ def main() -> None:
     module = load_official(args.official)
     rows = []
     for kind, fix in (("euler", False), ("euler", True), ("ddim", False)):
-        for side in (256, 384):
-            pipe, ours, noises, jitters = run_anysize(kind, side, side)
-            theirs = run_official(module, pipe, kind, side, side, noises, jitters, fix)
+        for h, w in SIZES:
+            pipe, ours, noises, jitters = run_anysize(kind, h, w)
+            theirs = run_official(module, pipe, kind, h, w, noises, jitters, fix)
             diffs = [float((a.float() - b.float()).abs().max()) for a, b in zip(ours, theirs)]
             label = kind + (", index fixed" if fix else "")
-            rows.append({"scheduler": label, "size": f"{side}x{side}", "phases": len(ours), "max_abs_diff": diffs,
+            rows.append({"scheduler": label, "size": f"{w}x{h}", "phases": len(ours), "max_abs_diff": diffs,
                          "latent_abs_max": float(ours[-1].abs().max()), "jitter_draws": len(jitters)})
-            print(f"{label:20s} {side}x{side}: " + ", ".join(f"phase {k + 1} {d:.2e}" for k, d in enumerate(diffs)),
+            print(f"{label:20s} {w}x{h}: " + ", ".join(f"phase {k + 1} {d:.2e}" for k, d in enumerate(diffs)),
                   flush=True)
     if args.json:
         head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
