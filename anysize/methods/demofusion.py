@@ -68,8 +68,8 @@ out). Deliberate differences, each with a test in ``tests/test_demofusion.py``:
   the library's output path.
 * ``sigma`` defaults to 0.8, the value of the official README and demos (the pipeline's signature
   says 1.0) (test_defaults_are_the_officials).
-* SD 1.x/2.x are supported (official: SDXL only); ``progression="doubling"`` is an addition
-  (test_doubling_progression).
+* SD 1.x/2.x are supported (official: SDXL only); ``progression="doubling"`` and ``jitter=false``
+  are additions (test_doubling_progression, test_local_views_cover_the_canvas_and_jitter_without_it).
 """
 
 from __future__ import annotations
