@@ -168,7 +168,7 @@ CLI: list[CLICase] = [
     refused("size absurdly large", *GEN, "--size", "999992x999992", loads=True,
             match=r"999992x999992 needs at least [\d.]+ GiB .*the largest square that could fit is about \d+x\d+"),
     # ---- names
-    refused("unknown method", *GEN, "--method", "nope", match=r"unknown method 'nope'; valid choices: asd, direct, "),
+    refused("unknown method", *GEN, "--method", "nope", match=r"unknown method 'nope'; valid choices: asd, demofusion, direct, "),
     refused("empty method", *GEN, "--method", "", match=r"unknown method ''; valid choices: "),
     refused("unknown scheduler", *GEN, "--scheduler", "nope", match=r"unknown scheduler 'nope'; valid choices: .*ddim"),
     refused("flow scheduler on a U-Net", *GEN, "--scheduler", "flow_euler", loads=True,
@@ -275,7 +275,7 @@ CLI: list[CLICase] = [
             match=r"exists\.png already exists; pass --force"),
     refused("upscale --set bad type", *UP, "--scale", "2", "--set", "tile=abc", match=r"fstd option tile must be an integer"),
     # ---- methods, demo, bench, eval, train-arad
-    refused("methods nope", "methods", "nope", match=r"unknown method 'nope'; valid choices: asd, direct"),
+    refused("methods nope", "methods", "nope", match=r"unknown method 'nope'; valid choices: asd, demofusion, direct"),
     refused("methods direct nope", "methods", "direct", "nope", match=r"unknown method 'nope'"),
     refused("demo unknown method", "demo", *M, "--methods", "nope", match=r"unknown method 'nope'"),
     refused("demo steps 0", "demo", *M, "--steps", "0", match=r"--steps must be a positive integer, got 0"),
@@ -493,7 +493,7 @@ API: list[APICase] = [
     raises("negative prompts for other prompts", lambda c: gen(c, ["a", "b", "c"], negative_prompt=["x", "y"]), ERR,
            r"2 negative prompts for 3 prompts"),
     # ---- generate: choices and objects
-    raises("method 3", lambda c: gen(c, method=3), ERR, r"method must be a method name \(asd, direct, .*got int 3"),
+    raises("method 3", lambda c: gen(c, method=3), ERR, r"method must be a method name \(asd, demofusion, direct, .*got int 3"),
     raises("method nope", lambda c: gen(c, method="nope"), UnknownChoiceError, r"unknown method 'nope'; valid choices: asd"),
     raises("method class", lambda c: gen(c, method=methods.get("direct")), ERR,
            r"got the class Direct; pass Direct\(\.\.\.\) or its name 'direct'"),

@@ -187,7 +187,7 @@ def test_methods_name_lists_every_option_from_its_declaration(capsys):
     assert "one of asd, improved" in out and "one of per_run, per_step, gray" in out  # every valid value
     assert "cli: resampling_steps=10" in out  # elastic's presets
     rc, out, err = run(capsys, "methods", "nope")
-    assert rc == 2 and "unknown method 'nope'; valid choices: asd, direct" in err
+    assert rc == 2 and "unknown method 'nope'; valid choices: asd, demofusion, direct" in err
 
 
 def test_help_teaches(capsys):
@@ -214,7 +214,7 @@ PRE_LOAD = [  # (args, fragment of the message): all must fail before any model 
     (["--size", "128x100"], "height 100 is not a multiple of 8"),
     (["--size", "abcx128"], "not an integer"),
     (["--size", "128"], "WIDTHxHEIGHT"),
-    (["--method", "nope"], "unknown method 'nope'; valid choices: asd, direct"),
+    (["--method", "nope"], "unknown method 'nope'; valid choices: asd, demofusion, direct"),
     (["--scheduler", "nope"], "valid choices: ddim, ddpm, default, dpm++2m"),
     (["--dtype", "fp8"], "unknown dtype 'fp8'; valid choices: bf16, fp16, fp32"),
     (["--offload", "disk"], "valid choices: model, none, sequential"),
@@ -490,7 +490,7 @@ def test_eval_composition_table_and_json(capsys, model_dir, _workdir):
 
 
 TOY_COMMANDS_BAD = [  # all fail before the model is loaded
-    (["demo", "--methods", "nope"], "unknown method 'nope'; valid choices: asd, direct"),
+    (["demo", "--methods", "nope"], "unknown method 'nope'; valid choices: asd, demofusion, direct"),
     (["demo", "--steps", "0"], "--steps must be a positive integer"),
     (["demo", "--out", "x.jpg"], "must end in .png"),
     (["demo", "--dtype", "fp8"], "valid choices: bf16, fp16, fp32"),

@@ -9,5 +9,6 @@ from . import hidiffusion  # noqa: F401  (registers)
 from . import elastic  # noqa: F401  (registers)
 from . import scalediff  # noqa: F401  (registers)
 from . import asd  # noqa: F401  (registers)
+from . import demofusion  # noqa: F401  (registers)
 
 __all__ = ["METHODS", "Method", "MethodOptions", "create", "get", "names", "register"]

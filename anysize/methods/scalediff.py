@@ -174,6 +174,32 @@ def sg_weight(schedule: str, coeff_t: tuple[float, float], coeff_tau: tuple[floa
     return v / v0 if v0 > 0 else 0.0
 
 
+def cascade_scale(adapter, height: int, width: int) -> float:
+    """How many times the native latent size a height×width latent target is, on its limiting side."""
+    nh, nw = adapter.native_latent_size
+    return max(height / nh, width / nw)
+
+
+def cascade_sizes(adapter, height: int, width: int, multiples: list[float]) -> list[tuple[int, int]]:
+    """Latent (h, w) of a cascade's canvases toward a height×width latent target: the base (the
+    target's aspect ratio, native on the limiting side) times each of ``multiples`` (from 1 up),
+    rounded to the model's latent patch, then the target itself; a size equal to the previous one
+    or to the target ends the list there."""
+    scale = cascade_scale(adapter, height, width)
+    m = max(1, adapter.size_multiple // adapter.vae_factor)
+
+    def rnd(v: float, limit: int) -> int:
+        return min(limit, max(m, int(round(v / m)) * m))
+
+    sizes: list[tuple[int, int]] = []
+    for k in multiples:
+        size = (rnd(height / scale * k, height), rnd(width / scale * k, width))
+        if sizes and size == sizes[-1] or size == (height, width):
+            break
+        sizes.append(size)
+    return sizes + [(height, width)]
+
+
 @dataclasses.dataclass
 class Stage:
     """One upscaling stage: what its sampling loop needs at every step (it gets it as ``ctx.extra``)."""
@@ -213,23 +239,11 @@ class ScaleDiff(Method):
 
     def stage_sizes(self, adapter, height: int, width: int) -> list[tuple[int, int]]:
         """Latent (h, w) of the base and of every upscaling stage; the last is the target."""
-        nh, nw = adapter.native_latent_size
-        scale = max(height / nh, width / nw)
+        scale = cascade_scale(adapter, height, width)
         if scale <= 1:
             return [(height, width)]
         stages = self.options.stages or max(1, round(math.log2(scale)))
-        m = max(1, adapter.size_multiple // adapter.vae_factor)
-
-        def rnd(v: float, limit: int) -> int:
-            return min(limit, max(m, int(round(v / m)) * m))
-
-        sizes = []
-        for k in range(stages):
-            size = (rnd(height / scale * 2**k, height), rnd(width / scale * 2**k, width))
-            if sizes and size == sizes[-1] or size == (height, width):
-                break
-            sizes.append(size)
-        return sizes + [(height, width)]
+        return cascade_sizes(adapter, height, width, [2**k for k in range(stages)])
 
     def geometry(self, adapter, height: int, width: int) -> list[tuple[int, int]]:
         return self.stage_sizes(adapter, height, width)
