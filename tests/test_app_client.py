@@ -17,6 +17,7 @@ from PIL import Image
 require("gradio", "the web UI's tests")
 from gradio_client import Client, handle_file  # noqa: E402
 
+from anysize import methods  # noqa: E402
 from anysize.app import server  # noqa: E402
 from anysize.app.handlers import Service  # noqa: E402
 from anysize.output import read_metadata, read_parameters  # noqa: E402
@@ -91,7 +92,7 @@ BAD = [  # (endpoint, arguments, what the one-line message says)
     ("/generate", {"prompt": "   "}, "no prompt given"),
     ("/generate", {"prompt": PROMPT, "width": 130, "height": 128}, "width 130 is not a multiple of 4"),
     ("/generate", {"prompt": PROMPT, "width": -8}, "width must be a positive number of pixels"),
-    ("/generate", {"prompt": PROMPT, "method": "magic"}, "unknown method 'magic'; valid choices: asd, direct,"),
+    ("/generate", {"prompt": PROMPT, "method": "magic"}, "unknown method 'magic'; valid choices: " + ", ".join(methods.names())),
     ("/generate", {"prompt": PROMPT, "method": "fstd", "options": {"tile": 0}}, "fstd option tile must be"),
     ("/generate", {"prompt": PROMPT, "options": {"nope": 1}}, "nope"),
     ("/generate", {"prompt": PROMPT, "options": "tile=64"}, "method_options must be a dict"),

@@ -115,7 +115,7 @@ def test_bad_input_gets_the_command_lines_one_line_message(toy, capsys, tmp_path
     assert str(e.value) in capsys.readouterr().err
     cases = [
         (dict(prompt=""), "no prompt given"),
-        (dict(method="nope"), "unknown method 'nope'; valid choices: asd, direct"),
+        (dict(method="nope"), "unknown method 'nope'; valid choices: " + ", ".join(methods.names())),
         (dict(method="fstd", options={"tile": -3}), "fstd option"),
         (dict(method="direct", options={"nope": 1}), "nope"),
         (dict(seed=-1), "seed must be an integer in [0, "),
