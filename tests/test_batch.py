@@ -315,3 +315,36 @@ def test_ray_pool_of_two_workers_writes_the_same_files(model_dir, reference, tmp
     records = summary(out)
     assert len(records) == 12 and all(r["status"] == "done" and r["engine"] == "ray" for r in records)
     assert {r["worker"] for r in records} <= {0, 1}
+
+
+# ------------------------------------------------------------------------------------------ eval metrics
+
+
+def test_an_interrupted_eval_resumes_through_the_runner(model, tmp_path, monkeypatch):
+    from anysize import api
+    from anysize.eval.run import run_eval
+    from anysize.testing.eval import TinyFeatureNet
+
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"p{i}", "prompt": f"a red triangle {i}", "seed": 10 + i}) + "\n"
+                                for i in range(4)))
+    kw = dict(adapter=model, manifest=manifest, steps=2, metrics=["is"], extractor=TinyFeatureNet(), warmup=0,
+              progress=False)
+    whole = run_eval(tmp_path / "whole", **kw)
+    real, made = api.generate, []
+
+    def interrupted(adapter, prompt, **k):
+        if len(made) == 2:
+            raise KeyboardInterrupt
+        made.append(prompt)
+        return real(adapter, prompt, **k)
+
+    monkeypatch.setattr(api, "generate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(tmp_path / "cut", **kw)
+    assert sorted(p.name for p in (tmp_path / "cut" / "images").glob("*.png")) == ["p0.png", "p1.png"]
+    monkeypatch.setattr(api, "generate", real)
+    resumed = run_eval(tmp_path / "cut", **kw)
+    assert outputs(tmp_path / "cut" / "images") == outputs(tmp_path / "whole" / "images")
+    assert resumed["metrics"] == pytest.approx(whole["metrics"])
+    assert resumed["speed"]["resumed_images"] == 2 and resumed["speed"]["seconds_per_image"] > 0
