@@ -348,3 +348,23 @@ def test_an_interrupted_eval_resumes_through_the_runner(model, tmp_path, monkeyp
     assert outputs(tmp_path / "cut" / "images") == outputs(tmp_path / "whole" / "images")
     assert resumed["metrics"] == pytest.approx(whole["metrics"])
     assert resumed["speed"]["resumed_images"] == 2 and resumed["speed"]["seconds_per_image"] > 0
+
+
+def test_engine_errors_are_one_line_before_any_work(capsys, model_dir, tmp_path, monkeypatch):
+    jobs = write_jobs(tmp_path / "jobs.jsonl", 3)
+    base = ["batch", str(jobs), "--out", str(tmp_path / "out"), "--model", str(model_dir)]
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    cases = [(["--engine", "ray"], "--engine ray needs Ray: pip install 'anysize[ray]'"),
+             (["--engine", "spark"], "unknown engine 'spark'; valid choices: local, ray"),
+             (["--workers", "2"], "--workers, --worker-gpus and --ray-address go with --engine ray"),
+             (["--batch", "0"], "--batch must be a positive integer")]
+    for extra, message in cases:
+        assert cli.main(base + extra) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delitem(sys.modules, "ray")
+    assert cli.main(base + ["--engine", "ray"]) == 2
+    assert "launch it once" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
