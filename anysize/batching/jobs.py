@@ -40,8 +40,9 @@ FIELDS = ("id", "prompt", "negative", "seed", "size", "width", "height", "method
           "scheduler", "lora")
 #: other spellings accepted for a field (the API's names)
 ALIASES = {"negative_prompt": "negative", "method_options": "options"}
-#: a job id: a file name without a directory, not hidden (anysize's temporaries start with "."), at most 128 characters
-ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: a job id: a file name without a directory or control characters, not hidden (anysize's temporaries
+#: start with "."), at most 200 characters (as the ids of ``anysize eval`` manifests, which name files too)
+ID_RE = re.compile(r"^[^./\\\x00-\x1f][^/\\\x00-\x1f]{0,199}$")
 #: file suffix -> format
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
 
@@ -340,8 +341,8 @@ def _one(row: Row, defaults: Mapping[str, Any], index: int) -> Job:
         job_id = str(job_id)
         if not ID_RE.match(job_id) or job_id.lower().endswith(".tmp"):
             raise InvalidArgumentError(
-                f"id {job_id!r} is not a file name: use 1-128 letters, digits, '.', '_' or '-', starting with a "
-                "letter or digit (it names <id>.png and <id>.json)")
+                f"id {job_id!r} is not a file name: 1-200 characters, no '/', '\\' or control characters, not "
+                "starting with '.' (it names <id>.png and <id>.json)")
     return Job(row.number, row.line, prompt, negative, seed, width, height, method, options, steps, guidance,
                scheduler, job_id)
 

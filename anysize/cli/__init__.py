@@ -29,8 +29,8 @@ from .inputs import fix_negative_sizes, parse_set, parse_size  # noqa: F401  (pa
 COMMANDS: dict[str, ModuleType] = {
     "generate": generate,
     "upscale": upscale,
-    "batch": batch,
     "methods": methods,
+    "batch": batch,
     "demo": demo,
     "eval": eval_,
     "bench": bench,
