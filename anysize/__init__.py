@@ -14,6 +14,7 @@ from .errors import AnysizeError  # noqa: E402  (torch-free)
 #: public name -> the submodule that defines it
 _LAZY = {
     "GenerationResult": "api",
+    "batch": "batching",
     "generate": "api",
     "load": "api",
     "upscale": "api",
@@ -21,7 +22,7 @@ _LAZY = {
     "patch": "api",
 }
 
-__all__ = ["AnysizeError", "GenerationResult", "METHODS", "generate", "load", "patch", "upscale", "__version__"]
+__all__ = ["AnysizeError", "GenerationResult", "METHODS", "batch", "generate", "load", "patch", "upscale", "__version__"]
 
 
 def __getattr__(name: str):

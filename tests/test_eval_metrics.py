@@ -299,8 +299,8 @@ def test_run_generates_scores_and_writes_results(tiny, tmp_path, reference, net)
     assert summary["protocol"]["clip"]["scale"].startswith("100 * max(cos")
     # PNDM with 2 steps: 3 evaluations, x2 for CFG
     assert summary["speed"]["network_calls_per_image"] == 6 and summary["speed"]["seconds_per_image"] > 0
-    assert sorted(p.name for p in (out / "images").iterdir()) == ["p0.png", "p1.png", "p2.png", "p3.png"]
-    assert sorted(p.name for p in (out / "base").iterdir()) == ["p0.png", "p1.png", "p2.png", "p3.png"]
+    assert sorted(p.name for p in (out / "images").glob("*.png")) == ["p0.png", "p1.png", "p2.png", "p3.png"]
+    assert sorted(p.name for p in (out / "base").glob("*.png")) == ["p0.png", "p1.png", "p2.png", "p3.png"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["metrics"] == pytest.approx(m)
     with open(out / "per_image.csv", newline="") as f:

@@ -20,7 +20,7 @@ from typing import Iterable, Sequence
 
 from .. import __version__
 from ..errors import AnysizeError, Cancelled
-from . import app, bench, demo, generate, methods, train_arad, upscale
+from . import app, batch, bench, demo, generate, methods, train_arad, upscale
 from . import eval as eval_
 from .console import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, Parser, UsageError, error
 from .inputs import fix_negative_sizes, parse_set, parse_size  # noqa: F401  (parse_*: part of anysize.cli)
@@ -30,6 +30,7 @@ COMMANDS: dict[str, ModuleType] = {
     "generate": generate,
     "upscale": upscale,
     "methods": methods,
+    "batch": batch,
     "demo": demo,
     "eval": eval_,
     "bench": bench,

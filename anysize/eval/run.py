@@ -2,7 +2,9 @@
 
 Output folder layout::
 
-    OUT/images/<id>.png      the generated images (not when --from-dir is given)
+    OUT/images/<id>.png      the generated images (not when --from-dir is given), with <id>.json and
+                             summary.jsonl beside them: written by the batch runner, so an
+                             interrupted run resumes (rerun the same command)
     OUT/base/<id>.png        the same prompts and seeds at the model's native size, for FID_b/KID_b
     OUT/metrics.json         config, protocol, metrics, speed, machine
     OUT/per_image.csv        id, prompt, seed, file, size, seconds, network calls, peak memory, CLIP score
@@ -65,29 +67,56 @@ def plan_metrics(requested: Sequence[str] | None, *, reference: bool, base: bool
 
 def _generate_set(adapter, rows, folder: Path, *, method: str, width: int, height: int, steps, guidance,
                   method_options, warmup: int, progress: bool, force: bool) -> list[dict]:
-    """Generate every row into ``folder/<id>.png``; per-image seconds, calls and peak memory."""
+    """Generate every row into ``folder/<id>.png`` through the batch runner (:mod:`anysize.batching`),
+    one image per call; per-image seconds, calls and peak memory.
+
+    The runner makes an interrupted evaluation resumable: images whose files are complete are kept
+    (their seconds come from the folder's batch log, their peak memory is not known), the others
+    are generated; ``force`` regenerates them all. The warm-up runs only when something is generated.
+    """
     from tqdm.auto import tqdm
 
     from .. import api
-    from ..output import save_png
+    from ..batching import InvalidJobsError, check_jobs
+    from ..batching.plan import Chunk
+    from ..batching.runner import run_chunk
+    from ..batching.store import check_out_dir, is_complete, png_path, remove_job_temps
+    from ..batching.summary import RankLog, read_logs, rebuild
 
-    def one(row):
-        return api.generate(adapter, row.prompt, width=width, height=height, method=method, steps=steps,
-                            guidance=guidance, seed=row.seed, progress=False, method_options=method_options)
-
-    for _ in range(warmup):
-        one(rows[0])
+    folder = check_out_dir(folder)
+    specs = [{"id": row.id, "prompt": row.prompt, "seed": row.seed, "width": width, "height": height, "method": method,
+              "options": dict(method_options or {}), "steps": steps, "guidance": guidance} for row in rows]
+    jobs, errors = check_jobs(adapter, specs, folder)
+    if errors:
+        raise InvalidJobsError(errors, "the manifest", len(rows))
+    remove_job_temps(folder, jobs)
+    todo = {j.id for j in jobs if force or not is_complete(folder, j)}
+    for _ in range(warmup if todo else 0):
+        api.generate(adapter, rows[0].prompt, width=width, height=height, method=method, steps=steps,
+                     guidance=guidance, seed=rows[0].seed, progress=False, method_options=method_options)
+    earlier = {r["id"]: r for r in read_logs(folder) if r.get("status") == "done"}
+    log = RankLog(folder, 0)
     records = []
-    for row in tqdm(rows, desc=f"{method} {width}x{height}", disable=not progress, unit="img"):
-        synchronize(adapter.device)
-        with PeakMemory(adapter.device) as mem:
-            t0 = time.perf_counter()
-            result = one(row)
+    try:
+        for i, job in enumerate(tqdm(jobs, desc=f"{method} {width}x{height}", disable=not progress, unit="img")):
+            if job.id not in todo:
+                r = earlier.get(job.id, {})
+                records.append({"file": str(png_path(folder, job.id)), "seconds": r.get("seconds"),
+                                "network_calls": r.get("network_calls"), "peak_memory_mib": None, "memory": None})
+                continue
             synchronize(adapter.device)
-            seconds = time.perf_counter() - t0
-        path = save_png(result.images[0], folder / f"{row.id}.png", result.config_for(0), force=force)
-        records.append({"file": str(path), "seconds": seconds, "network_calls": result.network_calls,
-                        "peak_memory_mib": mem.peak_mib, "memory": mem.kind})
+            with PeakMemory(adapter.device) as mem:
+                (rec,) = run_chunk(adapter, Chunk(i, (job,)), folder, who={"rank": 0, "world_size": 1, "engine": "eval"},
+                                   todo=[job])
+                synchronize(adapter.device)
+            if rec["status"] != "done":
+                raise RuntimeError(f"generating {job.id}: {rec['error']}")
+            log.append(rec)
+            records.append({"file": str(png_path(folder, job.id)), "seconds": rec["seconds"],
+                            "network_calls": rec["network_calls"], "peak_memory_mib": mem.peak_mib, "memory": mem.kind})
+    finally:
+        log.close()
+        rebuild(folder, jobs, [])
     return records
 
 
@@ -192,7 +221,8 @@ def run_eval(
     for f in files.values():
         check_writable(f, force)
     for folder, used in ((out / "images", gen_files is None), (out / "base", base_files is None and any(m in plan for m in ("fid_b", "kid_b")))):
-        if used and folder.exists() and any(folder.iterdir()) and not force:
+        resumable = (folder / "summary.jsonl").exists() or (folder / "summary.rank0.jsonl").exists()
+        if used and folder.exists() and any(folder.iterdir()) and not force and not resumable:
             raise InvalidArgumentError(f"{folder} already has images; pass --force to overwrite them (or choose another --out)")
 
     # the scoring networks load before any generation: a missing download fails in seconds, not after hours
@@ -223,11 +253,14 @@ def run_eval(
                                 steps=steps, guidance=guidance, method_options=method_options, warmup=warmup,
                                 progress=progress, force=force)
         gen_files = [Path(r["file"]) for r in records]
+        timed = [r for r in records if r["seconds"] is not None]
+        measured = [r for r in records if r["peak_memory_mib"] is not None]
         speed = {
-            "seconds_per_image": sum(r["seconds"] for r in records) / n,
-            "peak_memory_mib": max(r["peak_memory_mib"] for r in records),
-            "memory": records[0]["memory"],
-            "network_calls_per_image": sum(r["network_calls"] for r in records) / n,
+            "seconds_per_image": sum(r["seconds"] for r in timed) / len(timed) if timed else None,
+            "peak_memory_mib": max(r["peak_memory_mib"] for r in measured) if measured else None,
+            "memory": measured[0]["memory"] if measured else None,
+            "network_calls_per_image": sum(r["network_calls"] for r in timed) / len(timed) if timed else None,
+            "resumed_images": n - len(measured),
             "warmup_runs": warmup,
         }
     else:

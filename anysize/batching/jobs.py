@@ -1,0 +1,417 @@
+"""Batch jobs: reading a jobs file and checking every row before any work.
+
+A jobs file is JSONL (``.jsonl``/``.ndjson``: one object per line), CSV (``.csv``: a header row,
+then one job per row; an empty cell is an absent field, ``options`` a JSON object) or a plain
+prompt file (anything else: one prompt per non-empty line). The fields (:data:`FIELDS`) are those
+of :func:`anysize.generate`; a field a row leaves out takes the command's default (the CLI's flags),
+and a missing seed is ``seed + i`` for job ``i`` (0-based), as ``anysize generate`` numbers several
+prompts.
+
+Checking is in two passes, both over every row, so all bad rows are reported at once:
+:func:`parse` needs no model (types, ranges, names, method options, ids) and
+:func:`resolve` needs the loaded model (sizes against its pixel factor, method/model/size
+compatibility, scheduler kind, memory, defaults filled in); :func:`resolve` also gives each job
+its id. An id is given, or the first 16 hex digits of the SHA-256 of the job's full
+configuration (:meth:`Job.spec`, canonical JSON), so the same job gets the same id in every run,
+on every rank and with any row order, and a changed job gets a new one.
+
+This module imports neither torch nor diffusers at import time.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from ..errors import AnysizeError, InvalidArgumentError
+from ..prompts import check_prompt, decode_prompt_file
+
+__all__ = ["FIELDS", "Job", "JobError", "InvalidJobsError", "Row", "parse", "read_rows", "resolve"]
+
+#: the fields of a job, in the order the docs list them
+FIELDS = ("id", "prompt", "negative", "seed", "size", "width", "height", "method", "options", "steps", "guidance",
+          "scheduler", "lora")
+#: other spellings accepted for a field (the API's names)
+ALIASES = {"negative_prompt": "negative", "method_options": "options"}
+#: a job id: a file name without a directory or control characters, not hidden (anysize's temporaries
+#: start with "."), at most 200 characters (as the ids of ``anysize eval`` manifests, which name files too)
+ID_RE = re.compile(r"^[^./\\\x00-\x1f][^/\\\x00-\x1f]{0,199}$")
+#: file suffix -> format
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One raw row of a jobs file: its 1-based number among the jobs, its line in the file, its fields."""
+
+    number: int
+    line: int
+    values: Mapping[str, Any]
+
+    def where(self) -> str:
+        return f"row {self.number} (line {self.line})"
+
+
+@dataclasses.dataclass(frozen=True)
+class JobError:
+    """A row that cannot run, and why (one line)."""
+
+    row: int
+    line: int
+    message: str
+    id: str | None = None
+
+    def __str__(self) -> str:
+        return f"row {self.row} (line {self.line}): {self.message}"
+
+
+class InvalidJobsError(AnysizeError):
+    """Rows of a jobs file that cannot run: all of them, one line each, with their row numbers."""
+
+    def __init__(self, errors: Sequence[JobError], source: str, total: int):
+        self.errors = list(errors)
+        n = len(self.errors)
+        head = (f"{n} of {total} job{'s' if total != 1 else ''} in {source} {'is' if n == 1 else 'are'} invalid "
+                "(nothing was run; fix them, or pass --skip-invalid to run the others):")
+        super().__init__("\n".join([head] + [f"  {e}" for e in self.errors]))
+
+
+@dataclasses.dataclass
+class Job:
+    """One checked job. Before :func:`resolve`, ``steps``/``guidance``/``width``/``height`` may be None
+    (the model's defaults) and ``id`` None (a hash); after it every field is set."""
+
+    row: int
+    line: int
+    prompt: str
+    negative: str | None
+    seed: int
+    width: int | None
+    height: int | None
+    method: str
+    options: dict[str, Any]
+    steps: int | None
+    guidance: float | None
+    scheduler: str
+    id: str | None = None
+    #: set by resolve: what identifies the model (its source, family, dtype), part of the spec
+    model: dict[str, Any] | None = None
+
+    def spec(self) -> dict[str, Any]:
+        """Everything the image depends on, canonical (hashed into the id, stored in ``<id>.json``)."""
+        return {
+            "prompt": self.prompt, "negative": self.negative, "seed": self.seed, "width": self.width,
+            "height": self.height, "method": self.method, "options": self.options, "steps": self.steps,
+            "guidance": self.guidance, "scheduler": self.scheduler, "model": self.model,
+        }
+
+    def config_key(self) -> str:
+        """What one network call needs to share: jobs with the same key can be batched together."""
+        return canonical({
+            "method": self.method, "options": self.options, "width": self.width, "height": self.height,
+            "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler,
+            "negative": self.negative is not None,
+        })
+
+
+def canonical(value: Any) -> str:
+    """Canonical JSON: sorted keys, no spaces, non-ASCII kept, so equal values give equal text."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def spec_hash(spec: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical(spec).encode("utf-8")).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------ reading
+
+
+def read_rows(path: str | Path) -> tuple[list[Row], list[JobError]]:
+    """The rows of a jobs file (format from the suffix, see the module doc); rows that cannot even
+    be read (bad JSON, a CSV row with too many cells) come back as errors, so they are reported with
+    the others. An unreadable or empty file is an :class:`InvalidArgumentError`."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise InvalidArgumentError(f"cannot read jobs file {path}: {e.strerror or e}") from None
+    text = decode_prompt_file(data, str(path))
+    kind = FORMATS.get(path.suffix.lower(), "prompts")
+    rows, errors = {"jsonl": _jsonl_rows, "csv": _csv_rows, "prompts": _prompt_rows}[kind](text, path)
+    if not rows and not errors:
+        what = {"jsonl": "one JSON object per line", "csv": "a header, then one row per job",
+                "prompts": "one prompt per non-empty line"}[kind]
+        raise InvalidArgumentError(f"jobs file {path} has no jobs ({what})")
+    return rows, errors
+
+
+def _jsonl_rows(text: str, path: Path):
+    rows, errors = [], []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        number = len(rows) + len(errors) + 1
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            errors.append(JobError(number, line_no, f"not JSON: {e.msg} at column {e.colno}"))
+            continue
+        if not isinstance(value, dict):
+            errors.append(JobError(number, line_no, f"a job is a JSON object {{\"prompt\": ...}}, got {type(value).__name__}"))
+            continue
+        rows.append(Row(number, line_no, value))
+    return rows, errors
+
+
+def _csv_rows(text: str, path: Path):
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = None
+    rows, errors = [], []
+    for cells in reader:
+        if header is None:
+            if not any(c.strip() for c in cells):
+                continue
+            header = [c.strip() for c in cells]
+            header_line = reader.line_num
+            blank = [i + 1 for i, c in enumerate(header) if not c]
+            if blank:
+                raise InvalidArgumentError(f"jobs file {path}: column {blank[0]} of the header (line {header_line}) has no name")
+            if len(set(header)) != len(header):
+                dup = next(c for c in header if header.count(c) > 1)
+                raise InvalidArgumentError(f"jobs file {path}: column {dup!r} appears twice in the header")
+            continue
+        if not any(c.strip() for c in cells):
+            continue
+        number = len(rows) + len(errors) + 1
+        if len(cells) > len(header):
+            errors.append(JobError(number, reader.line_num, f"{len(cells)} cells for the header's {len(header)} columns"))
+            continue
+        values = {k: v for k, v in zip(header, cells) if v != ""}
+        rows.append(Row(number, reader.line_num, {**values, "__csv__": True}))
+    return rows, errors
+
+
+def _prompt_rows(text: str, path: Path):
+    rows = []
+    for line_no, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            rows.append(Row(len(rows) + 1, line_no, {"prompt": line.strip()}))
+    return rows, []
+
+
+def rows_from_dicts(jobs: Iterable[Mapping[str, Any]]) -> tuple[list[Row], list[JobError]]:
+    """Rows from Python dicts (the API's ``jobs=[{...}, ...]``), numbered from 1 (line = row)."""
+    rows, errors = [], []
+    for i, value in enumerate(jobs, 1):
+        if not isinstance(value, Mapping):
+            errors.append(JobError(i, i, f"a job is a dict {{'prompt': ...}}, got {type(value).__name__}"))
+        else:
+            rows.append(Row(i, i, dict(value)))
+    return rows, errors
+
+
+# ------------------------------------------------------------------------------------------ pass 1: no model
+
+
+def _field_values(row: Row) -> dict[str, Any]:
+    values = {}
+    for key, value in row.values.items():
+        if key == "__csv__":
+            continue
+        name = ALIASES.get(key, key)
+        if name not in FIELDS:
+            raise InvalidArgumentError(f"unknown field {key!r}; the fields: {', '.join(FIELDS)}")
+        if name in values:
+            raise InvalidArgumentError(f"field {name!r} given twice (as {key!r} and its other spelling)")
+        values[name] = value
+    return values
+
+
+def _csv_number(name: str, value: Any, kind: type) -> Any:
+    """A CSV cell (text) read as an int or float; JSON values pass unchanged."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return kind(value.strip())
+    except ValueError:
+        what = "an integer" if kind is int else "a number"
+        raise InvalidArgumentError(f"{name} must be {what}, got {value!r}") from None
+
+
+def _one(row: Row, defaults: Mapping[str, Any], index: int) -> Job:
+    from ..api import check_seed
+    from ..options import require
+    from ..schedulers import SCHEDULERS
+    from .. import methods
+    from ..cli.inputs import parse_size
+    from ..errors import check_choice
+
+    values = _field_values(row)
+    csv_row = bool(row.values.get("__csv__"))
+    get = lambda name: values.get(name, defaults.get(name))  # noqa: E731
+
+    prompt = values.get("prompt", defaults.get("prompt"))
+    if prompt is None:
+        raise InvalidArgumentError("no prompt (give the field 'prompt')")
+    if not isinstance(prompt, str):
+        raise InvalidArgumentError(f"prompt must be text, got {type(prompt).__name__} {prompt!r}")
+    if not check_prompt(prompt).strip():
+        raise InvalidArgumentError("prompt is empty; give the text of the image to generate")
+    negative = get("negative")
+    if negative is not None:
+        if not isinstance(negative, str):
+            raise InvalidArgumentError(f"negative must be text, got {type(negative).__name__} {negative!r}")
+        check_prompt(negative, "negative prompt")
+
+    if "seed" in values:
+        seed = check_seed(_csv_number("seed", values["seed"], int) if csv_row else values["seed"])
+    else:
+        seed = check_seed(defaults.get("seed", 0) + index, name="seed (--seed + row index)")
+
+    width = height = None
+    size = values.get("size")
+    if size is not None and ("width" in values or "height" in values):
+        raise InvalidArgumentError("give size or width/height, not both")
+    if "width" in values or "height" in values:
+        if "width" not in values or "height" not in values:
+            raise InvalidArgumentError(f"{'height' if 'width' in values else 'width'} missing: give both width and height")
+        width = require("width", _csv_number("width", values["width"], int) if csv_row else values["width"], kind="int", low=1)
+        height = require("height", _csv_number("height", values["height"], int) if csv_row else values["height"], kind="int", low=1)
+    else:
+        size = size if size is not None else defaults.get("size")
+        if size is not None:
+            if not isinstance(size, str):
+                raise InvalidArgumentError(f"size must be text WIDTHxHEIGHT (e.g. 1024x768), got {size!r}")
+            width, height = parse_size(size)
+
+    method = get("method") or "direct"
+    if not isinstance(method, str):
+        raise InvalidArgumentError(f"method must be a name, got {method!r}")
+    check_choice("method", method, methods.names())
+    options = dict(defaults.get("options") or {})
+    raw = values.get("options")
+    if raw is not None:
+        if csv_row and isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except json.JSONDecodeError as e:
+                raise InvalidArgumentError(f"options must be a JSON object, e.g. {{\"tile\": 64}}: {e.msg}") from None
+        if not isinstance(raw, dict):
+            raise InvalidArgumentError(f"options must be an object of option names to values, e.g. {{\"tile\": 64}}, got {raw!r}")
+        options.update(raw)
+    lora = get("lora")
+    if lora is not None:
+        if not isinstance(lora, str) or not lora:
+            raise InvalidArgumentError(f"lora must be the path of a LoRA file or folder, got {lora!r}")
+        cls = methods.get(method)
+        if "lora" not in cls.Options.names():
+            able = [n for n in methods.names() if "lora" in methods.get(n).Options.names()]
+            raise InvalidArgumentError(
+                f"method {method!r} takes no LoRA; the methods that do: {', '.join(able)} (lora is their option, "
+                "as with 'anysize generate --lora')")
+        options["lora"] = lora
+    options = methods.create(method, **options).describe()  # unknown options, out-of-range values; full and canonical
+
+    steps = get("steps")
+    if steps is not None:
+        steps = require("steps", _csv_number("steps", steps, int) if csv_row else steps, kind="int", low=1)
+    guidance = get("guidance")
+    if guidance is not None:
+        guidance = require("guidance", _csv_number("guidance", guidance, float) if csv_row else guidance,
+                           kind="float", low=0)
+        if not math.isfinite(guidance):
+            raise InvalidArgumentError(f"guidance must be a finite number >= 0, got {guidance}")
+        guidance = float(guidance)
+    scheduler = get("scheduler") or "default"
+    if not isinstance(scheduler, str):
+        raise InvalidArgumentError(f"scheduler must be a name, got {scheduler!r}")
+    check_choice("scheduler", scheduler, ["default", *SCHEDULERS])
+
+    job_id = values.get("id")
+    if job_id is not None:
+        if isinstance(job_id, bool) or not isinstance(job_id, (str, int)):
+            raise InvalidArgumentError(f"id must be text, got {job_id!r}")
+        job_id = str(job_id)
+        if not ID_RE.match(job_id) or job_id.lower().endswith(".tmp"):
+            raise InvalidArgumentError(
+                f"id {job_id!r} is not a file name: 1-200 characters, no '/', '\\' or control characters, not "
+                "starting with '.' (it names <id>.png and <id>.json)")
+    return Job(row.number, row.line, prompt, negative, seed, width, height, method, options, steps, guidance,
+               scheduler, job_id)
+
+
+def parse(rows: Sequence[Row], defaults: Mapping[str, Any] | None = None) -> tuple[list[Job], list[JobError]]:
+    """Pass 1 over every row, without the model: the jobs that passed and one error per row that did not."""
+    defaults = dict(defaults or {})
+    jobs, errors = [], []
+    for row in rows:
+        try:
+            jobs.append(_one(row, defaults, row.number - 1))
+        except AnysizeError as e:
+            given = row.values.get("id") if isinstance(row.values.get("id"), str) else None
+            errors.append(JobError(row.number, row.line, str(e), given))
+    return jobs, errors
+
+
+# ------------------------------------------------------------------------------------------ pass 2: the model
+
+
+def model_identity(adapter) -> dict[str, Any]:
+    """What of the model enters a job's spec: the same fields as the PNG metadata's."""
+    return {
+        "model": getattr(adapter, "source", None) or adapter.pipe.config.get("_name_or_path", ""),
+        "family": adapter.family,
+        "dtype": str(adapter.dtype).replace("torch.", ""),
+    }
+
+
+def resolve(jobs: Sequence[Job], adapter) -> tuple[list[Job], list[JobError]]:
+    """Pass 2 over every job, with the loaded model: defaults filled in, sizes, method/model
+    compatibility, scheduler kind and memory checked, ids given (hashes) and unique."""
+    from .. import methods
+    from ..api import _check_fits
+    from ..schedulers import make_scheduler
+
+    identity = model_identity(adapter)
+    nh, nw = adapter.native_size
+    schedulers: dict[str, str | None] = {}
+    good, errors = [], []
+    seen: dict[str, Job] = {}
+    for job in jobs:
+        j = dataclasses.replace(job)
+        try:
+            j.width = nw if j.width is None else j.width
+            j.height = nh if j.height is None else j.height
+            j.steps = adapter.default_steps if j.steps is None else j.steps
+            j.guidance = float(adapter.default_guidance) if j.guidance is None else j.guidance
+            j.model = identity
+            adapter.check_size(j.height, j.width)
+            if j.scheduler not in schedulers:
+                try:
+                    make_scheduler(adapter, j.scheduler)
+                    schedulers[j.scheduler] = None
+                except AnysizeError as e:
+                    schedulers[j.scheduler] = str(e)
+            if schedulers[j.scheduler]:
+                raise InvalidArgumentError(schedulers[j.scheduler])
+            methods.create(j.method, **j.options).check(adapter, j.height, j.width, j.steps)
+            _check_fits(adapter, j.height, j.width, 1)
+            j.id = j.id if j.id is not None else spec_hash(j.spec())
+            if j.id in seen:
+                first = seen[j.id]
+                if job.id is None:
+                    raise InvalidArgumentError(
+                        f"the same configuration as row {first.row} (id {j.id}); give each an id to run it twice")
+                raise InvalidArgumentError(f"id {j.id!r} is also row {first.row}'s; ids name the output files and must be unique")
+            seen[j.id] = j
+            good.append(j)
+        except AnysizeError as e:
+            errors.append(JobError(job.row, job.line, str(e), job.id))
+    return good, errors
