@@ -110,16 +110,7 @@ def run_ray(parsed: Sequence[Job], errors: Sequence[JobError], out: Path, *, loa
                 return actor.run.remote(chunk, str(out), tiled_vae, who)
 
             for records in pool.map_unordered(submit, todo):
-                for r in records:
-                    log.append(r)
-                failed = [r for r in records if r["status"] == "failed"]
-                result.ran += len(records) - len(failed)
-                result.failed_here += len(failed)
-                bar.update(len(records))
-                if failed and note is not None:
-                    note(f"chunk {records[0]['chunk']} failed: {failed[0]['error']}")
-                if failed and fail_fast:
-                    result.stopped = True
+                if result.record_chunk(records, log, bar, note, fail_fast):
                     break
         finally:
             bar.close()

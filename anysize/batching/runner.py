@@ -52,6 +52,21 @@ class BatchResult:
     def pending(self) -> int:
         return self.count("pending")
 
+    def record_chunk(self, records: list[dict[str, Any]], log: RankLog, bar, note: Callable[[str], None] | None,
+                     fail_fast: bool) -> bool:
+        """Log one finished chunk's records, count them, advance the bar; True when the run must stop."""
+        for r in records:
+            log.append(r)
+        failed = [r for r in records if r["status"] == "failed"]
+        self.ran += len(records) - len(failed)
+        self.failed_here += len(failed)
+        bar.update(len(records))
+        if failed and note is not None:
+            note(f"chunk {records[0]['chunk']} ({len(failed)} job{'s' if len(failed) != 1 else ''}) failed: "
+                 f"{failed[0]['error']}")
+        self.stopped = bool(failed and fail_fast)
+        return self.stopped
+
 
 def run_chunk(adapter, chunk: Chunk, out: Path, *, tiled_vae="auto", who: dict[str, Any] | None = None,
               todo: Sequence[Job] | None = None) -> list[dict[str, Any]]:
@@ -137,16 +152,7 @@ def run_local(adapter, jobs: Sequence[Job], invalid: Sequence[JobError], out: Pa
             if not todo:
                 continue
             records = run_chunk(adapter, chunk, out, tiled_vae=tiled_vae, who=who, todo=todo)
-            for r in records:
-                log.append(r)
-            failed = [r for r in records if r["status"] == "failed"]
-            result.ran += len(records) - len(failed)
-            result.failed_here += len(failed)
-            bar.update(len(records))
-            if failed and note is not None:
-                note(f"chunk {chunk.index} ({len(failed)} job{'s' if len(failed) != 1 else ''}) failed: {failed[0]['error']}")
-            if failed and fail_fast:
-                result.stopped = True
+            if result.record_chunk(records, log, bar, note, fail_fast):
                 break
     finally:
         bar.close()
