@@ -7,8 +7,6 @@ model was trained with.
 
 from __future__ import annotations
 
-import diffusers
-
 from .errors import InvalidArgumentError, check_choice
 
 # name -> (class name, config overrides, state kind the model needs: "diffusion" or "flow")
@@ -49,6 +47,8 @@ def make_scheduler(adapter, name: str | None = None):
             f"scheduler {name!r} does not fit a {adapter.family} model ({adapter.scheduler_kind}); "
             f"choose one of: {', '.join(scheduler_names(adapter.scheduler_kind))}"
         )
+    import diffusers  # here, not at the top: the names serve --help, which must not wait for diffusers
+
     cls = getattr(diffusers, cls_name)
     try:
         return cls.from_config(base.config, **overrides)

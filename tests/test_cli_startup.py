@@ -17,7 +17,7 @@ import anysize
 from anysize import cli
 
 ROOT = Path(anysize.__file__).resolve().parents[1]
-HEAVY = ("torch", "diffusers", "transformers")
+HEAVY = ("torch", "diffusers", "transformers", "gradio")
 
 
 def fresh(code: str) -> subprocess.CompletedProcess:
@@ -48,6 +48,18 @@ def test_help_imports_no_torch_and_prints_no_warnings():
     assert rc == 0 and "commands:" in out and "generate" in out
     assert heavy == []
     assert err == ""
+
+
+#: the commands whose --help needs nothing heavy (eval, bench and train-arad read tables that live
+#: beside torch code and still import it, about 1.2 s)
+LIGHT_HELP = ["generate", "upscale", "batch", "demo", "app", "methods"]
+
+
+@pytest.mark.parametrize("command", LIGHT_HELP)
+def test_command_help_imports_no_torch(command):
+    rc, out, err, heavy = run_main([command, "--help"])
+    assert rc == 0 and f"usage: anysize {command}" in out
+    assert heavy == []
 
 
 def test_methods_lists_every_option_without_importing_torch():
