@@ -489,6 +489,41 @@ def test_eval_composition_table_and_json(capsys, model_dir, _workdir):
     assert rc == 2 and "already exists" in err
 
 
+class _FluxOnly(Direct):
+    name = "test-flux-only"
+    summary = "direct, FLUX only (test only)"
+    families = ("flux",)
+
+
+def test_eval_composition_all_runs_the_registry_for_the_model(capsys, model_dir, _workdir, monkeypatch):
+    import json
+
+    # 'all' = every registered method that supports the model (the FLUX-only one is left out), once each
+    for name in list(METHODS):
+        if name != "direct":
+            monkeypatch.delitem(METHODS, name)
+    monkeypatch.setitem(METHODS, _Boost.name, _Boost)
+    monkeypatch.setitem(METHODS, _FluxOnly.name, _FluxOnly)
+    rc, out, err = run(capsys, "eval", "composition", "--model", model_dir, "--method", "all", "direct",
+                       "--size", "128x128", "128x64", "--n", "1", "--steps", "1", "-q")
+    assert rc == 0, err
+    results = json.loads((_workdir / "anysize-eval-composition-all-n1-s0.json").read_text())["results"]
+    assert [(r["config"]["method"], r["config"]["width"], r["config"]["height"]) for r in results] == [
+        ("direct", 128, 128), ("direct", 128, 64), ("test-boost", 128, 128), ("test-boost", 128, 64)]
+    # the method x size table: a row per method, a column per size, "one object / duplicated"
+    table = out.split("\n\n")[1].splitlines()
+    assert table[0] == "| method (one object / duplicated) | 128x128 | 128x64 |"
+    by_method = {r["config"]["method"] + r["config"]["width"].__str__() + "x" + str(r["config"]["height"]): r["summary"]
+                 for r in results}
+    s = by_method["test-boost128x64"]
+    assert table[3].startswith("| test-boost | ") and table[3].endswith(
+        f" | {s['single_object_rate']:.0%} / {s['duplication_rate']:.0%} |")
+    # an option every method must take: the one that does not is named
+    rc, out, err = run(capsys, "eval", "composition", "--model", model_dir, "--method", "all", "--set", "boost=2",
+                       "--n", "1", "--steps", "1", "-q", "--out", "x.json")
+    assert rc == 2 and "direct" in err and "boost" in err
+
+
 TOY_COMMANDS_BAD = [  # all fail before the model is loaded
     (["demo", "--methods", "nope"], "unknown method 'nope'; valid choices: asd, demofusion, direct"),
     (["demo", "--steps", "0"], "--steps must be a positive integer"),

@@ -34,14 +34,18 @@ def _add_composition(evsub) -> None:
 Generate N toy-world prompts ("a red triangle on a blue background", ...) with each method at each
 size and count, by image analysis, the prompted objects in every image: the share with exactly one
 object, with several (duplication, the seeds' failure mode), with none, and with the prompted
-colour and shape. Prompt i is toy caption i (--prompt-seed), generated with seed S + i.""",
+colour and shape. Prompt i is toy caption i (--prompt-seed), generated with seed S + i.
+--method all runs every registered method that supports the model; with several methods and sizes
+a second table gives, per method and size, the share with one object / with duplicates.""",
         epilog="""\
 examples:
   anysize eval composition --method direct --size 128x128 256x256 --n 64 --seed 0
   anysize eval composition --method direct --size 256x128 --n 16 --out wide.json
+  anysize eval composition --method all --size 256x256 512x512 256x128 128x256 --n 64   # the field's table
 """,
     )
-    c.add_argument("--method", nargs="+", default=["direct"], metavar="NAME", help="one or more methods")
+    c.add_argument("--method", nargs="+", default=["direct"], metavar="NAME",
+                   help="one or more methods, or 'all' (every method that supports the model)")
     c.add_argument("--size", nargs="+", default=None, metavar="WxH", help="one or more sizes (default: native)")
     c.add_argument("--n", type=int, default=64, help="images per method and size (default: 64)")
     c.add_argument("--seed", type=int, default=0, help="image i uses seed S + i (default: 0)")
@@ -62,14 +66,16 @@ examples:
 
 def run_composition(args: argparse.Namespace) -> int:
     from .. import methods
-    from ..toy.benchmark import composition_benchmark, format_table
+    from ..toy.benchmark import composition_benchmark, format_method_size_table, format_table
     from ..output import check_writable, save_json
 
     for m in args.method:
-        check_choice("method", m, methods.names())
+        if m != "all":
+            check_choice("method", m, methods.names() + ["all"])
     options = parse_set(args.set)
     for m in args.method:
-        methods.create(m, **options)
+        if m != "all":
+            methods.create(m, **options)
     sizes = [parse_size(s) for s in args.size] if args.size else [None]
     for v, name in ((args.n, "--n"), (args.batch, "--batch")):
         if v <= 0:
@@ -89,7 +95,11 @@ def run_composition(args: argparse.Namespace) -> int:
         for size in sizes:
             if size is not None:
                 adapter.check_size(size[1], size[0])
-        for m in args.method:
+        names = expand_methods(args.method, adapter.family)
+        if options:  # --set with 'all': every method must take the options (error names the one that does not)
+            for m in names:
+                methods.create(m, **options)
+        for m in names:
             for size in sizes:
                 w, h = size if size is not None else (None, None)
                 results.append(composition_benchmark(
@@ -99,8 +109,25 @@ def run_composition(args: argparse.Namespace) -> int:
                 ))
         save_json({"results": results}, out, force=args.force)
     print(format_table(results))
+    if len({r["config"]["method"] for r in results}) > 1 and len(sizes) > 1:
+        print()
+        print(format_method_size_table(results))
     print(out)
     return EXIT_OK
+
+
+def expand_methods(requested: list[str], family: str) -> list[str]:
+    """The methods to run: 'all' is every registered method that supports ``family`` (registry order);
+    repeats are dropped, the order kept."""
+    from .. import methods
+
+    able = [n for n in methods.names() if not methods.get(n).families or family in methods.get(n).families]
+    out: list[str] = []
+    for m in requested:
+        for name in able if m == "all" else [m]:
+            if name not in out:
+                out.append(name)
+    return out
 
 
 def _add_metrics(evsub) -> None:

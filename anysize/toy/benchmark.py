@@ -94,3 +94,19 @@ def format_table(results: list[dict]) -> str:
         cells += [fmt.format(s[key]) if s.get(key) is not None else "-" for _, key, fmt in SUMMARY_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def format_method_size_table(results: list[dict]) -> str:
+    """A markdown table with a row per method and a column per size: "one object / duplicated" shares
+    (the field's comparison table, on the toy world); a cell not run is "-"."""
+    sizes = list(dict.fromkeys(f"{r['config']['width']}x{r['config']['height']}" for r in results))
+    rows: dict[str, dict[str, str]] = {}
+    for r in results:
+        c, s = r["config"], r["summary"]
+        rows.setdefault(c["method"], {})[f"{c['width']}x{c['height']}"] = (
+            f"{s['single_object_rate']:.0%} / {s['duplication_rate']:.0%}")
+    head = ["method (one object / duplicated)"] + sizes
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for method, cells in rows.items():
+        lines.append("| " + " | ".join([method] + [cells.get(size, "-") for size in sizes]) + " |")
+    return "\n".join(lines)
