@@ -171,6 +171,28 @@ def bench_one(adapter, *, methods: Sequence[str] | None, width: int, height: int
             "skipped": skipped}
 
 
+def parse_versus(text: str) -> tuple[str, str]:
+    """``"A:B"`` (time of method A over method B's, from the same rounds) -> (A, B)."""
+    from . import methods as registry
+
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b or a == b:
+        raise InvalidArgumentError(f"--versus {text!r} must be two different methods as A:B, e.g. scalediff:demofusion")
+    for name in (a, b):
+        if name not in registry.METHODS:
+            raise UnknownChoiceError("method", name, registry.names())
+    return a, b
+
+
+def versus_rows(record: dict[str, Any], pairs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """For each (A, B) that both ran: A's median seconds over B's (the medians of the same alternating
+    rounds, as the ratios to direct), and the network calls of each."""
+    by = {m["method"]: m for m in record["methods"]}
+    return [{"method": a, "baseline": b, "ratio": round(by[a]["seconds"] / by[b]["seconds"], 3),
+             "network_calls": [by[a]["network_calls"], by[b]["network_calls"]]}
+            for a, b in pairs if a in by and b in by]
+
+
 def bench(
     architectures: Sequence[str] = ("toy",),
     *,
@@ -184,9 +206,13 @@ def bench(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    versus: Sequence[tuple[str, str]] = (),
     progress=None,
 ) -> dict[str, Any]:
-    """Run the bench; returns ``{"machine", "config", "results": [...]}`` (one result per arch × size)."""
+    """Run the bench; returns ``{"machine", "config", "results": [...]}`` (one result per arch × size).
+
+    ``versus``: pairs (A, B) whose time ratio A / B each result also gives (both are added to
+    ``methods`` when that is a list)."""
     for a in architectures:
         if a not in ARCHITECTURES:
             raise UnknownChoiceError("architecture", a, ARCHITECTURES)
@@ -194,6 +220,8 @@ def bench(
         parse_bench_size(s)
     if steps < 1 or repeats < 1 or warmup < 0:
         raise InvalidArgumentError(f"steps and repeats must be positive and warmup >= 0, got {steps}, {repeats}, {warmup}")
+    if methods is not None:
+        methods = list(dict.fromkeys([*methods, *(m for pair in versus for m in pair)]))
     results = []
     for a in architectures:
         t0 = time.perf_counter()
@@ -206,6 +234,8 @@ def bench(
                 progress(f"{a} {w}x{h}")
             rec = bench_one(adapter, methods=methods, width=w, height=h, steps=steps, guidance=guidance,
                             repeats=repeats, warmup=warmup, seed=seed)
+            if versus:
+                rec["versus"] = versus_rows(rec, versus)
             results.append({"architecture": a, "description": describe(a, reduced), "denoiser_params": params,
                             "native_size": list(adapter.native_size)[::-1], "build_seconds": round(build_s, 1),
                             **rec})
@@ -214,7 +244,7 @@ def bench(
     return {
         "machine": machine(device),
         "config": {"architectures": list(architectures), "sizes": list(sizes), "methods": methods or "all registered",
-                   "steps": steps, "guidance": guidance, "repeats": repeats, "warmup": warmup, "reduced": reduced,
+                   "versus": [list(p) for p in versus], "steps": steps, "guidance": guidance, "repeats": repeats, "warmup": warmup, "reduced": reduced,
                    "dtype": str(dtype).replace("torch.", ""), "seed": seed, "prompt": BENCH_PROMPT,
                    "timed": "anysize.generate end to end: prompt encoding, denoising loop, VAE decode"},
         "results": results,
@@ -235,6 +265,11 @@ def format_table(report: dict[str, Any]) -> str:
         for name, why in r.get("skipped", {}).items():  # a method that cannot run at these settings says why
             lines.append(f"| {r['architecture']} | {r['width']}x{r['height']} | {name} | not run¹ | | | |")
             notes.append(f"¹ {name} at {r['width']}x{r['height']}: {why}")
+    for r in report["results"]:
+        for v in r.get("versus", []):
+            a, b = v["network_calls"]
+            notes.append(f"{r['architecture']} {r['width']}x{r['height']}: {v['method']} takes {v['ratio']:.3f}x the time "
+                         f"of {v['baseline']} ({1 / v['ratio']:.1f}x faster; {a} vs {b} network calls per image)")
     mach = report["machine"]
     where = mach.get("gpu") or f"{mach['cpu']} ({mach['torch_threads']} torch threads)"
     cfg = report["config"]

@@ -160,6 +160,8 @@ def test_bench_cli_writes_json_and_markdown(capsys, tmp_path):
     (["bench", "--steps", "0"], "--steps must be a positive integer"),
     (["bench", "--repeats", "0"], "--repeats must be a positive integer"),
     (["bench", "--out", "x.txt"], "must end in .json"),
+    (["bench", "--versus", "scalediff"], "must be two different methods as A:B"),
+    (["bench", "--versus", "scalediff:nope"], "unknown method 'nope'"),
 ])
 def test_bench_cli_bad_input(capsys, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
@@ -220,3 +222,19 @@ def test_a_method_that_cannot_run_at_the_settings_says_why_and_the_others_are_me
     with pytest.raises(InvalidArgumentError, match="runs no step"):
         anysize.generate(adapter, "a cat", width=256, height=256, steps=1, method="asd", progress=False)
     assert adapter.calls == calls
+
+
+def test_versus_is_the_ratio_of_two_methods_from_the_same_rounds(capsys, tmp_path):
+    out = tmp_path / "v.json"
+    rc = cli.main(["bench", "--arch", "toy", "--size", "native", "--steps", "1", "--repeats", "2", "--warmup", "0",
+                   "--methods", "direct", "--versus", "fstd:multidiffusion", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    (res,) = json.loads(out.read_text())["results"]
+    rows = {m["method"]: m for m in res["methods"]}
+    assert sorted(rows) == ["direct", "fstd", "multidiffusion"]  # both sides of the pair were added and timed
+    (v,) = res["versus"]
+    assert (v["method"], v["baseline"]) == ("fstd", "multidiffusion")
+    assert v["ratio"] == pytest.approx(rows["fstd"]["seconds"] / rows["multidiffusion"]["seconds"], rel=0.01)
+    assert v["network_calls"] == [rows["fstd"]["network_calls"], rows["multidiffusion"]["network_calls"]]
+    assert f"toy 128x128: fstd takes {v['ratio']:.3f}x the time of multidiffusion" in captured.out

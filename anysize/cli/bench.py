@@ -19,6 +19,7 @@ examples:
   anysize bench --arch toy --size native 2x --steps 4
   anysize bench --arch sd1.5 sdxl sd3 flux --size native 2x --steps 10 --device cuda --dtype fp16
   anysize bench --arch sd1.5 --size 256x256 --depth reduced --steps 2 --repeats 2 --out bench.json
+  anysize bench --arch toy --size 4x --methods direct --versus scalediff:demofusion   # one method vs another
 """
 
 
@@ -46,6 +47,8 @@ FLUX: 1+2 blocks) so a CPU can run it; auto = reduced on a CPU, full on a GPU.""
                    help="sizes: native, a scale of the native side like 2x, or WxH (default: native)")
     p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
                    help="methods (default: every registered method; direct is always included)")
+    p.add_argument("--versus", nargs="+", default=[], metavar="A:B",
+                   help="also give method A's time over method B's, both from the same rounds (added to --methods)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps (default: 4)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per method (default: 3)")
@@ -75,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
         check_choice("method", m, methods.names())
     for s in args.size:
         bench.parse_bench_size(s)
+    versus = [bench.parse_versus(v) for v in args.versus]
     for v, name in ((args.steps, "--steps"), (args.repeats, "--repeats")):
         if v <= 0:
             raise InvalidArgumentError(f"{name} must be a positive integer, got {v}")
@@ -97,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         report = bench.bench(
             args.arch, sizes=args.size, methods=args.methods, steps=args.steps, guidance=args.guidance,
             repeats=args.repeats, warmup=args.warmup, reduced=reduced, device=device, dtype=resolve_dtype(args.dtype),
-            seed=args.seed, progress=None if args.quiet else (lambda msg: note(False, f"bench {msg}")),
+            seed=args.seed, versus=versus, progress=None if args.quiet else (lambda msg: note(False, f"bench {msg}")),
         )
     table = bench.format_table(report)
     save_json(report, out, force=args.force)
