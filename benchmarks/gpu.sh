@@ -26,22 +26,27 @@
 #                -- both also after b398ed3, which removed every per-step host/device wait of the
 #                methods (benchmarks/host_syncs/README.md);
 #             3. scalediff: ScaleDiff's NPA vs full attention at full depth (scalediff_speed.py --gpu).
+#   field     issue 22's comparison table of the field on the toy world, every registered method at n = 64
+#             (field_2x: 2x the side and 2:1 / 1:2; field_4x: 4x the side), and the speed ratios of the
+#             peers on SDXL at 2x the side in one alternating run (bench_peers); about 11 minutes.
 set -u
 
 # ------------------------------------------------------------------------------------------ the parts
 # name, default limit (s), command ("$RES" is where result files go)
 
 PARTS=(hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096 bench_sdxl hidiffusion_fair composition_512
-       elastic_512 elastic_vb scalediff)
+       elastic_512 elastic_vb scalediff field_2x field_4x bench_peers)
 SET_run="hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096 bench_sdxl"
 SET_followup="hidiffusion_fair composition_512 elastic_512"
 SET_next="hidiffusion_fair elastic_vb scalediff"
+SET_field="field_2x field_4x bench_peers"
 
 limit_of() {
   case $1 in
     hidiffusion_2048) echo 110 ;; elastic) echo 170 ;; arad) echo 90 ;; bench_sd15) echo 70 ;;
     hidiffusion_4096) echo 70 ;; bench_sdxl) echo 50 ;; hidiffusion_fair) echo 100 ;; composition_512) echo 45 ;;
     elastic_512) echo 35 ;; elastic_vb) echo 200 ;; scalediff) echo 150 ;;
+    field_2x) echo 200 ;; field_4x) echo 330 ;; bench_peers) echo 120 ;;
   esac
 }
 
@@ -81,6 +86,14 @@ command_of() {
 --steps 4 --repeats 1 --no-multidiffusion --official-vb 1 16 --json $RES/elastic_vb.json" ;;
     # ScaleDiff's NPA vs full attention vs MultiDiffusion windows at full depth, 2048² and 4096²
     scalediff) echo "python3 benchmarks/scalediff_speed/scalediff_speed.py --gpu --out $RES/scalediff_speed_gpu.md" ;;
+    # issue 22: every registered method on the toy world, n = 64 per cell (the field's comparison table)
+    field_2x) echo "python3 -m anysize eval composition --method all --size 256x256 256x128 128x256 --n 64 --batch 16 \
+--device cuda --out $RES/field_2x_n64.json -q" ;;
+    field_4x) echo "python3 -m anysize eval composition --method all --size 512x512 --n 64 --batch 16 --device cuda \
+--out $RES/field_4x_n64.json -q" ;;
+    # issue 22: the peers against each other on SDXL at 2x the side, one alternating run
+    bench_peers) echo "python3 -m anysize bench --arch sdxl --size 2x --steps 5 --repeats 2 --device cuda --dtype bf16 \
+--methods direct --versus scalediff:demofusion rectifiedhr:demofusion --out $RES/bench_gpu_sdxl_peers.json" ;;
   esac
 }
 
@@ -90,7 +103,7 @@ RES=${RES:-/tmp/anysize-gpu}
 ARAD_WORK=${ARAD_WORK:-/tmp/arad-gpu}
 if [ "${1:-}" = "--list" ]; then
   for p in "${PARTS[@]}"; do echo "$p (limit $(limit_of "$p") s): $(command_of "$p")"; done
-  echo; echo "run: $SET_run"; echo "followup: $SET_followup"; echo "next: $SET_next"
+  echo; echo "run: $SET_run"; echo "followup: $SET_followup"; echo "next: $SET_next"; echo "field: $SET_field"
   exit 0
 fi
 OUT_DIR=${1:?usage: gpu.sh OUTDIR [PART|SET ...] (default: next), or gpu.sh --list}
@@ -103,7 +116,7 @@ for name in "${@:-next}"; do
   elif [ -n "$(limit_of "$name")" ]; then
     selected+=("$name")
   else
-    echo "unknown part or set '$name'; parts: ${PARTS[*]}; sets: run followup next" >&2
+    echo "unknown part or set '$name'; parts: ${PARTS[*]}; sets: run followup next field" >&2
     exit 2
   fi
 done

@@ -107,7 +107,9 @@ def run_composition(args: argparse.Namespace) -> int:
                     steps=args.steps, guidance=args.guidance, batch=args.batch, method_options=options,
                     progress=not args.quiet,
                 ))
-        save_json({"results": results}, out, force=args.force)
+                # after every cell, so a long table stopped part-way keeps what it measured (the file
+                # is this run's own from the first save on: checked writable above)
+                save_json({"results": results}, out, force=args.force or len(results) > 1)
     print(format_table(results))
     if len({r["config"]["method"] for r in results}) > 1 and len(sizes) > 1:
         print()
