@@ -298,6 +298,10 @@ def test_proportional_attention_is_one_at_the_training_length(flux):
     before = _call(flux, size=(16, 16))  # 64 image + 512 text tokens: the native count
     with IMaxPatch(flux, proportional_attention=True):
         assert torch.equal(_call(flux, size=(16, 16)), before)
+    wide = _call(flux)  # 160 image tokens: sharper attention
+    with IMaxPatch(flux, proportional_attention=True) as patch:
+        assert (_call(flux) - wide).abs().max() > 1e-4
+        assert patch.keys == 160 + 512
 
 
 def test_text_duplication_places_copies_per_native_region():
