@@ -209,6 +209,9 @@ def test_the_haar_lowpass_is_the_block_mean():
     assert torch.allclose(im.haar_lowpass(x, 2), mean4)
     odd = torch.randn(1, 1, 5, 7)
     assert im.haar_lowpass(odd, 2).shape == odd.shape  # the official pywt round trip fails on odd sizes
+    # an odd side: its last row pairs with itself (pywt's symmetric extension of a 2-tap filter)
+    x = torch.tensor([[1.0, 3.0], [5.0, 7.0], [9.0, 11.0]])[None, None]
+    assert im.haar_lowpass(x, 1).tolist() == [[[[4.0, 4.0], [4.0, 4.0], [10.0, 10.0]]]]
 
 
 @pytest.mark.parametrize("shape,level", [((8, 12), 1), ((10, 14), 2), ((34, 34), 3), ((18, 42), 2)])
