@@ -7,6 +7,8 @@ model was trained with.
 
 from __future__ import annotations
 
+import inspect
+
 from .errors import InvalidArgumentError, check_choice
 
 # name -> (class name, config overrides, state kind the model needs: "diffusion" or "flow")
@@ -50,6 +52,15 @@ def make_scheduler(adapter, name: str | None = None):
     import diffusers  # here, not at the top: the names serve --help, which must not wait for diffusers
 
     cls = getattr(diffusers, cls_name)
+    if base.config.get("use_dynamic_shifting", False) and "mu" not in inspect.signature(cls.set_timesteps).parameters:
+        # FLUX-style models shift the schedule by the image size (mu); a scheduler that takes no mu
+        # would run another schedule than the model's, at every size but one
+        able = [n for n in scheduler_names(kind) if "mu" in inspect.signature(
+            getattr(diffusers, SCHEDULERS[n][0]).set_timesteps).parameters]
+        raise InvalidArgumentError(
+            f"scheduler {name!r} cannot follow this {adapter.family} model's size-dependent schedule shift "
+            f"(use_dynamic_shifting); choose one of: {', '.join(able)}"
+        )
     try:
         return cls.from_config(base.config, **overrides)
     except ImportError as e:  # diffusers' placeholder classes for missing optional backends (scipy for lms)

@@ -6,6 +6,7 @@ import torch
 
 import anysize
 from anysize.models import adapt
+from anysize.errors import InvalidArgumentError
 
 FAMILIES = ["sd1", "sd2", "sdxl", "sd3", "flux"]
 SIZE = {"sd1": 128, "sd2": 128, "sdxl": 128, "sd3": 128, "flux": 128}
@@ -71,3 +72,15 @@ def test_batch_of_prompts_matches_single_generation(tiny):
     dog = anysize.generate(adapter, "a dog", steps=2, seed=6, output_type="np", progress=False)
     assert both.config["seeds"] == [5, 6]
     assert np.abs(both.images[1] - dog.images[0]).max() <= 1e-5
+
+
+def test_a_scheduler_without_the_size_dependent_shift_is_refused_for_flux(tiny):
+    """FLUX shifts its schedule by the image size (mu); flow_heun takes no mu, so it would run another
+    schedule than the model's (and used to fail deep inside diffusers with a TypeError)."""
+    adapter = adapt(tiny("flux"))
+    assert adapter.scheduler.config.get("use_dynamic_shifting")
+    with pytest.raises(InvalidArgumentError, match="'flow_heun' cannot follow .* choose one of: flow_euler$"):
+        anysize.generate(adapter, "a cat", steps=2, scheduler="flow_heun", progress=False)
+    # SD3 has a static shift: flow_heun runs
+    sd3 = adapt(tiny("sd3"))
+    assert len(anysize.generate(sd3, "a cat", steps=1, scheduler="flow_heun", output_type="np", progress=False)) == 1
