@@ -129,9 +129,8 @@ def _one(value, where: str) -> tuple[Lora, str | None]:
 
 
 def _is_pair(value) -> bool:
-    """A (path, scale) pair: a 2-tuple whose second item is a number (or at least not another LoRA)."""
-    return (isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], (str, os.PathLike))
-            and not isinstance(value[1], (str, os.PathLike, Lora, LoraFile, Mapping, tuple, list)))
+    """A (path, scale) pair: a 2-tuple that starts with a path (several LoRAs go in a list)."""
+    return isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], (str, os.PathLike))
 
 
 def _items(value) -> list:

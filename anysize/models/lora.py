@@ -140,7 +140,11 @@ class _LoadLog(logging.Handler):
 
 @contextlib.contextmanager
 def _quiet_loading() -> Iterator[_LoadLog]:
+    from transformers.utils import logging as hf_logging
+
     log = _LoadLog()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a text-encoder LoRA's "Loading weights" bar, once per load
     saved = []
     for name in _LOADER_LOGGERS:
         lg = logging.getLogger(name)
@@ -154,17 +158,20 @@ def _quiet_loading() -> Iterator[_LoadLog]:
         for lg, propagate, level in saved:
             lg.removeHandler(log)
             lg.propagate, lg.level = propagate, level
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def _loadable_parts(pipe) -> list:
+    """The pipeline's modules a LoRA can go into (its network, its text encoders)."""
+    parts = [getattr(pipe, name, None) for name in getattr(pipe, "_lora_loadable_modules", ())]
+    return [p for p in parts if p is not None and hasattr(p, "modules")]
 
 
 def _tuner_layers(pipe) -> list:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    layers = []
-    for name in getattr(pipe, "_lora_loadable_modules", ()):
-        model = getattr(pipe, name, None)
-        if model is not None and hasattr(model, "modules"):
-            layers += [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
-    return layers
+    return [m for part in _loadable_parts(pipe) for m in part.modules() if isinstance(m, BaseTunerLayer)]
 
 
 def loaded_adapters(pipe) -> list[str]:
@@ -206,6 +213,8 @@ def attached(adapter: ModelAdapter, loras: Sequence[LoraFile]) -> Iterator[None]
     _check_loader(adapter)
     pipe = adapter.pipe
     with network_lock(adapter.network).exclusive():
+        # peft freezes the layers it wraps; a network being trained keeps its requires_grad flags
+        grads = [(p, p.requires_grad) for part in _loadable_parts(pipe) for p in part.parameters()]
         had = loaded_adapters(pipe)
         # what each layer had: its active adapters and their scales (restored exactly afterwards)
         before = [(layer, list(layer.active_adapters), dict(layer.scaling)) for layer in _tuner_layers(pipe)] if had else []
@@ -236,12 +245,16 @@ def attached(adapter: ModelAdapter, loras: Sequence[LoraFile]) -> Iterator[None]
             yield
         finally:
             _remove(pipe, names, had, before, active_before)
+            for p, flag in grads:
+                p.requires_grad_(flag)
 
 
 def _remove(pipe, names: list[str], had: list[str], before: list, active_before: list[str]) -> None:
     present = [n for n in names if n in loaded_adapters(pipe)]
     if present:
-        pipe.delete_adapters(present)
+        with warnings.catch_warnings():  # "Adapter ... was active which is now deleted": as meant
+            warnings.filterwarnings("ignore", message=".*was active which is now deleted")
+            pipe.delete_adapters(present)
     if not had:
         if _tuner_layers(pipe):
             pipe.unload_lora_weights()  # peft's wrappers out: the modules are the original ones again
