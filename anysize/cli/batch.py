@@ -28,9 +28,9 @@ its status (done, failed, pending), error, seconds, network calls and the rank t
 JOBS is JSONL (.jsonl: one object per line), CSV (.csv: a header row, options as a JSON cell) or a
 plain prompt file (one prompt per line). Fields: id, prompt, negative, seed, size (WxH) or
 width/height, method, options, steps, guidance, scheduler, lora ("PATH[:SCALE]", or a list of such
-strings and {"path": ..., "scale": ...} objects; in CSV the text or a JSON list; any method). A field
-a row leaves out takes the flag's value below; a missing seed is --seed + the job's row index (0-based). A job's id is its
-'id' field or a hash of its whole configuration.
+strings and {"path": ..., "scale": ...} objects; in CSV the text or a JSON list; any method). A
+field a row leaves out takes the flag's value below; a missing seed is --seed + the job's row index
+(0-based). A job's id is its 'id' field or a hash of its whole configuration.
 
 Every row is checked before any work (fields, sizes, method options, model/method fit) and all bad
 rows are reported at once with their row numbers; --skip-invalid runs the others and records the
@@ -38,8 +38,8 @@ bad ones as failed. Rerunning the same command skips the jobs whose files are co
 the rest: a kill at any moment loses at most the jobs in flight, and the files come out
 byte-identical to an uninterrupted run.
 
-Jobs of one configuration (method, options, size, steps, guidance, scheduler, LoRAs) share network calls,
---batch at a time. Launched by torchrun, accelerate launch or srun (RANK/WORLD_SIZE or
+Jobs of one configuration (method, options, size, steps, guidance, scheduler, LoRAs) share network
+calls, --batch at a time. Launched by torchrun, accelerate launch or srun (RANK/WORLD_SIZE or
 SLURM_PROCID/SLURM_NTASKS), each process runs its own deterministic share; --engine ray runs the
 jobs on a Ray actor pool instead. The files do not depend on the number of processes, but CPU
 results do depend on the number of threads: --threads pins it (default 1, what torchrun gives each
