@@ -254,6 +254,13 @@ def test_errors_are_one_line_and_name_the_way_out(adapter_of, lora_of, tmp_path)
     with pytest.raises(InvalidArgumentError, match="does not fit the sd1 model"):
         _gen(adapter, lora=[lora_of("sd1"), lora_of("sdxl")])
     _assert_same_state(before, adapter)
+    # the tiny FLUX and SD3 share their attention shapes: FLUX's single blocks have no place in SD3
+    sd3 = adapter_of("sd3")
+    before = _state(sd3)
+    with pytest.raises(InvalidArgumentError, match=r"does not fit the sd3 model: \d+ of its weights have no layer to go "
+                                                   r"to \(e.g. single_transformer_blocks"):
+        _gen(sd3, lora=lora_of("flux"))
+    _assert_same_state(before, sd3)
 
 
 def test_a_pipeline_without_a_lora_loader_is_refused(adapter_of, lora_of, monkeypatch):

@@ -225,8 +225,10 @@ def attached(adapter: ModelAdapter, loras: Sequence[LoraFile]) -> Iterator[None]
                 name = f"anysize_lora_{next(_names)}"
                 names.append(name)
                 with _quiet_loading() as log, warnings.catch_warnings():
-                    # peft's "Already found a peft_config ... multiple adapters" is what we mean to do
+                    # peft's "Already found a peft_config ... multiple adapters" is what we mean to do, and
+                    # diffusers takes a LoRA that failed to load out again ("... was active which is now deleted")
                     warnings.filterwarnings("ignore", message=".*Already found a `peft_config`")
+                    warnings.filterwarnings("ignore", message=".*was active which is now deleted")
                     try:
                         pipe.load_lora_weights(str(lora.weights), adapter_name=name)
                     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
@@ -239,7 +241,7 @@ def attached(adapter: ModelAdapter, loras: Sequence[LoraFile]) -> Iterator[None]
                     raise InvalidArgumentError(
                         f"the LoRA {lora.lora.path} does not fit the {adapter.family} model: {len(log.unexpected)} of "
                         f"its weights have no layer to go to (e.g. {log.unexpected[0]}; a LoRA for another model family?)")
-            pipe.set_adapters(active_before + names, adapter_weights=[1.0] * len(active_before) + [l.scale for l in loras])
+            pipe.set_adapters(active_before + names, adapter_weights=[1.0] * len(active_before) + [one.scale for one in loras])
             for layer, _, scaling in before:  # set_adapters put the adapters that were active at scale 1
                 layer.scaling.update({k: v for k, v in scaling.items() if k in layer.scaling})
             yield
