@@ -383,6 +383,13 @@ def test_batch_runs_jobs_with_their_loras(capsys, tmp_path, lora_of):
     assert metas["plain"]["loras"][0]["path"] == str(lora_of("sd1", seed=1))  # the command's default
     stored = json.loads((out / "lora.json").read_text(encoding="utf-8"))
     assert stored["job"]["loras"][0]["scale"] == 0.5 and stored["config"]["loras"][0]["path"] == a
+    # a LoRA of another family is refused before any work, with its row, as every other bad field
+    jobs.write_text(json.dumps({"id": "xl", "prompt": "a cat", "lora": str(lora_of("sdxl"))}) + "\n", encoding="utf-8")
+    capsys.readouterr()
+    assert cli.main(["batch", str(jobs), "--out", str(tmp_path / "out2"), "--model", str(model), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "row 1 (line 1): the LoRA" in err and "does not fit the sd1 model" in err
+    assert not list((tmp_path / "out2").glob("*.png"))
 
 
 # ------------------------------------------------------------------------------------------ threads

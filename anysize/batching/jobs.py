@@ -396,9 +396,22 @@ def model_identity(adapter) -> dict[str, Any]:
     }
 
 
+def _lora_misfit(adapter, record: Mapping[str, Any]) -> str | None:
+    """Why a LoRA cannot go into the model (another family's, a pipeline without a loader), or None:
+    it is loaded once and taken out again."""
+    from ..lora import check_loras
+
+    try:
+        with adapter.loras(check_loras(record)):
+            return None
+    except AnysizeError as e:
+        return str(e)
+
+
 def resolve(jobs: Sequence[Job], adapter) -> tuple[list[Job], list[JobError]]:
     """Pass 2 over every job, with the loaded model: defaults filled in, sizes, method/model
-    compatibility, scheduler kind and memory checked, ids given (hashes) and unique."""
+    compatibility, scheduler kind, LoRAs (each loaded once) and memory checked, ids given (hashes)
+    and unique."""
     from .. import methods
     from ..api import _check_fits
     from ..schedulers import make_scheduler
@@ -406,6 +419,7 @@ def resolve(jobs: Sequence[Job], adapter) -> tuple[list[Job], list[JobError]]:
     identity = model_identity(adapter)
     nh, nw = adapter.native_size
     schedulers: dict[str, str | None] = {}
+    lora_fit: dict[str, str | None] = {}  # each distinct LoRA loaded into the model once, before any work
     good, errors = [], []
     seen: dict[str, Job] = {}
     for job in jobs:
@@ -425,6 +439,12 @@ def resolve(jobs: Sequence[Job], adapter) -> tuple[list[Job], list[JobError]]:
                     schedulers[j.scheduler] = str(e)
             if schedulers[j.scheduler]:
                 raise InvalidArgumentError(schedulers[j.scheduler])
+            for record in j.loras:
+                key = canonical([record["path"], record["sha256"]])
+                if key not in lora_fit:
+                    lora_fit[key] = _lora_misfit(adapter, record)
+                if lora_fit[key]:
+                    raise InvalidArgumentError(lora_fit[key])
             methods.create(j.method, **j.options).check(adapter, j.height, j.width, j.steps)
             _check_fits(adapter, j.height, j.width, 1)
             j.id = j.id if j.id is not None else spec_hash(j.spec())
