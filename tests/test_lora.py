@@ -201,6 +201,39 @@ def test_upscale_with_a_lora(adapter_of, lora_of):
     assert np.array_equal(up().images, plain.images)
 
 
+def test_the_x4_upscaler_takes_a_lora_too(tmp_path):
+    from diffusers import StableDiffusionUpscalePipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+    from PIL import Image
+
+    from anysize.builders import tiny_x4_upscaler_pipeline
+
+    maker = tiny_x4_upscaler_pipeline()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_v"]), maker.unet)
+        for name, p in maker.unet.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.5)
+    StableDiffusionUpscalePipeline.save_lora_weights(
+        str(tmp_path), unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(maker.unet)),
+        safe_serialization=True)
+    adapter = adapt(tiny_x4_upscaler_pipeline())
+    before = _state(adapter)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+
+    def up(**kw):
+        return anysize.upscale(adapter, image, scale=4, method="direct", steps=2, seed=1, output_type="np",
+                               progress=False, **kw).images
+
+    plain = up()
+    assert np.abs(up(lora=tmp_path) - plain).max() > 1e-2
+    _assert_same_state(before, adapter)
+    assert np.array_equal(up(), plain)
+
+
 def test_the_metadata_record_reruns_the_image_and_notices_a_changed_file(adapter_of, lora_of, tmp_path):
     import shutil
 
