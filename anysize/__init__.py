@@ -17,12 +17,13 @@ _LAZY = {
     "batch": "batching",
     "generate": "api",
     "load": "api",
+    "Lora": "lora",
     "upscale": "api",
     "METHODS": "methods",
     "patch": "api",
 }
 
-__all__ = ["AnysizeError", "GenerationResult", "METHODS", "batch", "generate", "load", "patch", "upscale", "__version__"]
+__all__ = ["AnysizeError", "GenerationResult", "Lora", "METHODS", "batch", "generate", "load", "patch", "upscale", "__version__"]
 
 
 def __getattr__(name: str):

@@ -25,6 +25,7 @@ import torch
 from . import methods as _methods
 from .errors import AnysizeError, InvalidArgumentError, InvalidSizeError, UnknownChoiceError, check_choice
 from .images import load_image  # noqa: F401  (anysize.api.load_image: part of the API)
+from .lora import LoraFile, check_loras
 from .models import ModelAdapter, adapt
 from .models import load as _load_model
 from .models.base import Conditioning, as_list
@@ -181,6 +182,7 @@ def generate(
     progress: bool = True,
     output_type: str = "pil",
     method_options: dict[str, Any] | None = None,
+    lora=None,
 ) -> GenerationResult:
     """Generate one image per prompt at any size with a registered method.
 
@@ -192,8 +194,13 @@ def generate(
     take them but record their unsigned 64-bit twin, so the saved seed would not be the one given).
     An empty prompt (``""``) generates without text, as diffusers does. ``callback(StepInfo)`` runs
     after every step and may return False to cancel, as may setting ``cancel`` (a
-    ``threading.Event``). Every argument is checked (type and range) before any work: a wrong one
-    raises :class:`~anysize.errors.InvalidArgumentError` (a size :class:`~anysize.errors.InvalidSizeError`,
+    ``threading.Event``). ``lora`` is a LoRA for the whole run, with any method: a path (a file or
+    folder diffusers' ``load_lora_weights`` reads), a ``(path, scale)`` pair, a
+    :class:`~anysize.lora.Lora`, a record of the metadata's ``loras`` list, or a list of them; they
+    are loaded through diffusers, active for the run and removed after it, even on error or
+    cancel, leaving the network bit-identical (:mod:`anysize.models.lora`); the config's ``loras``
+    records each one's path, weights file, SHA-256 and scale. Every argument is checked (type and
+    range) before any work: a wrong one raises :class:`~anysize.errors.InvalidArgumentError` (a size :class:`~anysize.errors.InvalidSizeError`,
     a name that is not one of the choices :class:`~anysize.errors.UnknownChoiceError`) naming it.
     """
     adapter = _adapter(model)
@@ -214,15 +221,16 @@ def generate(
     settings = _settings(adapter, len(prompts), steps, guidance, seed, scheduler, tiled_vae, output_type, callback,
                          cancel, progress)
     m.check(adapter, height, width, settings.steps)
+    loras = check_loras(lora)
 
     start = time.perf_counter()
     calls0 = adapter.calls
-    with torch.no_grad():
+    with torch.no_grad(), _network_for(adapter, loras):
         request = _request(adapter, prompts, negative, height, width, settings, callback, cancel, progress)
         latents = m.run(request)
         images = _finish(adapter, latents, settings, progress, wrap=m.wraps)
     seconds = time.perf_counter() - start
-    config = _config(adapter, request, m, settings)
+    config = _config(adapter, request, m, settings, loras)
     return GenerationResult(images, latents, config, seconds, adapter.calls - calls0)
 
 
@@ -290,6 +298,7 @@ def upscale(
     progress: bool = True,
     output_type: str = "pil",
     method_options: dict[str, Any] | None = None,
+    lora=None,
 ) -> GenerationResult:
     """Enlarge ``image`` (a PIL image or a file path) SDEdit-style with a registered method.
 
@@ -311,6 +320,8 @@ def upscale(
     once to ``noise_level`` (default 20, the stock pipeline's) and concatenated, crop by crop, to
     every window the method runs; ``strength`` then defaults to 1 (from pure noise, like the stock
     pipeline); below 1 the bicubic target-size image, encoded, is the starting point.
+
+    ``lora``: LoRAs active for the whole run, as in :func:`generate`.
     """
     adapter = _adapter(model)
     if isinstance(prompt, (list, tuple)) or isinstance(negative_prompt, (list, tuple)):
@@ -347,10 +358,11 @@ def upscale(
     f = adapter.vae_factor
     # refuses a strength that runs no step, before the (possibly long) encode
     partial_schedule(adapter, make_scheduler(adapter, scheduler), settings.steps, strength, (height // f, width // f))
+    loras = check_loras(lora)
 
     start = time.perf_counter()
     calls0 = adapter.calls
-    with torch.no_grad():
+    with torch.no_grad(), _network_for(adapter, loras):
         request = _request(adapter, [prompt], None if negative_prompt is None else [negative_prompt], height, width,
                    settings, callback, cancel, progress)
         if conditioned:  # the low-res image, noised once, conditions every window (drawn first, as the pipeline does)
@@ -367,7 +379,7 @@ def upscale(
             latents = m.refine(request, clean, strength)
         images = _finish(adapter, latents, settings, progress, wrap=m.wraps)
     seconds = time.perf_counter() - start
-    config = _config(adapter, request, m, settings)
+    config = _config(adapter, request, m, settings, loras)
     name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "") or ""
     config["strength"] = strength
     config["upscale"] = {
@@ -521,7 +533,14 @@ def _finish(adapter, latents, s: _Settings, progress: bool, wrap: bool = False):
     return adapter.postprocess(decoded, output_type=s.output_type)
 
 
-def _config(adapter, request: Request, m, s: _Settings) -> dict[str, Any]:
+def _network_for(adapter: ModelAdapter, loras: Sequence[LoraFile]):
+    """What a run holds around its work: its LoRAs attached (the network to itself, see
+    :mod:`anysize.models.lora`), or, without LoRAs, the network's lock shared, so that no other
+    run's LoRA is loaded into the network while this run uses it."""
+    return adapter.loras(loras) if loras else adapter.network_lock.shared()
+
+
+def _config(adapter, request: Request, m, s: _Settings, loras: Sequence[LoraFile] = ()) -> dict[str, Any]:
     return {
         "prompts": request.prompts,
         "negative_prompts": request.negative,
@@ -529,6 +548,7 @@ def _config(adapter, request: Request, m, s: _Settings) -> dict[str, Any]:
         "height": request.height,
         "method": m.name,
         "method_options": m.describe(),
+        "loras": [one.describe() for one in loras],
         "steps": s.steps,
         "guidance": s.guidance,
         "seeds": request.seeds,

@@ -87,6 +87,9 @@ def infotext(config: dict) -> str:
     ]
     for key, value in (config.get("method_options") or {}).items():
         pairs.append((str(key), value))
+    loras = config.get("loras")
+    if loras:  # each LoRA's name, weight and weights' hash (anysize's own key: A1111's "Lora hashes" hash differently)
+        pairs.append(("LoRAs", ", ".join(f"{_lora_name(one)}:{one.get('scale'):g} ({one.get('sha256')})" for one in loras)))
     upscale = config.get("upscale")
     if upscale:  # img2img enlargement: A1111's key for the strength, and where the image came from
         pairs += [("Denoising strength", upscale.get("strength")), ("Upscale source", upscale.get("source")),
@@ -101,6 +104,11 @@ def infotext(config: dict) -> str:
         lines.append(f"Negative prompt: {negative}")
     lines.append(", ".join(f"{k}: {_quote(_fmt(v))}" for k, v in pairs))
     return "\n".join(lines)
+
+
+def _lora_name(record: dict) -> str:
+    path = str(record.get("path") or "").replace("\\", "/").rstrip("/")
+    return path.rsplit("/", 1)[-1] or str(record.get("file") or "")
 
 
 #: one ``Key: value`` pair of an infotext's last line; a value is JSON-quoted or runs to the next comma

@@ -197,7 +197,9 @@ CLI: list[CLICase] = [
     refused("--set bool for an integer", *MD, "--set", "stride=true", match=r"stride must be an integer >= 1 .*got True"),
     refused("--set window beyond the canvas", *MD, "--set", "window=4096", "--size", "64x64", "--steps", "1", loads=True,
             match=r"window 4096 latent px is larger than the 8x8 latent canvas; use at most 8"),
-    refused("--lora for a method without one", *GEN, "--lora", "x.safetensors", match=r"method 'direct' has no option lora"),
+    refused("--lora that does not exist", *GEN, "--lora", "x.safetensors:0.5", match=r"^LoRA x.safetensors does not exist"),
+    refused("--lora with a scale that is no number", *GEN, "--lora", "x.safetensors:y",
+            match=r"^LoRA x.safetensors:y does not exist .*a scale goes after the last ':'"),
     # ---- prompts
     refused("empty prompt", "generate", "", *M, match=r"^prompt is empty; give the text of the image to generate$"),
     refused("whitespace prompt", "generate", "a", "  \t ", *M, match=r"^prompt 2 is empty"),

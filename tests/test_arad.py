@@ -261,7 +261,7 @@ def test_the_lora_drives_asd_stage_one_from_the_command_line(dataset, tmp_path, 
     common = ["generate", "image 1", "--model", tiny_model, "--method", "asd", "--size", "128x256", "--steps", "2",
               "--quiet"]
     assert main(common + ["--out", str(tmp_path / "base.png")]) == 0
-    assert main(common + ["--lora", str(out), "--out", str(tmp_path / "arad.png")]) == 0
+    assert main(common + ["--set", f"arad_lora={out}", "--out", str(tmp_path / "arad.png")]) == 0
     base = np.asarray(PILImage.open(tmp_path / "base.png"), dtype=np.int16)
     arad = np.asarray(PILImage.open(tmp_path / "arad.png"), dtype=np.int16)
     assert base.shape == arad.shape == (256, 128, 3)

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+from PIL import Image
 import pytest
 import torch
 
@@ -105,8 +106,9 @@ def test_fstd_options_reach_stage_two(tiny):
     ({"fstd": {"tile": 0}}, "tile must be an integer >= 1"),
     ({"fstd": {"size": 3}}, "method 'fstd' has no option size"),
     ({"fstd": 3}, "fstd must be a dict"),
-    ({"lora": "/nonexistent/lora.safetensors"}, "does not exist"),
-    ({"lora_scale": "x"}, "lora_scale must be a number"),
+    ({"arad_lora": "/nonexistent/lora.safetensors"}, "does not exist"),
+    ({"arad_lora_scale": "x"}, "arad_lora_scale must be a number"),
+    ({"lora": "x.safetensors"}, "method 'asd' has no option lora"),  # the run's LoRAs are generate(lora=...)
     ({"stride": 3}, "method 'asd' has no option stride"),
 ])
 def test_asd_bad_options(options, match):
@@ -146,15 +148,15 @@ def test_lora_applies_to_stage_one_only_and_is_removed(lora_dir):
 
     adapter = adapt(tiny_pipeline("sd1"))  # its own pipeline: the LoRA is loaded into it
     plain = gen(adapter).images
-    with_lora = gen(adapter, method_options={"lora": str(lora_dir)}).images
+    with_lora = gen(adapter, method_options={"arad_lora": str(lora_dir)}).images
     assert not np.allclose(plain, with_lora, atol=1e-3)
-    assert adapter.pipe.get_list_adapters() in ({}, {"unet": []})  # removed after the run
+    assert adapter.pipe.get_list_adapters() == {}  # removed after the run
     assert np.array_equal(gen(adapter).images, plain)  # and the model is as before
     # the same LoRA at weight 0 is the plain model
-    zero = gen(adapter, method_options={"lora": str(lora_dir), "lora_scale": 0.0}).images
+    zero = gen(adapter, method_options={"arad_lora": str(lora_dir), "arad_lora_scale": 0.0}).images
     assert np.abs(zero - plain).max() < 1e-5
     # at a non-native size stage I carries the LoRA and stage II does not: still different from plain
-    big = gen(adapter, width=320, height=128, method_options={"lora": str(lora_dir)}).images
+    big = gen(adapter, width=320, height=128, method_options={"arad_lora": str(lora_dir)}).images
     assert not np.allclose(big, gen(adapter, width=320, height=128).images, atol=1e-3)
 
 
@@ -166,7 +168,7 @@ def test_lora_that_cannot_be_read_is_a_clear_error_and_leaves_the_model(tmp_path
     adapter = adapt(tiny_pipeline("sd1"))
     plain = gen(adapter).images
     with pytest.raises(InvalidArgumentError, match="cannot load the LoRA"):
-        gen(adapter, method_options={"lora": str(bad)})
+        gen(adapter, method_options={"arad_lora": str(bad)})
     assert np.array_equal(gen(adapter).images, plain)
 
 
@@ -187,10 +189,14 @@ def test_cli_generate_asd_with_lora(capsys, tmp_path, monkeypatch, lora_dir):
     model = save_tiny_pipeline("sd1", tmp_path / "m")
     monkeypatch.chdir(tmp_path)
     args = ["generate", "a cat", "--model", str(model), "--steps", "2", "--quiet", "--method", "asd"]
-    assert cli.main(args + ["--size", "320x128", "--lora", str(lora_dir), "--out", "a.png"]) == 0
+    assert cli.main(args + ["--size", "320x128", "--set", f"arad_lora={lora_dir}", "--out", "a.png"]) == 0
     meta = read_metadata(tmp_path / "a.png")
-    assert meta["method"] == "asd" and meta["method_options"]["lora"] == str(lora_dir)
+    assert meta["method"] == "asd" and meta["method_options"]["arad_lora"] == str(lora_dir) and meta["loras"] == []
     assert (meta["width"], meta["height"]) == (320, 128)
     capsys.readouterr()
-    assert cli.main(["generate", "a cat", "--model", str(model), "--lora", str(lora_dir), "--out", "b.png"]) == 2
-    assert "method 'direct' has no option lora" in capsys.readouterr().err
+    # --lora is the run's LoRA (both stages, any method), and goes with the ARAD LoRA of stage I
+    assert cli.main(args + ["--size", "320x128", "--set", f"arad_lora={lora_dir}", "--lora", f"{lora_dir}:0.5",
+                            "--out", "b.png"]) == 0
+    meta = read_metadata(tmp_path / "b.png")
+    assert meta["loras"][0]["scale"] == 0.5 and meta["method_options"]["arad_lora"] == str(lora_dir)
+    assert not np.array_equal(np.asarray(Image.open(tmp_path / "a.png")), np.asarray(Image.open(tmp_path / "b.png")))

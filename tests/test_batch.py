@@ -130,7 +130,7 @@ BAD_ROWS = [
     ({"prompt": "a", "guidance": -2}, "guidance"),
     ({"prompt": "a", "scheduler": "nope"}, "unknown scheduler 'nope'"),
     ({"prompt": "a", "scheduler": "flow_euler"}, "does not fit a sd1 model"),
-    ({"prompt": "a", "lora": "x.safetensors"}, "method 'direct' takes no LoRA; the methods that do: asd"),
+    ({"prompt": "a", "lora": "x.safetensors:0.5"}, "LoRA x.safetensors does not exist"),
     ({"prompt": "a", "id": "../x"}, "is not a file name"),
     ({"prompt": "a", "colour": "red"}, "unknown field 'colour'; the fields: id, prompt"),
     ({"prompt": "a", "method": "multidiffusion", "options": {"window": 256}}, "larger than the 16x16 latent canvas"),

@@ -103,21 +103,29 @@ class Job:
     id: str | None = None
     #: set by resolve: what identifies the model (its source, family, dtype), part of the spec
     model: dict[str, Any] | None = None
+    #: the job's LoRAs as the metadata records them (path, file, sha256, scale); see :func:`_job_loras`
+    loras: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
     def spec(self) -> dict[str, Any]:
-        """Everything the image depends on, canonical (hashed into the id, stored in ``<id>.json``)."""
-        return {
+        """Everything the image depends on, canonical (hashed into the id, stored in ``<id>.json``).
+
+        The LoRAs enter it (with their weights' hashes, so a changed file is a new job) only when
+        there are some: a job without LoRAs keeps the id it had before LoRAs were a field."""
+        spec = {
             "prompt": self.prompt, "negative": self.negative, "seed": self.seed, "width": self.width,
             "height": self.height, "method": self.method, "options": self.options, "steps": self.steps,
             "guidance": self.guidance, "scheduler": self.scheduler, "model": self.model,
         }
+        if self.loras:
+            spec["loras"] = [{k: one[k] for k in ("path", "sha256", "scale")} for one in self.loras]
+        return spec
 
     def config_key(self) -> str:
         """What one network call needs to share: jobs with the same key can be batched together."""
         return canonical({
             "method": self.method, "options": self.options, "width": self.width, "height": self.height,
             "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler,
-            "negative": self.negative is not None,
+            "negative": self.negative is not None, "loras": self.loras,
         })
 
 
@@ -245,6 +253,32 @@ def _csv_number(name: str, value: Any, kind: type) -> Any:
         raise InvalidArgumentError(f"{name} must be {what}, got {value!r}") from None
 
 
+def _job_loras(value, csv_row: bool) -> list[dict[str, Any]]:
+    """A row's ``lora`` (or the command's ``--lora`` default): one ``"PATH[:SCALE]"``, or a list of
+    such strings and ``{"path": ..., "scale": ...}`` objects (a CSV cell: the text, or a JSON list);
+    each checked and hashed (:func:`anysize.lora.check_loras`), as the metadata records it."""
+    from ..lora import check_loras, parse_lora
+
+    if value is None:
+        return []
+    if csv_row and isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise InvalidArgumentError(f"lora must be PATH[:SCALE] or a JSON list of them: {e.msg}") from None
+    items = value if isinstance(value, list) else [value]
+    loras = []
+    for i, item in enumerate(items):
+        where = "lora" if len(items) == 1 else f"lora {i + 1} of {len(items)}"
+        if isinstance(item, str):
+            item = parse_lora(item, where)
+        elif not isinstance(item, Mapping):
+            raise InvalidArgumentError(
+                f"{where} must be \"PATH[:SCALE]\" or {{\"path\": ..., \"scale\": ...}}, got {item!r}")
+        loras += check_loras(item, where)
+    return [one.describe() for one in loras]
+
+
 def _one(row: Row, defaults: Mapping[str, Any], index: int) -> Job:
     from ..api import check_seed
     from ..options import require
@@ -306,17 +340,7 @@ def _one(row: Row, defaults: Mapping[str, Any], index: int) -> Job:
         if not isinstance(raw, dict):
             raise InvalidArgumentError(f"options must be an object of option names to values, e.g. {{\"tile\": 64}}, got {raw!r}")
         options.update(raw)
-    lora = get("lora")
-    if lora is not None:
-        if not isinstance(lora, str) or not lora:
-            raise InvalidArgumentError(f"lora must be the path of a LoRA file or folder, got {lora!r}")
-        cls = methods.get(method)
-        if "lora" not in cls.Options.names():
-            able = [n for n in methods.names() if "lora" in methods.get(n).Options.names()]
-            raise InvalidArgumentError(
-                f"method {method!r} takes no LoRA; the methods that do: {', '.join(able)} (lora is their option, "
-                "as with 'anysize generate --lora')")
-        options["lora"] = lora
+    loras = _job_loras(get("lora"), csv_row)
     options = methods.create(method, **options).describe()  # unknown options, out-of-range values; full and canonical
 
     steps = get("steps")
@@ -344,7 +368,7 @@ def _one(row: Row, defaults: Mapping[str, Any], index: int) -> Job:
                 f"id {job_id!r} is not a file name: 1-200 characters, no '/', '\\' or control characters, not "
                 "starting with '.' (it names <id>.png and <id>.json)")
     return Job(row.number, row.line, prompt, negative, seed, width, height, method, options, steps, guidance,
-               scheduler, job_id)
+               scheduler, job_id, loras=loras)
 
 
 def parse(rows: Sequence[Row], defaults: Mapping[str, Any] | None = None) -> tuple[list[Job], list[JobError]]:
@@ -372,9 +396,22 @@ def model_identity(adapter) -> dict[str, Any]:
     }
 
 
+def _lora_misfit(adapter, record: Mapping[str, Any]) -> str | None:
+    """Why a LoRA cannot go into the model (another family's, a pipeline without a loader), or None:
+    it is loaded once and taken out again."""
+    from ..lora import check_loras
+
+    try:
+        with adapter.loras(check_loras(record)):
+            return None
+    except AnysizeError as e:
+        return str(e)
+
+
 def resolve(jobs: Sequence[Job], adapter) -> tuple[list[Job], list[JobError]]:
     """Pass 2 over every job, with the loaded model: defaults filled in, sizes, method/model
-    compatibility, scheduler kind and memory checked, ids given (hashes) and unique."""
+    compatibility, scheduler kind, LoRAs (each loaded once) and memory checked, ids given (hashes)
+    and unique."""
     from .. import methods
     from ..api import _check_fits
     from ..schedulers import make_scheduler
@@ -382,6 +419,7 @@ def resolve(jobs: Sequence[Job], adapter) -> tuple[list[Job], list[JobError]]:
     identity = model_identity(adapter)
     nh, nw = adapter.native_size
     schedulers: dict[str, str | None] = {}
+    lora_fit: dict[str, str | None] = {}  # each distinct LoRA loaded into the model once, before any work
     good, errors = [], []
     seen: dict[str, Job] = {}
     for job in jobs:
@@ -401,6 +439,12 @@ def resolve(jobs: Sequence[Job], adapter) -> tuple[list[Job], list[JobError]]:
                     schedulers[j.scheduler] = str(e)
             if schedulers[j.scheduler]:
                 raise InvalidArgumentError(schedulers[j.scheduler])
+            for record in j.loras:
+                key = canonical([record["path"], record["sha256"]])
+                if key not in lora_fit:
+                    lora_fit[key] = _lora_misfit(adapter, record)
+                if lora_fit[key]:
+                    raise InvalidArgumentError(lora_fit[key])
             methods.create(j.method, **j.options).check(adapter, j.height, j.width, j.steps)
             _check_fits(adapter, j.height, j.width, 1)
             j.id = j.id if j.id is not None else spec_hash(j.spec())

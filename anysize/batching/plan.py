@@ -5,7 +5,7 @@ which jobs share its calls. The plan therefore fixes that first, from the jobs a
 then splits the work:
 
 1. jobs are grouped by configuration (:meth:`~anysize.batching.jobs.Job.config_key`: method,
-   options, size, steps, guidance, scheduler, whether there is a negative prompt); groups are
+   options, size, steps, guidance, scheduler, LoRAs, whether there is a negative prompt); groups are
    ordered by their first row, jobs inside a group by row;
 2. each group is cut into chunks of at most ``batch`` consecutive jobs, numbered in that global
    order: one chunk is one :func:`anysize.generate` call;

@@ -27,9 +27,10 @@ its status (done, failed, pending), error, seconds, network calls and the rank t
 
 JOBS is JSONL (.jsonl: one object per line), CSV (.csv: a header row, options as a JSON cell) or a
 plain prompt file (one prompt per line). Fields: id, prompt, negative, seed, size (WxH) or
-width/height, method, options, steps, guidance, scheduler, lora. A field a row leaves out takes the
-flag's value below; a missing seed is --seed + the job's row index (0-based). A job's id is its
-'id' field or a hash of its whole configuration.
+width/height, method, options, steps, guidance, scheduler, lora ("PATH[:SCALE]", or a list of such
+strings and {"path": ..., "scale": ...} objects; in CSV the text or a JSON list; any method). A
+field a row leaves out takes the flag's value below; a missing seed is --seed + the job's row index
+(0-based). A job's id is its 'id' field or a hash of its whole configuration.
 
 Every row is checked before any work (fields, sizes, method options, model/method fit) and all bad
 rows are reported at once with their row numbers; --skip-invalid runs the others and records the
@@ -37,8 +38,8 @@ bad ones as failed. Rerunning the same command skips the jobs whose files are co
 the rest: a kill at any moment loses at most the jobs in flight, and the files come out
 byte-identical to an uninterrupted run.
 
-Jobs of one configuration (method, options, size, steps, guidance, scheduler) share network calls,
---batch at a time. Launched by torchrun, accelerate launch or srun (RANK/WORLD_SIZE or
+Jobs of one configuration (method, options, size, steps, guidance, scheduler, LoRAs) share network
+calls, --batch at a time. Launched by torchrun, accelerate launch or srun (RANK/WORLD_SIZE or
 SLURM_PROCID/SLURM_NTASKS), each process runs its own deterministic share; --engine ray runs the
 jobs on a Ray actor pool instead. The files do not depend on the number of processes, but CPU
 results do depend on the number of threads: --threads pins it (default 1, what torchrun gives each
@@ -71,7 +72,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=f"generation method: {', '.join(methods.names())} (default: direct)")
     d.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set",
                    help="a method option (repeatable), under each row's options")
-    d.add_argument("--lora", metavar="PATH", default=None, help="a LoRA for the methods that take one (asd)")
+    d.add_argument("--lora", metavar="PATH[:SCALE]", action="append", default=None,
+                   help="a LoRA of every job whose row has no 'lora' (repeatable; PATH[:SCALE] as in 'anysize generate')")
     d.add_argument("--steps", type=int, metavar="N", default=None, help="denoising steps (default: the model's)")
     d.add_argument("--guidance", type=float, metavar="G", default=None, help="guidance scale (default: the model's)")
     d.add_argument("--scheduler", metavar="NAME", default=None, help=scheduler_help())

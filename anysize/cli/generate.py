@@ -6,6 +6,7 @@ import argparse
 import textwrap
 
 from ..errors import check_choice
+from ..lora import cli_loras
 from .console import EXIT_OK, library_output, note
 from .inputs import check_text_option, parse_set, parse_size, read_prompts
 from .methods import method_lines
@@ -77,8 +78,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=f"generation method: {', '.join(methods.names())} (default: direct)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set",
                    help="a method option (repeatable); VALUE is read as JSON when it parses, else as text")
-    p.add_argument("--lora", metavar="PATH", default=None,
-                   help="a LoRA for the methods that take one (asd: the ARAD LoRA of stage I); same as --set lora=PATH")
+    p.add_argument("--lora", metavar="PATH[:SCALE]", action="append", default=[],
+                   help="a LoRA for the whole run, with any method (repeatable): a .safetensors file or a folder "
+                   "diffusers' load_lora_weights reads, and its weight after the last ':' (default 1), e.g. "
+                   "style.safetensors:0.8; the PNG records its file, SHA-256 and weight")
     p.add_argument("--steps", type=int, metavar="N", default=None, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, metavar="G", default=None,
                    help="classifier-free guidance scale (default: the model's)")
@@ -109,9 +112,8 @@ def run(args: argparse.Namespace) -> int:
     size = parse_size(args.size) if args.size is not None else None
     check_choice("method", args.method, methods.names())
     options = parse_set(args.set)
-    if args.lora is not None:
-        options["lora"] = args.lora
     methods.create(args.method, **options)  # unknown options / out-of-range values
+    loras = cli_loras(args.lora)
     tiled = check_run_options(args)
     device = check_model_options(args)
     prompts = read_prompts(args.prompts, args.prompts_file)
@@ -144,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
             result = api.generate(
                 adapter, prompt, negative_prompt=negative, width=width, height=height, method=args.method,
                 steps=args.steps, guidance=args.guidance, seed=args.seed + i, scheduler=args.scheduler,
-                tiled_vae=tiled, progress=not quiet, method_options=options,
+                tiled_vae=tiled, progress=not quiet, method_options=options, lora=loras,
             )
             written = save_png(result.images[0], path, result.config_for(0), force=args.force)
             print(written, flush=True)

@@ -44,7 +44,7 @@ images below --min-side are skipped and counted, never fatal.
 Checkpoints (LoRA + optimizer + step) go to OUT/checkpoints every --checkpoint-every steps; running
 the same command again resumes from the latest one, exactly (batches, crops, noise and caption
 dropout depend only on the seed and the step). The result, OUT/pytorch_lora_weights.safetensors,
-is a diffusers LoRA: pipe.load_lora_weights(OUT), or anysize generate --method asd --lora OUT.
+is a diffusers LoRA: pipe.load_lora_weights(OUT), or anysize generate --method asd --set arad_lora=OUT.
 
 Several GPUs or nodes: run it through accelerate (distributed data parallel; --batch is per GPU):
   accelerate launch --multi_gpu --num_processes 8 -m anysize train-arad DATA --model M --out OUT

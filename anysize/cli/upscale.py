@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from ..errors import InvalidArgumentError, OutputError, check_choice
+from ..lora import cli_loras
 from .console import EXIT_OK, library_output, note
 from .inputs import check_text_option, parse_set, parse_size
 from .methods import method_lines, refining_methods
@@ -60,6 +61,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help=f"tiled method: {', '.join(refining_methods())} (default: fstd)")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="set",
                    help="a method option (repeatable); VALUE is read as JSON when it parses, else as text")
+    p.add_argument("--lora", metavar="PATH[:SCALE]", action="append", default=[],
+                   help="a LoRA for the whole run (repeatable): a .safetensors file or a folder "
+                   "diffusers' load_lora_weights reads, and its weight after the last ':' (default 1), e.g. "
+                   "style.safetensors:0.8; the PNG records its file, SHA-256 and weight")
     p.add_argument("--strength", type=float, metavar="X", default=None,
                    help="img2img strength in (0, 1]: the fraction of the schedule re-run (default: 0.4; 1 for the "
                    "x4 upscaler, which starts from noise conditioned on the image)")
@@ -107,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         )
     options = parse_set(args.set)
     methods.create(args.method, **options)
+    loras = cli_loras(args.lora)
     if args.strength is not None:
         check_strength(args.strength)
     tiled = check_run_options(args)
@@ -136,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             noise_level=args.noise_level, prompt=args.prompt, negative_prompt=args.negative or None, steps=args.steps,
             guidance=args.guidance,
             seed=args.seed, scheduler=args.scheduler, tiled_vae=tiled, progress=not quiet, method_options=options,
+            lora=loras,
         )
         written = save_png(result.images[0], out, result.config_for(0), force=args.force)
     print(written, flush=True)

@@ -2,8 +2,9 @@
 
 Stage I generates the prompt at the ARAD ratio–size bucket nearest the requested aspect ratio
 (the paper's Table 5, scaled to the model's native area: :mod:`anysize.buckets`, shared with the
-ARAD trainer), optionally with an ARAD
-LoRA loaded through diffusers' ``load_lora_weights`` for that stage only. Stage II enlarges the
+ARAD trainer), optionally with an ARAD LoRA (option ``arad_lora``) loaded through diffusers'
+``load_lora_weights`` for that stage only. The run's own LoRAs (``lora=`` / ``--lora``, for every
+method) are active in both stages. Stage II enlarges the
 stage-I image to the exact requested size and refines it with :mod:`fstd <anysize.methods.fstd>`
 at ``strength`` (an SDEdit pass over the tail of the schedule, see :meth:`Method.refine`).
 
@@ -26,9 +27,9 @@ Deliberate differences from the paper and the official code (spec ``asd_tiling.m
   nearest in log-ratio (symmetric between portrait and landscape; same tie rule).
 * Requested ratios outside 1:2 … 2:1 use the end bucket, and the cover-and-crop rule then crops
   the stage-I image (the paper does not say how it handles them).
-* The ARAD LoRA is optional (none was released); ``lora`` is any diffusers-loadable LoRA file or
-  folder, applied in stage I only and removed after it, even on error. LoRAs the user already
-  loaded into the pipeline are switched off for stage I and back on (at weight 1) after it.
+* The ARAD LoRA is optional (none was released); ``arad_lora`` is any diffusers-loadable LoRA file
+  or folder, applied in stage I only, on top of the run's LoRAs, and removed after it, even on
+  error (:meth:`ModelAdapter.loras`); the metadata keeps its path as a method option. Named ``arad_lora`` (it was ``lora``) so that it is not mistaken for the run's ``lora``.
 * No AdaIN/wavelet colour fix: stage II starts from the stage-I image's own latent, not from an
   LR image with a different decoder.
 """
@@ -42,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from ..buckets import RULES as BUCKET_RULES
 from ..buckets import nearest_bucket, scaled_buckets
 from ..lazy import lazy_module
+from ..lora import Lora, check_loras
 from ..options import option
 from ..sampling import check_runs_a_step
 from .base import Method, MethodOptions
@@ -52,10 +54,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 torch = lazy_module("torch")
 F = lazy_module("torch.nn.functional")
-
-#: name of the stage-I LoRA adapter while it is loaded
-LORA_ADAPTER_NAME = "anysize_arad"
-
 
 def cover_crop(images: Tensor, height: int, width: int) -> Tensor:
     """Resize (B, C, h, w) images bicubically so they cover height×width, then centre-crop to it."""
@@ -79,9 +77,10 @@ class ASDOptions(MethodOptions):
     strength: float = option(0.5, "stage II img2img strength: the fraction of the schedule FSTD re-runs on the "
                                   "enlarged image", low=0.0, high=1.0, low_open=True)
     bucket_rule: str = option("paper", "nearest bucket by H/W (paper) or by log H/W (log)", choices=BUCKET_RULES)
-    lora: str | None = option(None, "a LoRA (file or folder diffusers' load_lora_weights reads) applied in stage I only",
-                              kind="path", must_exist=True, unset="no LoRA")
-    lora_scale: float = option(1.0, "the LoRA's weight in stage I")
+    arad_lora: str | None = option(None, "an ARAD LoRA (file or folder diffusers' load_lora_weights reads) applied "
+                                   "in stage I only, on top of the run's --lora", kind="path", must_exist=True,
+                                   unset="no ARAD LoRA")
+    arad_lora_scale: float = option(1.0, "the ARAD LoRA's weight in stage I")
     fstd: dict = option({}, "options of the stage-II fstd method, e.g. {\"tile\": 64}", kind="mapping",
                         check=_check_fstd_options)
 
@@ -96,6 +95,12 @@ class ASD(Method):
     def __init__(self, **options: Any):
         super().__init__(**options)
         self.stage2 = create("fstd", **self.options.fstd)
+
+    def stage_one_loras(self):
+        """The checked ARAD LoRA of stage I (:func:`anysize.lora.check_loras`), or none."""
+        if self.options.arad_lora is None:
+            return ()
+        return check_loras(Lora(self.options.arad_lora, self.options.arad_lora_scale), "arad_lora")
 
     def bucket(self, adapter, height: int, width: int) -> tuple[int, int]:
         """(height, width) in pixels of stage I for a requested height×width."""
@@ -115,7 +120,7 @@ class ASD(Method):
         adapter = request.adapter
         bh, bw = self.bucket(adapter, request.height, request.width)
         stage1 = dataclasses.replace(request, height=bh, width=bw)
-        with adapter.lora(self.options.lora, self.options.lora_scale, name=LORA_ADAPTER_NAME):
+        with adapter.loras(self.stage_one_loras()):
             latents = create("direct").run(stage1)
         if (bh, bw) == (request.height, request.width):
             return latents

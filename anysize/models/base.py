@@ -9,8 +9,6 @@ method: methods see only this surface.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -226,37 +224,21 @@ class ModelAdapter:
         """Refuse a canvas that one whole-canvas network call cannot place (a position table too
         small); ``remedy`` says what would. Only SD3 has such a limit."""
 
-    @contextlib.contextmanager
-    def lora(self, path, scale: float = 1.0, *, name: str = "anysize"):
-        """A LoRA (a file or folder diffusers' ``load_lora_weights`` reads) active for a block and
-        removed after it, even on error; nothing when ``path`` is None. LoRAs already loaded into
-        the pipeline are switched off for the block and back on (at weight 1) after it."""
-        if path is None:
-            yield
-            return
-        pipe = self.pipe
-        if not hasattr(pipe, "load_lora_weights"):
-            raise InvalidArgumentError(f"{type(pipe).__name__} cannot load LoRA weights")
-        if name in _loaded_adapters(pipe):
-            raise InvalidArgumentError(f"a LoRA named {name!r} is already loaded in this pipeline")
-        before = _active_adapters(pipe)
+    @property
+    def network_lock(self):
+        """The network's :class:`~anysize.models.lora.SharedExclusiveLock`: a run holds it shared,
+        or exclusively while it has LoRAs loaded (shared by every adapter of the same network)."""
+        from .lora import network_lock
 
-        def remove():
-            if name in _loaded_adapters(pipe):
-                pipe.delete_adapters(name)
-            if before:
-                pipe.set_adapters(before)
+        return network_lock(self.network)
 
-        try:
-            pipe.load_lora_weights(os.fspath(path), adapter_name=name)
-            pipe.set_adapters([name], adapter_weights=[float(scale)])
-        except (OSError, ValueError, KeyError, RuntimeError) as e:
-            remove()
-            raise InvalidArgumentError(f"cannot load the LoRA {os.fspath(path)}: {e}") from None
-        try:
-            yield
-        finally:
-            remove()
+    def loras(self, loras):
+        """A context manager: the checked LoRAs (:func:`anysize.lora.check_loras`) active for a
+        block, on top of any the pipeline already had, and removed after it, even on error (see
+        :mod:`anysize.models.lora`); nothing when ``loras`` is empty."""
+        from .lora import attached
+
+        return attached(self, loras)
 
     # ---------------------------------------------------------------- prompts
     def encode_prompt(
@@ -482,17 +464,3 @@ def as_list(prompts: str | Sequence[str] | None, what: str = "prompt") -> list[s
 
 
 ProgressFn = Callable[[int, int], None]
-
-
-def _active_adapters(pipe) -> list[str]:
-    try:
-        return list(pipe.get_active_adapters())
-    except (AttributeError, ValueError):
-        return []
-
-
-def _loaded_adapters(pipe) -> list[str]:
-    try:
-        return sorted({name for names in pipe.get_list_adapters().values() for name in names})
-    except (AttributeError, ValueError):
-        return []

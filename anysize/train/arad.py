@@ -16,7 +16,7 @@ parallel through ``accelerate launch``, which also supplies mixed precision and 
 accumulation. ``--batch`` is per device; the global batch is batch × processes × grad_accum.
 
 Output: ``pytorch_lora_weights.safetensors`` in the diffusers LoRA format (``pipe.load_lora_weights``
-and ``anysize generate --method asd --lora``), ``arad.json`` (config, bucket counts, skipped
+and ``anysize generate --method asd --set arad_lora=OUT``), ``arad.json`` (config, bucket counts, skipped
 entries, timing) and ``train_log.jsonl``.
 """
 
