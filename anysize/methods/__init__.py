@@ -10,5 +10,6 @@ from . import elastic  # noqa: F401  (registers)
 from . import scalediff  # noqa: F401  (registers)
 from . import asd  # noqa: F401  (registers)
 from . import demofusion  # noqa: F401  (registers)
+from . import rectifiedhr  # noqa: F401  (registers)
 
 __all__ = ["METHODS", "Method", "MethodOptions", "create", "get", "names", "register"]
