@@ -209,11 +209,6 @@ class RectifiedHR(Method):
     Options = RectifiedHROptions
     refines = False  # its phases start from its own base canvas
 
-    @classmethod
-    def demo_options(cls, adapter) -> dict:
-        # the latent resize: a VAE round trip per refresh costs more than a toy model's steps
-        return {"resize": "latent"}
-
     # ------------------------------------------------------------------ settings
     def settings(self, adapter, height: int, width: int) -> dict[str, Any]:
         """The options with the official config of this latent target filled in."""
