@@ -270,8 +270,10 @@ def test_bad_options(adapters):
     adapter = adapters("sd1")
     calls = adapter.calls
     with pytest.raises(InvalidArgumentError, match="leave phase 2 without a step") as e:
-        gen(adapter, h=384, w=384, steps=5)  # 3 phases at [0, 4, 4, 5]
+        gen(adapter, h=384, w=384, steps=5, phases=3)  # 3 phases at [0, 4, 4, 5]
     assert "\n" not in str(e.value)
+    # unset, the config's 3 phases drop to the 2 that 5 steps allow
+    assert methods.create("rectifiedhr").plan(adapter, 48, 48, 5, 7.5).bounds == [0, 4, 5]
     with pytest.raises(InvalidArgumentError, match="takes 2 network calls per step"):
         anysize.generate(adapter, "a", height=256, width=256, steps=4, method="rectifiedhr", scheduler="heun",
                          output_type="latent", progress=False)

@@ -23,7 +23,9 @@ The defaults are the official configurations (``configs_sdxl.py``), chosen by ho
 native side the target is (``s = sqrt(target area / native area)``): up to 2 its 2048² config (2
 phases, g_max 30, ``T_1 = 0.6·N``, powers 1); below 4 its 2048x4096 config (3 phases, g_max 50,
 ``T_1 = 0.8·N``, powers 1); from 4 its 4096² config (the same with both powers 0.5). At or below
-the native area the run is plain generation (one phase) unless ``phases`` is given. Network calls
+the native area the run is plain generation (one phase) unless ``phases`` is given; with too few
+steps for the config's phases (e.g. 3 phases of 4 steps: refresh steps 3 and 3) the default drops
+phases until each has a step, while an explicit ``phases`` is refused. Network calls
 per step: one per image (two with CFG), on the phase's canvas.
 
 Families: all. The official code has an SDXL pipeline (DDIM) and a Wan 2.1 one (a flow model:
@@ -167,7 +169,7 @@ class RectifiedHROptions(MethodOptions):
     phases: int | None = option(None, "resolution phases (each after the first starts with a noise refresh)",
                                 kind="int", low=1, high=16,
                                 unset="1 at or below the native area, else the official config's: 2 up to 2x "
-                                      "the native side, 3 above")
+                                      "the native side, 3 above (fewer if the steps cannot give each a step)")
     guidance_max: float | None = option(None, "CFG scale of the last phase: the scale rises from the run's "
                                               "guidance to it (energy rectification)", kind="float", low=0.0,
                                         unset="30 up to 2x the native side, 50 above (official configs)")
@@ -229,6 +231,10 @@ class RectifiedHR(Method):
         n = s["phases"]
         bounds = refresh_steps(steps, n, s["refresh_start"], s["refresh_power"])
         empty = [p + 1 for p in range(n) if bounds[p + 1] <= bounds[p]]
+        while empty and self.options.phases is None and n > 1:  # the default: as many phases as the steps allow
+            n -= 1
+            bounds = refresh_steps(steps, n, s["refresh_start"], s["refresh_power"])
+            empty = [p + 1 for p in range(n) if bounds[p + 1] <= bounds[p]]
         if empty:
             raise InvalidArgumentError(
                 f"rectifiedhr: {n} phases of {steps} steps (refresh steps {bounds[1:-1]}) leave phase "
