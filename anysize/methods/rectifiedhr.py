@@ -38,7 +38,8 @@ every phase (the official Wan schedule has no resolution shift). Schedulers taki
 per step (heun, flow_heun) are refused: a refresh sits between two steps.
 
 Checked against the official code (EnVision-Research/RectifiedHR ``pipelines/pipeline_sdxl.py``,
-``run_sdxl.py``, ``utils/main_tools.py`` at e1331b7) in ``benchmarks/rectifiedhr_fidelity``.
+``run_sdxl.py``, ``utils/main_tools.py`` at e1331b7) in ``benchmarks/rectifiedhr_fidelity``: with the randomness pinned and the VAE round trip in float32
+on both sides, every phase's latents are bit-identical (tiny SDXL, DDIM, 2x, 3x, 4x, 1:2 and 5:3).
 Deliberate differences, each with a test in ``tests/test_rectifiedhr.py``:
 
 * The phases are cut at exactly the refresh steps ``T_p`` for any step count and scheduler
@@ -49,8 +50,10 @@ Deliberate differences, each with a test in ``tests/test_rectifiedhr.py``:
   generation on the base canvas with every scheduler (test_phase_one_is_plain_generation_on_the_base).
 * The clean estimate is converted from the guided model output through the scheduler's tables
   (official: DDIM's ``pred_original_sample``, the same formula) and the VAE runs in the pipeline's
-  own dtype (official: the whole pipeline cast to bfloat16 for the round trip)
-  (test_refresh_renoises_the_resized_clean_estimate).
+  own dtype (official: the whole pipeline cast to bfloat16 for the round trip, which also leaves
+  its weights rounded to bfloat16 for the later phases) and tiles as anysize's decoder does above a
+  size (official: diffusers' ``enable_tiling``) (test_refresh_renoises_the_resized_clean_estimate;
+  the numbers: ``benchmarks/rectifiedhr_fidelity``).
 * Any target size and aspect ratio: the base is derived from the model's native area and the
   target's ratio (official: ``res_min`` given per target in the config); the last phase is the exact
   target (official: ``next_multiple_of_8(short·ratio)``, one multiple too long where the float ratio
