@@ -278,3 +278,9 @@ def test_bad_options(adapters):
         anysize.generate(adapter, "a", height=256, width=256, steps=4, method="rectifiedhr", scheduler="heun",
                          output_type="latent", progress=False)
     assert adapter.calls == calls  # refused before any network call
+    sd3 = adapters("sd3")
+    limit = sd3.network.pos_embed.pos_embed_max_size * sd3.patch * sd3.vae_factor
+    calls = sd3.calls
+    with pytest.raises(InvalidArgumentError, match="position table covers"):
+        gen(sd3, h=128, w=limit + 16)
+    assert sd3.calls == calls

@@ -251,6 +251,8 @@ class RectifiedHR(Method):
 
     def check(self, adapter, height: int, width: int, steps: int | None = None) -> None:
         super().check(adapter, height, width, steps)
+        # the last phase is one whole-canvas call: refuse an SD3 canvas beyond its table before phase 1 runs
+        adapter.check_positions(height, width, remedy="a tiling method (rectifiedhr's last phase is the whole canvas)")
         if steps is not None:
             f = adapter.vae_factor
             self.plan(adapter, height // f, width // f, steps, 1.0)
@@ -267,10 +269,11 @@ class RectifiedHR(Method):
                 "rectifiedhr guidance_max needs classifier-free guidance, which this run has not "
                 f"(the {adapter.family} model with guidance {request.guidance:g}); drop guidance_max"
             )
-        order = getattr(request.make_scheduler(), "order", 1)
+        probe = request.make_scheduler()
+        order = getattr(probe, "order", 1)
         if order != 1:
             raise InvalidArgumentError(
-                f"rectifiedhr refreshes the noise between two steps; scheduler {request.scheduler!r} takes "
+                f"rectifiedhr refreshes the noise between two steps; scheduler {request.scheduler or type(probe).__name__!r} takes "
                 f"{order} network calls per step: use a one-call scheduler (euler, ddim, dpm++2m, ...)"
             )
         x, x0 = None, None
