@@ -210,6 +210,26 @@ def test_latent_resize_skips_the_vae(adapters, monkeypatch):
     assert (latent.latents - pixel.latents).abs().max() > 1e-3
 
 
+def test_pixel_refresh_batch_and_alone_differ_by_8_bit_levels_only(adapters, monkeypatch):
+    import PIL.Image
+
+    adapter = adapters("sd3")
+    images = []
+    fromarray = PIL.Image.fromarray
+    monkeypatch.setattr(PIL.Image, "fromarray", lambda a, *k: images.append(a.astype(int)) or fromarray(a, *k))
+    run = dict(h=128, w=320, steps=3)
+    batch = gen(adapter, prompt=["a red circle", "a blue square"], seed=[5, 9], **run)
+    alone = gen(adapter, prompt="a red circle", seed=5, **run)
+    assert len(images) == 3  # one refresh: two images in the batch, one alone
+    levels = abs(images[0] - images[2])
+    assert levels.max() <= 1 and (levels > 0).mean() < 0.01  # a few pixels one level apart, no more
+    # without the 8-bit image, batch and alone agree to float rounding
+    quick = dict(resize="latent", **run)
+    batch = gen(adapter, prompt=["a red circle", "a blue square"], seed=[5, 9], **quick)
+    alone = gen(adapter, prompt="a red circle", seed=5, **quick)
+    assert (batch.latents[0] - alone.latents[0]).abs().max() <= 1e-4
+
+
 def test_any_size_and_ratio(adapters):
     sd1, sd3 = adapters("sd1"), adapters("sd3")
     for adapter, (h, w) in ((sd1, (17, 43)), (sd1, (50, 23)), (sd1, (64, 64)), (sd3, (18, 50)), (sd3, (52, 26)),

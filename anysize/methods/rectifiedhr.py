@@ -67,7 +67,15 @@ Deliberate differences, each with a test in ``tests/test_rectifiedhr.py``:
 * SDXL's size conditioning is the phase's canvas (original = target = the phase size, crop 0), as
   the official pipeline computes it from the latents it is given; no difference.
 * The Wan pipeline's resize is bilinear (cv2); every family here takes the SDXL code's bicubic.
-  ``resize="latent"`` is an addition for quick previews (test_latent_resize_skips_the_vae).
+  ``resize="latent"`` is an addition for quick previews, and the ``anysize demo`` sheet's setting
+  (test_latent_resize_skips_the_vae).
+
+Limit of the official 8-bit round trip (``resize="pixel"``): a float rounding difference before it
+(an image generated in a batch, whose prompts are encoded together, against the same image alone)
+can move a few pixels of the 8-bit image by one level, which the later phases' high CFG amplifies:
+12 of 49920 levels and 5e-3 in the final latents on the tiny SD3 at CFG 30, where other methods
+agree to 1e-5. ``resize="latent"`` has no such step
+(test_pixel_refresh_batch_and_alone_differ_by_8_bit_levels_only).
 """
 
 from __future__ import annotations
@@ -213,6 +221,12 @@ class RectifiedHR(Method):
     summary = "noise refresh with progressive resizing and a rising CFG scale (RectifiedHR)"
     Options = RectifiedHROptions
     refines = False  # its phases start from its own base canvas
+
+    @classmethod
+    def demo_options(cls, adapter) -> dict:
+        # no VAE round trip per refresh: a share of a toy cell's time (the defaults cost less than
+        # direct too), and no 8-bit image whose rounding a batch can flip (see the docstring)
+        return {"resize": "latent"}
 
     # ------------------------------------------------------------------ settings
     def settings(self, adapter, height: int, width: int) -> dict[str, Any]:
