@@ -101,10 +101,12 @@ def test_calls_per_phase(adapters):
 
 def test_guidance_ramp_per_phase(adapters):
     adapter = adapters("sd1")
-    _, rows = trace(adapter, h=256, w=256, steps=5)  # the run's guidance (sd1: 7.5) rising to 30
-    assert [r[2] for r in rows] == [7.5] * 3 + [30.0] * 2
+    # the run's guidance (sd1: 7.5) rising to 30; the tiny SD 1.x runs PNDM, whose schedule holds
+    # one entry more than its steps, run by the last phase
+    _, rows = trace(adapter, h=256, w=256, steps=5)
+    assert [r[2] for r in rows] == [7.5] * 3 + [30.0] * 3
     _, rows = trace(adapter, h=512, w=512, steps=10, guidance_max=20.0, guidance_power=2.0)
-    assert [r[2] for r in rows] == [7.5] * 8 + [7.5 + 12.5 * 0.25, 20.0]
+    assert [r[2] for r in rows] == [7.5] * 8 + [7.5 + 12.5 * 0.25] + [20.0] * 2
     # a run without CFG keeps its conditioning (FLUX.1 is guidance-distilled); guidance_max is refused
     flux = adapters("flux")
     _, rows = trace(flux, h=256, w=256)
@@ -304,3 +306,15 @@ def test_bad_options(adapters):
     with pytest.raises(InvalidArgumentError, match="position table covers"):
         gen(sd3, h=128, w=limit + 16)
     assert sd3.calls == calls
+
+
+def test_it_is_a_bench_row(adapters):
+    from anysize import bench
+
+    rec = bench.bench_one(adapters("sd1"), methods=["rectifiedhr"], width=256, height=256, steps=4, repeats=1,
+                          warmup=0)
+    rows = {m["method"]: m for m in rec["methods"]}
+    assert set(rows) == {"direct", "rectifiedhr"} and not rec["skipped"]
+    # one call per step per image (two with CFG), as direct: the phases only change the canvas (the
+    # tiny SD 1.x runs PNDM, whose schedule holds one entry more than its steps: the last phase runs it)
+    assert rows["rectifiedhr"]["network_calls"] == rows["direct"]["network_calls"]

@@ -57,7 +57,7 @@ Deliberate differences, each with a test in ``tests/test_rectifiedhr.py``:
 * Any target size and aspect ratio: the base is derived from the model's native area and the
   target's ratio (official: ``res_min`` given per target in the config); the last phase is the exact
   target (official: ``next_multiple_of_8(short·ratio)``, one multiple too long where the float ratio
-  rounds up); a phase is resized when its size, not only its width, differs (test_any_size_and_ratio).
+  rounds up, e.g. 88x200 px comes out 88x208); a phase is resized when its size, not only its width, differs (test_any_size_and_ratio).
 * Reproducible per image: the first noise and every refresh's noise come from each image's own
   generator, in that order (official: one generator for its batch of one), so an image is the same
   alone or in a batch (the registry's contract test; test_refresh_draws_fresh_noise_per_image).
@@ -295,7 +295,8 @@ class RectifiedHR(Method):
             phase = Phase(f"phase {p + 1}/{len(plan.sizes)}")
             scheduler = request.make_scheduler()
             full = adapter.set_timesteps(scheduler, request.steps, tuple(adapter.native_latent_size))
-            begin, end = plan.bounds[p], plan.bounds[p + 1]
+            # the last phase runs to the schedule's end (PNDM's holds one entry more than its steps)
+            begin, end = plan.bounds[p], (plan.bounds[p + 1] if p < len(plan.sizes) - 1 else len(full))
             if p == 0:
                 x = adapter.initial_noise((cond.batch, adapter.latent_channels, *size), request.generators)
                 x = x * getattr(scheduler, "init_noise_sigma", 1.0)
