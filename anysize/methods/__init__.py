@@ -11,5 +11,6 @@ from . import scalediff  # noqa: F401  (registers)
 from . import asd  # noqa: F401  (registers)
 from . import demofusion  # noqa: F401  (registers)
 from . import imax  # noqa: F401  (registers)
+from . import rectifiedhr  # noqa: F401  (registers)
 
 __all__ = ["METHODS", "Method", "MethodOptions", "create", "get", "names", "register"]
