@@ -20,9 +20,10 @@ _LAZY = {
     "upscale": "api",
     "METHODS": "methods",
     "patch": "api",
+    "Region": "regions",
 }
 
-__all__ = ["AnysizeError", "GenerationResult", "METHODS", "batch", "generate", "load", "patch", "upscale", "__version__"]
+__all__ = ["AnysizeError", "GenerationResult", "METHODS", "Region", "batch", "generate", "load", "patch", "upscale", "__version__"]
 
 
 def __getattr__(name: str):

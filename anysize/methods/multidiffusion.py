@@ -74,6 +74,7 @@ class MultiDiffusion(Method):
     name = "multidiffusion"
     summary = "overlapping native-size windows fused every step (MultiDiffusion / Mixture of Diffusers)"
     Options = MultiDiffusionOptions
+    takes_regions = True
 
     @property
     def wraps(self) -> bool:
