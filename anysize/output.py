@@ -87,6 +87,10 @@ def infotext(config: dict) -> str:
     ]
     for key, value in (config.get("method_options") or {}).items():
         pairs.append((str(key), value))
+    regions = config.get("regions")
+    if regions:  # the box (or "mask") and prompt of each; the JSON chunk holds everything, masks included
+        pairs.append(("Regions", "; ".join(f"{','.join(map(str, r['box'])) if 'box' in r else 'mask'}:{r.get('prompt')}"
+                                           for r in regions)))
     upscale = config.get("upscale")
     if upscale:  # img2img enlargement: A1111's key for the strength, and where the image came from
         pairs += [("Denoising strength", upscale.get("strength")), ("Upscale source", upscale.get("source")),

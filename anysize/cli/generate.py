@@ -23,6 +23,8 @@ examples:
   anysize generate "a castle on a cliff" --model stabilityai/stable-diffusion-xl-base-1.0 \\
       --size 4096x2048 --dtype fp16 --device cuda --out castle.png
   anysize generate --prompts-file prompts.txt --seed 100 --out batch/
+  anysize generate "a white background" --size 256x128 --method multidiffusion \
+      --region "0,0,128,128:a red circle" --region "128,0,128,128:a blue square"
 """
 
 
@@ -79,6 +81,12 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="a method option (repeatable); VALUE is read as JSON when it parses, else as text")
     p.add_argument("--lora", metavar="PATH", default=None,
                    help="a LoRA for the methods that take one (asd: the ARAD LoRA of stage I); same as --set lora=PATH")
+    p.add_argument("--region", metavar="X,Y,W,H:PROMPT", action="append", default=[], dest="region",
+                   help="a regional prompt in a box of the image (pixels; repeatable): the window methods "
+                   "(multidiffusion, fstd) fuse it, the main prompt covering the rest")
+    p.add_argument("--regions", metavar="FILE.json", default=None,
+                   help="regional prompts from a JSON list of {prompt, box: [x, y, w, h] | mask: IMAGE, negative, "
+                   "weight, feather, bootstrap} (mask images relative to the file)")
     p.add_argument("--steps", type=int, metavar="N", default=None, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, metavar="G", default=None,
                    help="classifier-free guidance scale (default: the model's)")
@@ -99,9 +107,25 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def _read_regions(args: argparse.Namespace, method, size):
+    """--region and --regions as Regions (None without either), checked before the model loads."""
+    from ..regions import check_method, check_regions, load_regions_file, parse_region
+
+    regions = [parse_region(text) for text in args.region]
+    if args.regions is not None:
+        regions += load_regions_file(args.regions)
+    if not regions:
+        return None
+    check_method(method)
+    if size is not None:
+        check_regions(regions, *size)
+    return regions
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import api, methods
     from ..output import check_writable, save_png
+    from ..regions import check_regions
     from ..schedulers import make_scheduler
 
     quiet = args.quiet
@@ -112,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     if args.lora is not None:
         options["lora"] = args.lora
     methods.create(args.method, **options)  # unknown options / out-of-range values
+    regions = _read_regions(args, methods.get(args.method), size)
     tiled = check_run_options(args)
     device = check_model_options(args)
     prompts = read_prompts(args.prompts, args.prompts_file)
@@ -130,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             width, height = size
         adapter.check_size(height, width)
+        if regions is not None:
+            check_regions(regions, width, height)
         make_scheduler(adapter, args.scheduler)  # a flow scheduler on a U-Net model and the like
         if outputs is None:  # the default name needed the native size
             outputs = plan_outputs(args.out, len(prompts), args.method, (width, height), args.seed)
@@ -144,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             result = api.generate(
                 adapter, prompt, negative_prompt=negative, width=width, height=height, method=args.method,
                 steps=args.steps, guidance=args.guidance, seed=args.seed + i, scheduler=args.scheduler,
-                tiled_vae=tiled, progress=not quiet, method_options=options,
+                tiled_vae=tiled, progress=not quiet, method_options=options, regions=regions,
             )
             written = save_png(result.images[0], path, result.config_for(0), force=args.force)
             print(written, flush=True)
