@@ -53,6 +53,8 @@ DEFAULT_BOOTSTRAP = 0.2
 BOOTSTRAP_COLOURS = 8
 #: added to an image's seed to seed its bootstrapping stream (separate from the noise and FSTD's offsets)
 _BOOTSTRAP_SEED_SALT = 0xB007
+#: ... and the stream that picks one of those colours at every bootstrapping step
+_PICK_SEED_SALT = 0xB008
 #: side in latent px of the flat images encoded for bootstrapping: their latent is near-constant, so a
 #: small image gives the colour's latent (its mean) as well as a window-sized one
 _BOOTSTRAP_LATENT_SIDE = 8
@@ -402,8 +404,9 @@ class RegionPlan:
             self._device[key] = upload(getattr(self, name), device)
         return self._device[key]
 
-    def describe(self) -> dict[str, Any]:
-        return {"slots": self.slots, "distinct_prompts": self.table.batch}
+    def colour_streams(self) -> list:
+        """One generator per image for a loop's colour draws, derived from its seed (a stream of its own)."""
+        return [torch.Generator("cpu").manual_seed((s + _PICK_SEED_SALT) % 2**63) for s in self.seeds]
 
 
 def _integral(a: np.ndarray) -> np.ndarray:

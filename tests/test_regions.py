@@ -329,3 +329,16 @@ def test_batch_rows_take_regions_and_keep_old_ids(tmp_path, sd1):
     result = anysize.batch(sd1, jobs, tmp_path / "out", progress=False)
     assert result.done == 1
     assert read_metadata(tmp_path / "out" / "r.png")["regions"] == good[1].regions
+
+
+@pytest.mark.parametrize("method", ["multidiffusion", "fstd"])
+def test_no_step_waits_for_the_device(sd1, method):
+    from anysize.testing.syncs import audit_sampling
+
+    counts, reports = {}, []
+    for steps in (3, 6):  # bootstrapping on every step: the colour draws and the noised backgrounds too
+        with audit_sampling() as audits:
+            gen(sd1, method=method, regions=two_regions(feather=8, bootstrap=1.0), steps=steps)
+        counts[steps] = sum(len(a.events) for a in audits)
+        reports += [a.report() for a in audits]
+    assert counts[6] == counts[3] and counts[6] <= 4, "\n".join(reports)

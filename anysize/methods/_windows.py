@@ -10,6 +10,9 @@ Windows of different canvas positions share a call when the adapter's network ig
 (SD 1.x/2.x U-Nets) or takes it per sample (SDXL: each window's crop coordinates in its own time
 ids). SD3 (position table) and FLUX (position ids) condition a whole call on one window, so they
 take one window per call; their windows are still batched across the images of the batch.
+
+With regional prompts (``cond.regions``, :mod:`anysize.regions`) each window of a call is run once
+per prompt whose weight map meets it, in the same call, and each output is weighted by that map too.
 """
 
 from __future__ import annotations
@@ -205,11 +208,7 @@ def _bootstrap_backgrounds(ctx: StepContext, plan, x_in: Tensor, ext) -> dict[tu
         return {}
     gens = ctx.state.get("region_generators")
     if gens is None:  # the loop's first step: one stream per image, derived from its seed
-        from ..regions import _BOOTSTRAP_SEED_SALT
-
-        gens = ctx.state["region_generators"] = [
-            torch.Generator("cpu").manual_seed((s + _BOOTSTRAP_SEED_SALT + 1) % 2**63) for s in plan.seeds
-        ]
+        gens = ctx.state["region_generators"] = plan.colour_streams()
     colours, noise, masks = plan.on("colours", x_in.device), plan.on("noise", x_in.device), plan.on("masks", x_in.device)
     out = {}
     for i, g in enumerate(gens):
