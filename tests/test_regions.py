@@ -97,6 +97,17 @@ def test_a_region_over_the_whole_canvas_with_the_main_prompt_is_no_regions(tiny,
     assert plain.network_calls == whole.network_calls
 
 
+def test_circular_windows_wrap_the_weight_maps_too(sd1):
+    opts = {"stride": 8, "circular": True}  # 4 windows at columns 0, 8, 16, 24: the last wraps to 0-7
+    plain = gen(sd1, options=opts)
+    whole = gen(sd1, options=opts, regions=[Region("a white background", box=(0, 0, 256, 128))])
+    assert torch.equal(plain.latents, whole.latents)
+    # a region on the left edge only: the wrapping window meets it through its wrapped columns
+    edge = gen(sd1, options=opts, regions=[Region("a red circle", box=(0, 0, 32, 128), bootstrap=0.0)])
+    steps = plain.network_calls // (4 * 2)
+    assert edge.network_calls == (4 + 2) * 2 * steps  # the background on all 4, the region on 2
+
+
 def test_each_distinct_prompt_is_encoded_once(sd1, monkeypatch):
     seen = []
     original = sd1.encode_prompt
