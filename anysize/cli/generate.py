@@ -23,7 +23,7 @@ examples:
   anysize generate "a castle on a cliff" --model stabilityai/stable-diffusion-xl-base-1.0 \\
       --size 4096x2048 --dtype fp16 --device cuda --out castle.png
   anysize generate --prompts-file prompts.txt --seed 100 --out batch/
-  anysize generate "a white background" --size 256x128 --method multidiffusion \
+  anysize generate "a white background" --size 256x128 --method multidiffusion \\
       --region "0,0,128,128:a red circle" --region "128,0,128,128:a blue square"
 """
 
