@@ -64,6 +64,17 @@ def _toy_placement_rate(seeds, steps):
     return hits / len(seeds)
 
 
+def test_the_placement_metric_on_drawn_images():
+    from anysize.toy.data import ToySpec, render
+
+    def draw(colour, shape):
+        return render(ToySpec(colour, shape, ("white",), None, (0.5, 0.5), 0.45), 128)
+
+    image = np.concatenate([draw("red", "circle"), draw("blue", "square")], axis=1)
+    assert objects_in_boxes(image, [("a red circle", LEFT), ("a blue square", RIGHT)]) == [True, True]
+    assert objects_in_boxes(image, [("a red circle", RIGHT), ("a blue square", LEFT)]) == [False, False]
+
+
 def test_toy_model_puts_the_red_circle_left_and_the_blue_square_right():
     assert _toy_placement_rate(TOY_SEEDS, steps=10) >= 0.75
 
