@@ -21,9 +21,10 @@ _LAZY = {
     "upscale": "api",
     "METHODS": "methods",
     "patch": "api",
+    "Region": "regions",
 }
 
-__all__ = ["AnysizeError", "GenerationResult", "Lora", "METHODS", "batch", "generate", "load", "patch", "upscale", "__version__"]
+__all__ = ["AnysizeError", "GenerationResult", "Lora", "METHODS", "Region", "batch", "generate", "load", "patch", "upscale", "__version__"]
 
 
 def __getattr__(name: str):

@@ -13,6 +13,7 @@ No math lives here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -183,6 +184,7 @@ def generate(
     output_type: str = "pil",
     method_options: dict[str, Any] | None = None,
     lora=None,
+    regions: Sequence[Any] | None = None,
 ) -> GenerationResult:
     """Generate one image per prompt at any size with a registered method.
 
@@ -202,6 +204,10 @@ def generate(
     records each one's path, weights file, SHA-256 and scale. Every argument is checked (type and
     range) before any work: a wrong one raises :class:`~anysize.errors.InvalidArgumentError` (a size :class:`~anysize.errors.InvalidSizeError`,
     a name that is not one of the choices :class:`~anysize.errors.UnknownChoiceError`) naming it.
+
+    ``regions`` (the window methods: multidiffusion, fstd) is a list of :class:`anysize.regions.Region`
+    (or their dicts): parts of the canvas with their own prompts; each image's own prompt is then the
+    background prompt (see :mod:`anysize.regions`). They are recorded in the config (``regions``).
     """
     adapter = _adapter(model)
     if getattr(adapter, "needs_image", False):
@@ -218,6 +224,11 @@ def generate(
     _check_fits(adapter, height, width, len(prompts))
 
     m = _method(method, method_options)
+    if regions is not None:
+        from . import regions as _regions
+
+        _regions.check_method(m)
+        regions = _regions.check_regions(regions, width, height)
     settings = _settings(adapter, len(prompts), steps, guidance, seed, scheduler, tiled_vae, output_type, callback,
                          cancel, progress)
     m.check(adapter, height, width, settings.steps)
@@ -227,10 +238,15 @@ def generate(
     calls0 = adapter.calls
     with torch.no_grad(), _network_for(adapter, loras):
         request = _request(adapter, prompts, negative, height, width, settings, callback, cancel, progress)
+        if regions is not None:
+            plan = _regions.plan(adapter, regions, prompts, negative, request.cond, width, height, request.seeds)
+            request.cond = dataclasses.replace(request.cond, regions=plan)
         latents = m.run(request)
         images = _finish(adapter, latents, settings, progress, wrap=m.wraps)
     seconds = time.perf_counter() - start
     config = _config(adapter, request, m, settings, loras)
+    if regions is not None:
+        config["regions"] = [r.to_dict() for r in regions]
     return GenerationResult(images, latents, config, seconds, adapter.calls - calls0)
 
 

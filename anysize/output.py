@@ -90,6 +90,10 @@ def infotext(config: dict) -> str:
     loras = config.get("loras")
     if loras:  # each LoRA's name, weight and weights' hash (anysize's own key: A1111's "Lora hashes" hash differently)
         pairs.append(("LoRAs", ", ".join(f"{_lora_name(one)}:{one.get('scale'):g} ({one.get('sha256')})" for one in loras)))
+    regions = config.get("regions")
+    if regions:  # the box (or "mask") and prompt of each; the JSON chunk holds everything, masks included
+        pairs.append(("Regions", "; ".join(f"{','.join(map(str, r['box'])) if 'box' in r else 'mask'}:{r.get('prompt')}"
+                                           for r in regions)))
     upscale = config.get("upscale")
     if upscale:  # img2img enlargement: A1111's key for the strength, and where the image came from
         pairs += [("Denoising strength", upscale.get("strength")), ("Upscale source", upscale.get("source")),

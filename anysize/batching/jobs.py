@@ -37,7 +37,7 @@ __all__ = ["FIELDS", "Job", "JobError", "InvalidJobsError", "Row", "parse", "rea
 
 #: the fields of a job, in the order the docs list them
 FIELDS = ("id", "prompt", "negative", "seed", "size", "width", "height", "method", "options", "steps", "guidance",
-          "scheduler", "lora")
+          "scheduler", "lora", "regions")
 #: other spellings accepted for a field (the API's names)
 ALIASES = {"negative_prompt": "negative", "method_options": "options"}
 #: a job id: a file name without a directory or control characters, not hidden (anysize's temporaries
@@ -105,6 +105,8 @@ class Job:
     model: dict[str, Any] | None = None
     #: the job's LoRAs as the metadata records them (path, file, sha256, scale); see :func:`_job_loras`
     loras: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    #: regional prompts (:meth:`anysize.regions.Region.to_dict` of each), None: none
+    regions: list[dict[str, Any]] | None = None
 
     def spec(self) -> dict[str, Any]:
         """Everything the image depends on, canonical (hashed into the id, stored in ``<id>.json``).
@@ -118,15 +120,20 @@ class Job:
         }
         if self.loras:
             spec["loras"] = [{k: one[k] for k in ("path", "sha256", "scale")} for one in self.loras]
+        if self.regions is not None:  # only then: the ids of jobs without regions stay what they were
+            spec["regions"] = self.regions
         return spec
 
     def config_key(self) -> str:
         """What one network call needs to share: jobs with the same key can be batched together."""
-        return canonical({
+        key = {
             "method": self.method, "options": self.options, "width": self.width, "height": self.height,
             "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler,
             "negative": self.negative is not None, "loras": self.loras,
-        })
+        }
+        if self.regions is not None:  # one call's images share their regions
+            key["regions"] = self.regions
+        return canonical(key)
 
 
 def canonical(value: Any) -> str:
@@ -342,6 +349,7 @@ def _one(row: Row, defaults: Mapping[str, Any], index: int) -> Job:
         options.update(raw)
     loras = _job_loras(get("lora"), csv_row)
     options = methods.create(method, **options).describe()  # unknown options, out-of-range values; full and canonical
+    regions = _regions(get("regions"), csv_row, methods.get(method))
 
     steps = get("steps")
     if steps is not None:
@@ -368,7 +376,26 @@ def _one(row: Row, defaults: Mapping[str, Any], index: int) -> Job:
                 f"id {job_id!r} is not a file name: 1-200 characters, no '/', '\\' or control characters, not "
                 "starting with '.' (it names <id>.png and <id>.json)")
     return Job(row.number, row.line, prompt, negative, seed, width, height, method, options, steps, guidance,
-               scheduler, job_id, loras=loras)
+               scheduler, job_id, loras=loras, regions=regions)
+
+
+def _regions(raw: Any, csv_row: bool, method) -> list[dict[str, Any]] | None:
+    """A row's ``regions``: a list of region objects (a CSV cell: that list as JSON text; mask files
+    relative to the working directory), checked and made canonical."""
+    if raw is None:
+        return None
+    from ..regions import as_regions, check_method
+
+    if csv_row and isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise InvalidArgumentError(f"regions must be a JSON list of region objects: {e.msg}") from None
+    if not isinstance(raw, list):
+        raise InvalidArgumentError(
+            f"regions must be a list of region objects, e.g. [{{\"box\": [0, 0, 128, 128], \"prompt\": \"a red circle\"}}], got {raw!r}")
+    check_method(method)
+    return [r.to_dict() for r in as_regions(raw)]
 
 
 def parse(rows: Sequence[Row], defaults: Mapping[str, Any] | None = None) -> tuple[list[Job], list[JobError]]:
@@ -446,6 +473,10 @@ def resolve(jobs: Sequence[Job], adapter) -> tuple[list[Job], list[JobError]]:
                 if lora_fit[key]:
                     raise InvalidArgumentError(lora_fit[key])
             methods.create(j.method, **j.options).check(adapter, j.height, j.width, j.steps)
+            if j.regions is not None:
+                from ..regions import check_regions
+
+                check_regions(j.regions, j.width, j.height)
             _check_fits(adapter, j.height, j.width, 1)
             j.id = j.id if j.id is not None else spec_hash(j.spec())
             if j.id in seen:

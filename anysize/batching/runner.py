@@ -90,7 +90,7 @@ def run_chunk(adapter, chunk: Chunk, out: Path, *, tiled_vae="auto", who: dict[s
             negative_prompt=None if first.negative is None else [j.negative for j in jobs],
             width=first.width, height=first.height, method=first.method, method_options=first.options,
             steps=first.steps, guidance=first.guidance, seed=[j.seed for j in jobs], scheduler=first.scheduler,
-            tiled_vae=tiled_vae, progress=False, lora=first.loras,
+            tiled_vae=tiled_vae, progress=False, lora=first.loras, regions=first.regions,
         )
         wanted = {j.id for j in todo}
         for i, job in enumerate(jobs):

@@ -28,9 +28,11 @@ its status (done, failed, pending), error, seconds, network calls and the rank t
 JOBS is JSONL (.jsonl: one object per line), CSV (.csv: a header row, options as a JSON cell) or a
 plain prompt file (one prompt per line). Fields: id, prompt, negative, seed, size (WxH) or
 width/height, method, options, steps, guidance, scheduler, lora ("PATH[:SCALE]", or a list of such
-strings and {"path": ..., "scale": ...} objects; in CSV the text or a JSON list; any method). A
-field a row leaves out takes the flag's value below; a missing seed is --seed + the job's row index
-(0-based). A job's id is its 'id' field or a hash of its whole configuration.
+strings and {"path": ..., "scale": ...} objects; in CSV the text or a JSON list; any method), regions
+(a list of regional prompts, e.g. [{"box": [0, 0, 128, 128], "prompt": "a red circle"}], as in
+'anysize generate --regions'). A field a row leaves out takes the flag's value below; a missing seed
+is --seed + the job's row index (0-based). A job's id is its 'id' field or a hash of its whole
+configuration.
 
 Every row is checked before any work (fields, sizes, method options, model/method fit) and all bad
 rows are reported at once with their row numbers; --skip-invalid runs the others and records the

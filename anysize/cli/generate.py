@@ -24,6 +24,8 @@ examples:
   anysize generate "a castle on a cliff" --model stabilityai/stable-diffusion-xl-base-1.0 \\
       --size 4096x2048 --dtype fp16 --device cuda --out castle.png
   anysize generate --prompts-file prompts.txt --seed 100 --out batch/
+  anysize generate "a white background" --size 256x128 --method multidiffusion \\
+      --region "0,0,128,128:a red circle" --region "128,0,128,128:a blue square"
 """
 
 
@@ -82,6 +84,12 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="a LoRA for the whole run, with any method (repeatable): a .safetensors file or a folder "
                    "diffusers' load_lora_weights reads, and its weight after the last ':' (default 1), e.g. "
                    "style.safetensors:0.8; the PNG records its file, SHA-256 and weight")
+    p.add_argument("--region", metavar="X,Y,W,H:PROMPT", action="append", default=[], dest="region",
+                   help="a regional prompt in a box of the image (pixels; repeatable): the window methods "
+                   "(multidiffusion, fstd) fuse it, the main prompt covering the rest")
+    p.add_argument("--regions", metavar="FILE.json", default=None,
+                   help="regional prompts from a JSON list of {prompt, box: [x, y, w, h] | mask: IMAGE, negative, "
+                   "weight, feather, bootstrap} (mask images relative to the file)")
     p.add_argument("--steps", type=int, metavar="N", default=None, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, metavar="G", default=None,
                    help="classifier-free guidance scale (default: the model's)")
@@ -102,9 +110,25 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
+def _read_regions(args: argparse.Namespace, method, size):
+    """--region and --regions as Regions (None without either), checked before the model loads."""
+    from ..regions import check_method, check_regions, load_regions_file, parse_region
+
+    regions = [parse_region(text) for text in args.region]
+    if args.regions is not None:
+        regions += load_regions_file(args.regions)
+    if not regions:
+        return None
+    check_method(method)
+    if size is not None:
+        check_regions(regions, *size)
+    return regions
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import api, methods
     from ..output import check_writable, save_png
+    from ..regions import check_regions
     from ..schedulers import make_scheduler
 
     quiet = args.quiet
@@ -114,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     options = parse_set(args.set)
     methods.create(args.method, **options)  # unknown options / out-of-range values
     loras = cli_loras(args.lora)
+    regions = _read_regions(args, methods.get(args.method), size)
     tiled = check_run_options(args)
     device = check_model_options(args)
     prompts = read_prompts(args.prompts, args.prompts_file)
@@ -132,6 +157,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             width, height = size
         adapter.check_size(height, width)
+        if regions is not None:
+            check_regions(regions, width, height)
         make_scheduler(adapter, args.scheduler)  # a flow scheduler on a U-Net model and the like
         if outputs is None:  # the default name needed the native size
             outputs = plan_outputs(args.out, len(prompts), args.method, (width, height), args.seed)
@@ -146,7 +173,7 @@ def run(args: argparse.Namespace) -> int:
             result = api.generate(
                 adapter, prompt, negative_prompt=negative, width=width, height=height, method=args.method,
                 steps=args.steps, guidance=args.guidance, seed=args.seed + i, scheduler=args.scheduler,
-                tiled_vae=tiled, progress=not quiet, method_options=options, lora=loras,
+                tiled_vae=tiled, progress=not quiet, method_options=options, lora=loras, regions=regions,
             )
             written = save_png(result.images[0], path, result.config_for(0), force=args.force)
             print(written, flush=True)

@@ -10,6 +10,9 @@ Windows of different canvas positions share a call when the adapter's network ig
 (SD 1.x/2.x U-Nets) or takes it per sample (SDXL: each window's crop coordinates in its own time
 ids). SD3 (position table) and FLUX (position ids) condition a whole call on one window, so they
 take one window per call; their windows are still batched across the images of the batch.
+
+With regional prompts (``cond.regions``, :mod:`anysize.regions`) each window of a call is run once
+per prompt whose weight map meets it, in the same call, and each output is weighted by that map too.
 """
 
 from __future__ import annotations
@@ -114,6 +117,8 @@ def fuse(
     ``weights[(h, w)]`` is the weight map of an h×w window. ``wrap`` > 0 lets windows reach up to
     ``wrap`` px past the right border and wrap around to the left (circular panoramas).
     """
+    if getattr(ctx.cond, "regions", None) is not None:
+        return _fuse_regions(ctx, x_in, windows, batch, weights, wrap=wrap)
     b, c, h, w = x_in.shape
     src = torch.cat([x_in, x_in[..., :wrap]], dim=-1) if wrap else x_in
     num = torch.zeros(b, c, h, w + wrap, device=x_in.device, dtype=torch.float32)
@@ -133,6 +138,86 @@ def fuse(
         den[..., :wrap] += den[..., w:]
         num, den = num[..., :w], den[..., :w]
     return num, den
+
+
+def _fuse_regions(
+    ctx: StepContext, x_in: Tensor, windows: list[ImageWindow], batch: int, weights: dict[tuple[int, int], Tensor],
+    *, wrap: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """:func:`fuse` with regional prompts (``ctx.cond.regions``, an :class:`anysize.regions.RegionPlan`).
+
+    Every window is run once for each prompt whose weight map meets it (the background and the
+    regions), all in the window's call: ``batch`` windows per call, each with its prompts. A
+    prompt's output is fused with the window weight times its weight map W_s. Where W_s is 1 all
+    over the window the map is skipped, so a region that covers everything with the image's own
+    prompt gives exactly what no regions give. While a region bootstraps, its windows see, outside
+    its mask, a flat colour (one of the image's, drawn each step from its own stream) noised to the
+    step's level: x·M + noised(colour)·(1 - M).
+    """
+    plan = ctx.cond.regions
+    b, c, h, w = x_in.shape
+    if tuple(plan.weights.shape[-2:]) != (h, w):
+        raise InvalidArgumentError(
+            f"the regions were planned for a {tuple(plan.weights.shape[-2:])} latent canvas, not this loop's {(h, w)}"
+        )
+
+    def ext(t: Tensor) -> Tensor:  # columns past the right border wrap around (circular panoramas)
+        return torch.cat([t, t[..., :wrap]], dim=-1) if wrap else t
+
+    src = ext(x_in)
+    maps = ext(plan.on("weights", x_in.device))
+    backgrounds = _bootstrap_backgrounds(ctx, plan, x_in, ext)
+    num = torch.zeros(b, c, h, w + wrap, device=x_in.device, dtype=torch.float32)
+    den = torch.zeros(b, 1, h, w + wrap, device=x_in.device, dtype=torch.float32)
+    free, per_sample = window_free(ctx.adapter), shares_calls(ctx.adapter) and not window_free(ctx.adapter)
+    for call in _calls(windows, batch, free or per_sample):
+        items = [(j, s) for j in call for s in range(plan.slots) if plan.touches(s, *_box(j.window))]
+        crops = []
+        for j, s in items:
+            x = win_crop(src, j)
+            if (j.image, s) in backgrounds and not plan.mask_full(s, *_box(j.window)):
+                m = j.window.crop(backgrounds[(j.image, s)][1])
+                x = x * m + j.window.crop(backgrounds[(j.image, s)][0]) * (1 - m)
+            crops.append(x)
+        win = [j.window for j, _ in items] if per_sample else call[0].window
+        cond = select_cond(plan.table, [plan.rows[j.image][s] for j, s in items])
+        out = ctx.adapter.predict_guided(torch.stack(crops), ctx.t, cond, win)
+        for k, (j, s) in enumerate(items):
+            wt = weights[(j.window.height, j.window.width)]
+            if not plan.full(s, *_box(j.window)):
+                wt = wt * j.window.crop(maps[s])
+            rows, cols = j.window.slices
+            num[j.image, :, rows, cols] += out[k].float() * wt
+            den[j.image, :, rows, cols] += wt
+    if wrap:
+        num[..., :wrap] += num[..., w:]
+        den[..., :wrap] += den[..., w:]
+        num, den = num[..., :w], den[..., :w]
+    return num, den
+
+
+def _box(window: Window) -> tuple[int, int, int, int]:
+    return window.top, window.left, window.height, window.width
+
+
+def _bootstrap_backgrounds(ctx: StepContext, plan, x_in: Tensor, ext) -> dict[tuple[int, int], tuple[Tensor, Tensor]]:
+    """{(image, slot): (noised flat background at the model input, the slot's mask)} for the slots
+    bootstrapping at this step; each image draws its colours from its own stream, every such step."""
+    slots = plan.bootstrapping(ctx.progress)
+    if not slots:
+        return {}
+    gens = ctx.state.get("region_generators")
+    if gens is None:  # the loop's first step: one stream per image, derived from its seed
+        gens = ctx.state["region_generators"] = plan.colour_streams()
+    colours, noise, masks = plan.on("colours", x_in.device), plan.on("noise", x_in.device), plan.on("masks", x_in.device)
+    out = {}
+    for i, g in enumerate(gens):
+        picks = torch.randint(colours.shape[1], (len(slots),), generator=g).tolist()
+        for s, pick in zip(slots, picks):
+            x0 = colours[i, pick][:, None, None].expand_as(noise[i])
+            state = ctx.adapter.from_x0(ctx.scheduler, x0, noise[i], ctx.t)
+            out[(i, s)] = ext(ctx.model_input(state).to(x_in.dtype)), ext(masks[s].to(x_in.dtype))
+    return out
 
 
 def win_crop(src: Tensor, iw: ImageWindow) -> Tensor:

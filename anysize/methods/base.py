@@ -44,6 +44,9 @@ class Method:
     #: options under which the method is plain generation at the model's native size (default: its
     #: defaults); the registry's contract test holds every method to it
     native_options: ClassVar[dict[str, Any]] = {}
+    #: whether the method fuses regional prompts (``regions=`` of :func:`anysize.generate`; see
+    #: :mod:`anysize.regions`): the window methods, through :func:`anysize.methods._windows.fuse`
+    takes_regions: ClassVar[bool] = False
 
     @property
     def wraps(self) -> bool:

@@ -36,6 +36,10 @@ Follows the official code (ProAirVerse/Any-Size-Diffusion ``ASD-upscale``, spec 
 * Tile size: default the model's native latent size, shrunk to the canvas along a shorter side
   (official: fixed 64, with inputs enlarged to a short side of at least 512 px so a tile always
   fits); an explicit ``tile`` larger than the canvas is an error.
+
+Regional prompts (``regions=``, :mod:`anysize.regions`; not in the official code): each tile runs once
+per prompt whose weight map meets it and the outputs are fused as in ``multidiffusion`` (see its
+docstring and :func:`anysize.methods._windows.fuse`), on the step's shifted grid.
 """
 
 from __future__ import annotations
@@ -97,6 +101,7 @@ class FSTD(Method):
     name = "fstd"
     summary = "non-overlapping tiles on a grid shifted randomly every step (Any-Size-Diffusion's FSTD)"
     Options = FSTDOptions
+    takes_regions = True
 
     def geometry(self, adapter, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """((tile h, w), (offset range h, w)) in latent px for a latent canvas of height×width."""

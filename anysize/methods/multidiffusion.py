@@ -33,6 +33,35 @@ official code (omerbt/MultiDiffusion, diffusers' panorama pipeline):
   decodes with an 8-latent wrap pad).
 * The Gaussian weights use the symmetric midpoint (n-1)/2 on both axes (Mixture of Diffusers uses
   n/2 for rows); along an axis with a single window the weight is 1 (it cancels anyway).
+
+Regional prompts (``regions=``, :mod:`anysize.regions`; MultiDiffusion's region-based generation,
+official ``region_based.py``, and Mixture of Diffusers' canvas of prompted tiles with
+``weighting="gaussian"``): every window runs once per prompt whose weight map meets it, all in the
+window's call, and the outputs are fused with window weight × W_s (see :func:`anysize.methods._windows.fuse`).
+Deliberate differences from ``region_based.py``:
+
+* Guided outputs are fused and one scheduler step runs on the canvas (as above), instead of one
+  step per view and prompt followed by a mask-weighted mean of x_{t-1}; for binary masks and
+  affine steps the two agree, also while bootstrapping (inside the mask the composed view is the
+  canvas). With feathered masks the official form would step the composed view along the ramp.
+  ``test_regions.py::test_a_region_over_the_whole_canvas_with_the_main_prompt_is_no_regions``.
+* A prompt runs only on the windows its weight map meets (official: every prompt on every view,
+  masked afterwards): the same result with fewer calls.
+  ``test_regions.py::test_windows_run_only_the_prompts_that_meet_them``.
+* Weights, feathered edges and masks area-averaged onto the latent grid (official: binary masks,
+  thresholded at 0.5 and nearest-resized; no weights). The background weight is max(0, 1 - Σ M_k),
+  as in the official code. ``test_regions.py::test_latent_weights_background_and_overlap``,
+  ``::test_feather_ramps_linearly_across_the_edge_and_keeps_the_canvas_border``,
+  ``::test_weights_count_only_where_prompts_share_a_pixel``.
+* Bootstrapping is per region, a share of the steps (default 0.2; official: one count for all, 20
+  steps, i.e. 40 % of its 50). Its flat colours are 8 per image, each the mean latent (posterior mode)
+  of a small flat image (official: 20 posterior samples of 512² flat images); one colour is drawn per
+  image, region and step (official: per view, region and step), and the noise is a stream of the
+  image's own seed (official: the initial latents and the global RNG), so an image is the same alone
+  or in a batch. ``test_regions.py::test_an_image_of_a_batch_is_that_image_alone``,
+  ``::test_regions_change_the_image_and_bootstrapping_changes_it_again``.
+* A region's negative prompt defaults to the image's; every family and sampler (official: SD 1.5 /
+  2.0, DDIM).
 """
 
 from __future__ import annotations
@@ -74,6 +103,7 @@ class MultiDiffusion(Method):
     name = "multidiffusion"
     summary = "overlapping native-size windows fused every step (MultiDiffusion / Mixture of Diffusers)"
     Options = MultiDiffusionOptions
+    takes_regions = True
 
     @property
     def wraps(self) -> bool:

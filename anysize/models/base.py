@@ -113,6 +113,8 @@ class Conditioning:
     negative: PromptEmbeds | None = None
     guidance_scale: float = 1.0
     network_guidance: float | None = None
+    #: the run's regional prompts (an :class:`anysize.regions.RegionPlan`), read by the window methods; None: none
+    regions: Any = None
 
     @property
     def batch(self) -> int:

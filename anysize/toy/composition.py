@@ -67,7 +67,7 @@ from .data import COLOURS, NATIVE_SIZE, OBJECT_COLOURS, SHAPES, SIZE_RANGE, pars
 __all__ = [
     "DEFAULT_MAX_COLOUR_DISTANCE", "DEFAULT_MIN_AREA_FRAC", "DEFAULT_BACKGROUND_BORDER_FRAC",
     "PALETTE_NAMES", "ImageAnalysis", "Regions", "SeamScore", "analyse", "classify_pixels", "label_regions",
-    "min_object_area", "seam_score", "summarise",
+    "min_object_area", "objects_in_boxes", "seam_score", "summarise",
 ]
 
 #: a pixel farther than this (RGB Euclidean) from every palette colour is "unclassified"
@@ -238,6 +238,19 @@ def analyse(
         min_area=float(min_area),
         seam=seam,
     )
+
+
+def objects_in_boxes(
+    image: Image.Image | np.ndarray, targets: Sequence[tuple[str, Sequence[int]]], **analyse_kw: Any,
+) -> list[bool]:
+    """For each ``(prompt, (x, y, width, height))``: whether :func:`analyse` finds an object of the
+    prompt's colour whose bounding-box centre lies in that box (regional prompts: "a red circle" on
+    the left, "a blue square" on the right). Objects elsewhere do not count against it."""
+    out = []
+    for prompt, (x, y, w, h) in targets:
+        found = analyse(image, prompt, **analyse_kw).object_boxes
+        out.append(any(x <= (b[0] + b[2]) / 2 < x + w and y <= (b[1] + b[3]) / 2 < y + h for b in found))
+    return out
 
 
 def min_object_area(
