@@ -13,6 +13,7 @@ from .errors import AnysizeError  # noqa: E402  (torch-free)
 
 #: public name -> the submodule that defines it
 _LAZY = {
+    "Control": "api",
     "GenerationResult": "api",
     "batch": "batching",
     "generate": "api",
@@ -22,7 +23,7 @@ _LAZY = {
     "patch": "api",
 }
 
-__all__ = ["AnysizeError", "GenerationResult", "METHODS", "batch", "generate", "load", "patch", "upscale", "__version__"]
+__all__ = ["AnysizeError", "Control", "GenerationResult", "METHODS", "batch", "generate", "load", "patch", "upscale", "__version__"]
 
 
 def __getattr__(name: str):

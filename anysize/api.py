@@ -27,7 +27,9 @@ from .errors import AnysizeError, InvalidArgumentError, InvalidSizeError, Unknow
 from .images import load_image  # noqa: F401  (anysize.api.load_image: part of the API)
 from .models import ModelAdapter, adapt
 from .models import load as _load_model
+from .models import control as _control
 from .models.base import Conditioning, as_list
+from .models.control import Control  # noqa: F401  (anysize.Control: part of the API)
 from .options import require
 from .prompts import check_prompt
 from .request import Request
@@ -181,6 +183,8 @@ def generate(
     progress: bool = True,
     output_type: str = "pil",
     method_options: dict[str, Any] | None = None,
+    control: Control | Sequence[Control] | None = None,
+    control_guess_mode: bool = False,
 ) -> GenerationResult:
     """Generate one image per prompt at any size with a registered method.
 
@@ -195,6 +199,11 @@ def generate(
     ``threading.Event``). Every argument is checked (type and range) before any work: a wrong one
     raises :class:`~anysize.errors.InvalidArgumentError` (a size :class:`~anysize.errors.InvalidSizeError`,
     a name that is not one of the choices :class:`~anysize.errors.UnknownChoiceError`) naming it.
+
+    ``control``: one :class:`Control` or a list (several ControlNets add their residuals); every
+    network call of every method gets the control image resized to its canvas and cut to the
+    region it sees (see :mod:`anysize.models.control`). ``control_guess_mode`` is diffusers'
+    ``guess_mode``.
     """
     adapter = _adapter(model)
     if getattr(adapter, "needs_image", False):
@@ -214,15 +223,16 @@ def generate(
     settings = _settings(adapter, len(prompts), steps, guidance, seed, scheduler, tiled_vae, output_type, callback,
                          cancel, progress)
     m.check(adapter, height, width, settings.steps)
+    controls = _controls(adapter, m, control, control_guess_mode)
 
     start = time.perf_counter()
     calls0 = adapter.calls
     with torch.no_grad():
-        request = _request(adapter, prompts, negative, height, width, settings, callback, cancel, progress)
+        request = _request(adapter, prompts, negative, height, width, settings, callback, cancel, progress, controls)
         latents = m.run(request)
         images = _finish(adapter, latents, settings, progress, wrap=m.wraps)
     seconds = time.perf_counter() - start
-    config = _config(adapter, request, m, settings)
+    config = _config(adapter, request, m, settings, controls)
     return GenerationResult(images, latents, config, seconds, adapter.calls - calls0)
 
 
@@ -290,6 +300,8 @@ def upscale(
     progress: bool = True,
     output_type: str = "pil",
     method_options: dict[str, Any] | None = None,
+    control: Control | Sequence[Control] | None = None,
+    control_guess_mode: bool = False,
 ) -> GenerationResult:
     """Enlarge ``image`` (a PIL image or a file path) SDEdit-style with a registered method.
 
@@ -311,6 +323,9 @@ def upscale(
     once to ``noise_level`` (default 20, the stock pipeline's) and concatenated, crop by crop, to
     every window the method runs; ``strength`` then defaults to 1 (from pure noise, like the stock
     pipeline); below 1 the bicubic target-size image, encoded, is the starting point.
+
+    ``control`` as in :func:`generate`; a :class:`Control` without an image takes the source image
+    (a tile ControlNet for faithful upscaling: every tile gets its crop of the resized source).
     """
     adapter = _adapter(model)
     if isinstance(prompt, (list, tuple)) or isinstance(negative_prompt, (list, tuple)):
@@ -344,6 +359,7 @@ def upscale(
     adapter.check_size(height, width)
     _check_fits(adapter, height, width, 1)
     m.check(adapter, height, width, settings.steps)
+    controls = _controls(adapter, m, control, control_guess_mode, source_image=source)
     f = adapter.vae_factor
     # refuses a strength that runs no step, before the (possibly long) encode
     partial_schedule(adapter, make_scheduler(adapter, scheduler), settings.steps, strength, (height // f, width // f))
@@ -352,7 +368,7 @@ def upscale(
     calls0 = adapter.calls
     with torch.no_grad():
         request = _request(adapter, [prompt], None if negative_prompt is None else [negative_prompt], height, width,
-                   settings, callback, cancel, progress)
+                   settings, callback, cancel, progress, controls)
         if conditioned:  # the low-res image, noised once, conditions every window (drawn first, as the pipeline does)
             low_res = image_to_tensor(source, height // f, width // f)
             request.cond = adapter.condition_on_image(request.cond, low_res, noise_level, request.generators)
@@ -367,7 +383,7 @@ def upscale(
             latents = m.refine(request, clean, strength)
         images = _finish(adapter, latents, settings, progress, wrap=m.wraps)
     seconds = time.perf_counter() - start
-    config = _config(adapter, request, m, settings)
+    config = _config(adapter, request, m, settings, controls)
     name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "") or ""
     config["strength"] = strength
     config["upscale"] = {
@@ -495,10 +511,21 @@ def _settings(adapter, batch, steps, guidance, seed, scheduler, tiled_vae, outpu
     return _Settings(steps, guidance, seed, scheduler, label, tiled_vae, output_type)
 
 
-def _request(adapter, prompts, negative, height, width, s: _Settings, callback, cancel, progress) -> Request:
+def _controls(adapter, m, control, guess_mode, *, source_image=None):
+    """The run's ControlNets checked and loaded (None without any), before any work."""
+    if not isinstance(guess_mode, bool):
+        raise InvalidArgumentError(f"control_guess_mode must be True or False, got {guess_mode!r}")
+    items = _control.check(adapter, control, source_image=source_image)
+    if items:
+        m.check_controls(adapter)
+    return _control.prepare(adapter, items, guess_mode=guess_mode)
+
+
+def _request(adapter, prompts, negative, height, width, s: _Settings, callback, cancel, progress,
+             controls=None) -> Request:
     generators = make_generators(s.seed, len(prompts))
     seeds = [g.initial_seed() for g in generators]
-    cond = adapter.encode_prompt(prompts, negative, guidance_scale=s.guidance)
+    cond = _control.attach(adapter.encode_prompt(prompts, negative, guidance_scale=s.guidance), controls)
     return Request(
         adapter, prompts, negative, height, width, s.steps, s.guidance, seeds, s.scheduler, cond, generators,
         callback, cancel, progress,
@@ -521,8 +548,8 @@ def _finish(adapter, latents, s: _Settings, progress: bool, wrap: bool = False):
     return adapter.postprocess(decoded, output_type=s.output_type)
 
 
-def _config(adapter, request: Request, m, s: _Settings) -> dict[str, Any]:
-    return {
+def _config(adapter, request: Request, m, s: _Settings, controls=None) -> dict[str, Any]:
+    config = {
         "prompts": request.prompts,
         "negative_prompts": request.negative,
         "width": request.width,
@@ -539,6 +566,11 @@ def _config(adapter, request: Request, m, s: _Settings) -> dict[str, Any]:
         "tiled_vae": s.tiled_vae,
         "versions": _versions(),
     }
+    if controls is not None:
+        config["controls"] = controls.describe()
+        if controls.guess_mode:
+            config["control_guess_mode"] = True
+    return config
 
 
 def _versions() -> dict[str, str]:

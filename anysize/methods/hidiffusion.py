@@ -62,6 +62,15 @@ class HiDiffusion(Method):
         super().check(adapter, height, width, steps)
         self.inner.check(adapter, height, width, steps)
 
+    def check_controls(self, adapter) -> None:
+        if self.options.raunet:  # the residuals are made for the unpatched U-Net's feature sizes
+            raise InvalidArgumentError(
+                "hidiffusion's RAU-Net changes the U-Net's feature sizes, which ControlNet residuals must match: "
+                "use hidiffusion with raunet=False (MSW-MSA only) or another method (direct, multidiffusion, fstd, "
+                "elastic, demofusion, scalediff, asd)"
+            )
+        self.inner.check_controls(adapter)
+
     def session(self, request):
         """The patch, open around every sampling loop of the run; it follows the loop's step position."""
         settings = {f.name: getattr(self.options, f.name) for f in dataclasses.fields(HiDiffusionSettings)}
