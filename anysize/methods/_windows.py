@@ -21,7 +21,9 @@ from typing import TYPE_CHECKING
 from ..devices import upload
 from ..errors import InvalidArgumentError
 from ..lazy import lazy_module
+from ..models import control
 from ..models.base import Conditioning, PromptEmbeds, Window
+from ..models.control_pixels import ControlView, grid_index
 from ..sampling import StepContext
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -107,12 +109,15 @@ def _calls(windows: list[ImageWindow], batch: int, free: bool) -> list[list[Imag
 
 def fuse(
     ctx: StepContext, x_in: Tensor, windows: list[ImageWindow], batch: int, weights: dict[tuple[int, int], Tensor],
-    *, wrap: int = 0,
+    *, wrap: int = 0, frame: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Numerator (B, C, H, W) and denominator (B, 1, H, W) of the weighted window fusion.
 
     ``weights[(h, w)]`` is the weight map of an h×w window. ``wrap`` > 0 lets windows reach up to
     ``wrap`` px past the right border and wrap around to the left (circular panoramas).
+    ``frame`` = (rows, cols): ``x_in`` is the real canvas with a border of that many padding pixels
+    on each side (DemoFusion's jittered views), so a ControlNet sees the real canvas's control
+    under each window and none in the border.
     """
     b, c, h, w = x_in.shape
     src = torch.cat([x_in, x_in[..., :wrap]], dim=-1) if wrap else x_in
@@ -122,7 +127,10 @@ def fuse(
     for call in _calls(windows, batch, free or per_sample):
         win = [j.window for j in call] if per_sample else call[0].window
         x = torch.stack([win_crop(src, j) for j in call])
-        out = ctx.adapter.predict_guided(x, ctx.t, select_cond(ctx.cond, [j.image for j in call]), win)
+        view = None
+        if frame is not None and control.of(ctx.cond.positive) is not None:
+            view = framed_view([j.window for j in call], frame, x.device)
+        out = ctx.adapter.predict_guided(x, ctx.t, select_cond(ctx.cond, [j.image for j in call]), win, view=view)
         for k, j in enumerate(call):
             wt = weights[(j.window.height, j.window.width)]
             rows, cols = j.window.slices
@@ -133,6 +141,15 @@ def fuse(
         den[..., :wrap] += den[..., w:]
         num, den = num[..., :w], den[..., :w]
     return num, den
+
+
+def framed_view(windows: list[Window], frame: tuple[int, int], device) -> ControlView:
+    """The control view of windows of a canvas padded by ``frame`` (rows, cols) on each side."""
+    fh, fw = frame
+    ch, cw = windows[0].canvas
+    real = (ch - 2 * fh, cw - 2 * fw)
+    return ControlView(real, torch.stack([
+        grid_index(real, w.top - fh, w.left - fw, 1, w.height, w.width, device) for w in windows]))
 
 
 def win_crop(src: Tensor, iw: ImageWindow) -> Tensor:
