@@ -124,6 +124,8 @@ def fuse(
     num = torch.zeros(b, c, h, w + wrap, device=x_in.device, dtype=torch.float32)
     den = torch.zeros(b, 1, h, w + wrap, device=x_in.device, dtype=torch.float32)
     free, per_sample = window_free(ctx.adapter), shares_calls(ctx.adapter) and not window_free(ctx.adapter)
+    if free and control.of(ctx.cond.positive) is not None:
+        per_sample = True  # the network ignores the place, but each window's ControlNet input depends on it
     for call in _calls(windows, batch, free or per_sample):
         win = [j.window for j in call] if per_sample else call[0].window
         x = torch.stack([win_crop(src, j) for j in call])

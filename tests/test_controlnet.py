@@ -1,0 +1,272 @@
+"""ControlNet inside every method: parity with diffusers' ControlNet pipelines at the native size,
+the control every network call gets (the crop / view of the resized control image at its place),
+stages at their own size, the upscale tile control, bad input, metadata and batch rows."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import anysize
+from anysize import api
+from anysize.builders.controlnet import tiny_controlnet
+from anysize.errors import InvalidArgumentError
+from anysize.methods import create
+from anysize.methods import demofusion as df
+from anysize.models import adapt
+from anysize.sampling import StepContext
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def nets(tiny):
+    cache = {}
+
+    def get(family, seed=1, union=False):
+        key = (family, seed, union)
+        if key not in cache:
+            cache[key] = tiny_controlnet(tiny(family), seed=seed, union=union)
+        return cache[key]
+
+    return get
+
+
+def noise_image(w, h, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8))
+
+
+def gen(pipe, control, method="direct", **kw):
+    kw.setdefault("steps", STEPS)
+    return anysize.generate(pipe, "a cat", seed=0, method=method, control=control, output_type="latent",
+                            progress=False, **kw).latents
+
+
+# ------------------------------------------------------------------------------------------ parity
+
+
+def test_sd1_two_controlnets_with_scale_start_end_equal_diffusers(tiny, nets):
+    import diffusers
+
+    pipe = tiny("sd1")
+    a, b = nets("sd1", 1), nets("sd1", 2)
+    ia, ib = noise_image(160, 96, 0), noise_image(128, 128, 1)
+    ref_pipe = diffusers.StableDiffusionControlNetPipeline(**pipe.components, controlnet=[a, b])
+    ref_pipe.set_progress_bar_config(disable=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = ref_pipe("a cat", image=[ia, ib], height=128, width=128, num_inference_steps=STEPS,
+                       generator=torch.Generator().manual_seed(0), output_type="latent",
+                       controlnet_conditioning_scale=[0.7, 1.3], control_guidance_start=[0.0, 0.34],
+                       control_guidance_end=[0.67, 1.0]).images
+    control = [anysize.Control(a, ia, 0.7, 0.0, 0.67), anysize.Control(b, ib, 1.3, 0.34, 1.0)]
+    plain = gen(pipe, None)
+    assert (plain - ref).abs().max() > 1e-2  # the controls matter
+    for method in ("direct", "multidiffusion", "fstd"):
+        assert (gen(pipe, control, method) - ref).abs().max() <= 1e-4, method
+
+
+@pytest.mark.parametrize("guess_mode", [False, True])
+def test_sdxl_controlnet_equals_diffusers(tiny, nets, guess_mode):
+    import diffusers
+
+    pipe = tiny("sdxl")
+    net = nets("sdxl")
+    image = noise_image(128, 128, 3)
+    ref_pipe = diffusers.StableDiffusionXLControlNetPipeline(**pipe.components, controlnet=net)
+    ref_pipe.set_progress_bar_config(disable=True)
+    ref = ref_pipe("a cat", image=image, height=128, width=128, num_inference_steps=2, guess_mode=guess_mode,
+                   generator=torch.Generator().manual_seed(0), output_type="latent",
+                   controlnet_conditioning_scale=0.9).images
+    got = anysize.generate(pipe, "a cat", seed=0, steps=2, control=anysize.Control(net, image, 0.9),
+                           control_guess_mode=guess_mode, output_type="latent", progress=False).latents
+    assert (got - ref).abs().max() <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------ what every call sees
+
+
+def coordinate_image(h, w, f):
+    """An (h·f)×(w·f) px image whose f×f block of latent pixel (y, x) is (4(y+1), 4(x+1), 200)."""
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    rgb = np.stack([4 * (ys + 1), 4 * (xs + 1), np.full_like(ys, 200)], -1).astype(np.uint8)
+    return Image.fromarray(np.kron(rgb, np.ones((f, f, 1), dtype=np.uint8)))
+
+
+def decode_control(c, f):
+    """(N, h, w, 2) latent (y+1, x+1) of every input pixel from the control it got (0: padding)."""
+    blocks = c[:, :, ::f, ::f] * 255  # every f×f block is constant
+    assert torch.equal(c, blocks.repeat_interleave(f, -2).repeat_interleave(f, -1) / 255)
+    pad = blocks[:, 2] < 100
+    yx = torch.stack([blocks[:, 0], blocks[:, 1]], -1) / 4
+    yx[pad] = 0
+    return yx.round().long()
+
+
+def record_controls(net):
+    seen = []
+
+    def hook(module, args, kwargs):
+        cond = kwargs["controlnet_cond"]
+        seen.append((kwargs.get("sample", args[0] if args else None).detach().clone(), cond.detach().clone()))
+
+    return seen, net.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def step_context(pipe, net, method, h, w, control_image):
+    adapter = adapt(pipe, native_size=16)
+    settings = api._settings(adapter, 1, STEPS, None, 0, None, "auto", "latent")
+    controls = api._controls(adapter, method, anysize.Control(net, control_image), False)
+    request = api._request(adapter, ["a cat"], None, h * 8, w * 8, settings, None, None, False, controls)
+    scheduler = request.make_scheduler()
+    timesteps = adapter.set_timesteps(scheduler, STEPS, (h, w))
+    ctx = StepContext(adapter, scheduler, request.cond, timesteps, 1, request.generators[0], {}, tuple(request.seeds))
+    return adapter, request, ctx
+
+
+def coordinate_latents(h, w):
+    """Latents whose channels 0 and 1 are the (y+1, x+1) of every pixel (2, 3: zero)."""
+    ys, xs = torch.meshgrid(torch.arange(h) + 1.0, torch.arange(w) + 1.0, indexing="ij")
+    return torch.stack([ys, xs, torch.zeros(h, w), torch.zeros(h, w)])[None]
+
+
+def check_calls(seen, exact_padding=True):
+    """Every call's control is the block under the canvas pixel its input came from."""
+    assert seen
+    for x, c in seen:
+        from_control = decode_control(c, 8)
+        from_input = torch.stack([x[:, 0], x[:, 1]], -1).round().long()
+        real = from_control[..., 0] > 0
+        assert real.any()
+        assert torch.equal(from_control[real], from_input[real])
+        if exact_padding:  # zero-padded inputs: no control in the padding, and nowhere else
+            assert torch.equal(real, from_input[..., 0] > 0)
+
+
+@pytest.mark.parametrize("name, options", [
+    ("direct", {}), ("multidiffusion", {"stride": 4}), ("multidiffusion", {"stride": 8, "circular": True}),
+    ("fstd", {"offset_range": 8}), ("elastic", {"resampling_steps": 2, "new_p": 0.5, "patch_size": 8}),
+])
+def test_every_call_gets_the_control_under_its_pixels(tiny, nets, name, options):
+    pipe, net = tiny("sd1"), nets("sd1")
+    h, w = 24, 40
+    method = create(name, **options)
+    adapter, request, ctx = step_context(pipe, net, method, h, w, coordinate_image(h, w, 8))
+    seen, handle = record_controls(net)
+    try:
+        x = coordinate_latents(h, w)
+        if name == "fstd":
+            for ctx.index in (0, 1):  # the unshifted, then a shifted grid
+                method.step(ctx, x)
+        else:
+            method.predict(ctx, x)
+    finally:
+        handle.remove()
+    check_calls(seen, exact_padding=name != "elastic")  # elastic pads with a noised background
+    if name == "elastic":  # the reference rows saw picked pixels, not a crop: their map is not contiguous
+        assert any(decode_control(c, 8)[0, :, :, 0].unique().numel() < decode_control(c, 8).shape[1] for _, c in seen)
+
+
+def test_demofusion_local_and_dilated_views_get_their_pixels_control(tiny, nets):
+    pipe, net = tiny("sd1"), nets("sd1")
+    h, w = 32, 24
+    method = create("demofusion")
+    adapter, request, ctx = step_context(pipe, net, method, h, w, coordinate_image(h, w, 8))
+    x = coordinate_latents(h, w)
+    phase = method.phase(request, x, (h, w), [torch.Generator().manual_seed(5)])
+    seen, handle = record_controls(net)
+    try:
+        method.local_views(ctx, x, phase)
+        n_local = len(seen)
+        method.dilated_views(ctx, x, 2, 1e-6)  # a vanishing blur: the sub-grids are exact picks
+    finally:
+        handle.remove()
+    assert 0 < n_local < len(seen)
+    check_calls(seen)
+    dilated = decode_control(seen[-1][1], 8)[0]
+    assert torch.equal(dilated[1:, :, 0] - dilated[:-1, :, 0], torch.full_like(dilated[1:, :, 0], 2))  # stride 2
+
+
+def crops_of(canvas_image, control, strides=(1,), margin=0):
+    """Whether every sample of ``control`` (N, 3, h·8, w·8) is a stride-s block grid of the canvas
+    control (zero outside, up to ``margin`` latent px), for some s in ``strides`` and offset."""
+    f = 8
+    _, _, hf, wf = canvas_image.shape
+    H, W = hf // f, wf // f
+    blocks = canvas_image[0].reshape(3, H, f, W, f).permute(1, 3, 0, 2, 4)  # (H, W, 3, f, f)
+    blocks = torch.nn.functional.pad(blocks, (0, 0, 0, 0, 0, 0, margin, margin, margin, margin))
+    for sample in control:
+        h, w = sample.shape[-2] // f, sample.shape[-1] // f
+        target = sample.reshape(3, h, f, w, f).permute(1, 3, 0, 2, 4)
+        found = False
+        for s in strides:
+            for oy in range(blocks.shape[0] - (h - 1) * s):
+                for ox in range(blocks.shape[1] - (w - 1) * s):
+                    if torch.equal(blocks[oy : oy + (h - 1) * s + 1 : s, ox : ox + (w - 1) * s + 1 : s], target):
+                        found = True
+                        break
+                if found:
+                    break
+            if found:
+                break
+        if not found:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("name", ["scalediff", "asd", "demofusion"])
+def test_each_stage_gets_the_original_image_resized_to_its_canvas(tiny, nets, name):
+    pipe, net = tiny("sd1"), nets("sd1")
+    adapter = adapt(pipe, native_size=16)
+    image = noise_image(100, 70, 4)
+    seen, handle = record_controls(net)
+    try:
+        anysize.generate(adapter, "a cat", width=256, height=192, steps=2, seed=0, method=name,
+                         control=anysize.Control(net, image), output_type="latent", progress=False)
+    finally:
+        handle.remove()
+    from diffusers.image_processor import VaeImageProcessor
+
+    processor = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=False)
+    sizes = {tuple(x.shape[-2:]) for x, _ in seen} | {(24, 32)}
+    canvases, matched = {}, set()
+    for x, c in seen:
+        for (h, w) in sorted(sizes, reverse=True):
+            if (h, w) not in canvases:
+                canvases[(h, w)] = processor.preprocess(image, height=h * 8, width=w * 8).float()
+            if crops_of(canvases[(h, w)], c, strides=(1, 2) if name == "demofusion" else (1,),
+                        margin=4 if name == "demofusion" else 0):
+                matched.add((h, w))
+                break
+        else:
+            raise AssertionError(f"a call of shape {tuple(x.shape)} got a control that is no view of any stage's canvas")
+    assert len(matched) >= 2 and (24, 32) in matched  # several stages, the last at the requested size
+
+
+def test_upscale_tile_control_is_the_resized_source_under_every_tile(tiny, nets):
+    from diffusers.image_processor import VaeImageProcessor
+
+    pipe, net = tiny("sd1"), nets("sd1")
+    source = noise_image(80, 60, 6)
+    seen, handle = record_controls(net)
+    try:
+        result = anysize.upscale(pipe, source, size=(256, 192), method="fstd", steps=4, strength=0.5, seed=0,
+                                 control=anysize.Control(net, scale=0.5), output_type="latent", progress=False)
+    finally:
+        handle.remove()
+    resized = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=False).preprocess(
+        source, height=192, width=256).float()
+    assert sum(c.shape[0] for _, c in seen) >= 2 * 4 and all(c.shape[-2:] == (128, 128) for _, c in seen)  # 2 steps
+    assert all(crops_of(resized, c) for _, c in seen)
+    assert result.config["controls"][0]["image"] == "(the source image)"
+
+
+def test_hidiffusion_refuses_raunet_and_runs_without_it(tiny, nets):
+    pipe, net = tiny("sd1"), nets("sd1")
+    control = anysize.Control(net, noise_image(64, 64))
+    with pytest.raises(InvalidArgumentError, match="raunet=False"):
+        gen(pipe, control, "hidiffusion", width=256, height=128)
+    got = gen(pipe, control, "hidiffusion", width=256, height=128, method_options={"raunet": False})
+    assert torch.isfinite(got).all()
