@@ -13,6 +13,7 @@ No math lives here.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -509,6 +510,25 @@ def _settings(adapter, batch, steps, guidance, seed, scheduler, tiled_vae, outpu
         raise InvalidArgumentError(f"progress must be True or False, got {progress!r}")
     label = scheduler_name(make_scheduler(adapter, scheduler))  # validates before any work
     return _Settings(steps, guidance, seed, scheduler, label, tiled_vae, output_type)
+
+
+def load_controls(adapter, controls):
+    """``controls`` with every ControlNet named by a path or hub id loaded for ``adapter`` (once per
+    name), so that a front end generating several images loads each one once."""
+    loaded: dict[str, Any] = {}
+    out = []
+    for c in ([controls] if isinstance(controls, Control) else list(controls or [])):
+        if isinstance(c, Control) and isinstance(c.model, (str, os.PathLike)):
+            key = os.fspath(c.model)
+            if key not in loaded:
+                classes = _control.CLASSES.get(adapter.family)
+                if classes is None:
+                    raise InvalidArgumentError(
+                        f"ControlNet works with the {', '.join(_control.CLASSES)} families, not with the {adapter.family} model")
+                loaded[key] = _control.load_controlnet(key, classes, adapter)
+            c = dataclasses.replace(c, model=loaded[key])
+        out.append(c)
+    return out
 
 
 def _controls(adapter, m, control, guess_mode, *, source_image=None):

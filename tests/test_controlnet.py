@@ -270,3 +270,125 @@ def test_hidiffusion_refuses_raunet_and_runs_without_it(tiny, nets):
         gen(pipe, control, "hidiffusion", width=256, height=128)
     got = gen(pipe, control, "hidiffusion", width=256, height=128, method_options={"raunet": False})
     assert torch.isfinite(got).all()
+
+
+# ------------------------------------------------------------------------------------------ bad input
+
+
+def test_bad_controls_get_clear_one_line_errors(tiny, nets, tmp_path):
+    pipe = tiny("sd1")
+    net, image = nets("sd1"), noise_image(64, 64)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    cases = [
+        (anysize.Control(net, str(tmp_path / "missing.png")), "cannot read the control image"),
+        (anysize.Control(net, str(broken)), "broken.png"),
+        (anysize.Control(net, 42), "must be a PIL image or an image file"),
+        (anysize.Control(net, image, scale=-0.5), "scale must be >= 0"),
+        (anysize.Control(net, image, start=0.5, end=0.5), "start 0.5 must be below end 0.5"),
+        (anysize.Control(net, image, end=1.5), "end must be in \\[0, 1\\]"),
+        (anysize.Control(nets("sdxl"), image), "is a sdxl ControlNet .* cannot control the sd1 model"),
+        (anysize.Control(pipe.unet, image), "must be a diffusers ControlNet"),
+        (anysize.Control(net, image, mode=3), "a control mode goes with a Union ControlNet"),
+        (anysize.Control(str(tmp_path / "nowhere"), image), "cannot load the ControlNet"),
+        ("canny.safetensors", "must be an anysize.Control"),
+    ]
+    for control, message in cases:
+        with pytest.raises(InvalidArgumentError, match=message) as info:
+            gen(pipe, control, steps=1)
+        assert "\n" not in str(info.value)
+    with pytest.raises(InvalidArgumentError, match="needs a control mode"):
+        gen(tiny("sdxl"), anysize.Control(nets("sdxl", union=True), image), steps=1)
+
+
+def test_union_controlnet_runs_with_its_mode(tiny, nets):
+    pipe, net = tiny("sdxl"), nets("sdxl", union=True)
+    image = noise_image(128, 128, 2)
+    a = gen(pipe, anysize.Control(net, image, mode="canny"), steps=2)
+    b = gen(pipe, anysize.Control(net, image, mode="depth"), steps=2)
+    assert (a - b).abs().max() > 1e-4  # the mode reaches the network
+    assert (gen(pipe, anysize.Control(net, image, mode=3), steps=2) - a).abs().max() == 0
+
+
+# ------------------------------------------------------------------------------------------ front ends
+
+
+def test_metadata_round_trip_names_every_control(tiny, nets, tmp_path):
+    from anysize.output import read_metadata, read_parameters
+
+    pipe, net = tiny("sd1"), nets("sd1")
+    folder = tmp_path / "cn"
+    net.save_pretrained(folder)
+    image_file = tmp_path / "edges.png"
+    noise_image(64, 48).save(image_file)
+    result = anysize.generate(pipe, "a cat", steps=1, seed=0, progress=False,
+                              control=[anysize.Control(str(folder), str(image_file), 0.5, 0.25, 0.75)])
+    path = result.save(tmp_path / "out.png")
+    controls = read_metadata(path)["controls"]
+    import hashlib
+
+    assert controls == [{"model": str(folder), "image": "edges.png",
+                         "image_sha256": hashlib.sha256(image_file.read_bytes()).hexdigest(),
+                         "image_size": [64, 48], "scale": 0.5, "start": 0.25, "end": 0.75}]
+    assert f"ControlNet 0: \"Model: {folder}, Image: edges.png, Weight: 0.5" in read_parameters(path)
+
+
+def test_cli_generate_and_upscale_with_controlnets(tiny, nets, tmp_path, capsys, monkeypatch):
+    from anysize import cli
+    from anysize.builders import save_tiny_pipeline
+    from anysize.output import read_metadata
+
+    monkeypatch.chdir(tmp_path)
+    model = save_tiny_pipeline("sd1", tmp_path / "model")
+    folder = tmp_path / "cn"
+    nets("sd1").save_pretrained(folder)
+    noise_image(64, 64).save(tmp_path / "c.png")
+    base = ["--model", model, "--steps", "2", "--quiet", "--force"]
+
+    def run(*args):
+        rc = cli.main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    rc, out, err = run("generate", "a cat", "--size", "192x128", "--method", "multidiffusion", "--controlnet", folder,
+                       "--control-image", "c.png", "--controlnet", folder, "--control-image", "c.png",
+                       "--control-scale", "0.5", "--control-scale", "2", "--control-end", "0.5",
+                       "--control-end", "1", "--out", "g.png", *base)
+    assert rc == 0, err
+    got = read_metadata("g.png")["controls"]
+    assert [(c["scale"], c["end"]) for c in got] == [(0.5, 0.5), (2.0, 1.0)]
+
+    rc, out, err = run("upscale", "g.png", "--scale", "1.5", "--controlnet", folder, "--out", "u.png",
+                       "--strength", "0.5", *base)
+    assert rc == 0, err
+    assert read_metadata("u.png")["controls"][0]["image"] == "(the source image)"
+
+    for args, message in [
+        (["--controlnet", folder], "0 --control-image for 1 --controlnet"),
+        (["--controlnet", folder, "--control-image", "c.png", "--control-image", "c.png"], "2 --control-image"),
+        (["--control-image", "c.png"], "--control-image goes with --controlnet"),
+        (["--controlnet", folder, "--control-image", "nope.png"], "no such file"),
+        (["--controlnet", folder, "--control-image", "c.png", "--control-start", "0.7", "--control-end", "0.2"],
+         "must be below"),
+    ]:
+        rc, out, err = run("generate", "a cat", "--out", "x.png", *base, *args)
+        assert rc == 2 and message in err, err
+
+
+def test_batch_rows_parse_control():
+    from anysize.batching import jobs as J
+
+    rows, _ = J.rows_from_dicts([
+        {"prompt": "a", "control": [{"model": "cn", "image": "e.png", "scale": 0.5}]},
+        {"prompt": "b"},
+        {"prompt": "c", "control": [{"model": "cn", "image": "e.png", "start": 0.6, "end": 0.3}]},
+        {"prompt": "d", "control": [{"model": "cn"}]},
+        {"prompt": "e", "control": [{"model": "cn", "image": "e.png", "weight": 1}]},
+    ])
+    jobs, errors = J.parse(rows)
+    assert jobs[0].control == [{"model": "cn", "image": "e.png", "scale": 0.5, "start": 0.0, "end": 1.0}]
+    assert jobs[1].control is None and "control" not in jobs[1].spec()
+    assert jobs[0].config_key() != jobs[1].config_key()  # different controls never share a call
+    assert [e.row for e in errors] == [3, 4, 5]
+    assert "start 0.6 must be below end 0.3" in errors[0].message
+    assert "image must be a path" in errors[1].message and "unknown key 'weight'" in errors[2].message

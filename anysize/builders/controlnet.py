@@ -35,6 +35,9 @@ def tiny_controlnet(pipe, *, seed: int = 1, union: bool = False):
                 raise InvalidArgumentError(f"Union ControlNets exist for SDXL only, not for {name}")
             cls = diffusers.ControlNetUnionModel if union else diffusers.ControlNetModel
             net = cls.from_unet(pipe.unet, conditioning_embedding_out_channels=_EMBEDDING, load_weights_from_unet=False)
+            if union:  # its control-type transformer is as wide as the first block (320 in the released one)
+                width = pipe.unet.config.block_out_channels[0]
+                net = cls.from_config(net.config, num_trans_channel=width, num_proj_channel=width)
         elif union:
             raise InvalidArgumentError(f"Union ControlNets exist for SDXL only, not for {name}")
         elif name.startswith("Flux"):
