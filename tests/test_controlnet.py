@@ -85,6 +85,56 @@ def test_sdxl_controlnet_equals_diffusers(tiny, nets, guess_mode):
     assert (got - ref).abs().max() <= 1e-4
 
 
+@pytest.fixture
+def posterior_mean(monkeypatch):
+    """The DiT pipelines encode the control image with a posterior *sample* (SD3's from the global
+    RNG); anysize takes the mean (deterministic, no RNG): compare with the pipelines on the mean."""
+    from diffusers.models.autoencoders import vae
+
+    monkeypatch.setattr(vae.DiagonalGaussianDistribution, "sample", lambda self, generator=None: self.mean)
+
+
+@pytest.mark.parametrize("family", ["flux", "sd3"])
+def test_dit_controlnets_equal_diffusers(tiny, nets, family, posterior_mean):
+    import diffusers
+
+    pipe, net = tiny(family), nets(family)
+    image = noise_image(128, 128, 5)
+    cls = diffusers.FluxControlNetPipeline if family == "flux" else diffusers.StableDiffusion3ControlNetPipeline
+    ref_pipe = cls(**pipe.components, controlnet=net)
+    ref_pipe.set_progress_bar_config(disable=True)
+    adapter = adapt(pipe)
+    ref = ref_pipe("a cat", control_image=image, num_inference_steps=2, height=128, width=128,
+                   guidance_scale=adapter.default_guidance, generator=torch.Generator().manual_seed(0),
+                   output_type="latent", controlnet_conditioning_scale=0.8).images
+    if family == "flux":
+        ref = adapter.unpack(ref, 16, 16)
+    got = gen(pipe, anysize.Control(net, image, 0.8), steps=2, width=128, height=128)
+    assert (got - gen(pipe, None, steps=2, width=128, height=128) - 0).abs().max() > 1e-2
+    assert (got - ref).abs().max() <= 1e-4
+
+
+def test_sd3_windows_get_the_crop_of_the_encoded_control(tiny, nets):
+    from diffusers.image_processor import VaeImageProcessor
+
+    pipe, net = tiny("sd3"), nets("sd3")
+    image = noise_image(90, 50, 7)
+    seen, handle = record_controls(net)
+    try:
+        gen(pipe, anysize.Control(net, image), "multidiffusion", steps=1, width=256, height=128,
+            method_options={"stride": 8})
+    finally:
+        handle.remove()
+    pixels = VaeImageProcessor(vae_scale_factor=16).preprocess(image, height=128, width=256)
+    cfg = pipe.vae.config
+    shift = 0.0 if net.config.force_zeros_for_pooled_projection else cfg.shift_factor  # InstantX style: no shift
+    canvas = (pipe.vae.encode(pixels).latent_dist.mean - shift) * cfg.scaling_factor
+    assert len(seen) >= 3 and all(c.shape[-2:] == (16, 16) for _, c in seen)
+    assert all(crops_of(canvas, c, f=1, atol=1e-5) for _, c in seen)  # adding the shift back rounds
+    offsets = {int((c[0] - canvas[0, :, :, :16]).abs().max() < 1e-5) for _, c in seen}
+    assert offsets == {0, 1}  # not all the same crop
+
+
 # ------------------------------------------------------------------------------------------ what every call sees
 
 
@@ -110,7 +160,8 @@ def record_controls(net):
 
     def hook(module, args, kwargs):
         cond = kwargs["controlnet_cond"]
-        seen.append((kwargs.get("sample", args[0] if args else None).detach().clone(), cond.detach().clone()))
+        x = kwargs.get("sample", kwargs.get("hidden_states", args[0] if args else None))
+        seen.append((x.detach().clone(), cond.detach().clone()))
 
     return seen, net.register_forward_pre_hook(hook, with_kwargs=True)
 
@@ -189,22 +240,22 @@ def test_demofusion_local_and_dilated_views_get_their_pixels_control(tiny, nets)
     assert torch.equal(dilated[1:, :, 0] - dilated[:-1, :, 0], torch.full_like(dilated[1:, :, 0], 2))  # stride 2
 
 
-def crops_of(canvas_image, control, strides=(1,), margin=0):
-    """Whether every sample of ``control`` (N, 3, h·8, w·8) is a stride-s block grid of the canvas
+def crops_of(canvas_image, control, strides=(1,), margin=0, f=8, atol=0.0):
+    """Whether every sample of ``control`` (N, C, h·f, w·f) is a stride-s block grid of the canvas
     control (zero outside, up to ``margin`` latent px), for some s in ``strides`` and offset."""
-    f = 8
-    _, _, hf, wf = canvas_image.shape
+    _, ch, hf, wf = canvas_image.shape
     H, W = hf // f, wf // f
-    blocks = canvas_image[0].reshape(3, H, f, W, f).permute(1, 3, 0, 2, 4)  # (H, W, 3, f, f)
+    blocks = canvas_image[0].reshape(ch, H, f, W, f).permute(1, 3, 0, 2, 4)  # (H, W, C, f, f)
     blocks = torch.nn.functional.pad(blocks, (0, 0, 0, 0, 0, 0, margin, margin, margin, margin))
     for sample in control:
         h, w = sample.shape[-2] // f, sample.shape[-1] // f
-        target = sample.reshape(3, h, f, w, f).permute(1, 3, 0, 2, 4)
+        target = sample.reshape(ch, h, f, w, f).permute(1, 3, 0, 2, 4)
         found = False
         for s in strides:
             for oy in range(blocks.shape[0] - (h - 1) * s):
                 for ox in range(blocks.shape[1] - (w - 1) * s):
-                    if torch.equal(blocks[oy : oy + (h - 1) * s + 1 : s, ox : ox + (w - 1) * s + 1 : s], target):
+                    part = blocks[oy : oy + (h - 1) * s + 1 : s, ox : ox + (w - 1) * s + 1 : s]
+                    if torch.equal(part, target) if not atol else torch.allclose(part, target, rtol=0, atol=atol):
                         found = True
                         break
                 if found:

@@ -47,8 +47,9 @@ def tiny_controlnet(pipe, *, seed: int = 1, union: bool = False):
                 num_attention_heads=cfg.num_attention_heads, load_weights_from_transformer=False,
             )
         elif name.startswith("StableDiffusion3"):
-            net = diffusers.SD3ControlNetModel.from_transformer(pipe.transformer, num_layers=1,
-                                                               load_weights_from_transformer=False)
+            # from_config, not from_transformer, which writes into the transformer's own config
+            net = diffusers.SD3ControlNetModel.from_config(pipe.transformer.config, num_layers=1,
+                                                          extra_conditioning_channels=0)
         else:
             raise InvalidArgumentError(f"no ControlNet for {name}")
     return refill_zeros(net)

@@ -295,6 +295,11 @@ def check_fits(adapter: ModelAdapter, net, what: str = "the ControlNet") -> None
     fam = adapter.family
     if fam not in family.split("/"):
         raise InvalidArgumentError(f"{what} is a {family} ControlNet ({type(net).__name__}) and cannot control the {fam} model")
+    if fam == "flux" and (getattr(net, "input_hint_block", None) is not None or net.config.get("num_mode")):
+        raise InvalidArgumentError(
+            f"{what}: XLabs-style (input_hint_block) and Union FLUX ControlNets are not supported yet; "
+            "use an InstantX-style FluxControlNetModel"
+        )
     cfg, ncfg = net.config, adapter.network.config
     keys = ("cross_attention_dim", "in_channels") if fam in ("sd1", "sd2", "sdxl") else ("joint_attention_dim", "in_channels")
     for key in keys:
