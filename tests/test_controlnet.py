@@ -314,6 +314,21 @@ def test_upscale_tile_control_is_the_resized_source_under_every_tile(tiny, nets)
     assert result.config["controls"][0]["image"] == "(the source image)"
 
 
+@pytest.mark.parametrize("name", ["direct", "multidiffusion", "fstd", "elastic", "demofusion"])
+def test_controls_make_no_host_wait_per_step(tiny, nets, name):
+    from anysize.testing.syncs import audit_sampling
+
+    pipe, net = tiny("sd1"), nets("sd1")
+    control = [anysize.Control(net, noise_image(64, 64), 0.8, 0.0, 0.5), anysize.Control(net, noise_image(32, 32))]
+    options = {"elastic": {"resampling_steps": 1}}.get(name, {})
+    counts = {}
+    for steps in (2, 4):
+        with audit_sampling() as audits:
+            gen(pipe, control, name, steps=steps, width=192, height=128, method_options=options)
+        counts[steps] = sum(len(a.events) for a in audits)
+    assert counts[4] == counts[2], "\n".join(a.report() for a in audits)
+
+
 def test_hidiffusion_refuses_raunet_and_runs_without_it(tiny, nets):
     pipe, net = tiny("sd1"), nets("sd1")
     control = anysize.Control(net, noise_image(64, 64))
@@ -359,6 +374,19 @@ def test_union_controlnet_runs_with_its_mode(tiny, nets):
     b = gen(pipe, anysize.Control(net, image, mode="depth"), steps=2)
     assert (a - b).abs().max() > 1e-4  # the mode reaches the network
     assert (gen(pipe, anysize.Control(net, image, mode=3), steps=2) - a).abs().max() == 0
+
+
+def test_sdxl_union_controlnet_equals_diffusers(tiny, nets):
+    import diffusers
+
+    pipe, net = tiny("sdxl"), nets("sdxl", union=True)
+    image = noise_image(128, 128, 8)
+    ref_pipe = diffusers.StableDiffusionXLControlNetUnionPipeline(**pipe.components, controlnet=net)
+    ref_pipe.set_progress_bar_config(disable=True)
+    ref = ref_pipe("a cat", control_image=[image], control_mode=[3], height=128, width=128, num_inference_steps=2,
+                   generator=torch.Generator().manual_seed(0), output_type="latent",
+                   controlnet_conditioning_scale=0.7).images
+    assert (gen(pipe, anysize.Control(net, image, 0.7, mode="canny"), steps=2) - ref).abs().max() <= 1e-4
 
 
 # ------------------------------------------------------------------------------------------ front ends

@@ -70,6 +70,10 @@ out). Deliberate differences, each with a test in ``tests/test_demofusion.py``:
   says 1.0) (test_defaults_are_the_officials).
 * SD 1.x/2.x are supported (official: SDXL only); ``progression="doubling"`` and ``jitter=false``
   are additions (test_doubling_progression, test_local_views_cover_the_canvas_and_jitter_without_it).
+* ControlNet (not in the official code): a jittered view gets the crop of the control image under
+  it (none in the zero border), a dilated view the control blocks of the latent pixels it samples,
+  each phase the original image resized to its canvas
+  (``tests/test_controlnet.py::test_demofusion_local_and_dilated_views_get_their_pixels_control``).
 """
 
 from __future__ import annotations

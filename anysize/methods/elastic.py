@@ -75,6 +75,9 @@ each checked in ``tests/test_elastic.py``:
     (``force_zeros_for_empty_prompt``), as in plain generation (official: encodes "").
 11. Bad sizes and options raise clear errors (official: raises a plain string for sizes not
     divisible by 8, which is itself a TypeError; its README passes a non-existent ``drop_p``).
+12. ControlNet (not in the official code): each local crop and each reference pass gets the
+    control blocks of the canvas pixels it holds, none in the background padding
+    (``tests/test_controlnet.py::test_every_call_gets_the_control_under_its_pixels``).
 
 ``msw_msa=True`` runs every network call inside :func:`anysize.patch`'s shifted-window attention
 (also at native size, where Elastic's calls are), the HiDiffusion operator, for composability.

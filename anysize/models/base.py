@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from ..devices import upload
 from ..errors import InvalidArgumentError, InvalidSizeError
 from ..lazy import lazy_module
 from ..noise import NoiseSpace
@@ -328,7 +329,7 @@ class ModelAdapter:
         f = self.vae_factor
         processor = VaeImageProcessor(vae_scale_factor=f, do_convert_rgb=True, do_normalize=False)
         image = processor.preprocess(item.image, height=canvas[0] * f, width=canvas[1] * f).to(dtype=torch.float32)
-        return image.to(device=self.device, dtype=item.net.dtype)
+        return upload(image, self.device, item.net.dtype)  # once per canvas size: no wait for the device
 
     def predict_guided(self, x: Tensor, t: Tensor, cond: Conditioning,
                        window: Window | Sequence[Window] | None = None, *, view: ControlView | None = None) -> Tensor:
