@@ -454,20 +454,44 @@ def test_cli_generate_and_upscale_with_controlnets(tiny, nets, tmp_path, capsys,
         assert rc == 2 and message in err, err
 
 
-def test_batch_rows_parse_control():
+def test_batch_rows_parse_control(tmp_path, monkeypatch):
+    import hashlib
+
     from anysize.batching import jobs as J
 
+    monkeypatch.chdir(tmp_path)
+    noise_image(16, 16).save("e.png")
+    digest = hashlib.sha256((tmp_path / "e.png").read_bytes()).hexdigest()
     rows, _ = J.rows_from_dicts([
         {"prompt": "a", "control": [{"model": "cn", "image": "e.png", "scale": 0.5}]},
         {"prompt": "b"},
         {"prompt": "c", "control": [{"model": "cn", "image": "e.png", "start": 0.6, "end": 0.3}]},
         {"prompt": "d", "control": [{"model": "cn"}]},
         {"prompt": "e", "control": [{"model": "cn", "image": "e.png", "weight": 1}]},
+        {"prompt": "f", "control": [{"model": "cn", "image": "missing.png"}]},
     ])
     jobs, errors = J.parse(rows)
-    assert jobs[0].control == [{"model": "cn", "image": "e.png", "scale": 0.5, "start": 0.0, "end": 1.0}]
+    assert jobs[0].control == [{"model": "cn", "image": "e.png", "scale": 0.5, "start": 0.0, "end": 1.0,
+                                "image_sha256": digest}]
     assert jobs[1].control is None and "control" not in jobs[1].spec()
     assert jobs[0].config_key() != jobs[1].config_key()  # different controls never share a call
-    assert [e.row for e in errors] == [3, 4, 5]
+    assert [e.row for e in errors] == [3, 4, 5, 6]
+    assert "cannot read the control image missing.png" in errors[3].message
     assert "start 0.6 must be below end 0.3" in errors[0].message
     assert "image must be a path" in errors[1].message and "unknown key 'weight'" in errors[2].message
+
+
+def test_batch_job_with_control_runs_and_records_it(tiny, nets, tmp_path, monkeypatch):
+    import json
+
+    from anysize.output import read_metadata
+
+    monkeypatch.chdir(tmp_path)
+    nets("sd1").save_pretrained("cn")
+    noise_image(32, 32).save("e.png")
+    jobs = [{"id": "with", "prompt": "a cat", "steps": 1, "control": [{"model": "cn", "image": "e.png", "scale": 0.5}]},
+            {"id": "without", "prompt": "a cat", "steps": 1}]
+    anysize.batch(tiny("sd1"), jobs, tmp_path / "out", batch_size=2, progress=False, fail_fast=True)
+    assert read_metadata(tmp_path / "out" / "with.png")["controls"][0]["scale"] == 0.5
+    assert "controls" not in read_metadata(tmp_path / "out" / "without.png")
+    assert json.loads((tmp_path / "out" / "with.json").read_text())

@@ -357,7 +357,8 @@ CONTROL_KEYS = {"model": None, "image": None, "scale": 1.0, "start": 0.0, "end":
 
 def parse_control(raw: Any, csv_row: bool = False) -> list[dict[str, Any]] | None:
     """A job's ``control`` field: a list of {"model": PATH, "image": FILE, "scale", "start", "end"[, "mode"]}
-    (in a CSV file, that list as JSON), checked and completed with the defaults; None when absent."""
+    (in a CSV file, that list as JSON), checked and completed with the defaults and the image's
+    SHA-256 (part of the job's id); None when absent."""
     if raw is None or raw == "" or raw == []:
         return None
     if csv_row and isinstance(raw, str):
@@ -390,6 +391,10 @@ def parse_control(raw: Any, csv_row: bool = False) -> list[dict[str, Any]] | Non
             c[key] = float(v)
         if c["start"] >= c["end"]:
             raise InvalidArgumentError(f"{what}: start {c['start']} must be below end {c['end']}")
+        try:  # the image's content enters the job's id: a changed image is a new job
+            c["image_sha256"] = hashlib.sha256(Path(c["image"]).read_bytes()).hexdigest()
+        except OSError as e:
+            raise InvalidArgumentError(f"{what}: cannot read the control image {c['image']}: {e.strerror or e}") from None
         if c["mode"] is None:
             del c["mode"]
         elif isinstance(c["mode"], bool) or not isinstance(c["mode"], (int, str)):
