@@ -224,7 +224,7 @@ def generate(
     settings = _settings(adapter, len(prompts), steps, guidance, seed, scheduler, tiled_vae, output_type, callback,
                          cancel, progress)
     m.check(adapter, height, width, settings.steps)
-    controls = _controls(adapter, m, control, control_guess_mode)
+    controls = _controls(adapter, control, control_guess_mode)
 
     start = time.perf_counter()
     calls0 = adapter.calls
@@ -360,7 +360,7 @@ def upscale(
     adapter.check_size(height, width)
     _check_fits(adapter, height, width, 1)
     m.check(adapter, height, width, settings.steps)
-    controls = _controls(adapter, m, control, control_guess_mode, source_image=source)
+    controls = _controls(adapter, control, control_guess_mode, source_image=source)
     f = adapter.vae_factor
     # refuses a strength that runs no step, before the (possibly long) encode
     partial_schedule(adapter, make_scheduler(adapter, scheduler), settings.steps, strength, (height // f, width // f))
@@ -531,13 +531,11 @@ def load_controls(adapter, controls):
     return out
 
 
-def _controls(adapter, m, control, guess_mode, *, source_image=None):
+def _controls(adapter, control, guess_mode, *, source_image=None):
     """The run's ControlNets checked and loaded (None without any), before any work."""
     if not isinstance(guess_mode, bool):
         raise InvalidArgumentError(f"control_guess_mode must be True or False, got {guess_mode!r}")
     items = _control.check(adapter, control, source_image=source_image)
-    if items:
-        m.check_controls(adapter)
     return _control.prepare(adapter, items, guess_mode=guess_mode)
 
 

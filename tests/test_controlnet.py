@@ -169,7 +169,7 @@ def record_controls(net):
 def step_context(pipe, net, method, h, w, control_image):
     adapter = adapt(pipe, native_size=16)
     settings = api._settings(adapter, 1, STEPS, None, 0, None, "auto", "latent")
-    controls = api._controls(adapter, method, anysize.Control(net, control_image), False)
+    controls = api._controls(adapter, anysize.Control(net, control_image), False)
     request = api._request(adapter, ["a cat"], None, h * 8, w * 8, settings, None, None, False, controls)
     scheduler = request.make_scheduler()
     timesteps = adapter.set_timesteps(scheduler, STEPS, (h, w))
@@ -329,13 +329,25 @@ def test_controls_make_no_host_wait_per_step(tiny, nets, name):
     assert counts[4] == counts[2], "\n".join(a.report() for a in audits)
 
 
-def test_hidiffusion_refuses_raunet_and_runs_without_it(tiny, nets):
+def test_hidiffusion_raunet_gets_residuals_resized_to_its_feature_sizes(tiny, nets, monkeypatch):
+    from anysize.models import control_pixels
+
     pipe, net = tiny("sd1"), nets("sd1")
     control = anysize.Control(net, noise_image(64, 64))
-    with pytest.raises(InvalidArgumentError, match="raunet=False"):
-        gen(pipe, control, "hidiffusion", width=256, height=128)
-    got = gen(pipe, control, "hidiffusion", width=256, height=128, method_options={"raunet": False})
-    assert torch.isfinite(got).all()
+    resized = []
+    original = control_pixels.FittingResidual.__radd__
+
+    def radd(self, feature):
+        resized.append(self.residual.shape[-2:] != feature.shape[-2:])
+        return original(self, feature)
+
+    monkeypatch.setattr(control_pixels.FittingResidual, "__radd__", radd)
+    got = gen(pipe, control, "hidiffusion", width=256, height=256)
+    assert torch.isfinite(got).all() and any(resized)  # RAU-Net's phases shrank some features
+    assert (got - gen(pipe, None, "hidiffusion", width=256, height=256)).abs().max() > 1e-3
+    resized.clear()
+    gen(pipe, control, "hidiffusion", width=256, height=256, method_options={"raunet": False})
+    assert resized and not any(resized)  # without RAU-Net every residual fits as it is
 
 
 # ------------------------------------------------------------------------------------------ bad input

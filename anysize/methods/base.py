@@ -68,10 +68,6 @@ class Method:
         raises InvalidArgumentError for a canvas its options cannot cover (default: nothing to place)."""
         return None
 
-    def check_controls(self, adapter) -> None:
-        """Refuse ControlNets where this method's network calls cannot take them (default: every
-        call can: the adapter gives each the control of the region it sees)."""
-
     def session(self, request) -> ContextManager:
         """What every sampling loop of a run runs inside (e.g. a network patch); default: nothing."""
         return contextlib.nullcontext()

@@ -14,6 +14,11 @@ At or below the native size nothing is changed (plain generation), unless ``appl
 Window shifts are drawn from generators seeded with each image's seed, so the same seed gives
 the same image, alone or in a batch, and the global torch RNG is not touched (``shift_source="global"`` reproduces the
 official package's global draws).
+
+With a ControlNet (anysize's addition), the unpatched ControlNet's residuals are area-averaged to
+the feature sizes RAU-Net gives the U-Net while it is on
+(:class:`~anysize.models.control_pixels.FittingResidual`,
+``tests/test_controlnet.py::test_hidiffusion_raunet_gets_residuals_resized_to_its_feature_sizes``).
 """
 
 from __future__ import annotations
@@ -61,15 +66,6 @@ class HiDiffusion(Method):
     def check(self, adapter, height: int, width: int, steps: int | None = None) -> None:
         super().check(adapter, height, width, steps)
         self.inner.check(adapter, height, width, steps)
-
-    def check_controls(self, adapter) -> None:
-        if self.options.raunet:  # the residuals are made for the unpatched U-Net's feature sizes
-            raise InvalidArgumentError(
-                "hidiffusion's RAU-Net changes the U-Net's feature sizes, which ControlNet residuals must match: "
-                "use hidiffusion with raunet=False (MSW-MSA only) or another method (direct, multidiffusion, fstd, "
-                "elastic, demofusion, scalediff, asd)"
-            )
-        self.inner.check_controls(adapter)
 
     def session(self, request):
         """The patch, open around every sampling loop of the run; it follows the loop's step position."""

@@ -87,3 +87,24 @@ def pad_index(index: Tensor, size: tuple[int, int], top: int, left: int) -> Tens
     out = torch.full((n, *size), -1, dtype=index.dtype, device=index.device)
     out[:, top : top + h, left : left + w] = index
     return out
+
+
+class FittingResidual:
+    """A ControlNet residual that fits the U-Net feature it is added to: the U-Net adds it as
+    ``feature + residual``, which (a plain tensor refusing this type) calls :meth:`__radd__`. The
+    same size adds it as it is; a network patch that changed the feature size (HiDiffusion's
+    RAU-Net) gets it area-averaged down, or nearest-upsampled, to that size."""
+
+    __slots__ = ("residual",)
+
+    def __init__(self, residual: Tensor):
+        self.residual = residual
+
+    def __radd__(self, feature: Tensor) -> Tensor:
+        r = self.residual
+        if r.shape[-2:] != feature.shape[-2:]:
+            size = tuple(feature.shape[-2:])
+            shrink = r.shape[-2] >= size[0] and r.shape[-1] >= size[1]
+            r = (torch.nn.functional.adaptive_avg_pool2d(r, size) if shrink
+                 else torch.nn.functional.interpolate(r, size=size, mode="nearest"))
+        return feature + r

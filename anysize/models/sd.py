@@ -10,6 +10,7 @@ from ..devices import upload
 from ..lazy import lazy_module
 from .base import Conditioning, ModelAdapter, PromptEmbeds, Window
 from .control import CONTROL_INPUTS, CONTROL_POSITIVE, CONTROLS
+from .control_pixels import FittingResidual
 
 torch = lazy_module("torch")
 
@@ -67,7 +68,9 @@ class UNetAdapter(ModelAdapter):
                 d, m = [r * keep.to(r.dtype) for r in d], m * keep.to(m.dtype)
             down = d if down is None else [a + b for a, b in zip(down, d)]
             mid = m if mid is None else mid + m
-        return {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        # wrapped, so that residuals also fit a U-Net whose feature sizes a patch changed (RAU-Net)
+        return {"down_block_additional_residuals": tuple(FittingResidual(r) for r in down),
+                "mid_block_additional_residual": FittingResidual(mid)}
 
 
 class SDAdapter(UNetAdapter):
