@@ -16,6 +16,17 @@ size and run: each stage of a multi-stage method gets the *original* image resiz
 canvas), then cropped at the call's window, or gathered through the call's
 :class:`~anysize.models.control_pixels.ControlView`. The step comes from the sampling loop
 (:func:`anysize.sampling.current_step`), so the guidance window needs no host synchronisation.
+
+Deliberate differences from the diffusers ControlNet pipelines (each output is otherwise the same
+to float rounding at the native size, ``tests/test_controlnet.py::*equal_diffusers``):
+
+* steps outside a control's window skip its call instead of multiplying its residuals by 0;
+* guess mode with CFG runs the ControlNet on both halves and zeroes the negative half's residuals
+  (diffusers runs it on the positive half only): the same sums, and no boolean row selection that
+  would make the host wait for the device;
+* FLUX / SD3 control images are encoded to the posterior's mean (diffusers: a sample; SD3's from
+  the global RNG), so a control adds no randomness and touches no global RNG state;
+* any ControlNet with ``global_pool_conditions`` turns guess mode on (diffusers reads the first one).
 """
 
 from __future__ import annotations

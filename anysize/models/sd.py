@@ -51,14 +51,12 @@ class UNetAdapter(ModelAdapter):
         added = kwargs.get("added_cond_kwargs")
         down = mid = None
         for item, image in inputs:
-            extra = {}
-            if type(item.net).__name__ == "ControlNetUnionModel":
+            extra = dict(guess_mode=controls.guess_mode)
+            if type(item.net).__name__ == "ControlNetUnionModel":  # one mode per control, as a one-hot type
                 n = item.net.config.num_control_type
                 kind = _union_type(n, item.mode, x.dtype, x.device).expand(x.shape[0], n)
-                extra = dict(control_type=kind, control_type_idx=[item.mode])
+                extra.update(control_type=kind, control_type_idx=[item.mode])
                 image = [image]
-            else:
-                extra = dict(guess_mode=controls.guess_mode)
             d, m = item.net(
                 x.to(item.net.dtype), t, encoder_hidden_states=embeds.embeds, controlnet_cond=image,
                 conditioning_scale=item.scale, added_cond_kwargs=added, return_dict=False, **extra,
