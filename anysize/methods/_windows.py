@@ -124,15 +124,16 @@ def fuse(
     num = torch.zeros(b, c, h, w + wrap, device=x_in.device, dtype=torch.float32)
     den = torch.zeros(b, 1, h, w + wrap, device=x_in.device, dtype=torch.float32)
     free, per_sample = window_free(ctx.adapter), shares_calls(ctx.adapter) and not window_free(ctx.adapter)
-    if free and control.of(ctx.cond.positive) is not None:
+    if free and control.in_run(ctx.cond):
         per_sample = True  # the network ignores the place, but each window's ControlNet input depends on it
     for call in _calls(windows, batch, free or per_sample):
         win = [j.window for j in call] if per_sample else call[0].window
         x = torch.stack([win_crop(src, j) for j in call])
         view = None
-        if frame is not None and control.of(ctx.cond.positive) is not None:
+        if frame is not None and control.in_run(ctx.cond):
             view = framed_view([j.window for j in call], frame, x.device)
-        out = ctx.adapter.predict_guided(x, ctx.t, select_cond(ctx.cond, [j.image for j in call]), win, view=view)
+        out = ctx.adapter.predict_guided(x, ctx.t, select_cond(ctx.cond, [j.image for j in call]), win,
+                                         **control.view_kwargs(view))
         for k, j in enumerate(call):
             wt = weights[(j.window.height, j.window.width)]
             rows, cols = j.window.slices

@@ -310,11 +310,11 @@ class DemoFusion(Method):
             views = torch.cat([smooth[:, :, dy::s, dx::s] for dy, dx in call])
             cond = select_cond(ctx.cond, list(range(b)) * len(call))
             view = None
-            if control.of(ctx.cond.positive) is not None:  # a sub-grid's control: the blocks of its pixels
+            if control.in_run(ctx.cond):  # a sub-grid's control: the blocks of its pixels
                 vh, vw = views.shape[-2:]
                 view = ControlView((h, w), torch.stack([grid_index((h, w), dy - ph, dx - pw, s, vh, vw, views.device)
                                                         for dy, dx in call for _ in range(b)]))
-            pred = ctx.adapter.predict_guided(views, ctx.t, cond, view=view)
+            pred = ctx.adapter.predict_guided(views, ctx.t, cond, **control.view_kwargs(view))
             for (dy, dx), part in zip(call, pred.float().split(b)):
                 out[:, :, dy::s, dx::s] = part
         return out[..., ph:, pw:]

@@ -421,7 +421,7 @@ class Elastic(Method):
         # every call is a native-size image (SDXL: size conditioning = native, crop (0, 0)); a
         # ControlNet sees the canvas pixels the call's input came from (``view``), none in the padding
         cv = view() if view is not None and control.of(embeds) is not None else None
-        return ctx.adapter.predict(x, ctx.t, embeds, Window.full(*native), view=cv)
+        return ctx.adapter.predict(x, ctx.t, embeds, Window.full(*native), **control.view_kwargs(cv))
 
     @staticmethod
     def _embeds(cond: Conditioning, images: list[int], which: str) -> PromptEmbeds:

@@ -339,10 +339,11 @@ class ModelAdapter:
         pipelines, so results agree with them to float rounding.
         """
         if not cond.do_cfg:
-            return self.predict(x, t, cond.positive, window, view=view)
+            return self.predict(x, t, cond.positive, window, **control.view_kwargs(view))
         if window is not None and not isinstance(window, Window):
             window = list(window) * 2  # [negative; positive] halves see the same windows
-        out = self.predict(torch.cat([x, x]), t, cond.for_cfg(), window, view=None if view is None else view.repeat(2))
+        out = self.predict(torch.cat([x, x]), t, cond.for_cfg(), window,
+                           **control.view_kwargs(None if view is None else view.repeat(2)))
         uncond, text = out.chunk(2)
         return uncond + cond.guidance_scale * (text - uncond)
 

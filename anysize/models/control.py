@@ -161,6 +161,16 @@ def of(embeds: PromptEmbeds) -> Controls | None:
     return embeds.extra.get(CONTROLS)
 
 
+def in_run(cond: Conditioning | None) -> bool:
+    """Whether the run of this conditioning has controls (methods build control views only then)."""
+    return cond is not None and of(cond.positive) is not None
+
+
+def view_kwargs(view) -> dict:
+    """``{"view": view}``, or nothing without one: callers that wrap ``predict`` need not know it."""
+    return {} if view is None else {"view": view}
+
+
 def attach(cond: Conditioning, controls: Controls | None) -> Conditioning:
     """``cond`` carrying ``controls`` (the same object in both CFG halves; a 1/0 row flag for guess mode)."""
     from .base import Conditioning, PromptEmbeds
