@@ -14,7 +14,6 @@ from anysize import api
 from anysize.builders.controlnet import tiny_controlnet
 from anysize.errors import InvalidArgumentError
 from anysize.methods import create
-from anysize.methods import demofusion as df
 from anysize.models import adapt
 from anysize.sampling import StepContext
 

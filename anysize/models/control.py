@@ -15,7 +15,9 @@ adapter's ``predict`` asks it for the control of exactly the region each network
 size and run: each stage of a multi-stage method gets the *original* image resized to its own
 canvas), then cropped at the call's window, or gathered through the call's
 :class:`~anysize.models.control_pixels.ControlView`. The step comes from the sampling loop
-(:func:`anysize.sampling.current_step`), so the guidance window needs no host synchronisation.
+(:func:`anysize.sampling.current_step`), so the guidance window needs no host synchronisation; it
+applies to the steps of each sampling loop (each stage of a multi-stage method, an img2img pass's
+partial schedule), as diffusers' img2img ControlNet pipelines apply it to the steps they run.
 
 Deliberate differences from the diffusers ControlNet pipelines (each output is otherwise the same
 to float rounding at the native size, ``tests/test_controlnet.py::*equal_diffusers``):
@@ -191,12 +193,12 @@ def attach(cond: Conditioning, controls: Controls | None) -> Conditioning:
 # ------------------------------------------------------------------------------------------ checking
 
 
-def check(adapter: ModelAdapter, controls, *, source_image=None, loader: Callable | None = None) -> list[ActiveControl]:
+def check(adapter: ModelAdapter, controls, *, source_image=None) -> list[ActiveControl]:
     """The user's ``controls`` (a :class:`Control` or a list of them) checked and loaded for ``adapter``.
 
     ``source_image`` (an RGB PIL image) stands in for a control without an image (the upscale tile
-    control); without one such a control is an error. ``loader(path, class_names, adapter)`` loads
-    a ControlNet named by a path or hub id (default :func:`load_controlnet`).
+    control); without one such a control is an error. A ControlNet named by a path or hub id is
+    loaded with :func:`load_controlnet`.
     """
     if controls is None:
         return []
@@ -221,11 +223,11 @@ def check(adapter: ModelAdapter, controls, *, source_image=None, loader: Callabl
         end = _number(f"{what} end", c.end, 0.0, 1.0)
         if start >= end:
             raise InvalidArgumentError(f"{what}: start {start} must be below end {end} (both in [0, 1])")
+        image, image_record = _image(c.image, source_image, what)  # before a (long) load
         name = c.model if isinstance(c.model, (str, os.PathLike)) else None
-        net = (loader or load_controlnet)(c.model, classes, adapter) if name is not None else c.model
+        net = load_controlnet(c.model, classes, adapter) if name is not None else c.model
         check_fits(adapter, net, what)
         mode = _mode(net, c.mode, what)
-        image, image_record = _image(c.image, source_image, what)
         label = os.fspath(name) if name is not None else (net.config.get("_name_or_path", "") or type(net).__name__)
         record = {"model": label, **image_record, "scale": scale, "start": start, "end": end}
         if mode is not None:
