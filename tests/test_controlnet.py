@@ -506,3 +506,36 @@ def test_batch_job_with_control_runs_and_records_it(tiny, nets, tmp_path, monkey
     assert read_metadata(tmp_path / "out" / "with.png")["controls"][0]["scale"] == 0.5
     assert "controls" not in read_metadata(tmp_path / "out" / "without.png")
     assert json.loads((tmp_path / "out" / "with.json").read_text())
+
+
+def test_controls_are_run_state_batch_equals_alone_and_two_threads_share_one_adapter(tiny, nets):
+    import threading
+
+    pipe, net = tiny("sd1"), nets("sd1")
+    adapter = adapt(pipe)
+    method = create("fstd")
+    controls = [anysize.Control(net, noise_image(64, 64, 11)), anysize.Control(net, noise_image(64, 64, 12), 1.5)]
+
+    def one(control, prompt="a cat", seed=0):
+        return anysize.generate(adapter, prompt, width=192, height=128, steps=2, seed=seed, method=method,
+                                control=control, output_type="latent", progress=False).latents
+
+    alone = [one(controls[0]), one(controls[1], "a dog", 3)]
+    both = anysize.generate(adapter, ["a cat", "a cat"], width=192, height=128, steps=2, seed=[0, 7], method=method,
+                            control=controls[0], output_type="latent", progress=False).latents
+    assert (both[:1] - alone[0]).abs().max() <= 1e-4  # batched kernels round differently
+    assert (both[1:] - one(controls[0], seed=7)).abs().max() <= 1e-4
+
+    results, start = [None, None], threading.Barrier(2)
+
+    def worker(i, *args):
+        start.wait()
+        results[i] = one(*args)
+
+    threads = [threading.Thread(target=worker, args=(0, controls[0])),
+               threading.Thread(target=worker, args=(1, controls[1], "a dog", 3))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(torch.equal(r, a) for r, a in zip(results, alone))
