@@ -13,6 +13,7 @@ from .errors import AnysizeError  # noqa: E402  (torch-free)
 
 #: public name -> the submodule that defines it
 _LAZY = {
+    "Control": "api",
     "GenerationResult": "api",
     "batch": "batching",
     "generate": "api",
@@ -24,7 +25,8 @@ _LAZY = {
     "Region": "regions",
 }
 
-__all__ = ["AnysizeError", "GenerationResult", "Lora", "METHODS", "Region", "batch", "generate", "load", "patch", "upscale", "__version__"]
+__all__ = ["AnysizeError", "Control", "GenerationResult", "Lora", "METHODS", "Region", "batch", "generate", "load", "patch", "upscale",
+           "__version__"]
 
 
 def __getattr__(name: str):

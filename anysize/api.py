@@ -29,7 +29,9 @@ from .images import load_image  # noqa: F401  (anysize.api.load_image: part of t
 from .lora import LoraFile, check_loras
 from .models import ModelAdapter, adapt
 from .models import load as _load_model
+from .models import control as _control
 from .models.base import Conditioning, as_list
+from .models.control import Control  # noqa: F401  (anysize.Control: part of the API)
 from .options import require
 from .prompts import check_prompt
 from .request import Request
@@ -185,6 +187,8 @@ def generate(
     method_options: dict[str, Any] | None = None,
     lora=None,
     regions: Sequence[Any] | None = None,
+    control: Control | Sequence[Control] | None = None,
+    control_guess_mode: bool = False,
 ) -> GenerationResult:
     """Generate one image per prompt at any size with a registered method.
 
@@ -208,6 +212,11 @@ def generate(
     ``regions`` (the window methods: multidiffusion, fstd) is a list of :class:`anysize.regions.Region`
     (or their dicts): parts of the canvas with their own prompts; each image's own prompt is then the
     background prompt (see :mod:`anysize.regions`). They are recorded in the config (``regions``).
+
+    ``control``: one :class:`Control` or a list (several ControlNets add their residuals); every
+    network call of every method gets the control image resized to its canvas and cut to the
+    region it sees (see :mod:`anysize.models.control`). ``control_guess_mode`` is diffusers'
+    ``guess_mode``.
     """
     adapter = _adapter(model)
     if getattr(adapter, "needs_image", False):
@@ -232,19 +241,20 @@ def generate(
     settings = _settings(adapter, len(prompts), steps, guidance, seed, scheduler, tiled_vae, output_type, callback,
                          cancel, progress)
     m.check(adapter, height, width, settings.steps)
-    loras = check_loras(lora)
+    loras = check_loras(lora)  # before the controls: a ControlNet named by path is loaded there
+    controls = _controls(adapter, control, control_guess_mode)
 
     start = time.perf_counter()
     calls0 = adapter.calls
     with torch.no_grad(), _network_for(adapter, loras):
-        request = _request(adapter, prompts, negative, height, width, settings, callback, cancel, progress)
+        request = _request(adapter, prompts, negative, height, width, settings, callback, cancel, progress, controls)
         if regions is not None:
             plan = _regions.plan(adapter, regions, prompts, negative, request.cond, width, height, request.seeds)
             request.cond = dataclasses.replace(request.cond, regions=plan)
         latents = m.run(request)
         images = _finish(adapter, latents, settings, progress, wrap=m.wraps)
     seconds = time.perf_counter() - start
-    config = _config(adapter, request, m, settings, loras)
+    config = _config(adapter, request, m, settings, loras, controls)
     if regions is not None:
         config["regions"] = [r.to_dict() for r in regions]
     return GenerationResult(images, latents, config, seconds, adapter.calls - calls0)
@@ -315,6 +325,8 @@ def upscale(
     output_type: str = "pil",
     method_options: dict[str, Any] | None = None,
     lora=None,
+    control: Control | Sequence[Control] | None = None,
+    control_guess_mode: bool = False,
 ) -> GenerationResult:
     """Enlarge ``image`` (a PIL image or a file path) SDEdit-style with a registered method.
 
@@ -338,6 +350,8 @@ def upscale(
     pipeline); below 1 the bicubic target-size image, encoded, is the starting point.
 
     ``lora``: LoRAs active for the whole run, as in :func:`generate`.
+    ``control`` as in :func:`generate`; a :class:`Control` without an image takes the source image
+    (a tile ControlNet for faithful upscaling: every tile gets its crop of the resized source).
     """
     adapter = _adapter(model)
     if isinstance(prompt, (list, tuple)) or isinstance(negative_prompt, (list, tuple)):
@@ -374,13 +388,14 @@ def upscale(
     f = adapter.vae_factor
     # refuses a strength that runs no step, before the (possibly long) encode
     partial_schedule(adapter, make_scheduler(adapter, scheduler), settings.steps, strength, (height // f, width // f))
-    loras = check_loras(lora)
+    loras = check_loras(lora)  # before the controls: a ControlNet named by path is loaded there
+    controls = _controls(adapter, control, control_guess_mode, source_image=source)
 
     start = time.perf_counter()
     calls0 = adapter.calls
     with torch.no_grad(), _network_for(adapter, loras):
         request = _request(adapter, [prompt], None if negative_prompt is None else [negative_prompt], height, width,
-                   settings, callback, cancel, progress)
+                   settings, callback, cancel, progress, controls)
         if conditioned:  # the low-res image, noised once, conditions every window (drawn first, as the pipeline does)
             low_res = image_to_tensor(source, height // f, width // f)
             request.cond = adapter.condition_on_image(request.cond, low_res, noise_level, request.generators)
@@ -395,7 +410,7 @@ def upscale(
             latents = m.refine(request, clean, strength)
         images = _finish(adapter, latents, settings, progress, wrap=m.wraps)
     seconds = time.perf_counter() - start
-    config = _config(adapter, request, m, settings, loras)
+    config = _config(adapter, request, m, settings, loras, controls)
     name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "") or ""
     config["strength"] = strength
     config["upscale"] = {
@@ -523,10 +538,38 @@ def _settings(adapter, batch, steps, guidance, seed, scheduler, tiled_vae, outpu
     return _Settings(steps, guidance, seed, scheduler, label, tiled_vae, output_type)
 
 
-def _request(adapter, prompts, negative, height, width, s: _Settings, callback, cancel, progress) -> Request:
+def load_controls(adapter, controls):
+    """``controls`` with every ControlNet named by a path or hub id loaded for ``adapter`` (once per
+    name), so that a front end generating several images loads each one once."""
+    loaded: dict[str, Any] = {}
+    out = []
+    for c in ([controls] if isinstance(controls, Control) else list(controls or [])):
+        if isinstance(c, Control) and isinstance(c.model, (str, os.PathLike)):
+            key = os.fspath(c.model)
+            if key not in loaded:
+                classes = _control.CLASSES.get(adapter.family)
+                if classes is None:
+                    raise InvalidArgumentError(
+                        f"ControlNet works with the {', '.join(_control.CLASSES)} families, not with the {adapter.family} model")
+                loaded[key] = _control.load_controlnet(key, classes, adapter)
+            c = dataclasses.replace(c, model=loaded[key])
+        out.append(c)
+    return out
+
+
+def _controls(adapter, control, guess_mode, *, source_image=None):
+    """The run's ControlNets checked and loaded (None without any), before any work."""
+    if not isinstance(guess_mode, bool):
+        raise InvalidArgumentError(f"control_guess_mode must be True or False, got {guess_mode!r}")
+    items = _control.check(adapter, control, source_image=source_image)
+    return _control.prepare(adapter, items, guess_mode=guess_mode)
+
+
+def _request(adapter, prompts, negative, height, width, s: _Settings, callback, cancel, progress,
+             controls=None) -> Request:
     generators = make_generators(s.seed, len(prompts))
     seeds = [g.initial_seed() for g in generators]
-    cond = adapter.encode_prompt(prompts, negative, guidance_scale=s.guidance)
+    cond = _control.attach(adapter.encode_prompt(prompts, negative, guidance_scale=s.guidance), controls)
     return Request(
         adapter, prompts, negative, height, width, s.steps, s.guidance, seeds, s.scheduler, cond, generators,
         callback, cancel, progress,
@@ -556,8 +599,9 @@ def _network_for(adapter: ModelAdapter, loras: Sequence[LoraFile]):
     return adapter.loras(loras) if loras else adapter.network_lock.shared()
 
 
-def _config(adapter, request: Request, m, s: _Settings, loras: Sequence[LoraFile] = ()) -> dict[str, Any]:
-    return {
+def _config(adapter, request: Request, m, s: _Settings, loras: Sequence[LoraFile] = (),
+            controls=None) -> dict[str, Any]:
+    config = {
         "prompts": request.prompts,
         "negative_prompts": request.negative,
         "width": request.width,
@@ -575,6 +619,11 @@ def _config(adapter, request: Request, m, s: _Settings, loras: Sequence[LoraFile
         "tiled_vae": s.tiled_vae,
         "versions": _versions(),
     }
+    if controls is not None:
+        config["controls"] = controls.describe()
+        if controls.guess_mode:
+            config["control_guess_mode"] = True
+    return config
 
 
 def _versions() -> dict[str, str]:

@@ -98,6 +98,12 @@ def infotext(config: dict) -> str:
     if upscale:  # img2img enlargement: A1111's key for the strength, and where the image came from
         pairs += [("Denoising strength", upscale.get("strength")), ("Upscale source", upscale.get("source")),
                   ("Upscale from", "x".join(map(str, upscale.get("source_size") or [])))]
+    for i, c in enumerate(config.get("controls") or []):  # A1111's ControlNet extension's key and fields
+        fields = [("Model", c.get("model")), ("Image", c.get("image")), ("Weight", c.get("scale")),
+                  ("Guidance Start", c.get("start")), ("Guidance End", c.get("end"))]
+        if c.get("mode") is not None:
+            fields.append(("Control Mode", c.get("mode")))
+        pairs.append((f"ControlNet {i}", ", ".join(f"{k}: {_fmt(v)}" for k, v in fields)))
     version = (config.get("versions") or {}).get("anysize")
     if version is None:
         from . import __version__ as version

@@ -37,7 +37,7 @@ __all__ = ["FIELDS", "Job", "JobError", "InvalidJobsError", "Row", "parse", "rea
 
 #: the fields of a job, in the order the docs list them
 FIELDS = ("id", "prompt", "negative", "seed", "size", "width", "height", "method", "options", "steps", "guidance",
-          "scheduler", "lora", "regions")
+          "scheduler", "lora", "regions", "control")
 #: other spellings accepted for a field (the API's names)
 ALIASES = {"negative_prompt": "negative", "method_options": "options"}
 #: a job id: a file name without a directory or control characters, not hidden (anysize's temporaries
@@ -107,6 +107,8 @@ class Job:
     loras: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     #: regional prompts (:meth:`anysize.regions.Region.to_dict` of each), None: none
     regions: list[dict[str, Any]] | None = None
+    #: ControlNets: [{"model", "image", "scale", "start", "end"[, "mode"]}] (see :func:`parse_control`)
+    control: list[dict[str, Any]] | None = None
 
     def spec(self) -> dict[str, Any]:
         """Everything the image depends on, canonical (hashed into the id, stored in ``<id>.json``).
@@ -117,6 +119,7 @@ class Job:
             "prompt": self.prompt, "negative": self.negative, "seed": self.seed, "width": self.width,
             "height": self.height, "method": self.method, "options": self.options, "steps": self.steps,
             "guidance": self.guidance, "scheduler": self.scheduler, "model": self.model,
+            **({"control": self.control} if self.control else {}),  # absent without: older ids stay the same
         }
         if self.loras:
             spec["loras"] = [{k: one[k] for k in ("path", "sha256", "scale")} for one in self.loras]
@@ -130,6 +133,7 @@ class Job:
             "method": self.method, "options": self.options, "width": self.width, "height": self.height,
             "steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler,
             "negative": self.negative is not None, "loras": self.loras,
+            "control": self.control,
         }
         if self.regions is not None:  # one call's images share their regions
             key["regions"] = self.regions
@@ -375,8 +379,61 @@ def _one(row: Row, defaults: Mapping[str, Any], index: int) -> Job:
             raise InvalidArgumentError(
                 f"id {job_id!r} is not a file name: 1-200 characters, no '/', '\\' or control characters, not "
                 "starting with '.' (it names <id>.png and <id>.json)")
+    control = parse_control(get("control"), csv_row)
     return Job(row.number, row.line, prompt, negative, seed, width, height, method, options, steps, guidance,
-               scheduler, job_id, loras=loras, regions=regions)
+               scheduler, job_id, loras=loras, regions=regions, control=control)
+
+
+#: the keys of one ControlNet in a job's ``control`` list, with their defaults (None: required)
+CONTROL_KEYS = {"model": None, "image": None, "scale": 1.0, "start": 0.0, "end": 1.0, "mode": None}
+
+
+def parse_control(raw: Any, csv_row: bool = False) -> list[dict[str, Any]] | None:
+    """A job's ``control`` field: a list of {"model": PATH, "image": FILE, "scale", "start", "end"[, "mode"]}
+    (in a CSV file, that list as JSON), checked and completed with the defaults and the image's
+    SHA-256 (part of the job's id); None when absent."""
+    if raw is None or raw == "" or raw == []:
+        return None
+    if csv_row and isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise InvalidArgumentError(f"control must be a JSON list of objects: {e.msg}") from None
+    if isinstance(raw, dict):
+        raw = [raw]
+    example = '[{"model": "path/to/controlnet", "image": "edges.png", "scale": 1.0, "start": 0.0, "end": 1.0}]'
+    if not isinstance(raw, list):
+        raise InvalidArgumentError(f"control must be a list of objects like {example}, got {raw!r}")
+    out = []
+    for i, item in enumerate(raw):
+        what = f"control {i + 1}"
+        if not isinstance(item, dict):
+            raise InvalidArgumentError(f"{what} must be an object like {example[1:-1]}, got {item!r}")
+        unknown = sorted(set(item) - set(CONTROL_KEYS))
+        if unknown:
+            raise InvalidArgumentError(f"{what}: unknown key {unknown[0]!r}; the keys: {', '.join(CONTROL_KEYS)}")
+        c = {k: item.get(k, d) for k, d in CONTROL_KEYS.items()}
+        for key in ("model", "image"):
+            if not isinstance(c[key], str) or not c[key]:
+                raise InvalidArgumentError(f"{what}: {key} must be a path (text), got {c[key]!r}")
+        for key, low, high in (("scale", 0.0, None), ("start", 0.0, 1.0), ("end", 0.0, 1.0)):
+            v = c[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (v >= low and (high is None or v <= high)):
+                rng = f">= {low:g}" if high is None else f"in [{low:g}, {high:g}]"
+                raise InvalidArgumentError(f"{what}: {key} must be a number {rng}, got {v!r}")
+            c[key] = float(v)
+        if c["start"] >= c["end"]:
+            raise InvalidArgumentError(f"{what}: start {c['start']} must be below end {c['end']}")
+        try:  # the image's content enters the job's id: a changed image is a new job
+            c["image_sha256"] = hashlib.sha256(Path(c["image"]).read_bytes()).hexdigest()
+        except OSError as e:
+            raise InvalidArgumentError(f"{what}: cannot read the control image {c['image']}: {e.strerror or e}") from None
+        if c["mode"] is None:
+            del c["mode"]
+        elif isinstance(c["mode"], bool) or not isinstance(c["mode"], (int, str)):
+            raise InvalidArgumentError(f"{what}: mode must be an index or a name, got {c['mode']!r}")
+        out.append(c)
+    return out
 
 
 def _regions(raw: Any, csv_row: bool, method) -> list[dict[str, Any]] | None:

@@ -91,6 +91,7 @@ def run_chunk(adapter, chunk: Chunk, out: Path, *, tiled_vae="auto", who: dict[s
             width=first.width, height=first.height, method=first.method, method_options=first.options,
             steps=first.steps, guidance=first.guidance, seed=[j.seed for j in jobs], scheduler=first.scheduler,
             tiled_vae=tiled_vae, progress=False, lora=first.loras, regions=first.regions,
+            control=_job_controls(adapter, first),
         )
         wanted = {j.id for j in todo}
         for i, job in enumerate(jobs):
@@ -109,6 +110,25 @@ def run_chunk(adapter, chunk: Chunk, out: Path, *, tiled_vae="auto", who: dict[s
     return [{"id": j.id, "row": j.row, "status": "done", "error": None, "seconds": round(seconds / len(jobs), 4),
              "chunk_seconds": round(seconds, 4), "network_calls": result.network_calls // len(jobs),
              "chunk_network_calls": result.network_calls, **base} for j in todo]
+
+
+#: ControlNets loaded for the batch jobs, by (model network, path): each loaded once per run
+_CONTROLNETS: dict[tuple[int, str], Any] = {}
+
+
+def _job_controls(adapter, job: Job) -> list | None:
+    """The job's ``control`` rows as ``anysize.Control`` objects, each ControlNet loaded once."""
+    if not job.control:
+        return None
+    from ..models import control
+
+    out = []
+    for c in job.control:
+        key = (id(adapter.network), c["model"])
+        if key not in _CONTROLNETS:
+            _CONTROLNETS[key] = control.load_controlnet(c["model"], control.CLASSES.get(adapter.family, ()), adapter)
+        out.append(control.Control(_CONTROLNETS[key], c["image"], c["scale"], c["start"], c["end"], c.get("mode")))
+    return out
 
 
 def _free_memory(adapter, error: Exception) -> None:

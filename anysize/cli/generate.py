@@ -8,6 +8,7 @@ import textwrap
 from ..errors import check_choice
 from ..lora import cli_loras
 from .console import EXIT_OK, library_output, note
+from .controls import add_control_options, parse_controls
 from .inputs import check_text_option, parse_set, parse_size, read_prompts
 from .methods import method_lines
 from .model_options import (
@@ -26,6 +27,8 @@ examples:
   anysize generate --prompts-file prompts.txt --seed 100 --out batch/
   anysize generate "a white background" --size 256x128 --method multidiffusion \\
       --region "0,0,128,128:a red circle" --region "128,0,128,128:a blue square"
+  anysize generate "a house" --size 2048x1024 --method fstd --controlnet lllyasviel/control_v11p_sd15_canny \
+      --control-image edges.png --control-scale 0.8 --control-end 0.6
 """
 
 
@@ -96,6 +99,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, metavar="S", default=0,
                    help="random seed; image i of several uses S + i (default: 0)")
     p.add_argument("--scheduler", metavar="NAME", default="default", help=scheduler_help())
+    add_control_options(p)
     add_runtime_options(p)
     p.add_argument("--tiled-vae", metavar="MODE", default="auto",
                    help=f"{', '.join(TILED_VAE_MODES)}: decode in tiles with whole-image GroupNorm statistics to "
@@ -145,6 +149,7 @@ def run(args: argparse.Namespace) -> int:
     check_seed(args.seed, len(prompts))  # image i uses seed + i
     check_text_option(args.negative, "--negative")
     check_sizes(args, [size])
+    controls = parse_controls(args)
     outputs = plan_outputs(args.out, len(prompts), args.method, size, args.seed)
     for path in outputs or ():
         check_writable(path, args.force)
@@ -160,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
         if regions is not None:
             check_regions(regions, width, height)
         make_scheduler(adapter, args.scheduler)  # a flow scheduler on a U-Net model and the like
+        controls = api.load_controls(adapter, controls)  # each ControlNet loaded once for every prompt
         if outputs is None:  # the default name needed the native size
             outputs = plan_outputs(args.out, len(prompts), args.method, (width, height), args.seed)
             for path in outputs:
@@ -174,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
                 adapter, prompt, negative_prompt=negative, width=width, height=height, method=args.method,
                 steps=args.steps, guidance=args.guidance, seed=args.seed + i, scheduler=args.scheduler,
                 tiled_vae=tiled, progress=not quiet, method_options=options, lora=loras, regions=regions,
+                control=controls or None, control_guess_mode=args.control_guess_mode,
             )
             written = save_png(result.images[0], path, result.config_for(0), force=args.force)
             print(written, flush=True)

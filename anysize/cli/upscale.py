@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import InvalidArgumentError, OutputError, check_choice
 from ..lora import cli_loras
 from .console import EXIT_OK, library_output, note
+from .controls import add_control_options, parse_controls
 from .inputs import check_text_option, parse_set, parse_size
 from .methods import method_lines, refining_methods
 from .outputs import check_out_given
@@ -43,6 +44,7 @@ methods that can upscale (--method; options with --set KEY=VALUE, see 'anysize m
 EPILOG = """\
 examples:
   anysize upscale photo.png --scale 4 --method fstd --strength 0.4 --prompt "high quality, detailed"
+  anysize upscale photo.png --scale 4 --controlnet lllyasviel/control_v11f1e_sd15_tile --control-scale 0.6
   anysize upscale photo.png --size 4096x2048 --method multidiffusion --model stabilityai/stable-diffusion-2-1-base \\
       --dtype fp16 --device cuda --out big.png
 """
@@ -79,6 +81,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance scale (default: the model's; 1, i.e. none, without a prompt)")
     p.add_argument("--seed", type=int, metavar="S", default=0, help="random seed (default: 0)")
     p.add_argument("--scheduler", metavar="NAME", default="default", help=scheduler_help())
+    add_control_options(p, upscale=True)
     add_runtime_options(p)
     p.add_argument("--tiled-vae", metavar="MODE", default="auto",
                    help=f"{', '.join(TILED_VAE_MODES)}: as in 'anysize generate' (default: auto, tiled above "
@@ -121,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     device = check_model_options(args)
     source = load_image(args.image)  # unreadable or unconvertible images fail before the model loads
     check_sizes(args, [size])
+    controls = parse_controls(args, upscale=True)
     check_out_given(args.out)
     if args.out is not None and Path(args.out).suffix.lower() != ".png" and not Path(args.out).is_dir():
         raise OutputError(f"--out {args.out} must end in .png (anysize writes PNG files with their parameters)")
@@ -143,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
             guidance=args.guidance,
             seed=args.seed, scheduler=args.scheduler, tiled_vae=tiled, progress=not quiet, method_options=options,
             lora=loras,
+            control=api.load_controls(adapter, controls) or None, control_guess_mode=args.control_guess_mode,
         )
         written = save_png(result.images[0], out, result.config_for(0), force=args.force)
     print(written, flush=True)

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 from ..devices import upload
 from ..errors import InvalidArgumentError
 from ..lazy import lazy_module
+from ..models import control
 from ..models.base import Conditioning, PromptEmbeds, Window
+from ..models.control_pixels import ControlView, grid_index
 from ..sampling import StepContext
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -110,12 +112,15 @@ def _calls(windows: list[ImageWindow], batch: int, free: bool) -> list[list[Imag
 
 def fuse(
     ctx: StepContext, x_in: Tensor, windows: list[ImageWindow], batch: int, weights: dict[tuple[int, int], Tensor],
-    *, wrap: int = 0,
+    *, wrap: int = 0, frame: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Numerator (B, C, H, W) and denominator (B, 1, H, W) of the weighted window fusion.
 
     ``weights[(h, w)]`` is the weight map of an h×w window. ``wrap`` > 0 lets windows reach up to
     ``wrap`` px past the right border and wrap around to the left (circular panoramas).
+    ``frame`` = (rows, cols): ``x_in`` is the real canvas with a border of that many padding pixels
+    on each side (DemoFusion's jittered views), so a ControlNet sees the real canvas's control
+    under each window and none in the border.
     """
     if getattr(ctx.cond, "regions", None) is not None:
         return _fuse_regions(ctx, x_in, windows, batch, weights, wrap=wrap)
@@ -124,10 +129,16 @@ def fuse(
     num = torch.zeros(b, c, h, w + wrap, device=x_in.device, dtype=torch.float32)
     den = torch.zeros(b, 1, h, w + wrap, device=x_in.device, dtype=torch.float32)
     free, per_sample = window_free(ctx.adapter), shares_calls(ctx.adapter) and not window_free(ctx.adapter)
+    if free and control.in_run(ctx.cond):
+        per_sample = True  # the network ignores the place, but each window's ControlNet input depends on it
     for call in _calls(windows, batch, free or per_sample):
         win = [j.window for j in call] if per_sample else call[0].window
         x = torch.stack([win_crop(src, j) for j in call])
-        out = ctx.adapter.predict_guided(x, ctx.t, select_cond(ctx.cond, [j.image for j in call]), win)
+        view = None
+        if frame is not None and control.in_run(ctx.cond):
+            view = framed_view([j.window for j in call], frame, x.device)
+        out = ctx.adapter.predict_guided(x, ctx.t, select_cond(ctx.cond, [j.image for j in call]), win,
+                                         **control.view_kwargs(view))
         for k, j in enumerate(call):
             wt = weights[(j.window.height, j.window.width)]
             rows, cols = j.window.slices
@@ -170,6 +181,8 @@ def _fuse_regions(
     num = torch.zeros(b, c, h, w + wrap, device=x_in.device, dtype=torch.float32)
     den = torch.zeros(b, 1, h, w + wrap, device=x_in.device, dtype=torch.float32)
     free, per_sample = window_free(ctx.adapter), shares_calls(ctx.adapter) and not window_free(ctx.adapter)
+    if free and control.in_run(ctx.cond):
+        per_sample = True  # the network ignores the place, but each window's ControlNet input depends on it
     for call in _calls(windows, batch, free or per_sample):
         items = [(j, s) for j in call for s in range(plan.slots) if plan.touches(s, *_box(j.window))]
         crops = []
@@ -218,6 +231,15 @@ def _bootstrap_backgrounds(ctx: StepContext, plan, x_in: Tensor, ext) -> dict[tu
             state = ctx.adapter.from_x0(ctx.scheduler, x0, noise[i], ctx.t)
             out[(i, s)] = ext(ctx.model_input(state).to(x_in.dtype)), ext(masks[s].to(x_in.dtype))
     return out
+
+
+def framed_view(windows: list[Window], frame: tuple[int, int], device) -> ControlView:
+    """The control view of windows of a canvas padded by ``frame`` (rows, cols) on each side."""
+    fh, fw = frame
+    ch, cw = windows[0].canvas
+    real = (ch - 2 * fh, cw - 2 * fw)
+    return ControlView(real, torch.stack([
+        grid_index(real, w.top - fh, w.left - fw, 1, w.height, w.width, device) for w in windows]))
 
 
 def win_crop(src: Tensor, iw: ImageWindow) -> Tensor:

@@ -70,6 +70,10 @@ out). Deliberate differences, each with a test in ``tests/test_demofusion.py``:
   says 1.0) (test_defaults_are_the_officials).
 * SD 1.x/2.x are supported (official: SDXL only); ``progression="doubling"`` and ``jitter=false``
   are additions (test_doubling_progression, test_local_views_cover_the_canvas_and_jitter_without_it).
+* ControlNet (not in the official code): a jittered view gets the crop of the control image under
+  it (none in the zero border), a dilated view the control blocks of the latent pixels it samples,
+  each phase the original image resized to its canvas
+  (``tests/test_controlnet.py::test_demofusion_local_and_dilated_views_get_their_pixels_control``).
 """
 
 from __future__ import annotations
@@ -80,7 +84,9 @@ from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
 from ..lazy import lazy_module
+from ..models import control
 from ..models.base import Window
+from ..models.control_pixels import ControlView, grid_index
 from ..noise import timestep_value
 from ..options import option
 from ..sampling import StepContext
@@ -287,7 +293,7 @@ class DemoFusion(Method):
                 dy = axis_jitter(gen, r, r + th, h, jh)
                 windows.append(ImageWindow(i, Window(r + dy + jh, c + dx + jw, th, tw, canvas)))
         weights = {(th, tw): fusion_weights(th, tw, "uniform", device=x_in.device)}
-        num, den = fuse(ctx, padded, windows, self.options.view_batch_size * b, weights)
+        num, den = fuse(ctx, padded, windows, self.options.view_batch_size * b, weights, frame=(jh, jw))
         return (num / den)[..., jh : jh + h, jw : jw + w]
 
     def dilated_views(self, ctx: StepContext, x_in: Tensor, s: int, std: float) -> Tensor:
@@ -303,7 +309,12 @@ class DemoFusion(Method):
             call = grids[k : k + per_call]
             views = torch.cat([smooth[:, :, dy::s, dx::s] for dy, dx in call])
             cond = select_cond(ctx.cond, list(range(b)) * len(call))
-            pred = ctx.adapter.predict_guided(views, ctx.t, cond)
+            view = None
+            if control.in_run(ctx.cond):  # a sub-grid's control: the blocks of its pixels
+                vh, vw = views.shape[-2:]
+                view = ControlView((h, w), torch.stack([grid_index((h, w), dy - ph, dx - pw, s, vh, vw, views.device)
+                                                        for dy, dx in call for _ in range(b)]))
+            pred = ctx.adapter.predict_guided(views, ctx.t, cond, **control.view_kwargs(view))
             for (dy, dx), part in zip(call, pred.float().split(b)):
                 out[:, :, dy::s, dx::s] = part
         return out[..., ph:, pw:]

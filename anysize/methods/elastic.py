@@ -75,6 +75,9 @@ each checked in ``tests/test_elastic.py``:
     (``force_zeros_for_empty_prompt``), as in plain generation (official: encodes "").
 11. Bad sizes and options raise clear errors (official: raises a plain string for sizes not
     divisible by 8, which is itself a TypeError; its README passes a non-existent ``drop_p``).
+12. ControlNet (not in the official code): each local crop and each reference pass gets the
+    control blocks of the canvas pixels it holds, none in the background padding
+    (``tests/test_controlnet.py::test_every_call_gets_the_control_under_its_pixels``).
 
 ``msw_msa=True`` runs every network call inside :func:`anysize.patch`'s shifted-window attention
 (also at native size, where Elastic's calls are), the HiDiffusion operator, for composability.
@@ -88,12 +91,14 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..devices import upload
 from ..errors import InvalidArgumentError
 from ..lazy import lazy_module
+from ..models import control
 from ..models.base import Conditioning, PromptEmbeds, Window
+from ..models.control_pixels import ControlView, grid_index, pad_index
 from ..options import option
 from ..patches.hidiffusion import HiDiffusionPatch
 from ..sampling import StepContext
@@ -411,9 +416,12 @@ class Elastic(Method):
         return torch.stack(rows), (top, left)
 
     # ------------------------------------------------------------------ network calls
-    def _call(self, ctx: StepContext, x: Tensor, embeds: PromptEmbeds, native: tuple[int, int]) -> Tensor:
-        # every call is a native-size image (SDXL: size conditioning = native, crop (0, 0))
-        return ctx.adapter.predict(x, ctx.t, embeds, Window.full(*native))
+    def _call(self, ctx: StepContext, x: Tensor, embeds: PromptEmbeds, native: tuple[int, int],
+              view: Callable[[], ControlView] | None = None) -> Tensor:
+        # every call is a native-size image (SDXL: size conditioning = native, crop (0, 0)); a
+        # ControlNet sees the canvas pixels the call's input came from (``view``), none in the padding
+        cv = view() if view is not None and control.of(embeds) is not None else None
+        return ctx.adapter.predict(x, ctx.t, embeds, Window.full(*native), **control.view_kwargs(cv))
 
     @staticmethod
     def _embeds(cond: Conditioning, images: list[int], which: str) -> PromptEmbeds:
@@ -441,7 +449,12 @@ class Elastic(Method):
             imgs = [images[j] for j in g]
             zp, (top, left) = self._pad(ctx, run, z[g], imgs, geo.native)
             emb = self._embeds(cond, imgs, "negative").cat(self._embeds(cond, imgs, "positive"))
-            out = self._call(ctx, torch.cat([zp, zp]), emb, geo.native)[..., top : top + h, left : left + w]
+
+            def view(g=g, top=top, left=left):  # row k·B + i holds image i's pass-k picks
+                idx = torch.stack([plans[j % b, j // b] for j in g]).view(len(g), h, w)
+                return ControlView((hh, ww), pad_index(idx, geo.native, top, left)).repeat(2)
+
+            out = self._call(ctx, torch.cat([zp, zp]), emb, geo.native, view)[..., top : top + h, left : left + w]
             eu[g], ec[g] = out.chunk(2)
         d = (ec.float() - eu.float()).view(passes, b, c, h * w)
         big = torch.zeros(b, c, hh * ww, device=x_in.device, dtype=torch.float32)
@@ -468,7 +481,12 @@ class Elastic(Method):
             imgs = [i for i, _, _ in chunk]
             crops = torch.stack([x_in[i, :, r[2] : r[2] + ch, q[2] : q[2] + cw] for i, r, q in chunk])
             padded, (top, left) = self._pad(ctx, run, crops, imgs, geo.native)
-            pred = self._call(ctx, padded, self._embeds(ctx.cond, imgs, "negative"), geo.native)
+
+            def view(chunk=chunk, top=top, left=left):
+                idx = torch.stack([grid_index((hh, ww), r[2], q[2], 1, ch, cw, x_in.device) for _, r, q in chunk])
+                return ControlView((hh, ww), pad_index(idx, geo.native, top, left))
+
+            pred = self._call(ctx, padded, self._embeds(ctx.cond, imgs, "negative"), geo.native, view)
             pred = pred[..., top : top + ch, left : left + cw]
             for k, (i, r, q) in enumerate(chunk):
                 out[i, :, r[0] : r[1], q[0] : q[1]] = pred[k, :, r[0] - r[2] : r[1] - r[2], q[0] - q[2] : q[1] - q[2]]

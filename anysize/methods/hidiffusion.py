@@ -14,6 +14,11 @@ At or below the native size nothing is changed (plain generation), unless ``appl
 Window shifts are drawn from generators seeded with each image's seed, so the same seed gives
 the same image, alone or in a batch, and the global torch RNG is not touched (``shift_source="global"`` reproduces the
 official package's global draws).
+
+With a ControlNet (anysize's addition), the unpatched ControlNet's residuals are area-averaged to
+the feature sizes RAU-Net gives the U-Net while it is on
+(:class:`~anysize.models.control_pixels.FittingResidual`,
+``tests/test_controlnet.py::test_hidiffusion_raunet_gets_residuals_resized_to_its_feature_sizes``).
 """
 
 from __future__ import annotations

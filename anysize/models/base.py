@@ -12,13 +12,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from ..devices import upload
 from ..errors import InvalidArgumentError, InvalidSizeError
 from ..lazy import lazy_module
 from ..noise import NoiseSpace
 from ..prompts import check_prompts
+from . import control
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
+
+    from .control_pixels import ControlView
 
 torch = lazy_module("torch")
 
@@ -254,13 +258,17 @@ class ModelAdapter:
 
     # ---------------------------------------------------------------- network
     def predict(self, x: Tensor, t: Tensor, embeds: PromptEmbeds,
-                window: Window | Sequence[Window] | None = None) -> Tensor:
+                window: Window | Sequence[Window] | None = None, *, view: ControlView | None = None) -> Tensor:
         """One network call on latents ``x`` (N, C, h, w) already scaled for the model input.
 
         ``embeds`` must have batch N. ``window`` (default: the whole of x) says where x sits in the
         canvas; a list gives each of the N elements its own window (same size), for adapters whose
         network ignores the place (``not window_conditioned``) or takes it per sample
         (``per_sample_windows``). Returns the raw model output in the model's parametrisation.
+
+        With ControlNets in the run (:mod:`anysize.models.control`), each sample's control is the
+        crop of the control image at its window, or, for an input that is not a plain window of
+        the canvas (a strided or subsampled, padded view), what ``view`` says its pixels are.
         """
         if window is None:
             window = Window.full(x.shape[-2], x.shape[-1])
@@ -278,23 +286,48 @@ class ModelAdapter:
         self.calls += x.shape[0]
         if not isinstance(window, Window) and len(set(windows)) == 1:
             window = windows[0]
+        controls = control.of(embeds)
+        if controls is not None:
+            if view is not None and tuple(view.index.shape) != (x.shape[0], *x.shape[-2:]):
+                raise InvalidArgumentError(f"control view of shape {tuple(view.index.shape)} for latents {tuple(x.shape)}")
+            inputs = controls.inputs(windows if len(set(windows)) > 1 else windows[:1], x.shape[0], view)
+            embeds = PromptEmbeds(embeds.embeds, embeds.pooled, {**embeds.extra, control.CONTROL_INPUTS: inputs},
+                                  embeds.unbatched | {control.CONTROL_INPUTS})
         return self._forward(x, t, embeds, window)
 
     def _forward(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, window: Window) -> Tensor:
         raise NotImplementedError
 
+    # ---------------------------------------------------------------- ControlNet
+    @property
+    def control_factor(self) -> int:
+        """Control pixels per latent pixel: the ControlNets of pixel-space families see pixels."""
+        return self.vae_factor
+
+    def control_canvas(self, item: control.ActiveControl, canvas: tuple[int, int]) -> Tensor:
+        """(1, 3, H·f, W·f) in [0, 1]: the control image resized to a latent canvas as the diffusers
+        ControlNet pipelines resize it (``VaeImageProcessor`` without normalisation), in the
+        ControlNet's dtype."""
+        from diffusers.image_processor import VaeImageProcessor
+
+        f = self.vae_factor
+        processor = VaeImageProcessor(vae_scale_factor=f, do_convert_rgb=True, do_normalize=False)
+        image = processor.preprocess(item.image, height=canvas[0] * f, width=canvas[1] * f).to(dtype=torch.float32)
+        return upload(image, self.device, item.net.dtype)  # once per canvas size: no wait for the device
+
     def predict_guided(self, x: Tensor, t: Tensor, cond: Conditioning,
-                       window: Window | Sequence[Window] | None = None) -> Tensor:
+                       window: Window | Sequence[Window] | None = None, *, view: ControlView | None = None) -> Tensor:
         """The guided prediction for latents x of batch ``cond.batch``, one network call.
 
         With CFG the call runs on [x; x] with [negative; positive] embeddings, like the diffusers
         pipelines, so results agree with them to float rounding.
         """
         if not cond.do_cfg:
-            return self.predict(x, t, cond.positive, window)
+            return self.predict(x, t, cond.positive, window, **control.view_kwargs(view))
         if window is not None and not isinstance(window, Window):
             window = list(window) * 2  # [negative; positive] halves see the same windows
-        out = self.predict(torch.cat([x, x]), t, cond.for_cfg(), window)
+        out = self.predict(torch.cat([x, x]), t, cond.for_cfg(), window,
+                           **control.view_kwargs(None if view is None else view.repeat(2)))
         uncond, text = out.chunk(2)
         return uncond + cond.guidance_scale * (text - uncond)
 

@@ -19,6 +19,7 @@ from ..devices import upload
 from ..errors import InvalidArgumentError
 from ..lazy import lazy_module
 from .base import Conditioning, ModelAdapter, PromptEmbeds, Window
+from .control import CONTROL_INPUTS
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -72,6 +73,25 @@ class DiTAdapter(ModelAdapter):
         # the SD3 / FLUX img2img pipelines round the skipped part down, not the kept part
         return int(max(steps - min(steps * strength, steps), 0))
 
+    @property
+    def control_factor(self) -> int:
+        return 1  # the DiT ControlNets take the VAE-encoded control image, one latent pixel per pixel
+
+    def control_canvas(self, item, canvas: tuple[int, int]) -> Tensor:
+        """(1, C, H, W): the control image resized to the canvas (as the pipelines' image processor
+        does, normalised to [-1, 1]) and VAE-encoded, the posterior's mean (the pipelines draw a
+        sample: from the global RNG for SD3), scaled as the family's ControlNet pipeline scales it."""
+        from diffusers.image_processor import VaeImageProcessor
+
+        f = self.vae_factor
+        processor = VaeImageProcessor(vae_scale_factor=f * self.patch)
+        pixels = processor.preprocess(item.image, height=canvas[0] * f, width=canvas[1] * f)
+        latents = self.encode(pixels, sample=False)
+        if item.net.config.get("force_zeros_for_pooled_projection", False):  # InstantX SD3: no shift
+            cfg = self.vae.config
+            latents = latents + (cfg.get("shift_factor", None) or 0.0) * cfg.scaling_factor
+        return latents.to(device=self.device, dtype=item.net.dtype)
+
     def _accepts_sigmas(self, scheduler) -> bool:
         import inspect
 
@@ -106,9 +126,10 @@ class SD3Adapter(DiTAdapter):
         return scheduler.timesteps
 
     @contextlib.contextmanager
-    def _positions(self, window: Window):
-        """Give the window the part of SD3's position table where it sits in the centred canvas."""
-        pe = self.network.pos_embed
+    def _positions(self, window: Window, pe=None):
+        """Give the window the part of SD3's position table (``pe``, default the transformer's; a
+        ControlNet has its own) where it sits in the centred canvas."""
+        pe = self.network.pos_embed if pe is None else pe
         m = pe.pos_embed_max_size
         p = self.patch
         ch, cw = window.canvas[0] // p, window.canvas[1] // p
@@ -154,6 +175,18 @@ class SD3Adapter(DiTAdapter):
                 f"position table ({m * self.patch * self.vae_factor} px per side): use a tiling method"
             )
         timestep = torch.as_tensor(t, device=x.device).expand(x.shape[0])
+        residuals = None
+        for item, image in embeds.extra.get(CONTROL_INPUTS) or ():
+            # as the SD3 ControlNet pipeline calls it (InstantX: zero pooled projection; SD3.5: no text)
+            net = item.net
+            pooled = torch.zeros_like(embeds.pooled) if net.config.force_zeros_for_pooled_projection else embeds.pooled
+            text = embeds.embeds if net.config.joint_attention_dim is not None else None
+            places = self._positions(window, net.pos_embed) if net.pos_embed is not None else contextlib.nullcontext()
+            with places:
+                samples = net(hidden_states=x, timestep=timestep, encoder_hidden_states=text, pooled_projections=pooled,
+                              controlnet_cond=image.to(x.dtype), conditioning_scale=item.scale, return_dict=False)[0]
+            residuals = samples if residuals is None else [a + b for a, b in zip(residuals, samples)]
+        extra = {} if residuals is None else {"block_controlnet_hidden_states": residuals}
         with self._positions(window):
             return self.network(
                 hidden_states=x,
@@ -161,6 +194,7 @@ class SD3Adapter(DiTAdapter):
                 encoder_hidden_states=embeds.embeds,
                 pooled_projections=embeds.pooled,
                 return_dict=False,
+                **extra,
             )[0]
 
 
@@ -231,14 +265,30 @@ class FluxAdapter(DiTAdapter):
         n, _, h, w = x.shape
         timestep = torch.as_tensor(t, device=x.device).expand(n).to(x.dtype)
         guidance = embeds.extra.get("guidance")
+        packed, ids = self.pack(x), self.position_ids(window, x.device)  # x.device: cheaper than the pipeline's
+        extra, blocks, singles = {}, None, None
+        for item, image in embeds.extra.get(CONTROL_INPUTS) or ():  # as the FLUX ControlNet pipeline calls it
+            net = item.net
+            b, s = net(
+                hidden_states=packed, controlnet_cond=self.pack(image.to(x.dtype)), conditioning_scale=item.scale,
+                timestep=timestep / 1000, guidance=guidance if net.config.guidance_embeds else None,
+                pooled_projections=embeds.pooled, encoder_hidden_states=embeds.embeds,
+                txt_ids=embeds.extra["text_ids"], img_ids=ids, return_dict=False,
+            )
+            blocks = b if blocks is None else [p + q for p, q in zip(blocks, b)]
+            singles = s if singles is None else (None if s is None else [p + q for p, q in zip(singles, s)])
+        if blocks is not None:
+            extra = {"controlnet_block_samples": blocks, "controlnet_single_block_samples": singles,
+                     "controlnet_blocks_repeat": False}
         out = self.network(
-            hidden_states=self.pack(x),
+            hidden_states=packed,
             timestep=timestep / 1000,
             guidance=guidance,
             pooled_projections=embeds.pooled,
             encoder_hidden_states=embeds.embeds,
             txt_ids=embeds.extra["text_ids"],
-            img_ids=self.position_ids(window, x.device),  # x.device: cheaper than the pipeline's
+            img_ids=ids,
             return_dict=False,
+            **extra,
         )[0]
         return self.unpack(out, h, w)

@@ -4,7 +4,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
+import functools
+
+from ..devices import upload
+from ..lazy import lazy_module
 from .base import Conditioning, ModelAdapter, PromptEmbeds, Window
+from .control import CONTROL_INPUTS, CONTROL_POSITIVE, CONTROLS
+from .control_pixels import FittingResidual
+
+torch = lazy_module("torch")
+
+
+@functools.lru_cache(maxsize=64)
+def _union_type(n: int, mode: int, dtype, device):
+    # the Union pipelines' one-hot control type, made and uploaded once per mode and device
+    return upload(torch.zeros(n).scatter_(0, torch.tensor([mode]), 1).reshape(1, n), device, dtype)
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -23,13 +37,38 @@ class UNetAdapter(ModelAdapter):
         return {}
 
     def _forward(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, window: Window) -> Tensor:
-        return self.network(
-            x,
-            t,
-            encoder_hidden_states=embeds.embeds,
-            return_dict=False,
-            **self._unet_kwargs(embeds, window, x.shape[0]),
-        )[0]
+        kwargs = self._unet_kwargs(embeds, window, x.shape[0])
+        inputs = embeds.extra.get(CONTROL_INPUTS)
+        if inputs:
+            kwargs.update(self._control_residuals(x, t, embeds, kwargs, inputs))
+        return self.network(x, t, encoder_hidden_states=embeds.embeds, return_dict=False, **kwargs)[0]
+
+    def _control_residuals(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, kwargs: dict, inputs) -> dict:
+        """The summed residuals of the ControlNets acting on this call, as the diffusers ControlNet
+        pipelines compute them (same latents, embeddings, added conditions; guess mode: the
+        negative rows get none)."""
+        controls = embeds.extra[CONTROLS]
+        added = kwargs.get("added_cond_kwargs")
+        down = mid = None
+        for item, image in inputs:
+            extra = dict(guess_mode=controls.guess_mode)
+            if type(item.net).__name__ == "ControlNetUnionModel":  # one mode per control, as a one-hot type
+                n = item.net.config.num_control_type
+                kind = _union_type(n, item.mode, x.dtype, x.device).expand(x.shape[0], n)
+                extra.update(control_type=kind, control_type_idx=[item.mode])
+                image = [image]
+            d, m = item.net(
+                x.to(item.net.dtype), t, encoder_hidden_states=embeds.embeds, controlnet_cond=image,
+                conditioning_scale=item.scale, added_cond_kwargs=added, return_dict=False, **extra,
+            )
+            if controls.guess_mode and CONTROL_POSITIVE in embeds.extra:
+                keep = embeds.extra[CONTROL_POSITIVE].view(-1, 1, 1, 1)
+                d, m = [r * keep.to(r.dtype) for r in d], m * keep.to(m.dtype)
+            down = d if down is None else [a + b for a, b in zip(down, d)]
+            mid = m if mid is None else mid + m
+        # wrapped, so that residuals also fit a U-Net whose feature sizes a patch changed (RAU-Net)
+        return {"down_block_additional_residuals": tuple(FittingResidual(r) for r in down),
+                "mid_block_additional_residual": FittingResidual(mid)}
 
 
 class SDAdapter(UNetAdapter):
