@@ -113,6 +113,39 @@ def test_dit_controlnets_equal_diffusers(tiny, nets, family, posterior_mean):
     assert (got - ref).abs().max() <= 1e-4
 
 
+def _diffusers_reference(family, pipe, net, image, steps, scale, end):
+    import diffusers
+
+    cls = {"sd1": diffusers.StableDiffusionControlNetPipeline, "sdxl": diffusers.StableDiffusionXLControlNetPipeline,
+           "flux": diffusers.FluxControlNetPipeline, "sd3": diffusers.StableDiffusion3ControlNetPipeline}[family]
+    ref_pipe = cls(**pipe.components, controlnet=net)
+    ref_pipe.set_progress_bar_config(disable=True)
+    adapter = adapt(pipe)
+    kw = {"control_image": image} if family in ("flux", "sd3") else {"image": image}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = ref_pipe("a cat", num_inference_steps=steps, height=128, width=128, guidance_scale=adapter.default_guidance,
+                       generator=torch.Generator().manual_seed(0), output_type="latent",
+                       controlnet_conditioning_scale=scale, control_guidance_end=end, **kw).images
+    return adapter.unpack(ref, 16, 16) if family == "flux" else ref
+
+
+@pytest.mark.parametrize("name", sorted(__import__("anysize.methods", fromlist=["names"]).names()))
+def test_every_method_with_a_controlnet_equals_diffusers_at_the_native_size(tiny, nets, name, posterior_mean):
+    """The registry, whole: every method at the native size (its native options) with a ControlNet is
+    diffusers' ControlNet pipeline of the family (sd1, or the method's first family)."""
+    from anysize import methods
+
+    cls = methods.get(name)
+    family = "sd1" if not cls.families or "sd1" in cls.families else cls.families[0]
+    pipe, net = tiny(family), nets(family)
+    image = noise_image(128, 128, 7)
+    ref = _diffusers_reference(family, pipe, net, image, STEPS, 0.8, 0.67)
+    got = gen(pipe, anysize.Control(net, image, 0.8, 0.0, 0.67), name, width=128, height=128,
+              method_options=cls.native_options or None)
+    assert (got - ref).abs().max() <= 1e-4
+
+
 def test_sd3_windows_get_the_crop_of_the_encoded_control(tiny, nets):
     from diffusers.image_processor import VaeImageProcessor
 
