@@ -354,3 +354,30 @@ def test_the_demo_sheet_skips_it_on_the_toy_model(tiny):
 
     assert "imax" not in demo_methods(adapt(tiny("sd1")))
     assert "imax" in demo_methods(adapt(tiny("flux")))
+
+
+def test_a_controlnet_sees_the_canvas_control_framed_on_the_swin_padded_steps(flux, monkeypatch):
+    """The padded steps' inputs are the canvas with a 1-px zero border: its ControlNet input is the
+    control of the canvas with no control in the border (a framed view), not the control image
+    stretched over the padded canvas."""
+    from anysize.builders.controlnet import tiny_controlnet
+
+    net = tiny_controlnet(flux.pipe, seed=1)
+    views = []
+    stock = type(flux).predict_guided
+
+    def spy(self, x, t, cond, window=None, **kw):
+        views.append((tuple(x.shape[-2:]), kw.get("view")))
+        return stock(self, x, t, cond, window, **kw)
+
+    monkeypatch.setattr(type(flux), "predict_guided", spy)
+    image = __import__("PIL.Image", fromlist=["Image"]).new("RGB", (256, 256), (200, 40, 40))
+    gen(flux, size=(256, 256), options={"steps_2": 2}, control=anysize.Control(net, image, 0.8))
+    high = views[STEPS:]
+    assert [shape for shape, _ in high] == [(34, 34), (32, 32)]
+    (_, framed), (_, plain) = high
+    assert plain is None  # an unpadded step is a plain whole-canvas window
+    assert framed.canvas == (32, 32)
+    index = framed.index[0]
+    assert (index[0] == -1).all() and (index[-1] == -1).all() and (index[:, 0] == -1).all() and (index[:, -1] == -1).all()
+    assert torch.equal(index[1:-1, 1:-1].flatten(), torch.arange(32 * 32))

@@ -22,7 +22,8 @@ Rectified Flow Transformers with Projected Flow"): native-resolution guidance an
 
    With ``swin_patchify`` every even step runs the network (and the projection) on the canvas
    padded by one latent px of zeros on every side, which moves the 2x2 token grid by half a
-   token; its border is cropped before the scheduler step.
+   token; its border is cropped before the scheduler step. A ControlNet then sees the canvas's
+   control framed by a border without control, like DemoFusion's jittered views.
 
 Network calls: ``steps`` per image in stage 1 and ``steps_2`` per image in stage 2, plus one VAE
 decode and one encode.
@@ -79,9 +80,12 @@ from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
 from ..lazy import lazy_module
+from ..models import control
+from ..models.base import Window
 from ..options import option
 from ..patches.imax import IMaxPatch
 from ..sampling import StepContext
+from ._windows import framed_view
 from .base import Method, MethodOptions
 from .registry import register
 
@@ -271,7 +275,13 @@ class IMax(Method):
         o = self.options
         padded = o.swin_patchify and ctx.index % 2 == 0
         xs, guide = (F.pad(x, (1, 1, 1, 1)), F.pad(high.guide, (1, 1, 1, 1))) if padded else (x, high.guide)
-        v = ctx.adapter.predict_guided(ctx.model_input(xs), ctx.t, ctx.cond)
+        view = None
+        if padded and control.in_run(ctx.cond):  # a ControlNet sees the canvas's control, none in the border
+            view = ctx.state.get("swin_view")
+            if view is None:
+                h, w = x.shape[-2:]
+                view = ctx.state["swin_view"] = framed_view([Window.full(h + 2, w + 2)] * x.shape[0], (1, 1), x.device)
+        v = ctx.adapter.predict_guided(ctx.model_input(xs), ctx.t, ctx.cond, **control.view_kwargs(view))
         v_guide = flow_to(xs, guide, ctx.noise_space.coefficients(ctx.t))
         out = project(v, v_guide.to(v.dtype), guidance_weight(ctx.index, ctx.num_steps), o.guidance_schedule,
                       o.dwt_level)
