@@ -30,9 +30,9 @@ COLUMNS: tuple[tuple[str, int, int], ...] = (
 )
 DEFAULT_PROMPT = "a red triangle on a blue background"
 #: steps of every cell unless asked otherwise (fewer if the model's default is lower): the sheet has
-#: to fit in a minute on 2 CPU cores with every method's row, and the toy model loses little at 10
-#: steps (native fidelity 97 % vs 98 % at 20; 64 samples)
-DEMO_STEPS = 10
+#: to fit in a minute on 2 CPU cores with every method's row (nine since rectifiedhr), and the toy
+#: model loses little at 8 steps (native fidelity 97 % at 8 and at 10, 98 % at 20; 64 samples each)
+DEMO_STEPS = 8
 
 
 @dataclass
