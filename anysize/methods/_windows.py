@@ -144,6 +144,11 @@ def fuse(
             rows, cols = j.window.slices
             num[j.image, :, rows, cols] += out[k].float() * wt
             den[j.image, :, rows, cols] += wt
+    return _fold_wrap(num, den, w, wrap)
+
+
+def _fold_wrap(num: Tensor, den: Tensor, w: int, wrap: int) -> tuple[Tensor, Tensor]:
+    """Columns fused past the right border (circular windows) added back onto the left ones."""
     if wrap:
         num[..., :wrap] += num[..., w:]
         den[..., :wrap] += den[..., w:]
@@ -202,11 +207,7 @@ def _fuse_regions(
             rows, cols = j.window.slices
             num[j.image, :, rows, cols] += out[k].float() * wt
             den[j.image, :, rows, cols] += wt
-    if wrap:
-        num[..., :wrap] += num[..., w:]
-        den[..., :wrap] += den[..., w:]
-        num, den = num[..., :w], den[..., :w]
-    return num, den
+    return _fold_wrap(num, den, w, wrap)
 
 
 def _box(window: Window) -> tuple[int, int, int, int]:
