@@ -17,31 +17,47 @@ def layers() -> list[tuple[str, str, str]]:
         ("sampling", "one loop: timesteps · seeds · progress · callbacks · cancel · current_step() for patches", "#e0e7ff"),
         ("methods", " · ".join(methods.names()) + "   (options: anysize.options; state: the Request)", "#ede9fe"),
         ("patches / tiling grids", " · ".join(PATCHES) + " (told the step)   |   tile grids · fusion weights", "#fce7f3"),
-        ("model adapters · noise spaces", "encode_prompt · predict(window) · ε/v/flow/x0 (NoiseSpace) · tiled VAE · lora()",
+        ("model adapters · noise spaces", "encode_prompt · predict(window) · ε/v/flow/x0 (NoiseSpace) · tiled VAE · loras() · ControlNet",
          "#dcfce7"),
         ("diffusers", " · ".join(f for f in FAMILIES) + "   (any scheduler)", "#fef9c3"),
     ]
 
 
+def wrap(text: str, font, width: float, draw) -> list[str]:
+    """``text`` in lines no wider than ``width``, broken at its separators (" · ", "  ")."""
+    lines, line = [], ""
+    for word in text.replace("  ", " ").split(" "):
+        trial = f"{line} {word}" if line else word
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + [line]
+
+
 def main(path: Path = Path(__file__).with_name("architecture.png")) -> None:
-    rows = layers()
-    w, row, pad = 1040, 62, 14
-    img = Image.new("RGB", (w, pad + len(rows) * (row + pad)), "white")
-    d = ImageDraw.Draw(img)
+    w, pad, head, line_h = 1040, 14, 36, 20
     try:
         big = ImageFont.truetype("DejaVuSans-Bold.ttf", 20)
         small = ImageFont.truetype("DejaVuSans.ttf", 15)
     except OSError:
         big = small = ImageFont.load_default()
-    for i, (name, text, colour) in enumerate(rows):
-        y = pad + i * (row + pad)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    rows = [(name, wrap(text, small, w - 2 * pad - 32, measure), colour) for name, text, colour in layers()]
+    heights = [head + line_h * len(lines) + 6 for _, lines, _ in rows]
+    img = Image.new("RGB", (w, pad + sum(h + pad for h in heights)), "white")
+    d = ImageDraw.Draw(img)
+    y = pad
+    for i, ((name, lines, colour), row) in enumerate(zip(rows, heights)):
         d.rounded_rectangle([pad, y, w - pad, y + row], radius=10, fill=colour, outline="#334155", width=2)
         d.text((pad + 16, y + 8), name, fill="#0f172a", font=big)
-        d.text((pad + 16, y + 36), text, fill="#334155", font=small)
+        for k, text in enumerate(lines):
+            d.text((pad + 16, y + head + k * line_h), text, fill="#334155", font=small)
         if i:
             d.polygon([(w // 2 - 8, y - pad + 2), (w // 2 + 8, y - pad + 2), (w // 2, y - 2)], fill="#334155")
+        y += row + pad
     img.save(path)
-
 
 if __name__ == "__main__":
     main()
