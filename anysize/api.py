@@ -327,6 +327,7 @@ def upscale(
     lora=None,
     control: Control | Sequence[Control] | None = None,
     control_guess_mode: bool = False,
+    regions: Sequence[Any] | None = None,
 ) -> GenerationResult:
     """Enlarge ``image`` (a PIL image or a file path) SDEdit-style with a registered method.
 
@@ -352,6 +353,9 @@ def upscale(
     ``lora``: LoRAs active for the whole run, as in :func:`generate`.
     ``control`` as in :func:`generate`; a :class:`Control` without an image takes the source image
     (a tile ControlNet for faithful upscaling: every tile gets its crop of the resized source).
+    ``regions`` as in :func:`generate`, in pixels of the enlarged image: the window methods give
+    each region's tiles its own prompt, ``prompt`` covering the rest (a region's ``bootstrap`` acts
+    on the first share of the steps that are run).
     """
     adapter = _adapter(model)
     if isinstance(prompt, (list, tuple)) or isinstance(negative_prompt, (list, tuple)):
@@ -385,6 +389,13 @@ def upscale(
     adapter.check_size(height, width)
     _check_fits(adapter, height, width, 1)
     m.check(adapter, height, width, settings.steps)
+    if regions is not None:
+        from . import regions as _regions
+
+        _regions.check_method(m)
+        if conditioned:  # its windows carry their crop of the low-res image, which the region prompts' rows lack
+            raise InvalidArgumentError("regional prompts are not supported with image-conditioned upscalers (sd-x4-upscaler)")
+        regions = _regions.check_regions(regions, width, height)
     f = adapter.vae_factor
     # refuses a strength that runs no step, before the (possibly long) encode
     partial_schedule(adapter, make_scheduler(adapter, scheduler), settings.steps, strength, (height // f, width // f))
@@ -396,6 +407,10 @@ def upscale(
     with torch.no_grad(), _network_for(adapter, loras):
         request = _request(adapter, [prompt], None if negative_prompt is None else [negative_prompt], height, width,
                    settings, callback, cancel, progress, controls)
+        if regions is not None:
+            plan = _regions.plan(adapter, regions, [prompt], None if negative_prompt is None else [negative_prompt],
+                                 request.cond, width, height, request.seeds)
+            request.cond = dataclasses.replace(request.cond, regions=plan)
         if conditioned:  # the low-res image, noised once, conditions every window (drawn first, as the pipeline does)
             low_res = image_to_tensor(source, height // f, width // f)
             request.cond = adapter.condition_on_image(request.cond, low_res, noise_level, request.generators)
@@ -424,6 +439,8 @@ def upscale(
     }
     if conditioned:
         config["upscale"]["noise_level"] = noise_level
+    if regions is not None:
+        config["regions"] = [r.to_dict() for r in regions]
     return GenerationResult(images, latents, config, seconds, adapter.calls - calls0)
 
 

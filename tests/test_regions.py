@@ -364,3 +364,67 @@ def test_no_step_waits_for_the_device(sd1, method):
         counts[steps] = sum(len(a.events) for a in audits)
         reports += [a.report() for a in audits]
     assert counts[6] == counts[3] and counts[6] <= 4, "\n".join(reports)
+
+
+# ------------------------------------------------------------------------------------------ upscale
+
+
+def _source(seed=0, size=(128, 64)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray((rng.random((size[1], size[0], 3)) * 255).astype(np.uint8))
+
+
+def up(adapter, method="fstd", regions=None, prompt="a white background", **kw):
+    return anysize.upscale(adapter, _source(), size=(W, H), method=method, strength=0.6, steps=4, seed=2,
+                           prompt=prompt, method_options=QUICK[method], output_type="latent", progress=False,
+                           regions=regions, **kw)
+
+
+@pytest.mark.parametrize("method", ["multidiffusion", "fstd"])
+def test_upscale_regions_reduce_to_none_over_the_whole_canvas_and_change_the_image_otherwise(sd1, method):
+    plain = up(sd1, method)
+    whole = up(sd1, method, regions=[Region("a white background", box=(0, 0, W, H))])
+    assert torch.equal(plain.latents, whole.latents) and plain.network_calls == whole.network_calls
+    regional = up(sd1, method, regions=two_regions(bootstrap=0.0))
+    assert (plain.latents - regional.latents).abs().max() > 1e-2
+    assert regional.network_calls > plain.network_calls  # the regions' prompts run on the windows they meet
+    assert [r["prompt"] for r in regional.config["regions"]] == ["a red circle", "a blue square"]
+    assert regional.config["upscale"]["size"] == [W, H]
+
+
+def test_upscale_regions_run_on_the_windows_they_meet(sd1):
+    # multidiffusion, stride 8: windows at latent columns 0, 8, 16; a box over columns 0-7 meets the first only
+    steps = []
+    plain = up(sd1, "multidiffusion", callback=steps.append)
+    left = up(sd1, "multidiffusion", regions=[Region("a red circle", box=(0, 0, 64, 128), bootstrap=0.0)])
+    assert plain.network_calls == 3 * 2 * len(steps) and left.network_calls == (3 + 1) * 2 * len(steps)
+
+
+def test_upscale_regions_bad_input(sd1):
+    from anysize.builders import tiny_x4_upscaler_pipeline
+
+    with pytest.raises(InvalidArgumentError, match="reaches past the 256x128 canvas"):
+        up(sd1, regions=[Region("a red circle", box=(0, 0, 300, 128))])
+    with pytest.raises(InvalidArgumentError, match="method 'direct' takes no regional prompts; the methods that do: "
+                       "fstd, multidiffusion"):
+        anysize.upscale(sd1, _source(), size=(W, H), method="direct", steps=2, progress=False,
+                        regions=two_regions())
+    with pytest.raises(InvalidArgumentError, match="not supported with image-conditioned upscalers"):
+        anysize.upscale(tiny_x4_upscaler_pipeline(), _source(), size=(512, 256), method="fstd", steps=2, progress=False,
+                        regions=two_regions())
+
+
+def test_cli_upscale_region_flags(capsys, model_dir, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _source().save(tmp_path / "in.png")
+    args = ["upscale", "in.png", "--model", str(model_dir), "--scale", "2", "--steps", "2", "--strength", "0.5",
+            "--method", "multidiffusion", "--set", "stride=8", "--prompt", "a white background", "--quiet"]
+    assert cli.main(args + ["--region", "0,0,128,128:a red circle", "--out", "o.png"]) == 0, capsys.readouterr().err
+    cfg = read_metadata(tmp_path / "o.png")
+    assert [r["prompt"] for r in cfg["regions"]] == ["a red circle"] and cfg["upscale"]["size"] == [256, 128]
+    capsys.readouterr()
+    # the target of --scale is known only with the model: the box is checked then, before any work
+    assert cli.main(args + ["--region", "0,0,300,128:x", "--out", "p.png"]) == 2
+    assert "reaches past the 256x128 canvas" in capsys.readouterr().err and not (tmp_path / "p.png").exists()
+    assert cli.main(args[:-7] + ["--method", "direct", "--region", "0,0,64,64:y", "--out", "p.png", "--quiet"]) == 2
+    assert "method 'direct' takes no regional prompts" in capsys.readouterr().err

@@ -16,6 +16,7 @@ from .model_options import (
     check_sizes, load_model, scheduler_help,
 )
 from .outputs import plan_outputs
+from .regions import add_region_options, read_regions
 
 HELP = "generate images from text prompts at any size"
 
@@ -87,12 +88,7 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="a LoRA for the whole run, with any method (repeatable): a .safetensors file or a folder "
                    "diffusers' load_lora_weights reads, and its weight after the last ':' (default 1), e.g. "
                    "style.safetensors:0.8; the PNG records its file, SHA-256 and weight")
-    p.add_argument("--region", metavar="X,Y,W,H:PROMPT", action="append", default=[], dest="region",
-                   help="a regional prompt in a box of the image (pixels; repeatable): the window methods "
-                   "(multidiffusion, fstd) fuse it, the main prompt covering the rest")
-    p.add_argument("--regions", metavar="FILE.json", default=None,
-                   help="regional prompts from a JSON list of {prompt, box: [x, y, w, h] | mask: IMAGE, negative, "
-                   "weight, feather, bootstrap} (mask images relative to the file)")
+    add_region_options(p)
     p.add_argument("--steps", type=int, metavar="N", default=None, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, metavar="G", default=None,
                    help="classifier-free guidance scale (default: the model's)")
@@ -114,21 +110,6 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def _read_regions(args: argparse.Namespace, method, size):
-    """--region and --regions as Regions (None without either), checked before the model loads."""
-    from ..regions import check_method, check_regions, load_regions_file, parse_region
-
-    regions = [parse_region(text) for text in args.region]
-    if args.regions is not None:
-        regions += load_regions_file(args.regions)
-    if not regions:
-        return None
-    check_method(method)
-    if size is not None:
-        check_regions(regions, *size)
-    return regions
-
-
 def run(args: argparse.Namespace) -> int:
     from .. import api, methods
     from ..output import check_writable, save_png
@@ -142,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     options = parse_set(args.set)
     methods.create(args.method, **options)  # unknown options / out-of-range values
     loras = cli_loras(args.lora)
-    regions = _read_regions(args, methods.get(args.method), size)
+    regions = read_regions(args, methods.get(args.method), size)
     tiled = check_run_options(args)
     device = check_model_options(args)
     prompts = read_prompts(args.prompts, args.prompts_file)

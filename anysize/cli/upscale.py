@@ -13,6 +13,7 @@ from .controls import add_control_options, parse_controls
 from .inputs import check_text_option, parse_set, parse_size
 from .methods import method_lines, refining_methods
 from .outputs import check_out_given
+from .regions import add_region_options, read_regions
 from .model_options import (
     TILED_VAE_MODES, add_model_options, add_runtime_options, check_model_options, check_run_options, check_sizes,
     load_model, scheduler_help,
@@ -47,6 +48,7 @@ examples:
   anysize upscale photo.png --scale 4 --controlnet lllyasviel/control_v11f1e_sd15_tile --control-scale 0.6
   anysize upscale photo.png --size 4096x2048 --method multidiffusion --model stabilityai/stable-diffusion-2-1-base \\
       --dtype fp16 --device cuda --out big.png
+  anysize upscale room.png --scale 2 --prompt "high quality" --region "0,0,512,512:a detailed oil painting"
 """
 
 
@@ -75,6 +77,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default="", help="prompt of every tile (default: empty)")
     p.add_argument("--negative", metavar="TEXT", default=None, help="negative prompt")
     add_model_options(p)
+    add_region_options(p, upscale=True)
     p.add_argument("--steps", type=int, metavar="N", default=None,
                    help="steps of the full schedule; about strength x N run (default: the model's)")
     p.add_argument("--guidance", type=float, metavar="G", default=None,
@@ -124,6 +127,7 @@ def run(args: argparse.Namespace) -> int:
     device = check_model_options(args)
     source = load_image(args.image)  # unreadable or unconvertible images fail before the model loads
     check_sizes(args, [size])
+    regions = read_regions(args, methods.get(args.method), size)
     controls = parse_controls(args, upscale=True)
     check_out_given(args.out)
     if args.out is not None and Path(args.out).suffix.lower() != ".png" and not Path(args.out).is_dir():
@@ -146,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             noise_level=args.noise_level, prompt=args.prompt, negative_prompt=args.negative or None, steps=args.steps,
             guidance=args.guidance,
             seed=args.seed, scheduler=args.scheduler, tiled_vae=tiled, progress=not quiet, method_options=options,
-            lora=loras,
+            lora=loras, regions=regions,
             control=api.load_controls(adapter, controls) or None, control_guess_mode=args.control_guess_mode,
         )
         written = save_png(result.images[0], out, result.config_for(0), force=args.force)
