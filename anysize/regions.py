@@ -43,8 +43,10 @@ if TYPE_CHECKING:  # pragma: no cover
 
 np = lazy_module("numpy")  # noqa: F811
 torch = lazy_module("torch")
+_control = lazy_module("anysize.models.control")
 
-__all__ = ["Region", "RegionPlan", "check_regions", "load_regions_file", "parse_region", "plan", "supporting_methods"]
+__all__ = ["Region", "RegionPlan", "check_regions", "format_region", "load_regions_file", "parse_region", "plan", "regions_from_data",
+           "supporting_methods"]
 
 #: default share of the steps (from the first) during which a region's windows see a random flat
 #: background outside its mask (MultiDiffusion's "bootstrapping"; the official code: 20 of 50 steps)
@@ -147,9 +149,11 @@ class Region:
         return d
 
     @classmethod
-    def from_dict(cls, d: Any, base: str | os.PathLike | None = None) -> "Region":
+    def from_dict(cls, d: Any, base: str | os.PathLike | None = None, *, mask_files: bool = True) -> "Region":
         """A region from a dict: ``prompt``, ``box`` [x, y, w, h] or ``mask`` (an image file, relative to
-        ``base``) or ``mask_png`` (base64 PNG), and optional ``negative``, ``weight``, ``feather``, ``bootstrap``."""
+        ``base``) or ``mask_png`` (base64 PNG), and optional ``negative``, ``weight``, ``feather``, ``bootstrap``.
+        ``mask_files=False`` refuses ``mask`` (a file of this machine): the web UI's regions come from a
+        browser, which names no file of the server."""
         if isinstance(d, Region):
             return d
         if not isinstance(d, dict):
@@ -164,6 +168,10 @@ class Region:
             raise InvalidArgumentError(f"region {d['prompt']!r}: give exactly one of box, mask (a file) or mask_png")
         mask, source = None, d.get("mask_source")
         if "mask" in d:
+            if not mask_files:
+                raise InvalidArgumentError(
+                    f"region {d['prompt']!r}: a mask file is read only from a regions file on this machine; give "
+                    "the mask inline as mask_png (a base64 PNG of the canvas size)")
             if not isinstance(d["mask"], str):
                 raise InvalidArgumentError(f"region {d['prompt']!r}: mask must be the path of an image file, got {d['mask']!r}")
             path = Path(d["mask"]) if base is None else Path(base) / d["mask"]
@@ -288,6 +296,16 @@ def parse_region(text: str) -> Region:
     return Region(prompt.strip(), box=box)
 
 
+def format_region(region: Region) -> str | None:
+    """The ``"X,Y,W,H:prompt"`` that :func:`parse_region` reads back as ``region`` (a :class:`Region` or
+    its dict), or None when it has more than a box and a one-line prompt (a mask, a negative, a weight,
+    a feather, a bootstrap share other than the default): those only JSON holds."""
+    r = Region.from_dict(region) if isinstance(region, dict) else region
+    plain = (r.box is not None and r.negative is None and r.weight == 1.0 and r.feather == 0
+             and r.bootstrap == DEFAULT_BOOTSTRAP and "\n" not in r.prompt and r.prompt == r.prompt.strip())
+    return f"{','.join(map(str, r.box))}:{r.prompt}" if plain else None
+
+
 def load_regions_file(path: str | os.PathLike) -> list[Region]:
     """A JSON file holding a list of region objects (see :meth:`Region.from_dict`); mask files are
     read relative to the JSON file's folder."""
@@ -298,11 +316,18 @@ def load_regions_file(path: str | os.PathLike) -> list[Region]:
         raise InvalidArgumentError(f"cannot read the regions file {path}: {e.strerror or e}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InvalidArgumentError(f"regions file {path} is not JSON: {e}") from None
+    return regions_from_data(data, f"regions file {path}", base=path.parent)
+
+
+def regions_from_data(data, where: str, *, base: str | os.PathLike | None = None,
+                      mask_files: bool = True) -> list[Region]:
+    """The regions of parsed JSON: a list of region objects (or ``{"regions": [...]}``), each read by
+    :meth:`Region.from_dict`; ``where`` names the source in the message for anything else."""
     if isinstance(data, dict) and "regions" in data:
         data = data["regions"]
     if not isinstance(data, list) or not data:
-        raise InvalidArgumentError(f"regions file {path} must hold a non-empty list of region objects")
-    return [Region.from_dict(d, base=path.parent) for d in data]
+        raise InvalidArgumentError(f"{where} must hold a non-empty list of region objects")
+    return [Region.from_dict(d, base=base, mask_files=mask_files) for d in data]
 
 
 def as_regions(regions) -> list[Region]:
@@ -461,6 +486,8 @@ def plan(adapter, regions: Sequence[Region], prompts: list[str], negative: list[
         if group:
             extra = adapter.encode_prompt([p for p, _ in group], [n for _, n in group] if with_negative else None,
                                           guidance_scale=cond.guidance_scale)
+            # the run's ControlNets ride on every row of the table, the regions' prompts too
+            extra = _control.attach(extra, _control.of(cond.positive))
             table = _cat(table, extra)
             start = table.batch - len(group)
             for k, p in enumerate(group):
@@ -481,6 +508,7 @@ def plan(adapter, regions: Sequence[Region], prompts: list[str], negative: list[
 
 
 def _cat(a: Conditioning, b: Conditioning) -> Conditioning:
+    """``a``'s rows, then ``b``'s (b's negative is None where a's is: both encoded alike)."""
     from .models.base import Conditioning
 
     neg = None if a.negative is None else a.negative.cat(b.negative)

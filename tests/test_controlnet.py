@@ -436,6 +436,19 @@ def test_sdxl_union_controlnet_equals_diffusers(tiny, nets):
 # ------------------------------------------------------------------------------------------ front ends
 
 
+def test_regions_with_a_controlnet(tiny, nets):
+    """Regional prompts and a ControlNet in one run: the regions' own prompt rows carry the control too."""
+    from anysize.regions import parse_region
+
+    pipe, image = tiny("sd1"), noise_image(128, 128, 3)
+    regions = [parse_region("0,0,64,128:a dog")]
+    plain = gen(pipe, None, "multidiffusion", regions=regions)
+    controlled = gen(pipe, anysize.Control(nets("sd1"), image), "multidiffusion", regions=regions)
+    assert (controlled - plain).abs().max() > 1e-3
+    off = gen(pipe, anysize.Control(nets("sd1"), image, scale=0.0), "multidiffusion", regions=regions)
+    torch.testing.assert_close(off, plain, atol=1e-5, rtol=0)
+
+
 def test_metadata_round_trip_names_every_control(tiny, nets, tmp_path):
     from anysize.output import read_metadata, read_parameters
 

@@ -428,3 +428,20 @@ def test_cli_upscale_region_flags(capsys, model_dir, tmp_path, monkeypatch):
     assert "reaches past the 256x128 canvas" in capsys.readouterr().err and not (tmp_path / "p.png").exists()
     assert cli.main(args[:-7] + ["--method", "direct", "--region", "0,0,64,64:y", "--out", "p.png", "--quiet"]) == 2
     assert "method 'direct' takes no regional prompts" in capsys.readouterr().err
+
+
+def test_format_region_inverts_parse_region_and_json_masks_stay_on_this_machine(tmp_path):
+    from anysize.regions import Region, format_region, parse_region, regions_from_data
+
+    r = parse_region("8,0,64,128: a red: circle")
+    assert format_region(r) == "8,0,64,128:a red: circle" and parse_region(format_region(r)).box == r.box
+    assert format_region(r.to_dict()) == format_region(r)
+    assert format_region(Region("x", box=(0, 0, 8, 8), weight=2.0)) is None  # only JSON holds a weight
+    assert format_region(Region("x", box=(0, 0, 8, 8), negative="blue")) is None
+    Image.new("L", (16, 16), 255).save(tmp_path / "m.png")
+    data = [{"prompt": "x", "mask": "m.png"}]
+    assert regions_from_data(data, "here", base=tmp_path)[0].mask.shape == (16, 16)
+    with pytest.raises(InvalidArgumentError, match="a mask file is read only from a regions file on this machine"):
+        regions_from_data(data, "here", base=tmp_path, mask_files=False)
+    with pytest.raises(InvalidArgumentError, match="here must hold a non-empty list of region objects"):
+        regions_from_data({"a": 1}, "here")

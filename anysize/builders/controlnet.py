@@ -18,12 +18,22 @@ from .parts import refill_zeros, seeded
 
 __all__ = ["tiny_controlnet"]
 
-#: the conditioning embedding of the tiny U-Net ControlNets: 3 stride-2 stages, the VAE factor 8
+#: the conditioning embedding of the tiny U-Net ControlNets for a VAE factor 8: 3 stride-2 stages
+#: (a VAE of factor 4, the embedded toy model's, keeps the last 3 entries: 2 stages)
 _EMBEDDING = (8, 8, 16, 16)
 
 
+def _embedding(pipe) -> tuple[int, ...]:
+    """The conditioning embedding's channels: one stride-2 stage per halving of the pipeline's VAE."""
+    levels = len(pipe.vae.config.block_out_channels) if getattr(pipe, "vae", None) is not None else 4
+    if not 2 <= levels <= len(_EMBEDDING):
+        raise InvalidArgumentError(f"no tiny ControlNet for a VAE with {levels} levels")
+    return _EMBEDDING[len(_EMBEDDING) - levels:]
+
+
 def tiny_controlnet(pipe, *, seed: int = 1, union: bool = False):
-    """A random ControlNet for the tiny pipeline ``pipe`` (its family's ControlNet class);
+    """A random ControlNet for the tiny pipeline ``pipe`` (its family's ControlNet class; a U-Net one
+    downsamples its control image by the pipeline's VAE factor, 8, or 4 for the embedded toy model);
     ``union``: a ``ControlNetUnionModel`` (SDXL only). The caller's global RNG is left alone."""
     import diffusers
 
@@ -34,7 +44,7 @@ def tiny_controlnet(pipe, *, seed: int = 1, union: bool = False):
             if union and not is_xl:
                 raise InvalidArgumentError(f"Union ControlNets exist for SDXL only, not for {name}")
             cls = diffusers.ControlNetUnionModel if union else diffusers.ControlNetModel
-            net = cls.from_unet(pipe.unet, conditioning_embedding_out_channels=_EMBEDDING, load_weights_from_unet=False)
+            net = cls.from_unet(pipe.unet, conditioning_embedding_out_channels=_embedding(pipe), load_weights_from_unet=False)
             if union:  # its control-type transformer is as wide as the first block (320 in the released one)
                 width = pipe.unet.config.block_out_channels[0]
                 net = cls.from_config(net.config, num_trans_channel=width, num_proj_channel=width)
