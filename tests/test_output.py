@@ -273,7 +273,8 @@ def test_a_killed_writes_temporary_file_is_removed_at_the_next_run(tmp_path):
     assert proc.returncode == -9
     stale = [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     assert len(stale) == 1 and stale[0].name.startswith(".a.png.") and not (tmp_path / "a.png").exists()
-    old = time.time() - 2 * output.STALE_TEMP_SECONDS
+    # older than both bounds: this worker may have started long before this test (a 20-minute run)
+    old = min(output._PROCESS_START, time.time() - output.STALE_TEMP_SECONDS) - 60
     os.utime(stale[0], (old, old))
     live = tmp_path / ".b.png.0123abcd.tmp"  # another process writing right now
     live.write_bytes(b"x")
