@@ -1,8 +1,8 @@
 """LoRAs for every method and for upscale: they change the image, and the network is bit-identical after.
 
-The LoRAs are made here, offline, for the tiny pipelines: peft's ``LoraConfig`` on the tiny network
-(and, for SD 1.x, its text encoder), lora_B drawn at random (peft starts it at zero, which would
-change nothing), saved with the pipeline class's ``save_lora_weights``.
+The LoRAs are made offline for the tiny pipelines by :func:`anysize.builders.lora.tiny_lora`: peft's
+``LoraConfig`` on the tiny network (and, for SD 1.x, its text encoder), lora_B drawn at random (peft
+starts it at zero, which would change nothing), saved with the pipeline class's ``save_lora_weights``.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from anysize.lora import Lora, check_loras, parse_lora
 from anysize.models import adapt
 from anysize.models.lora import SharedExclusiveLock
 from anysize.builders import tiny_pipeline
+from anysize.builders.lora import tiny_lora
 
 SIZE = (128, 256)  # above the native 128x128 px: every method's own code path runs
 STEPS = 2
@@ -29,29 +30,7 @@ FAMILIES = ("sd1", "sd2", "sdxl", "sd3", "flux")
 
 
 def _make_lora(family: str, folder, *, text_encoder: bool = False, seed: int = 0):
-    from diffusers.utils import convert_state_dict_to_diffusers
-    from peft import LoraConfig, inject_adapter_in_model
-    from peft.utils import get_peft_model_state_dict
-
-    pipe = tiny_pipeline(family)
-    net = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
-    parts = {"unet_lora_layers" if hasattr(pipe, "unet") else "transformer_lora_layers": net}
-    if text_encoder:
-        parts["text_encoder_lora_layers"] = pipe.text_encoder
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for key, model in parts.items():
-            targets = ["q_proj", "v_proj"] if key.startswith("text") else ["to_q", "to_k", "to_v", "to_out.0"]
-            # peft itself, not transformers' add_adapter (which wants a newer peft than diffusers does)
-            inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, init_lora_weights="gaussian", target_modules=targets),
-                                    model)
-            for name, p in model.named_parameters():
-                if "lora_B" in name:
-                    torch.nn.init.normal_(p, std=0.5)
-    layers = {key: get_peft_model_state_dict(model) for key, model in parts.items()}
-    layers = {k: (convert_state_dict_to_diffusers(v) if k.startswith(("unet", "transformer")) else v)
-              for k, v in layers.items()}
-    type(pipe).save_lora_weights(str(folder), **layers, safe_serialization=True)
+    tiny_lora(tiny_pipeline(family), folder, text_encoder=text_encoder, seed=seed)
     return folder
 
 

@@ -31,6 +31,19 @@ def add_control_options(p: argparse.ArgumentParser, *, upscale: bool = False) ->
     g.add_argument("--control-guess-mode", action="store_true", help="diffusers' guess mode for every ControlNet")
 
 
+def parse_mode(text) -> int | str | None:
+    """A control mode as typed (``--control-mode``, the web UI's mode box): an index ("3") or a name
+    ("canny", checked by the ControlNet later); empty text or "none" is no mode."""
+    if text is None:
+        return None
+    if not isinstance(text, str):
+        return text  # an index given as a number (the API)
+    text = text.strip()
+    if not text or text == "none":
+        return None
+    return int(text) if text.isdigit() else text
+
+
 def parse_controls(args: argparse.Namespace, *, upscale: bool = False) -> list:
     """The ``anysize.Control`` list of the flags (models still as paths), checked without the model."""
     from ..models.control import Control
@@ -54,9 +67,7 @@ def parse_controls(args: argparse.Namespace, *, upscale: bool = False) -> list:
             raise InvalidArgumentError(f"--control-image {image}: no such file")
     out = []
     for i, model in enumerate(args.controlnet):
-        mode = args.control_mode[i] if args.control_mode else None
-        if mode is not None and mode.isdigit():
-            mode = int(mode)
+        mode = parse_mode(args.control_mode[i]) if args.control_mode else None
         out.append(Control(
             model, args.control_image[i] if args.control_image else None,
             args.control_scale[i] if args.control_scale else 1.0,
