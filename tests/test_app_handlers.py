@@ -385,3 +385,281 @@ def test_parse_infotext_inverts_infotext():
     assert parse_infotext("just a prompt") == {"prompt": "just a prompt", "negative_prompt": "", "params": {}}
     with pytest.raises(InvalidArgumentError):
         parse_infotext(None)
+
+
+# ------------------------------------------------------------------------------------------ LoRA, ControlNet, regions
+
+
+@pytest.fixture(scope="module")
+def resources(toy, tmp_path_factory):
+    """A --lora-dir with two LoRAs for the toy model (one in a sub-folder), a toy ControlNet folder and
+    a control image, built offline."""
+    import numpy as np
+
+    from anysize.builders.controlnet import tiny_controlnet
+    from anysize.builders.lora import tiny_lora
+
+    root = tmp_path_factory.mktemp("app-resources")
+    (root / "loras" / "sub").mkdir(parents=True)
+    tiny_lora(toy.adapter.pipe, root / "loras", name="style.safetensors", text_encoder=True)
+    tiny_lora(toy.adapter.pipe, root / "loras" / "sub", name="detail.safetensors", seed=1)
+    (root / "loras" / "notes.txt").write_text("not a LoRA")
+    tiny_controlnet(toy.adapter.pipe).save_pretrained(root / "edges")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 160, 3), dtype=np.uint8)).save(root / "edges.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def served(toy, resources):
+    """The toy model served with the LoRA folder and the ControlNet (loaded once, here)."""
+    service = Service.serving(toy.adapter, None, queue=2, lora_dirs=[resources / "loras"],
+                              controlnets=[f"edges={resources / 'edges'}"])
+    yield service
+    service.close()
+
+
+@pytest.fixture(scope="module")
+def plain(served):
+    """The toy image without LoRA, ControlNet or regions (2 steps, seed 5, multidiffusion at 128x128)."""
+    return pixels(served.generate(PROMPT, steps=2, seed=5, method="multidiffusion").path)
+
+
+def pixels(path):
+    import numpy as np
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def api_pixels(result):
+    import numpy as np
+
+    return np.asarray(result.image.convert("RGB"))
+
+
+def test_loras_and_controlnets_are_declared_by_the_server(served, resources, tiny):
+    from anysize.app.handlers import check_controlnet_specs, check_lora_dirs, declare_controlnets, parse_controlnet_spec
+    from anysize.builders.controlnet import tiny_controlnet
+
+    assert served.loras() == ["style.safetensors", "sub/detail.safetensors"]  # *.safetensors only, sub-folders too
+    assert served.controlnet_names() == ["edges"] and not served.union_controlnets()
+    extra = resources / "loras" / "late.safetensors"
+    extra.write_bytes((resources / "loras" / "style.safetensors").read_bytes())
+    try:
+        assert "late.safetensors" in served.loras()  # listed anew on every request (the page's refresh)
+    finally:
+        extra.unlink()
+    assert "late.safetensors" not in served.loras()
+    assert parse_controlnet_spec("lllyasviel/control_v11p_sd15_canny") == ("control_v11p_sd15_canny",
+                                                                           "lllyasviel/control_v11p_sd15_canny")
+    assert parse_controlnet_spec("depth=/nets/d/") == ("depth", "/nets/d/")
+    assert parse_controlnet_spec("/data/a=b/cn") == ("cn", "/data/a=b/cn")  # an '=' inside a path is the path's
+    for call, message in [
+        (lambda: check_lora_dirs([resources / "nowhere"]), "--lora-dir " + str(resources / "nowhere") + ": no such folder"),
+        (lambda: check_lora_dirs([resources / "edges.png"]), "is a file; give the folder"),
+        (lambda: check_lora_dirs([resources / "loras", str(resources / "loras") + "/"]), "is given twice"),
+        (lambda: check_controlnet_specs(["a=x", "a=y"]), "the name 'a' is given twice"),
+        (lambda: check_controlnet_specs(["=x"]), "no name before '='"),
+        (lambda: check_controlnet_specs(["none=x"]), "'none' is the form's word for no ControlNet"),
+        (lambda: declare_controlnets(served.adapter, [f"x={resources / 'nowhere'}"]), "--controlnet x: cannot load the ControlNet"),
+        (lambda: declare_controlnets(served.adapter, [("xl", tiny_controlnet(tiny("sdxl")))]),
+         "--controlnet xl is a sdxl ControlNet (ControlNetModel) and cannot control the sd1 model"),
+    ]:
+        with pytest.raises(InvalidArgumentError) as e:
+            call()
+        assert message in str(e.value) and "\n" not in str(e.value), (message, str(e.value))
+
+
+def test_a_lora_by_name_equals_the_api_with_that_file(served, resources, plain):
+    import anysize
+
+    out = served.generate(PROMPT, steps=2, seed=5, method="multidiffusion", loras=["style.safetensors:0.8", ""])
+    path = resources / "loras" / "style.safetensors"
+    ref = anysize.generate(served.adapter, PROMPT, steps=2, seed=5, method="multidiffusion", lora=[(str(path), 0.8)],
+                           progress=False)
+    assert (pixels(out.path) == api_pixels(ref)).all()  # bit-identical
+    assert (pixels(out.path) != plain).any()
+    c = read_metadata(out.path)
+    assert c["loras"] == ref.config["loras"] and c["loras"][0]["file"] == "style.safetensors"
+    assert "LoRAs: \"style.safetensors:0.8 (" in read_parameters(out.path)
+    assert served.adapter.pipe.get_list_adapters() == {}  # removed after the run
+
+
+def test_a_controlnet_unit_equals_the_api_with_that_net(served, resources, plain):
+    import anysize
+
+    image = str(resources / "edges.png")
+    unit = {"model": "edges", "image": image, "scale": 0.7, "start": 0.0, "end": 0.5, "mode": "none"}
+    out = served.generate(PROMPT, steps=2, seed=5, method="multidiffusion",
+                          controls=[unit, {"model": "none", "image": None}])
+    ref = anysize.generate(served.adapter, PROMPT, steps=2, seed=5, method="multidiffusion", progress=False,
+                           control=anysize.Control(served.controlnets["edges"].net, image, 0.7, 0.0, 0.5))
+    assert (pixels(out.path) == api_pixels(ref)).all()
+    assert (pixels(out.path) != plain).any()
+    rec = read_metadata(out.path)["controls"]
+    assert rec == ref.config["controls"] and rec[0]["model"] == str(resources / "edges") and rec[0]["scale"] == 0.7
+
+
+def test_regions_as_lines_json_or_a_file_equal_the_api(served, tmp_path, plain):
+    import json
+
+    import anysize
+    from anysize.regions import parse_region
+
+    lines = "0,0,64,128: a blue square\n\n64,0,64,128:a green circle"
+    out = served.generate(PROMPT, steps=2, seed=5, method="multidiffusion", regions=lines)
+    ref = anysize.generate(served.adapter, PROMPT, steps=2, seed=5, method="multidiffusion", progress=False,
+                           regions=[parse_region("0,0,64,128:a blue square"), parse_region("64,0,64,128:a green circle")])
+    assert (pixels(out.path) == api_pixels(ref)).all()
+    assert (pixels(out.path) != plain).any()
+    assert read_metadata(out.path)["regions"] == ref.config["regions"]
+    # the same regions as JSON text, JSON objects, and an uploaded regions file
+    dicts = ref.config["regions"]
+    (tmp_path / "r.json").write_text(json.dumps({"regions": dicts}))
+    for given in (dict(regions=json.dumps(dicts)), dict(regions=dicts), dict(regions=lines.splitlines()),
+                  dict(regions_file=str(tmp_path / "r.json")),
+                  dict(regions=lines.splitlines()[0], regions_file=None)):
+        found = served.check_regions(given.get("regions"), "fstd", 128, 128, regions_file=given.get("regions_file"))
+        expected = dicts[:1] if given.get("regions") == lines.splitlines()[0] else dicts
+        assert [r.to_dict() for r in found] == expected, given
+    assert served.check_regions("", "direct", 128, 128) is None  # none given: any method
+
+
+def test_upscale_with_a_lora_and_a_tile_control_of_the_source(served, plain, tmp_path):
+    import anysize
+
+    src = tmp_path / "src.png"
+    Image.fromarray(plain).save(src)
+    kw = dict(scale=1, method="direct", strength=0.5, steps=2, seed=1)
+    out = served.upscale(str(src), loras="sub/detail.safetensors:0.5", controls=[{"model": "edges", "scale": 0.5}], **kw)
+    c = read_metadata(out.path)
+    assert c["loras"][0]["file"] == "detail.safetensors" and c["controls"][0]["image"] == "(the source image)"
+    ref = anysize.upscale(served.adapter, str(src), scale=1, method="direct", strength=0.5, steps=2, seed=1,
+                          lora=[(str(served.lora_dirs[0] / "sub" / "detail.safetensors"), 0.5)], progress=False,
+                          control=anysize.Control(served.controlnets["edges"].net, None, 0.5))
+    assert (pixels(out.path) == api_pixels(ref)).all()
+
+
+def test_compare_with_regions_says_which_methods_take_none(served):
+    rows = served.compare(PROMPT, methods=["direct", "multidiffusion"], steps=2, seed=5,
+                          regions="0,0,64,128: a blue square", loras=["style.safetensors"])
+    assert rows[0].output is None and rows[0].error == (
+        "method 'direct' takes no regional prompts; the methods that do: fstd, multidiffusion")
+    c = read_metadata(rows[1].output.path)
+    assert c["regions"][0]["prompt"] == "a blue square" and c["loras"][0]["scale"] == 1.0
+
+
+def test_bad_loras_controls_and_regions_get_one_line_messages(served, toy, resources):
+    from anysize.regions import parse_region
+
+    image = str(resources / "edges.png")
+    with pytest.raises(InvalidArgumentError) as cli_region:
+        parse_region("0,0,64: x")  # what anysize generate --region '0,0,64: x' says
+    cases = [
+        (served, dict(loras=["nope.safetensors:1"]), "unknown LoRA 'nope.safetensors'; valid choices: style.safetensors, "
+                                                     "sub/detail.safetensors"),
+        (served, dict(loras=["style.safetensors:x"]), "unknown LoRA 'style.safetensors:x'"),
+        (served, dict(loras=[{"path": "/etc"}]), "loras must be a list of 'name:scale' texts"),
+        (served, dict(loras=[str(resources / "loras" / "style.safetensors")]), "unknown LoRA '/"),  # no paths
+        (toy, dict(loras="style.safetensors"), "no LoRAs are offered here (start the app with --lora-dir DIR)"),
+        (served, dict(regions="0,0,64,128: x", method="direct"),
+         "method 'direct' takes no regional prompts; the methods that do: fstd, multidiffusion"),
+        (served, dict(regions="0,0,64: x", method="fstd"), str(cli_region.value)),
+        (served, dict(regions="0,0,200,128: x", method="fstd"), "reaches past the 128x128 canvas"),
+        (served, dict(regions='[{"prompt": "x", "mask": "/etc/hosts"}]', method="fstd"),
+         "a mask file is read only from a regions file on this machine"),
+        (served, dict(regions='[{"prompt": "x", "box": [0, 0', method="fstd"), "the regions are not JSON"),
+        (served, dict(controls=[{"model": "canny", "image": image}]), "unknown ControlNet 'canny'; valid choices: edges"),
+        (toy, dict(controls=[{"model": "edges", "image": image}]), "no ControlNets are offered here (start the app with "
+                                                                   "--controlnet [NAME=]PATH)"),
+        (served, dict(controls=[{"model": "edges"}]), "ControlNet unit 1 (edges) has no control image: upload one"),
+        (served, dict(controls=[{"model": "edges", "image": image, "start": 0.6, "end": 0.5}]),
+         "control 1: start 0.6 must be below end 0.5"),
+        (served, dict(controls=[{"model": "edges", "image": image, "scale": -1}]), "control 1 scale must be >= 0"),
+        (served, dict(controls=[{"model": "edges", "image": image, "mode": "canny"}]),
+         "a control mode goes with a Union ControlNet, not with ControlNetModel"),
+        (served, dict(controls=[{"model": "edges", "image": image, "weight": 1}]), "unknown field 'weight'"),
+        (served, dict(controls=[{"model": "edges", "image": str(resources / "loras" / "notes.txt")}]), "cannot read"),
+        (served, dict(control_guess_mode=True), "guess mode goes with a ControlNet unit, and none is on"),
+    ]
+    for service, kwargs, message in cases:
+        args = {"steps": 1, "method": "multidiffusion", **kwargs}
+        with pytest.raises(AnysizeError) as e:
+            service.generate(PROMPT, **args)
+        assert message in str(e.value) and "\n" not in str(e.value), (kwargs, str(e.value))
+    assert served.queue.stats() == {"running": 0, "waiting": 0, "room": 2}  # refused before the queue
+
+
+def test_units_with_images_pair_the_apis_files_with_its_units():
+    from anysize.app.handlers import units_with_images
+
+    assert units_with_images([{"model": "a"}, {"model": "b"}], ["x.png"]) == [{"model": "a", "image": "x.png"},
+                                                                               {"model": "b"}]
+    assert units_with_images(None, None) == []
+    with pytest.raises(InvalidArgumentError, match="its image goes in control_images"):
+        units_with_images([{"model": "a", "image": "/etc/hosts"}], None)
+    with pytest.raises(InvalidArgumentError, match="2 control_images for 1 ControlNet unit: give one image per unit"):
+        units_with_images([{"model": "a"}], ["x.png", "y.png"])
+
+
+def test_read_png_refills_loras_regions_and_controlnet_units(served, toy, resources):
+    import json
+
+    image = str(resources / "edges.png")
+    out = served.generate(PROMPT, steps=2, seed=5, method="multidiffusion", loras="sub/detail.safetensors:0.5",
+                          regions="0,0,64,128:a blue square",
+                          controls=[{"model": "edges", "image": image, "scale": 0.25, "end": 0.5}])
+    form = served.read_png(str(out.path))
+    assert form["loras"] == ["sub/detail.safetensors:0.5"] and form["regions"] == "0,0,64,128:a blue square"
+    assert form["controls"] == [{"model": "edges", "scale": 0.25, "start": 0.0, "end": 0.5, "mode": None}]
+    assert form["control_guess_mode"] is False
+    assert "the control image (edges.png) is not in the PNG: upload it again" in form["note"]
+    # what the form then sends runs the same image
+    again = served.generate(form["prompt"], steps=form["steps"], seed=form["seed"], method=form["method"],
+                            loras=form["loras"], regions=form["regions"],
+                            controls=[dict(form["controls"][0], image=image)])
+    assert (pixels(again.path) == pixels(out.path)).all()
+    # an app without those resources says what it cannot restore
+    other = toy.read_png(str(out.path))
+    assert other["loras"] == [] and other["controls"] == [] and other["regions"] == "0,0,64,128:a blue square"
+    assert "LoRA detail.safetensors is in no --lora-dir folder of this app; left out" in other["note"]
+    assert f"ControlNet {resources / 'edges'} is not one of this app's (--controlnet)" in other["note"]
+    # regions with more than a box and a prompt come back as JSON, which the form reads as it is
+    weighted = [{"prompt": "a blue square", "box": [0, 0, 64, 128], "weight": 2.0, "feather": 8, "bootstrap": 0.0}]
+    c = read_metadata(out.path)
+    c.update(regions=weighted, loras=[], controls=[])
+    form = served._form_extras(c, [])
+    assert json.loads(form["regions"]) == weighted
+    assert [r.to_dict() for r in served.check_regions(form["regions"], "fstd", 128, 128)] == weighted
+
+
+def test_a_lora_run_has_the_network_to_itself_through_the_queue(served, plain):
+    """A LoRA run from the page waits for a plain run holding the network (a Python user of the same
+    model outside the queue) instead of loading under it; the run queued behind it runs plain after."""
+    done: dict[str, object] = {}
+
+    def run(key, **kw):
+        try:
+            done[key] = served.generate(PROMPT, steps=2, seed=5, method="multidiffusion", **kw)
+        except Exception as e:  # noqa: BLE001 - reported below
+            done[key] = e
+
+    lock = served.adapter.network_lock
+    with lock.shared():
+        with_lora = threading.Thread(target=run, args=("lora",), kwargs={"loras": ["style.safetensors:0.8"]})
+        with_lora.start()
+        deadline = time.monotonic() + 30
+        while served.queue.stats()["running"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = threading.Thread(target=run, args=("plain",))
+        after.start()
+        while served.queue.stats()["waiting"] != 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert served.queue.stats() == {"running": 1, "waiting": 1, "room": 2}
+        assert with_lora.is_alive() and served.adapter.pipe.get_list_adapters() == {}  # not loaded under us
+    with_lora.join(120)
+    after.join(120)
+    assert not isinstance(done["lora"], Exception) and not isinstance(done["plain"], Exception), done
+    assert read_metadata(done["lora"].path)["loras"][0]["scale"] == 0.8
+    assert (pixels(done["plain"].path) == plain).all()  # the LoRA was gone when the plain run ran
+    assert lock.holders() == (0, False) and served.queue.stats()["running"] == 0

@@ -11,6 +11,15 @@ for "none") and is checked with the same functions the command line uses, so bad
 CLI's one-line message. Every result is written with :func:`anysize.output.save_png`, exactly as
 ``anysize generate`` writes it (A1111 ``parameters`` chunk and ``anysize`` JSON chunk), under the
 CLI's default file name, in a folder of its own per run.
+
+LoRAs and ControlNets are resources the server declares, never paths a browser types (the page may
+be served to others): ``--lora-dir DIR`` folders whose ``*.safetensors`` files the form lists by
+name (:meth:`Service.loras`, rescanned on every request), and ``--controlnet [NAME=]PATH`` networks
+loaded once at start-up (:func:`declare_controlnets`) and chosen by name. A run's LoRAs are
+``name:scale`` lines (:func:`anysize.lora.parse_lora`), its regions ``X,Y,W,H:prompt`` lines
+(:func:`anysize.regions.parse_region`) or JSON region objects (masks inline, never a file of the
+server), its ControlNet units ``{"model": NAME, "image": FILE, "scale", "start", "end", "mode"}``;
+each is checked by the API's own checks before the run waits for the device.
 """
 
 from __future__ import annotations
@@ -42,6 +51,12 @@ ASPECTS = ((1, 4), (1, 3), (1, 2), (2, 3), (3, 2), (2, 1), (3, 1), (4, 1), (16, 
 DEFAULT_QUEUE = 8
 #: results kept in a session's history gallery
 HISTORY_LIMIT = 48
+#: the ControlNet units the page offers (A1111's units); the API takes any number
+CONTROL_UNITS = 2
+#: the fields of a ControlNet unit (the form's, the API's ``controls`` objects)
+CONTROL_FIELDS = ("model", "image", "scale", "start", "end", "mode")
+#: the model choice of a unit that is off
+NO_CONTROLNET = "none"
 
 
 class Busy(RuntimeError):
@@ -216,6 +231,125 @@ def metrics_text(m: Mapping[str, Any] | None) -> str:
     return f"{n} {m['prompt_colour']} object{'s' if n != 1 else ''} ({verdict})"
 
 
+# ------------------------------------------------------------------------------------------ declared resources
+
+
+def check_lora_dirs(dirs: Sequence[str | os.PathLike] | None) -> tuple[Path, ...]:
+    """The ``--lora-dir`` folders: each an existing folder, none given twice."""
+    out: list[Path] = []
+    for d in dirs or ():
+        p = Path(d).expanduser()
+        if not p.exists():
+            raise InvalidArgumentError(f"--lora-dir {d}: no such folder")
+        if not p.is_dir():
+            raise InvalidArgumentError(f"--lora-dir {d} is a file; give the folder that holds the .safetensors files")
+        if any(q.resolve() == p.resolve() for q in out):
+            raise InvalidArgumentError(f"--lora-dir {d} is given twice")
+        out.append(p)
+    return tuple(out)
+
+
+def list_loras(dirs: Sequence[Path]) -> dict[str, Path]:
+    """name -> file of every ``*.safetensors`` file under ``dirs`` (sub-folders too), named by its path
+    relative to its folder (``/`` separated); a name found in several folders is prefixed with its
+    folder's name there (``styles/x.safetensors``)."""
+    found: list[tuple[str, Path, Path]] = []
+    for d in dirs:
+        try:
+            files = sorted(p for p in d.rglob("*.safetensors") if p.is_file())
+        except OSError:
+            continue  # a folder that went away: nothing listed from it
+        found += [(p.relative_to(d).as_posix(), p, d) for p in files]
+    counts = collections.Counter(name for name, _, _ in found)
+    table: dict[str, Path] = {}
+    for name, path, d in found:
+        key = name if counts[name] == 1 else f"{d.name}/{name}"
+        table.setdefault(key, path)
+    return dict(sorted(table.items()))
+
+
+@dataclass(frozen=True)
+class DeclaredControlNet:
+    """A ControlNet the app serves: its name in the form, what ``--controlnet`` gave, the loaded network."""
+
+    name: str
+    source: str
+    net: Any
+
+    @property
+    def union(self) -> bool:
+        """Whether it is a Union ControlNet (its units take a control mode)."""
+        return type(self.net).__name__ == "ControlNetUnionModel"
+
+
+def parse_controlnet_spec(text: str) -> tuple[str, str]:
+    """``[NAME=]PATH_OR_HUB_ID`` -> (name, source); the name defaults to the folder's (or hub id's) last part."""
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidArgumentError(f"--controlnet needs [NAME=]PATH_OR_HUB_ID, got {text!r}")
+    name, sep, source = text.partition("=")
+    if not sep or "/" in name or "\\" in name:  # no NAME= (an '=' inside a path is the path's)
+        name, sep, source = "", "", text
+    name, source = name.strip(), source.strip()
+    if not source:
+        raise InvalidArgumentError(f"--controlnet {text}: no folder or hub id after '{name}='")
+    if sep and not name:
+        raise InvalidArgumentError(f"--controlnet {text}: no name before '='")
+    if not name:
+        name = Path(source.rstrip("/\\")).name or source
+    if name == NO_CONTROLNET:
+        raise InvalidArgumentError(f"--controlnet {text}: '{NO_CONTROLNET}' is the form's word for no ControlNet; "
+                                   "choose another name (NAME=PATH)")
+    return name, source
+
+
+def check_controlnet_specs(specs: Sequence[str] | None) -> list[tuple[str, str]]:
+    """Every ``--controlnet`` parsed, before any model loads: no name twice."""
+    out: list[tuple[str, str]] = []
+    for text in specs or ():
+        name, source = parse_controlnet_spec(text)
+        if any(n == name for n, _ in out):
+            raise InvalidArgumentError(f"--controlnet: the name {name!r} is given twice; name them apart (NAME=PATH)")
+        out.append((name, source))
+    return out
+
+
+def declare_controlnets(adapter, specs: Sequence[str | tuple[str, Any]] | None) -> dict[str, DeclaredControlNet]:
+    """The app's ControlNets, each loaded once on the adapter's device and dtype and checked against
+    its model: ``specs`` are ``--controlnet`` texts or (name, folder / hub id / loaded network) pairs."""
+    from ..models import control as _control
+
+    pairs: list[tuple[str, Any]] = []
+    texts = [s for s in specs or () if isinstance(s, str)]
+    named = check_controlnet_specs(texts)
+    it = iter(named)
+    for s in specs or ():
+        if isinstance(s, str):
+            pairs.append(next(it))
+        else:
+            name, model = s
+            if any(n == name for n, _ in pairs) or any(n == name for n, _ in named):
+                raise InvalidArgumentError(f"--controlnet: the name {name!r} is given twice; name them apart (NAME=PATH)")
+            pairs.append((name, model))
+    out: dict[str, DeclaredControlNet] = {}
+    if pairs and _control.CLASSES.get(adapter.family) is None:
+        raise InvalidArgumentError(
+            f"ControlNet works with the {', '.join(_control.CLASSES)} families, not with the {adapter.family} model")
+    for name, model in pairs:
+        what = f"--controlnet {name}"
+        if isinstance(model, (str, os.PathLike)):
+            source = os.fspath(model)
+            try:
+                net = _control.load_controlnet(source, _control.CLASSES[adapter.family], adapter)
+            except InvalidArgumentError as e:
+                raise InvalidArgumentError(f"{what}: {e}") from None
+        else:
+            net = model
+            source = net.config.get("_name_or_path", "") or type(net).__name__
+        _control.check_fits(adapter, net, what)
+        out[name] = DeclaredControlNet(name, source, net)
+    return out
+
+
 # ------------------------------------------------------------------------------------------ the service
 
 
@@ -237,6 +371,10 @@ class Service:
     model_label: str = ""
     #: whether composition metrics apply (the embedded toy model)
     toy: bool = False
+    #: the ``--lora-dir`` folders whose ``*.safetensors`` files the form lists
+    lora_dirs: tuple[Path, ...] = ()
+    #: the ``--controlnet`` networks, loaded once, by name
+    controlnets: dict[str, DeclaredControlNet] = field(default_factory=dict)
 
     def __post_init__(self):
         if self.out_dir is None:
@@ -249,22 +387,30 @@ class Service:
 
     @classmethod
     def load(cls, model: str | None = None, *, queue: int = DEFAULT_QUEUE, out_dir: str | os.PathLike | None = None,
+             lora_dirs: Sequence[str | os.PathLike] = (), controlnets: Sequence[str | tuple[str, Any]] = (),
              **load_kwargs) -> Service:
         """Load ``model`` (None: the embedded toy model) once and serve it."""
         from .. import api
 
-        return cls.serving(api.load(model, **load_kwargs), model, queue=queue, out_dir=out_dir)
+        lora_dirs = check_lora_dirs(lora_dirs)
+        check_controlnet_specs([s for s in controlnets if isinstance(s, str)])  # before the model loads
+        return cls.serving(api.load(model, **load_kwargs), model, queue=queue, out_dir=out_dir, lora_dirs=lora_dirs,
+                           controlnets=controlnets)
 
     @classmethod
     def serving(cls, adapter, model: str | None, *, queue: int = DEFAULT_QUEUE,
-                out_dir: str | os.PathLike | None = None) -> Service:
+                out_dir: str | os.PathLike | None = None, lora_dirs: Sequence[str | os.PathLike] = (),
+                controlnets: Sequence[str | tuple[str, Any]] = ()) -> Service:
         """Serve ``adapter``, loaded from ``model`` (its name in the page; None: the embedded toy model,
-        the one model the composition metrics apply to)."""
+        the one model the composition metrics apply to), with the LoRAs of ``lora_dirs`` and the
+        ControlNets of ``controlnets`` (``[NAME=]PATH_OR_HUB_ID`` texts or (name, network) pairs,
+        loaded here once)."""
         from ..defaults import SHIPPED_MODEL
 
         toy = model is None or Path(str(model)).expanduser().resolve() == Path(SHIPPED_MODEL).resolve()
         label = "the embedded toy model" if model is None else str(model)
-        return cls(adapter, DeviceQueue(queue), None if out_dir is None else Path(out_dir), label, toy)
+        return cls(adapter, DeviceQueue(queue), None if out_dir is None else Path(out_dir), label, toy,
+                   check_lora_dirs(lora_dirs), declare_controlnets(adapter, controlnets))
 
     def close(self) -> None:
         tmp = getattr(self, "_tmp", None)
@@ -341,6 +487,162 @@ class Service:
         api._method(method, options)  # the API's own check: a dict of names, each known and in range
         return dict(options or {})
 
+    # ---------------------------------------------------------------- LoRAs, ControlNets, regions
+    def loras(self) -> list[str]:
+        """The names of the LoRA files the ``--lora-dir`` folders hold now."""
+        return list(list_loras(self.lora_dirs))
+
+    def controlnet_names(self) -> list[str]:
+        return list(self.controlnets)
+
+    def union_controlnets(self) -> bool:
+        """Whether a declared ControlNet takes a control mode (a Union one)."""
+        return any(c.union for c in self.controlnets.values())
+
+    def check_loras(self, loras) -> tuple:
+        """The LoRAs of a run: ``name[:scale]`` texts (a list, or one text of lines; empty: none),
+        each a name the ``--lora-dir`` folders list, resolved to its file and checked as ``--lora``
+        checks it (:func:`anysize.lora.check_loras`)."""
+        from ..lora import Lora, check_loras, parse_lora
+
+        if loras is None or loras == "":
+            return ()
+        if isinstance(loras, str):
+            loras = loras.splitlines()
+        if not isinstance(loras, (list, tuple)) or not all(isinstance(t, str) for t in loras):
+            raise InvalidArgumentError(f"loras must be a list of 'name:scale' texts, got {loras!r}")
+        texts = [t.strip() for t in loras if t.strip()]
+        if not texts:
+            return ()
+        table = list_loras(self.lora_dirs)
+        if not table:
+            where = ("the --lora-dir folders hold no .safetensors file" if self.lora_dirs
+                     else "start the app with --lora-dir DIR")
+            raise InvalidArgumentError(f"no LoRAs are offered here ({where}); got {texts[0]!r}")
+        out = []
+        for text in texts:
+            lora = parse_lora(text, "LoRA")
+            check_choice("LoRA", lora.path, list(table))
+            out += check_loras(Lora(str(table[lora.path]), lora.scale), f"LoRA {lora.path}")
+        return tuple(out)
+
+    def check_regions(self, regions, method: str, width: int, height: int, *, regions_file=None):
+        """The regions of a run (:meth:`parse_regions`) checked against the width×height canvas, or
+        None; refused for a method without region support, naming those with it."""
+        from .. import methods as registry
+        from .. import regions as _regions
+
+        found = self.parse_regions(regions, regions_file)
+        if found is None:
+            return None
+        check_choice("method", method, registry.names())
+        _regions.check_method(registry.get(method))
+        return _regions.check_regions(found, width, height)
+
+    def parse_regions(self, regions, regions_file=None):
+        """The regions given, or None: ``X,Y,W,H:prompt`` lines (:func:`anysize.regions.parse_region`),
+        JSON text or a list of region objects / lines, then those of an uploaded JSON regions file;
+        masks come inline (``mask_png``), never as a file of this machine."""
+        import json
+
+        from .. import regions as _regions
+
+        found: list = []
+        if isinstance(regions, str):
+            text = regions.strip()
+            if text.startswith(("[", "{")):
+                try:
+                    regions = json.loads(text)
+                except json.JSONDecodeError as e:
+                    raise InvalidArgumentError(f"the regions are not JSON: {e}") from None
+                found += _regions.regions_from_data(regions, "the regions' JSON", mask_files=False)
+            else:
+                found += [_regions.parse_region(line) for line in text.splitlines() if line.strip()]
+        elif isinstance(regions, (list, tuple, dict)):
+            if regions:
+                items = regions["regions"] if isinstance(regions, dict) and "regions" in regions else regions
+                items = [items] if isinstance(items, dict) else items
+                if not isinstance(items, (list, tuple)):
+                    raise InvalidArgumentError("regions must be a list of region objects or X,Y,W,H:prompt texts")
+                for item in items:
+                    if isinstance(item, str) and not item.strip():
+                        continue  # an empty line
+                    found += ([_regions.parse_region(item)] if isinstance(item, str)
+                              else _regions.regions_from_data([item], "a region", mask_files=False))
+        elif regions is not None:
+            raise InvalidArgumentError(f"regions must be X,Y,W,H:prompt lines or JSON region objects, got {regions!r}")
+        if regions_file not in (None, ""):
+            path = Path(os.fspath(regions_file))
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise InvalidArgumentError(f"the regions file {path.name} is not JSON: {e}") from None
+            found += _regions.regions_from_data(data, f"the regions file {path.name}", mask_files=False)
+        return found or None
+
+    def check_controls(self, controls, guess_mode=False, *, source_image=None) -> tuple[list, bool]:
+        """The ControlNet units of a run -> (the :class:`anysize.Control` list, guess mode).
+
+        ``controls``: a list of units ``{"model": NAME, "image": FILE, "scale", "start", "end",
+        "mode"}`` (numbers may arrive as form floats; a unit whose model is "none" or empty is off),
+        NAME one of the ``--controlnet`` names; checked by the API's own check
+        (:func:`anysize.models.control.check`) before the run waits for the device. A unit without an
+        image takes ``source_image`` (upscale: the tile ControlNet), else it is refused."""
+        from ..cli.controls import parse_mode
+        from ..models import control as _control
+
+        if guess_mode is None or guess_mode == "":
+            guess_mode = False
+        if not isinstance(guess_mode, bool):
+            raise InvalidArgumentError(f"control_guess_mode must be true or false, got {guess_mode!r}")
+        if controls is None or controls == "":
+            controls = []
+        if isinstance(controls, dict):
+            controls = [controls]
+        if not isinstance(controls, (list, tuple)):
+            raise InvalidArgumentError(f"controls must be a list of ControlNet units {{{', '.join(CONTROL_FIELDS)}}}, "
+                                       f"got {controls!r}")
+        out = []
+        for i, unit in enumerate(controls):
+            what = f"ControlNet unit {i + 1}"
+            if not isinstance(unit, dict):
+                raise InvalidArgumentError(f"{what} must be an object with {', '.join(CONTROL_FIELDS)}, got {unit!r}")
+            unknown = sorted(set(unit) - set(CONTROL_FIELDS))
+            if unknown:
+                raise InvalidArgumentError(f"{what}: unknown field {unknown[0]!r}; a unit has {', '.join(CONTROL_FIELDS)}")
+            name = unit.get("model")
+            if name in (None, "", NO_CONTROLNET):
+                continue
+            if not self.controlnets:
+                raise InvalidArgumentError(f"{what}: no ControlNets are offered here (start the app with "
+                                           f"--controlnet [NAME=]PATH); got {name!r}")
+            check_choice("ControlNet", name, list(self.controlnets))
+            image = unit.get("image")
+            if image in (None, ""):
+                if source_image is None:
+                    raise InvalidArgumentError(f"{what} ({name}) has no control image: upload one")
+                image = None
+            else:
+                image = os.fspath(image)
+            number = lambda key, default: default if unit.get(key) in (None, "") else _float(f"{what} {key}", unit[key])  # noqa: E731
+            out.append(_control.Control(self.controlnets[name].net, image, number("scale", 1.0), number("start", 0.0),
+                                        number("end", 1.0), parse_mode(unit.get("mode"))))
+        if not out and guess_mode:
+            raise InvalidArgumentError("guess mode goes with a ControlNet unit, and none is on")
+        _control.check(self.adapter, out, source_image=source_image)  # ranges, the image, the mode: the API's messages
+        return out, guess_mode
+
+    def _extras(self, loras, controls, control_guess_mode, *, source_image=None) -> dict[str, Any]:
+        """The LoRA and ControlNet keywords of an api call (nothing for none), checked."""
+        checked = self.check_loras(loras)
+        control, guess = self.check_controls(controls, control_guess_mode, source_image=source_image)
+        out: dict[str, Any] = {}
+        if checked:
+            out["lora"] = checked
+        if control:
+            out["control"], out["control_guess_mode"] = control, guess
+        return out
+
     def _sampling(self, seed, steps, guidance, scheduler, tiled_vae) -> dict[str, Any]:
         """The shared sampling settings, read from form values (numbers arrive as floats, empty for
         "the model's") and checked by the API's own checks, before the run waits for the device."""
@@ -412,8 +714,10 @@ class Service:
     def generate(self, prompt: str, negative_prompt: str | None = None, *, width=None, height=None,
                  method: str = "direct", options: Mapping[str, Any] | None = None, seed=0, steps=None,
                  guidance=None, scheduler: str = "default", tiled_vae: str = "auto",
-                 progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> RunOutput:
-        """One image, written as ``anysize generate`` writes it."""
+                 progress: ProgressFn | None = None, cancel: threading.Event | None = None, loras=None,
+                 regions=None, regions_file=None, controls=None, control_guess_mode=False) -> RunOutput:
+        """One image, written as ``anysize generate`` writes it; with LoRAs, regions and ControlNet
+        units as :meth:`check_loras`, :meth:`check_regions` and :meth:`check_controls` take them."""
         from .. import api
 
         nh, nw = self.adapter.native_size
@@ -421,10 +725,14 @@ class Service:
                                                      nh if height is None else height)
         options = self.method_options(method, options)
         s = self._sampling(seed, steps, guidance, scheduler, tiled_vae)
+        extras = self._extras(loras, controls, control_guess_mode)
+        checked_regions = self.check_regions(regions, method, w, h, regions_file=regions_file)
+        if checked_regions is not None:
+            extras["regions"] = checked_regions
         with self.queue.slot(cancel, self._waiting(progress)):
             result = api.generate(self.adapter, prompt, negative_prompt=negative, width=w, height=h, method=method,
                                   method_options=options, callback=self._callback(progress, method), cancel=cancel,
-                                  progress=False, **s)
+                                  progress=False, **s, **extras)
             if progress is not None:
                 progress(None, None, "writing the PNG")
             path = self._save(result)
@@ -434,11 +742,13 @@ class Service:
     def compare(self, prompt: str, negative_prompt: str | None = None, *, methods: Sequence[str], width=None,
                 height=None, options: Mapping[str, Mapping[str, Any]] | None = None, seed=0, steps=None,
                 guidance=None, scheduler: str = "default", tiled_vae: str = "auto",
-                progress: ProgressFn | None = None, cancel: threading.Event | None = None) -> list[CompareRow]:
-        """Several methods on the same prompt, seed and size, one after another on the device.
+                progress: ProgressFn | None = None, cancel: threading.Event | None = None, loras=None,
+                regions=None, regions_file=None, controls=None, control_guess_mode=False) -> list[CompareRow]:
+        """Several methods on the same prompt, seed and size, one after another on the device, each
+        with the same LoRAs, regions and ControlNet units.
 
-        A method that cannot run at these settings (its family, a canvas its windows cannot cover)
-        gets a row saying why; the others still run.
+        A method that cannot run at these settings (its family, a canvas its windows cannot cover,
+        regions it does not take) gets a row saying why; the others still run.
         """
         from .. import api
         from .. import methods as registry
@@ -456,6 +766,12 @@ class Service:
             check_choice("method", name, registry.names())
         checked = {m: self.method_options(m, options.get(m)) for m in methods}
         s = self._sampling(seed, steps, guidance, scheduler, tiled_vae)
+        extras = self._extras(loras, controls, control_guess_mode)
+        found = self.parse_regions(regions, regions_file)
+        if found is not None:  # bad regions fail the comparison; a method without region support gets its row
+            from .. import regions as _regions
+
+            found = _regions.check_regions(found, w, h)
         rows = []
         with self.queue.slot(cancel, self._waiting(progress)):
             for i, method in enumerate(methods):
@@ -466,10 +782,11 @@ class Service:
                         where = f"{label} · {info.stage}" if info.stage else label
                         progress(info.index + 1, info.num_steps, f"{where} {info.index + 1}/{info.num_steps}")
 
+                more = dict(extras) if found is None else dict(extras, regions=found)
                 try:
                     result = api.generate(self.adapter, prompt, negative_prompt=negative, width=w, height=h,
                                           method=method, method_options=checked[method], callback=step,
-                                          cancel=cancel, progress=False, **s)
+                                          cancel=cancel, progress=False, **s, **more)
                 except AnysizeError as e:  # this method cannot run here: say why, run the others
                     rows.append(CompareRow(method, error=str(e)))
                     continue
@@ -482,8 +799,10 @@ class Service:
                 options: Mapping[str, Any] | None = None, strength=None, noise_level=None, prompt: str = "",
                 negative_prompt: str | None = None, seed=0, steps=None, guidance=None, scheduler: str = "default",
                 tiled_vae: str = "auto", progress: ProgressFn | None = None,
-                cancel: threading.Event | None = None) -> RunOutput:
-        """Enlarge ``image`` (a path) as ``anysize upscale`` does: ``scale`` or an exact ``width`` × ``height``."""
+                cancel: threading.Event | None = None, loras=None, controls=None,
+                control_guess_mode=False) -> RunOutput:
+        """Enlarge ``image`` (a path) as ``anysize upscale`` does: ``scale`` or an exact ``width`` × ``height``;
+        with LoRAs and ControlNet units (a unit without an image gets the source image: a tile ControlNet)."""
         from .. import api
         from .. import methods as registry
         from ..images import load_image
@@ -515,15 +834,74 @@ class Service:
         prompt = check_prompt(prompt or "")
         negative = check_prompt(negative_prompt, "negative prompt") if negative_prompt else None
         s = self._sampling(seed, steps, guidance, scheduler, tiled_vae)
-        load_image(os.fspath(image))  # not an image: the CLI's message, before the queue
+        source = load_image(os.fspath(image))  # not an image: the CLI's message, before the queue
+        extras = self._extras(loras, controls, control_guess_mode, source_image=source)
         with self.queue.slot(cancel, self._waiting(progress)):
             result = api.upscale(self.adapter, os.fspath(image), scale=scale, size=size, method=method, method_options=options,
                                  strength=strength, noise_level=noise_level, prompt=prompt, negative_prompt=negative,
-                                 callback=self._callback(progress, method), cancel=cancel, progress=False, **s)
+                                 callback=self._callback(progress, method), cancel=cancel, progress=False, **s,
+                                 **extras)
             path = self._save(result)
         return RunOutput(path, result.config_for(0), result.seconds, result.network_calls)
 
     # ---------------------------------------------------------------- PNG in
+    def _form_extras(self, c: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+        """The LoRA lines, regions text and ControlNet units of an anysize config, as the form takes
+        them; ``notes`` gets what cannot be restored here (a LoRA no --lora-dir lists, a ControlNet
+        that is not declared, the control images, which the PNG does not hold)."""
+        import json
+
+        from ..lora import HASH_DIGITS, file_sha256
+        from ..models.control import UNION_MODES
+        from ..regions import format_region
+
+        table = list_loras(self.lora_dirs)
+        lines, missing = [], []
+        for rec in c.get("loras") or []:
+            name = _listed_lora(rec, table)
+            label = Path(str(rec.get("path") or rec.get("file") or "?").replace("\\", "/")).name
+            if name is None:
+                missing.append(label)
+                continue
+            lines.append(f"{name}:{float(rec.get('scale', 1.0)):g}")
+            sha = str(rec.get("sha256") or "")
+            if sha and not file_sha256(table[name]).startswith(sha.lower()):
+                notes.append(f"the LoRA {name} here is not the file that made it (SHA-256 "
+                             f"{file_sha256(table[name])[:HASH_DIGITS]}, the PNG's {sha})")
+        if missing:
+            notes.append(f"LoRA {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} in no --lora-dir folder of "
+                         "this app; left out")
+        regions = list(c.get("regions") or [])
+        texts = [format_region(r) for r in regions]
+        if all(t is not None for t in texts):
+            region_text = "\n".join(texts)
+        else:  # masks, negatives, weights ...: only JSON holds them (masks inline)
+            region_text = json.dumps(regions)
+        units, lost_images, undeclared = [], [], []
+        mode_names = {}
+        for mode_name, index in UNION_MODES.items():
+            mode_names.setdefault(index, mode_name)
+        for rec in c.get("controls") or []:
+            model = str(rec.get("model") or "")
+            name = next((d.name for d in self.controlnets.values()
+                         if model in (d.name, d.source, d.net.config.get("_name_or_path", ""))), None)
+            if name is None:
+                undeclared.append(model)
+                continue
+            mode = rec.get("mode")
+            units.append({"model": name, "scale": rec.get("scale", 1.0), "start": rec.get("start", 0.0),
+                          "end": rec.get("end", 1.0), "mode": mode_names.get(mode, mode) if mode is not None else None})
+            if rec.get("image") != "(the source image)":
+                lost_images.append(rec.get("image") or "an image")
+        if undeclared:
+            notes.append(f"ControlNet {', '.join(undeclared)} is not one of this app's (--controlnet); its unit is "
+                         "left off")
+        if lost_images:
+            notes.append(f"the control image{'s' if len(lost_images) > 1 else ''} ({', '.join(lost_images)}) "
+                         f"{'are' if len(lost_images) > 1 else 'is'} not in the PNG: upload {'them' if len(lost_images) > 1 else 'it'} again")
+        return {"loras": lines, "regions": region_text, "controls": units,
+                "control_guess_mode": bool(c.get("control_guess_mode", False))}
+
     def read_png(self, path) -> dict[str, Any]:
         """The form values stored in a PNG: anysize's JSON chunk, else an A1111 ``parameters`` chunk.
 
@@ -557,6 +935,7 @@ class Service:
             if c.get("upscale"):
                 notes.append(f"it was upscaled from {c['upscale'].get('source') or 'an image'} "
                              f"(strength {c['upscale'].get('strength')})")
+            out.update(self._form_extras(c, notes))
         elif parameters is not None:
             parsed = parse_infotext(parameters)
             p = parsed["params"]
@@ -596,6 +975,55 @@ class Service:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+
+
+def units_with_images(controls, images) -> list:
+    """The API's ControlNet units with their images: the i-th uploaded file of ``images`` belongs to
+    the i-th unit of ``controls`` (as the i-th ``--control-image`` to the i-th ``--controlnet``); a
+    unit never names a file itself (the server's files are not the client's to choose)."""
+    if controls in (None, ""):
+        controls = []
+    if isinstance(controls, dict):
+        controls = [controls]
+    if not isinstance(controls, (list, tuple)):
+        raise InvalidArgumentError(f"controls must be a list of ControlNet units {{{', '.join(CONTROL_FIELDS)}}}, "
+                                   f"got {controls!r}")
+    images = [] if images in (None, "") else [images] if isinstance(images, (str, os.PathLike)) else list(images)
+    if len(images) > len(controls):
+        raise InvalidArgumentError(f"{len(images)} control_images for {len(controls)} ControlNet unit"
+                                   f"{'s' if len(controls) != 1 else ''}: give one image per unit (or none for upscale)")
+    out = []
+    for i, unit in enumerate(controls):
+        if isinstance(unit, dict) and "image" in unit:
+            raise InvalidArgumentError(f"ControlNet unit {i + 1}: its image goes in control_images (an uploaded file), "
+                                       "not in the unit")
+        if isinstance(unit, dict) and i < len(images):
+            unit = {**unit, "image": os.fspath(images[i])}
+        out.append(unit)
+    return out
+
+
+def _listed_lora(record: Mapping[str, Any], table: Mapping[str, Path]) -> str | None:
+    """The listed LoRA name of a metadata record: the same file, else the same file name (a record of
+    ``--lora FOLDER``: that folder's name and its weights file's)."""
+    path = str(record.get("path") or "")
+    if path:
+        try:
+            real = Path(path).expanduser().resolve()
+            for name, p in table.items():
+                if p.resolve() == real:
+                    return name
+        except OSError:
+            pass
+    base = Path(path.replace("\\", "/")).name
+    for name, p in table.items():
+        if p.name == base:
+            return name
+    weights = str(record.get("file") or "")
+    for name, p in table.items():
+        if weights and p.name == weights and p.parent.name == base:
+            return name
+    return None
 
 
 def random_seed() -> int:
@@ -646,5 +1074,7 @@ def _pixels(name: str, v) -> int:
     return v
 
 
-__all__ = ["ASPECTS", "Busy", "CompareRow", "DEFAULT_QUEUE", "DeviceQueue", "HISTORY_LIMIT", "Jobs", "RunOutput",
-           "Service", "SizePreset", "TILED_VAE_CHOICES", "metrics_text", "random_seed"]
+__all__ = ["ASPECTS", "Busy", "CONTROL_FIELDS", "CONTROL_UNITS", "CompareRow", "DEFAULT_QUEUE", "DeclaredControlNet",
+           "DeviceQueue", "HISTORY_LIMIT", "Jobs", "NO_CONTROLNET", "RunOutput", "Service", "SizePreset",
+           "TILED_VAE_CHOICES", "check_controlnet_specs", "check_lora_dirs", "declare_controlnets", "list_loras",
+           "metrics_text", "parse_controlnet_spec", "random_seed", "units_with_images"]
