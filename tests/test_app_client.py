@@ -174,6 +174,14 @@ def test_cli_refuses_before_loading(capsys, app, monkeypatch):
         assert cli.main(["app", *args]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+    for args, message in [
+        (["--lora-dir", "/nonexistent/loras"], "--lora-dir /nonexistent/loras: no such folder"),
+        (["--controlnet", "a=/x", "--controlnet", "a=/y"], "--controlnet: the name 'a' is given twice"),
+        (["--controlnet", "none=/x"], "'none' is the form's word for no ControlNet"),
+    ]:
+        assert cli.main(["app", *args]) == 2  # before the model loads
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
     monkeypatch.setenv(server.AUTH_ENV, "alice")  # the password may come from the environment instead
     assert cli.main(["app"]) == 2
     assert f"{server.AUTH_ENV} must be USER:PASS" in capsys.readouterr().err
@@ -209,3 +217,64 @@ def test_a_registered_method_gets_its_controls_on_the_page(app, monkeypatch):
     assert kind == "dropdown" and [c[1] for c in look["choices"]] == ["soft", "hard"]
     assert "test-dial" in [c[1] for c in props["method"][1]["choices"]]
     assert "test-dial" in [c[1] for c in props["compare-methods"][1]["choices"]]
+
+
+# ------------------------------------------------------------------------------------------ LoRA, ControlNet, regions
+
+
+@pytest.fixture(scope="module")
+def extras_app(app, tmp_path_factory):
+    """The same model served with a --lora-dir holding a toy LoRA and a toy ControlNet named "edges"."""
+    import numpy as np
+
+    from anysize.builders.controlnet import tiny_controlnet
+    from anysize.builders.lora import tiny_lora
+
+    root = tmp_path_factory.mktemp("client-resources")
+    (root / "loras").mkdir()
+    tiny_lora(app.service.adapter.pipe, root / "loras", name="style.safetensors")
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(root / "edges.png")
+    service = Service.serving(app.service.adapter, None, queue=2, lora_dirs=[root / "loras"],
+                              controlnets=[("edges", tiny_controlnet(app.service.adapter.pipe))])
+    running = server.launch(service, host="127.0.0.1", port=server.free_port())
+    running.root = root
+    yield running
+    running.close()
+    service.close()
+
+
+def test_generate_with_a_lora_regions_and_a_controlnet_unit(extras_app, loopback_only):
+    import numpy as np
+    from gradio_client.exceptions import AppError
+
+    edges = str(extras_app.root / "edges.png")
+    with closing(Client(extras_app.url, verbose=False, download_files=True)) as c:
+        png, info = c.predict(PROMPT, method="multidiffusion", seed=3, steps=2, loras=["style.safetensors:0.8"],
+                              regions=["0,0,64,128: a blue square"], controls=[{"model": "edges", "scale": 0.5}],
+                              control_images=[handle_file(edges)], api_name="/generate")
+        meta = read_metadata(png)
+        assert meta["loras"][0]["file"] == "style.safetensors" and meta["loras"][0]["scale"] == 0.8
+        assert meta["regions"][0]["prompt"] == "a blue square" and meta["controls"][0]["scale"] == 0.5
+        assert info["config"]["loras"][0]["lora_path"] == meta["loras"][0]["path"]  # no {"path": ...} for the client
+        # the same image as the handler makes with the same input (which equals anysize.generate: test_app_handlers)
+        same = extras_app.service.generate(PROMPT, method="multidiffusion", seed=3, steps=2,
+                                           loras=["style.safetensors:0.8"], regions="0,0,64,128: a blue square",
+                                           controls=[{"model": "edges", "scale": 0.5, "image": edges}])
+        assert (np.asarray(Image.open(png)) == np.asarray(Image.open(same.path))).all()
+        form = c.predict(handle_file(png), api_name="/read_png")
+        assert form["loras"] == ["style.safetensors:0.8"] and form["regions"] == "0,0,64,128:a blue square"
+        assert form["controls"][0]["model"] == "edges" and "upload it again" in form["note"]
+        for kwargs, message in [
+            (dict(loras=["other.safetensors"]), "unknown LoRA 'other.safetensors'; valid choices: style.safetensors"),
+            (dict(regions="0,0,64,128: x"), "method 'direct' takes no regional prompts; the methods that do: "),
+            (dict(controls=[{"model": "edges", "image": "/etc/hosts"}]), "its image goes in control_images"),
+            (dict(controls=[{"model": "edges"}]), "ControlNet unit 1 (edges) has no control image: upload one"),
+        ]:
+            with pytest.raises(AppError) as e:
+                c.predict(PROMPT, steps=1, api_name="/generate", **kwargs)
+            assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+        # upscale: the unit without an image gets the source (a tile ControlNet)
+        up, info = c.predict(handle_file(png), scale=1, method="direct", strength=0.5, steps=2,
+                             loras=["style.safetensors:0.5"], controls=[{"model": "edges"}], api_name="/upscale")
+        assert read_metadata(up)["controls"][0]["image"] == "(the source image)"
+        assert read_metadata(up)["loras"][0]["scale"] == 0.5

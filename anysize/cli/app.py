@@ -22,6 +22,9 @@ examples:
   anysize app                                     # the embedded toy model at http://127.0.0.1:7860
   anysize app --model stabilityai/stable-diffusion-xl-base-1.0 --dtype fp16 --device cuda
   anysize app --host 0.0.0.0 --auth alice:s3cret  # reachable from other machines, behind a password
+  anysize app --lora-dir ~/loras --controlnet canny=lllyasviel/control_v11p_sd15_canny --controlnet ./depth-net \\
+      --model stable-diffusion-v1-5/stable-diffusion-v1-5 --dtype fp16 --device cuda
+                                                  # the LoRAs of ~/loras, ControlNets "canny" and "depth-net"
 """
 
 
@@ -43,6 +46,13 @@ that a request gets "busy: ... try again in a moment". Bad input gets the comman
 one-line message in the page. Without --model the embedded toy model is served, offline, at once.
 Nothing is fetched from the internet: Gradio's analytics and share links are off.
 
+LoRAs and ControlNets are declared by the server, never typed into the page as paths: the
+page lists the *.safetensors files of every --lora-dir folder (sub-folders too; "refresh" and
+every page load list them anew), each with a weight; each --controlnet is loaded once at start-up
+on the app's device and dtype, checked against the model, and offered by its NAME (default: the
+folder's or hub id's last part) in up to two ControlNet units (image, scale, start, end, mode).
+Regional prompts (X,Y,W,H: prompt lines or a JSON file) go with the methods that take them.
+
 The app binds to {DEFAULT_HOST}, this machine only. Another --host (e.g. 0.0.0.0) makes it
 reachable from other machines and prints a warning; protect it with --auth USER:PASS or the
 {AUTH_ENV} environment variable."""
@@ -58,6 +68,11 @@ reachable from other machines and prints a warning; protect it with --auth USER:
     p.add_argument("--out", metavar="DIR", default=None,
                    help="keep every PNG the app makes in DIR, one folder per run (default: a temporary folder, "
                    "removed when the app stops)")
+    p.add_argument("--lora-dir", metavar="DIR", action="append", default=[],
+                   help="offer the LoRA weight files (*.safetensors) of DIR in the page (repeatable)")
+    p.add_argument("--controlnet", metavar="[NAME=]PATH", action="append", default=[],
+                   help="load this ControlNet (a diffusers folder or hub id of the model's family) once and offer it "
+                   "as NAME (default: its folder's name; repeatable)")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the address")
     p.set_defaults(func=run)
 
@@ -74,6 +89,10 @@ def run(args: argparse.Namespace) -> int:
     auth = server.parse_auth(auth_text, source=source)
     server.check_port(args.host, args.port)
     device = check_model_options(args)
+    from ..app.handlers import check_controlnet_specs, check_lora_dirs
+
+    lora_dirs = check_lora_dirs(args.lora_dir)
+    check_controlnet_specs(args.controlnet)
     if args.out is not None:
         try:
             os.makedirs(args.out, exist_ok=True)
@@ -94,7 +113,8 @@ def run(args: argparse.Namespace) -> int:
 
     with library_output(args.quiet):
         adapter = load_model(args, device)
-    service = Service.serving(adapter, args.model, queue=args.queue, out_dir=args.out)
+        service = Service.serving(adapter, args.model, queue=args.queue, out_dir=args.out, lora_dirs=lora_dirs,
+                                  controlnets=args.controlnet)  # each ControlNet loaded once, here
     STOP.clear()
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, lambda *_: STOP.set()) if main_thread else None
