@@ -278,3 +278,27 @@ def test_generate_with_a_lora_regions_and_a_controlnet_unit(extras_app, loopback
                              loras=["style.safetensors:0.5"], controls=[{"model": "edges"}], api_name="/upscale")
         assert read_metadata(up)["controls"][0]["image"] == "(the source image)"
         assert read_metadata(up)["loras"][0]["scale"] == 0.5
+
+
+def test_the_page_offers_the_declared_resources(extras_app, app):
+    from anysize.app.ui import build
+
+    props = {c["props"].get("elem_id"): (c["type"], c["props"]) for c in build(extras_app.service).config["components"]}
+    assert [c[1] for c in props["gen-lora-pick"][1]["choices"]] == ["style.safetensors"]
+    assert props["gen-lora-pick"][1]["multiselect"] and props["up-lora-pick"][0] == "dropdown"
+    for unit in ("gen-cn1-model", "gen-cn2-model", "up-cn1-model"):
+        assert [c[1] for c in props[unit][1]["choices"]] == ["none", "edges"]
+    assert props["gen-cn1-mode"][1]["visible"] is False  # no Union ControlNet declared
+    assert props["gen-regions"][1]["interactive"] is False  # the default method, direct, takes no regions
+    assert "up-regions" not in props  # upscale takes none
+    bare = {c["props"].get("elem_id"): c["props"] for c in build(app.service).config["components"]}
+    assert "start the app with --lora-dir DIR" in bare["gen-lora-pick"]["info"]
+
+
+def test_cli_app_says_which_controlnet_cannot_load(capsys, tmp_path, loopback_only):
+    from anysize import cli
+
+    assert cli.main(["app", "--quiet", "--port", str(server.free_port()), "--lora-dir", str(tmp_path),
+                     "--controlnet", f"edges={tmp_path / 'nowhere'}"]) == 2
+    err = capsys.readouterr().err
+    assert f"--controlnet edges: cannot load the ControlNet {tmp_path / 'nowhere'}" in err and err.count("\n") == 1, err

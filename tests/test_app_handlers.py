@@ -335,7 +335,9 @@ def test_jobs_cancel_only_their_own_session():
     a, b = jobs.start("alice"), jobs.start("bob")
     assert jobs.cancel("alice") == 1
     assert jobs.event(a).is_set() and not jobs.event(b).is_set()
-    jobs.finish(a)
+    assert not jobs.wait_finished("alice", 0.05)  # its run has not finished yet
+    threading.Timer(0.2, jobs.finish, (a,)).start()
+    assert jobs.wait_finished("alice", 10) and not jobs.wait_finished("bob", 0.05)
     jobs.finish(b)
     assert len(jobs) == 0 and jobs.cancel("alice") == 0
 
@@ -461,6 +463,8 @@ def test_loras_and_controlnets_are_declared_by_the_server(served, resources, tin
         (lambda: check_controlnet_specs(["=x"]), "no name before '='"),
         (lambda: check_controlnet_specs(["none=x"]), "'none' is the form's word for no ControlNet"),
         (lambda: declare_controlnets(served.adapter, [f"x={resources / 'nowhere'}"]), "--controlnet x: cannot load the ControlNet"),
+        (lambda: declare_controlnets(served.adapter, [("a", served.controlnets["edges"].net), f"a={resources / 'edges'}"]),
+         "--controlnet: the name 'a' is given twice"),
         (lambda: declare_controlnets(served.adapter, [("xl", tiny_controlnet(tiny("sdxl")))]),
          "--controlnet xl is a sdxl ControlNet (ControlNetModel) and cannot control the sd1 model"),
     ]:

@@ -149,7 +149,7 @@ class Jobs:
     (those waiting for the device too)."""
 
     def __init__(self):
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._events: dict[str, threading.Event] = {}
         self._owner: dict[str, str] = {}
 
@@ -168,6 +168,14 @@ class Jobs:
         with self._lock:
             self._events.pop(job or "", None)
             self._owner.pop(job or "", None)
+            self._lock.notify_all()
+
+    def wait_finished(self, session: str, timeout: float) -> bool:
+        """Wait up to ``timeout`` s until ``session`` has no run left; whether it has none. The Cancel
+        button answers after the runs it stopped, so its "cancelling" never lands after their own
+        "cancelled before step ..." (two events writing one status line)."""
+        with self._lock:
+            return self._lock.wait_for(lambda: session not in self._owner.values(), timeout)
 
     def cancel(self, session: str) -> int:
         """Set the cancel event of every run of ``session``; returns how many there were."""
@@ -319,17 +327,14 @@ def declare_controlnets(adapter, specs: Sequence[str | tuple[str, Any]] | None) 
     from ..models import control as _control
 
     pairs: list[tuple[str, Any]] = []
-    texts = [s for s in specs or () if isinstance(s, str)]
-    named = check_controlnet_specs(texts)
-    it = iter(named)
     for s in specs or ():
-        if isinstance(s, str):
-            pairs.append(next(it))
-        else:
-            name, model = s
-            if any(n == name for n, _ in pairs) or any(n == name for n, _ in named):
-                raise InvalidArgumentError(f"--controlnet: the name {name!r} is given twice; name them apart (NAME=PATH)")
-            pairs.append((name, model))
+        name, model = parse_controlnet_spec(s) if isinstance(s, str) else s
+        if not isinstance(name, str) or not name or name == NO_CONTROLNET:
+            raise InvalidArgumentError(f"--controlnet: {name!r} cannot name a ControlNet (give a name other than "
+                                       f"'{NO_CONTROLNET}')")
+        if any(n == name for n, _ in pairs):
+            raise InvalidArgumentError(f"--controlnet: the name {name!r} is given twice; name them apart (NAME=PATH)")
+        pairs.append((name, model))
     out: dict[str, DeclaredControlNet] = {}
     if pairs and _control.CLASSES.get(adapter.family) is None:
         raise InvalidArgumentError(
