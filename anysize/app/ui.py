@@ -47,6 +47,8 @@ CSS = """
 #: what every heavy event shares: the device queue of the Service does the waiting and the busy
 #: refusals, so Gradio starts every such event at once (concurrency_limit=None)
 HEAVY = dict(concurrency_limit=None)
+#: seconds the Cancel button waits for the runs it stopped before it says "cancelling…"
+CANCEL_WAIT = 5.0
 
 
 def _error(e: BaseException) -> gr.Error:
@@ -440,8 +442,11 @@ def build(service: Service) -> gr.Blocks:
             return service.jobs.start(request.session_hash if request else "")
 
         def stop(request: gr.Request):
-            n = service.jobs.cancel(request.session_hash if request else "")
-            return "cancelling…" if n else "nothing to cancel"
+            session = request.session_hash if request else ""
+            if not service.jobs.cancel(session):
+                return "nothing to cancel"
+            # stopped within a step or so: the run's own status ("cancelled before step k/n") stands
+            return gr.skip() if service.jobs.wait_finished(session, CANCEL_WAIT) else "cancelling…"
 
         cancel.click(stop, None, status, queue=False, api_visibility="private")
         def closed(request: gr.Request):  # the tab was closed: stop its runs
