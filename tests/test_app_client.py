@@ -278,6 +278,9 @@ def test_generate_with_a_lora_regions_and_a_controlnet_unit(extras_app, loopback
                              loras=["style.safetensors:0.5"], controls=[{"model": "edges"}], api_name="/upscale")
         assert read_metadata(up)["controls"][0]["image"] == "(the source image)"
         assert read_metadata(up)["loras"][0]["scale"] == 0.5
+        with pytest.raises(AppError) as e:  # /upscale takes regions too, checked before the queue
+            c.predict(handle_file(png), scale=1, method="fstd", regions=["0,0,64,300: x"], api_name="/upscale")
+        assert "box x=0, y=0, 64x300 reaches past the 128x128 canvas" in str(e.value), str(e.value)
 
 
 def test_the_page_offers_the_declared_resources(extras_app, app):
@@ -290,7 +293,7 @@ def test_the_page_offers_the_declared_resources(extras_app, app):
         assert [c[1] for c in props[unit][1]["choices"]] == ["none", "edges"]
     assert props["gen-cn1-mode"][1]["visible"] is False  # no Union ControlNet declared
     assert props["gen-regions"][1]["interactive"] is False  # the default method, direct, takes no regions
-    assert "up-regions" not in props  # upscale takes none
+    assert props["up-regions"][1]["interactive"] is True  # the default refining method, fstd, takes regions
     bare = {c["props"].get("elem_id"): c["props"] for c in build(app.service).config["components"]}
     assert "start the app with --lora-dir DIR" in bare["gen-lora-pick"]["info"]
 

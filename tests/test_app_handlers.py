@@ -543,6 +543,31 @@ def test_upscale_with_a_lora_and_a_tile_control_of_the_source(served, plain, tmp
     assert (pixels(out.path) == api_pixels(ref)).all()
 
 
+def test_upscale_with_regions_equals_the_api_and_checks_them_before_the_queue(served, plain, tmp_path, monkeypatch):
+    import anysize
+    from anysize.regions import parse_region
+
+    src = tmp_path / "src.png"
+    Image.fromarray(plain).save(src)
+    kw = dict(method="fstd", strength=0.5, steps=2, seed=1, prompt=PROMPT)
+    out = served.upscale(str(src), width=192, height=128, regions="0,0,96,128: a blue square", **kw)
+    ref = anysize.upscale(served.adapter, str(src), size=(192, 128), progress=False,
+                          regions=[parse_region("0,0,96,128: a blue square")], **kw)
+    assert (pixels(out.path) == api_pixels(ref)).all()
+    assert read_metadata(out.path)["regions"] == ref.config["regions"]
+    def no_slot(*a, **k):
+        raise AssertionError("bad regions reached the device queue")
+
+    monkeypatch.setattr(served.queue, "slot", no_slot)
+    for kwargs, message in [  # boxes in pixels of the enlarged image: 2x of 128 is 256
+        (dict(scale=2, regions="0,0,64,300: x"), "box x=0, y=0, 64x300 reaches past the 256x256 canvas"),
+        (dict(scale=1, method="direct", regions="0,0,64,64: x"), "method 'direct' takes no regional prompts"),
+    ]:
+        with pytest.raises(InvalidArgumentError) as e:
+            served.upscale(str(src), **{**kw, **kwargs})
+        assert message in str(e.value), str(e.value)
+
+
 def test_compare_with_regions_says_which_methods_take_none(served):
     rows = served.compare(PROMPT, methods=["direct", "multidiffusion"], steps=2, seed=5,
                           regions="0,0,64,128: a blue square", loras=["style.safetensors"])

@@ -804,10 +804,11 @@ class Service:
                 options: Mapping[str, Any] | None = None, strength=None, noise_level=None, prompt: str = "",
                 negative_prompt: str | None = None, seed=0, steps=None, guidance=None, scheduler: str = "default",
                 tiled_vae: str = "auto", progress: ProgressFn | None = None,
-                cancel: threading.Event | None = None, loras=None, controls=None,
+                cancel: threading.Event | None = None, loras=None, regions=None, regions_file=None, controls=None,
                 control_guess_mode=False) -> RunOutput:
         """Enlarge ``image`` (a path) as ``anysize upscale`` does: ``scale`` or an exact ``width`` × ``height``;
-        with LoRAs and ControlNet units (a unit without an image gets the source image: a tile ControlNet)."""
+        with LoRAs, regions (boxes in pixels of the enlarged image) and ControlNet units (a unit without
+        an image gets the source image: a tile ControlNet)."""
         from .. import api
         from .. import methods as registry
         from ..images import load_image
@@ -841,6 +842,17 @@ class Service:
         s = self._sampling(seed, steps, guidance, scheduler, tiled_vae)
         source = load_image(os.fspath(image))  # not an image: the CLI's message, before the queue
         extras = self._extras(loras, controls, control_guess_mode, source_image=source)
+        found = self.parse_regions(regions, regions_file)
+        if found is not None:  # checked here as api.upscale checks them, before the run waits for the device
+            from .. import regions as _regions
+
+            _regions.check_method(registry.get(method))
+            if not self.generates:
+                raise InvalidArgumentError("regional prompts are not supported with image-conditioned upscalers "
+                                           "(sd-x4-upscaler)")
+            th, tw, _ = api.upscale_size((source.height, source.width), self.adapter.size_multiple, scale=scale,
+                                         size=size)
+            extras["regions"] = _regions.check_regions(found, tw, th)
         with self.queue.slot(cancel, self._waiting(progress)):
             result = api.upscale(self.adapter, os.fspath(image), scale=scale, size=size, method=method, method_options=options,
                                  strength=strength, noise_level=noise_level, prompt=prompt, negative_prompt=negative,

@@ -14,8 +14,9 @@ guidance, scheduler, tiled VAE), a status line and the Cancel button. Tabs:
   the composition figures; an image slider between any two. The Generate tab's LoRAs, ControlNet
   units and regions apply to every method.
 * **Upscale**: an image in, a scale or an exact size, a method that refines, its options, the
-  strength, and the noise level of an image-conditioned upscaler (sd-x4-upscaler); LoRAs and
-  ControlNet units (a unit without an image gets the source image: a tile ControlNet).
+  strength, and the noise level of an image-conditioned upscaler (sd-x4-upscaler); LoRAs,
+  ControlNet units (a unit without an image gets the source image: a tile ControlNet) and regions
+  (boxes in pixels of the enlarged image; not with the x4 upscaler).
 * **History**: every image of this browser session.
 
 Named API endpoints, for ``gradio_client`` and the "Use via API" page: ``/generate``,
@@ -137,7 +138,7 @@ class _Extras:
     page load) that writes ``name:weight`` lines into a textbox; the lines are what runs (edit a
     weight there). ControlNet: :data:`~anysize.app.handlers.CONTROL_UNITS` units, each a declared
     ControlNet (or none), its control image, scale, start and end (and a mode for Union
-    ControlNets), and guess mode. Regions (the Generate tab): ``X,Y,W,H: prompt`` lines or JSON,
+    ControlNets), and guess mode. Regions (not with the x4 upscaler): ``X,Y,W,H: prompt`` lines or JSON,
     and/or a JSON regions file, enabled for the methods that take regions.
     """
 
@@ -381,7 +382,7 @@ def build(service: Service) -> gr.Blocks:
                         up_method = gr.Dropdown(refining, value="fstd" if "fstd" in refining else refining[0],
                                                 label="method", elem_id="upscale-method")
                         up_panels = _Panels(refining, "up", up_method.value)
-                        up_extras = _Extras(service, "up", regions=False, method=None, upscale=True)
+                        up_extras = _Extras(service, "up", regions=not conditioned, method=up_method.value, upscale=True)
                         strength = gr.Slider(0.01, 1.0, value=1.0 if conditioned else 0.4, step=0.01,
                                              label="strength", elem_id="upscale-strength",
                                              info="the fraction of the schedule re-run: low keeps the image")
@@ -411,7 +412,7 @@ def build(service: Service) -> gr.Blocks:
         up_method.change(up_panels.visibility, up_method, list(up_panels.columns.values()), queue=False,
                          api_visibility="private")
         extras.wire(method)
-        up_extras.wire()
+        up_extras.wire(up_method)
 
         def listed(a, b):  # the LoRA lists as the folders hold them now, whenever the page loads
             return extras.refresh(a), up_extras.refresh(b)
@@ -665,15 +666,15 @@ def build(service: Service) -> gr.Blocks:
 
         def api_upscale(image, scale=None, width=None, height=None, method="fstd", options=None, strength=None,
                         noise_level=None, prompt=None, negative_prompt=None, seed=0, steps=None, guidance=None,
-                        scheduler="default", tiled_vae="auto", loras=None, controls=None, control_images=None,
-                        control_guess_mode=False, progress=gr.Progress()):
+                        scheduler="default", tiled_vae="auto", loras=None, regions=None, controls=None,
+                        control_images=None, control_guess_mode=False, progress=gr.Progress()):
             """Enlarge an image by a scale or to width x height; returns the PNG and its figures."""
             def work():
                 out = service.upscale(image, scale=scale, width=width, height=height, method=method or "fstd",
                                       options=options, strength=strength, noise_level=noise_level,
                                       prompt=prompt or "", negative_prompt=negative_prompt or None, seed=seed,
                                       steps=steps, guidance=guidance, scheduler=scheduler, tiled_vae=tiled_vae,
-                                      progress=_progress_fn(progress), loras=loras,
+                                      progress=_progress_fn(progress), loras=loras, regions=regions,
                                       controls=units_with_images(controls, control_images),
                                       control_guess_mode=control_guess_mode)
                 return str(out.path), _json_safe(out.summary())
@@ -681,7 +682,7 @@ def build(service: Service) -> gr.Blocks:
 
         a_buttons[2].click(api_upscale, [a_image, a_scale, a_width, a_height, a_up_method, a_options, a_strength,
                                          a_noise, a_prompt, a_negative, a_seed, a_steps, a_guidance, a_scheduler,
-                                         a_tiled, a_loras, a_controls, a_control_images, a_guess], [a_png, a_info],
+                                         a_tiled, *extra_inputs], [a_png, a_info],
                            api_name="upscale", **HEAVY)
 
         def api_read_png(png):
