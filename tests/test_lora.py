@@ -404,6 +404,66 @@ def test_batch_runs_jobs_with_their_loras(capsys, tmp_path, lora_of):
     assert not list((tmp_path / "out2").glob("*.png"))
 
 
+def test_a_run_inside_a_block_with_the_same_loras_loads_nothing_again(adapter_of, lora_of, monkeypatch):
+    from anysize.lora import check_loras
+
+    adapter = adapter_of("sd1")
+    before = _state(adapter)
+    alone = _gen(adapter, lora=[(str(lora_of("sd1")), 0.7)]).images[0]
+    loads = []
+    real = type(adapter.pipe).load_lora_weights
+    monkeypatch.setattr(type(adapter.pipe), "load_lora_weights",
+                        lambda pipe, *a, **k: (loads.append(a[0]), real(pipe, *a, **k))[1])
+    same = check_loras([(str(lora_of("sd1")), 0.7)])
+    with adapter.loras(same):
+        assert len(loads) == 1
+        inside = [_gen(adapter, lora=[(str(lora_of("sd1")), 0.7)]).images[0] for _ in range(2)]
+        assert len(loads) == 1  # active as they are: nothing attached or removed per run
+        other = _gen(adapter, lora=[(str(lora_of("sd1")), 0.3)]).images[0]  # another scale: its own block
+        assert len(loads) == 2
+        again = _gen(adapter, lora=[(str(lora_of("sd1")), 0.7)]).images[0]  # the outer set, still intact
+        assert len(loads) == 2
+    assert all((x == alone).all() for x in (*inside, again)) and not (other == alone).all()
+    _assert_same_state(before, adapter)
+
+
+def test_batch_attaches_a_lora_once_for_consecutive_chunks(tmp_path, lora_of, monkeypatch):
+    from PIL import Image
+
+    from anysize import cli
+    from anysize.builders import save_tiny_pipeline
+    from anysize.output import read_metadata
+
+    model = save_tiny_pipeline("sd1", tmp_path / "m")
+    a, b = str(lora_of("sd1")), str(lora_of("sd1", seed=1))
+    # chunks (batch 1) in plan order: a0 a1 a2 a3 (one group: same settings), b, plain
+    rows = [{"id": f"a{i}", "prompt": "a cat", "seed": i, "lora": f"{a}:0.5"} for i in range(3)]
+    rows += [{"id": "b", "prompt": "a cat", "lora": b}, {"id": "plain", "prompt": "a cat"},
+             {"id": "a3", "prompt": "a cat", "seed": 3, "lora": f"{a}:0.5"}]
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    loads, removals = [], []
+    pipe_class = type(tiny_pipeline("sd1"))
+    real_load, real_unload = pipe_class.load_lora_weights, pipe_class.unload_lora_weights
+    monkeypatch.setattr(pipe_class, "load_lora_weights", lambda pipe, *x, **k: (loads.append(x[0]), real_load(pipe, *x, **k))[1])
+    monkeypatch.setattr(pipe_class, "unload_lora_weights", lambda pipe, *x, **k: (removals.append(1), real_unload(pipe, *x, **k))[1])
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(jobs), "--out", str(out), "--model", str(model), "--steps", "2", "--batch", "1",
+                     "-q"]) == 0
+    # the plan's fit check loads each distinct LoRA once (a, b); then the runs: the a-set once for its four
+    # chunks, b once (each chunk on its own: 5)
+    assert len(loads) == 4 and len(removals) == 4, loads
+    monkeypatch.setattr(pipe_class, "load_lora_weights", real_load)
+    monkeypatch.setattr(pipe_class, "unload_lora_weights", real_unload)
+    adapter = anysize.load(str(model))
+    for job, lora in (("a1", [(a, 0.5)]), ("a3", [(a, 0.5)]), ("b", [b]), ("plain", None)):
+        seed = read_metadata(out / f"{job}.png")["seed"]
+        ref = anysize.generate(adapter, "a cat", seed=seed, steps=2, lora=lora, progress=False)
+        assert (np.asarray(Image.open(out / f"{job}.png")) == np.asarray(ref.images[0])).all(), job
+    assert read_metadata(out / "plain.png")["loras"] == [] and read_metadata(out / "b.png")["loras"][0]["path"] == b
+    assert adapter.pipe.get_list_adapters() == {}
+
+
 # ------------------------------------------------------------------------------------------ threads
 
 

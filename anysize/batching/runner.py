@@ -152,6 +152,45 @@ def progress_bar(total: int, initial: int, world: World, all_jobs: int, enabled:
     return bar
 
 
+class KeptLoras:
+    """The LoRAs of a run of consecutive chunks, attached once for all of them (each chunk's
+    ``anysize.generate`` finds them active and loads nothing: :func:`anysize.models.lora.attached`),
+    removed when the next chunk has other LoRAs or the run ends. A set that fails to load is not
+    kept: the chunk's own run then fails with its message, recorded like any chunk failure."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self._key: tuple | None = None
+        self._block = None
+
+    def keep(self, records) -> None:
+        from ..errors import AnysizeError
+        from ..lora import check_loras
+        from ..models.lora import lora_set_key
+
+        try:
+            loras = check_loras(records or None)
+        except AnysizeError:
+            loras = ()  # the chunk's run reports it
+        key = lora_set_key(loras)
+        if key == self._key:
+            return
+        self.close()
+        if not loras:
+            return
+        block = self.adapter.loras(loras)
+        try:
+            block.__enter__()
+        except AnysizeError:
+            return  # not kept: the chunk's run fails with the same message, as a record
+        self._key, self._block = key, block
+
+    def close(self) -> None:
+        block, self._block, self._key = self._block, None, None
+        if block is not None:
+            block.__exit__(None, None, None)
+
+
 def run_local(adapter, jobs: Sequence[Job], invalid: Sequence[JobError], out: Path, *, batch: int = 1,
               world: World = World(), fail_fast: bool = False, progress: bool = True, tiled_vae="auto",
               note: Callable[[str], None] | None = None) -> BatchResult:
@@ -166,15 +205,18 @@ def run_local(adapter, jobs: Sequence[Job], invalid: Sequence[JobError], out: Pa
     complete = {j.id for j in my_jobs if is_complete(out, j)}
     result.skipped = len(complete)
     bar = progress_bar(len(my_jobs), len(complete), world, len(jobs), progress)
+    kept = KeptLoras(adapter)
     try:
         for chunk in mine:
             todo = [j for j in chunk.jobs if j.id not in complete]
             if not todo:
                 continue
+            kept.keep(chunk.jobs[0].loras)
             records = run_chunk(adapter, chunk, out, tiled_vae=tiled_vae, who=who, todo=todo)
             if result.record_chunk(records, log, bar, note, fail_fast):
                 break
     finally:
+        kept.close()
         bar.close()
         log.close()
     result.records = rebuild(out, jobs, invalid)

@@ -204,51 +204,82 @@ def _load_error(lora: LoraFile, adapter: ModelAdapter, e: Exception) -> InvalidA
     return InvalidArgumentError(f"cannot load the LoRA {lora.lora.path}: {first}")
 
 
+#: per network, the LoRA sets of the ``attached`` blocks open now: (thread, :func:`lora_set_key`), innermost last
+_open_sets: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def lora_set_key(loras: Sequence[LoraFile]) -> tuple:
+    """What makes two LoRA sets load the same weights at the same scales, in the same order."""
+    return tuple((str(one.weights.resolve()), one.sha256, float(one.scale)) for one in loras)
+
+
 @contextlib.contextmanager
 def attached(adapter: ModelAdapter, loras: Sequence[LoraFile]) -> Iterator[None]:
-    """The checked ``loras`` active in ``adapter``'s pipeline for the block (see the module doc)."""
+    """The checked ``loras`` active in ``adapter``'s pipeline for the block (see the module doc).
+
+    Inside a block of the same thread that attached exactly these LoRAs (the innermost one open),
+    nothing is loaded again: they are active as they are. ``anysize batch`` holds one block over a
+    run of chunks with the same LoRAs, so each chunk's run does not attach and remove them anew."""
     if not loras:
         yield
         return
     _check_loader(adapter)
     pipe = adapter.pipe
-    with network_lock(adapter.network).exclusive():
-        # peft freezes the layers it wraps; a network being trained keeps its requires_grad flags
-        grads = [(p, p.requires_grad) for part in _loadable_parts(pipe) for p in part.parameters()]
-        had = loaded_adapters(pipe)
-        # what each layer had: its active adapters and their scales (restored exactly afterwards)
-        before = [(layer, list(layer.active_adapters), dict(layer.scaling)) for layer in _tuner_layers(pipe)] if had else []
-        active_before = list(pipe.get_active_adapters()) if had else []
-        names: list[str] = []
-        try:
-            for lora in loras:
-                name = f"anysize_lora_{next(_names)}"
-                names.append(name)
-                with _quiet_loading() as log, warnings.catch_warnings():
-                    # peft's "Already found a peft_config ... multiple adapters" is what we mean to do, and
-                    # diffusers takes a LoRA that failed to load out again ("... was active which is now deleted")
-                    warnings.filterwarnings("ignore", message=".*Already found a `peft_config`")
-                    warnings.filterwarnings("ignore", message=".*was active which is now deleted")
-                    try:
-                        pipe.load_lora_weights(str(lora.weights), adapter_name=name)
-                    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
-                        raise _load_error(lora, adapter, e) from None
-                if name not in loaded_adapters(pipe):
-                    raise InvalidArgumentError(
-                        f"the LoRA {lora.lora.path} has no weights for any layer of the {adapter.family} model "
-                        "(a LoRA for another model family?)")
-                if log.unexpected:
-                    raise InvalidArgumentError(
-                        f"the LoRA {lora.lora.path} does not fit the {adapter.family} model: {len(log.unexpected)} of "
-                        f"its weights have no layer to go to (e.g. {log.unexpected[0]}; a LoRA for another model family?)")
-            pipe.set_adapters(active_before + names, adapter_weights=[1.0] * len(active_before) + [one.scale for one in loras])
-            for layer, _, scaling in before:  # set_adapters put the adapters that were active at scale 1
-                layer.scaling.update({k: v for k, v in scaling.items() if k in layer.scaling})
+    lock = network_lock(adapter.network)
+    mine = (threading.get_ident(), lora_set_key(loras))
+    with lock.exclusive():
+        with _locks_guard:
+            stack = _open_sets.setdefault(adapter.network, [])
+        if stack and stack[-1] == mine:
             yield
+            return
+        stack.append(mine)
+        try:
+            with _loaded(adapter, pipe, loras):
+                yield
         finally:
-            _remove(pipe, names, had, before, active_before)
-            for p, flag in grads:
-                p.requires_grad_(flag)
+            stack.pop()
+
+
+@contextlib.contextmanager
+def _loaded(adapter: ModelAdapter, pipe, loras: Sequence[LoraFile]) -> Iterator[None]:
+    """Load and activate ``loras`` for the block, then remove them (the caller holds the lock)."""
+    # peft freezes the layers it wraps; a network being trained keeps its requires_grad flags
+    grads = [(p, p.requires_grad) for part in _loadable_parts(pipe) for p in part.parameters()]
+    had = loaded_adapters(pipe)
+    # what each layer had: its active adapters and their scales (restored exactly afterwards)
+    before = [(layer, list(layer.active_adapters), dict(layer.scaling)) for layer in _tuner_layers(pipe)] if had else []
+    active_before = list(pipe.get_active_adapters()) if had else []
+    names: list[str] = []
+    try:
+        for lora in loras:
+            name = f"anysize_lora_{next(_names)}"
+            names.append(name)
+            with _quiet_loading() as log, warnings.catch_warnings():
+                # peft's "Already found a peft_config ... multiple adapters" is what we mean to do, and
+                # diffusers takes a LoRA that failed to load out again ("... was active which is now deleted")
+                warnings.filterwarnings("ignore", message=".*Already found a `peft_config`")
+                warnings.filterwarnings("ignore", message=".*was active which is now deleted")
+                try:
+                    pipe.load_lora_weights(str(lora.weights), adapter_name=name)
+                except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
+                    raise _load_error(lora, adapter, e) from None
+            if name not in loaded_adapters(pipe):
+                raise InvalidArgumentError(
+                    f"the LoRA {lora.lora.path} has no weights for any layer of the {adapter.family} model "
+                    "(a LoRA for another model family?)")
+            if log.unexpected:
+                raise InvalidArgumentError(
+                    f"the LoRA {lora.lora.path} does not fit the {adapter.family} model: {len(log.unexpected)} of "
+                    f"its weights have no layer to go to (e.g. {log.unexpected[0]}; a LoRA for another model family?)")
+        pipe.set_adapters(active_before + names, adapter_weights=[1.0] * len(active_before) + [one.scale for one in loras])
+        for layer, _, scaling in before:  # set_adapters put the adapters that were active at scale 1
+            layer.scaling.update({k: v for k, v in scaling.items() if k in layer.scaling})
+        yield
+    finally:
+        _remove(pipe, names, had, before, active_before)
+        for p, flag in grads:
+            p.requires_grad_(flag)
 
 
 def _remove(pipe, names: list[str], had: list[str], before: list, active_before: list[str]) -> None:
