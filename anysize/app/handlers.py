@@ -600,15 +600,8 @@ class Service:
             guess_mode = False
         if not isinstance(guess_mode, bool):
             raise InvalidArgumentError(f"control_guess_mode must be true or false, got {guess_mode!r}")
-        if controls is None or controls == "":
-            controls = []
-        if isinstance(controls, dict):
-            controls = [controls]
-        if not isinstance(controls, (list, tuple)):
-            raise InvalidArgumentError(f"controls must be a list of ControlNet units {{{', '.join(CONTROL_FIELDS)}}}, "
-                                       f"got {controls!r}")
         out = []
-        for i, unit in enumerate(controls):
+        for i, unit in enumerate(control_units(controls)):
             what = f"ControlNet unit {i + 1}"
             if not isinstance(unit, dict):
                 raise InvalidArgumentError(f"{what} must be an object with {', '.join(CONTROL_FIELDS)}, got {unit!r}")
@@ -994,17 +987,23 @@ class Service:
 # ------------------------------------------------------------------------------------------ helpers
 
 
+def control_units(controls) -> list:
+    """The ``controls`` of an API call as a list of units (one unit alone, or none: empty)."""
+    if controls is None or controls == "":
+        return []
+    if isinstance(controls, dict):
+        return [controls]
+    if not isinstance(controls, (list, tuple)):
+        raise InvalidArgumentError(f"controls must be a list of ControlNet units {{{', '.join(CONTROL_FIELDS)}}}, "
+                                   f"got {controls!r}")
+    return list(controls)
+
+
 def units_with_images(controls, images) -> list:
     """The API's ControlNet units with their images: the i-th uploaded file of ``images`` belongs to
     the i-th unit of ``controls`` (as the i-th ``--control-image`` to the i-th ``--controlnet``); a
     unit never names a file itself (the server's files are not the client's to choose)."""
-    if controls in (None, ""):
-        controls = []
-    if isinstance(controls, dict):
-        controls = [controls]
-    if not isinstance(controls, (list, tuple)):
-        raise InvalidArgumentError(f"controls must be a list of ControlNet units {{{', '.join(CONTROL_FIELDS)}}}, "
-                                   f"got {controls!r}")
+    controls = control_units(controls)
     images = [] if images in (None, "") else [images] if isinstance(images, (str, os.PathLike)) else list(images)
     if len(images) > len(controls):
         raise InvalidArgumentError(f"{len(images)} control_images for {len(controls)} ControlNet unit"
