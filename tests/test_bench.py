@@ -307,3 +307,21 @@ def test_bench_cli_no_baseline(capsys, tmp_path):
     assert rc == 2 and "--no-baseline needs --methods" in capsys.readouterr().err
     rc = cli.main(["bench", "--warmup-steps", "0", "--out", str(tmp_path / "m.json")])
     assert rc == 2 and "--warmup-steps must be a positive integer" in capsys.readouterr().err
+
+
+def test_the_released_vae_replaces_the_stand_in_with_the_real_layout(tiny, monkeypatch):
+    pipe = tiny("sdxl")
+    stand_in = pipe.vae
+    monkeypatch.setattr(bench, "build_architecture", lambda *a, **k: pipe)
+    adapter = bench.build_adapter("sdxl", reduced=True, vae="released")
+    vae = adapter.vae
+    assert vae is not stand_in and adapter.pipe.vae is vae
+    assert tuple(vae.config.block_out_channels) == (128, 256, 512, 512) and vae.config.layers_per_block == 2
+    assert round(sum(p.numel() for p in vae.parameters()) / 1e5) == 837  # the released SDXL VAE: 83.65M
+    for key in ("latent_channels", "scaling_factor", "force_upcast", "use_quant_conv"):
+        assert vae.config[key] == stand_in.config[key]
+    assert adapter.vae_factor == 8 and sum(p.numel() for p in stand_in.parameters()) < 1e6
+    with pytest.raises(InvalidArgumentError, match="own trained VAE"):
+        bench.build_adapter("toy", reduced=True, vae="released")
+    with pytest.raises(UnknownChoiceError, match="stand-in"):
+        bench.build_adapter("sdxl", reduced=True, vae="real")
