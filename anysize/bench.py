@@ -247,13 +247,16 @@ def bench(
     versus: Sequence[tuple[str, str]] = (),
     baseline: bool = True,
     warmup_steps: int | None = None,
+    vae: str = "stand-in",
     progress=None,
 ) -> dict[str, Any]:
     """Run the bench; returns ``{"machine", "config", "results": [...]}`` (one result per arch × size).
 
     ``versus``: pairs (A, B) whose time ratio A / B each result also gives (both are added to
     ``methods`` when that is a list). ``baseline=False``: ``direct`` is not added (see
-    :func:`bench_one`, also for ``warmup_steps``)."""
+    :func:`bench_one`, also for ``warmup_steps``). ``vae``: the builders' stand-in VAE or one of the
+    released layout (:func:`build_adapter`)."""
+    check_choice("vae", vae, VAES)
     for a in architectures:
         if a not in ARCHITECTURES:
             raise UnknownChoiceError("architecture", a, ARCHITECTURES)
@@ -270,7 +273,7 @@ def bench(
     results = []
     for a in architectures:
         t0 = time.perf_counter()
-        adapter = build_adapter(a, reduced=reduced, device=device, dtype=dtype)
+        adapter = build_adapter(a, reduced=reduced, device=device, dtype=dtype, vae=vae)
         build_s = time.perf_counter() - t0
         params = sum(p.numel() for p in adapter.network.parameters())
         for s in sizes:
@@ -291,7 +294,7 @@ def bench(
         "config": {"architectures": list(architectures), "sizes": list(sizes), "methods": methods or "all registered",
                    "versus": [list(p) for p in versus], "baseline": "direct" if baseline else None, "steps": steps,
                    "guidance": guidance, "repeats": repeats, "warmup": warmup,
-                   "warmup_steps": steps if warmup_steps is None else warmup_steps, "reduced": reduced,
+                   "warmup_steps": steps if warmup_steps is None else warmup_steps, "reduced": reduced, "vae": vae,
                    "dtype": str(dtype).replace("torch.", ""), "seed": seed, "prompt": BENCH_PROMPT,
                    "timed": "anysize.generate end to end: prompt encoding, denoising loop, VAE decode"},
         "results": results,
@@ -332,6 +335,8 @@ def format_table(report: dict[str, Any]) -> str:
     lines += notes + ([""] if notes else [])
     real = any(r["architecture"] != "toy" for r in report["results"])
     depth = f"{'reduced-depth' if cfg['reduced'] else 'full-depth'} random-weight denoisers; " if real else ""
+    if real and cfg.get("vae") == "released":
+        depth += "random VAE of the released layout; "
     lines.append(f"Machine: {where}; torch {mach['torch']}, diffusers {mach['diffusers']}; {cfg['dtype']}, "
                  f"{cfg['steps']} steps, median of {cfg['repeats']} alternating runs after {cfg['warmup']} warm-up"
                  f"{_warmup_steps_note(cfg)}; "

@@ -162,6 +162,8 @@ def test_bench_cli_writes_json_and_markdown(capsys, tmp_path):
     (["bench", "--out", "x.txt"], "must end in .json"),
     (["bench", "--versus", "scalediff"], "must be two different methods as A:B"),
     (["bench", "--versus", "scalediff:nope"], "unknown method 'nope'"),
+    (["bench", "--vae", "real"], "unknown vae 'real'; valid choices: released, stand-in"),
+    (["bench", "--vae", "released"], "--vae released is for the real architectures"),
 ])
 def test_bench_cli_bad_input(capsys, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)

@@ -20,7 +20,7 @@ examples:
   anysize bench --arch sd1.5 sdxl sd3 flux --size native 2x --steps 10 --device cuda --dtype fp16
   anysize bench --arch sd1.5 --size 256x256 --depth reduced --steps 2 --repeats 2 --out bench.json
   anysize bench --arch toy --size 4x --methods direct --versus scalediff:demofusion   # one method vs another
-  anysize bench --arch sdxl --size 4096x4096 --methods scalediff --no-baseline --steps 50 --device cuda
+  anysize bench --arch sdxl --size 4096x4096 --methods scalediff --no-baseline --steps 50 --vae released --device cuda
   anysize bench --arch toy --size 4x --methods scalediff --no-baseline --warmup-steps 2 --repeats 1
 """
 
@@ -63,6 +63,10 @@ FLUX: 1+2 blocks) so a CPU can run it; auto = reduced on a CPU, full on a GPU.""
     p.add_argument("--warmup-steps", type=int, default=None, metavar="N",
                    help="denoising steps of the warm-up runs (default: --steps); a shorter warm-up at the same "
                         "size meets the same first-use costs, which are per tensor shape")
+    p.add_argument("--vae", default="stand-in", metavar="V",
+                   help="the VAE of the real architectures: stand-in (the builders' small one: the decode costs "
+                        "almost nothing) or released (the released layout, 83.7M parameters, random weights: the "
+                        "decode and encode cost what the real ones do) (default: stand-in)")
     p.add_argument("--depth", default="auto", metavar="D",
                    help=f"{', '.join(DEPTHS[:-1])} or {DEPTHS[-1]} (default: auto)")
     p.add_argument("--dtype", metavar="T", default="fp32", help=f"{', '.join(DTYPES)} (default: fp32)")
@@ -100,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidArgumentError("--no-baseline needs --methods (or --versus): the methods to time without direct")
     check_seed(args.seed)
     check_choice("depth", args.depth, DEPTHS)
+    check_choice("vae", args.vae, bench.VAES)
+    if args.vae != "stand-in" and "toy" in args.arch:
+        raise InvalidArgumentError("--vae released is for the real architectures; the toy model has its own trained VAE")
     check_choice("dtype", args.dtype, DTYPES)
     device = check_device(args.device or default_device(), "none")
     out = Path(args.out)
@@ -115,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
         report = bench.bench(
             args.arch, sizes=args.size, methods=args.methods, steps=args.steps, guidance=args.guidance,
             repeats=args.repeats, warmup=args.warmup, reduced=reduced, device=device, dtype=resolve_dtype(args.dtype),
-            seed=args.seed, versus=versus, baseline=not args.no_baseline, warmup_steps=args.warmup_steps,
+            seed=args.seed, versus=versus, baseline=not args.no_baseline, warmup_steps=args.warmup_steps, vae=args.vae,
             progress=None if args.quiet else (lambda msg: note(False, f"bench {msg}")),
         )
     table = bench.format_table(report)
