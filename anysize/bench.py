@@ -29,10 +29,10 @@ from typing import Any, Sequence
 import torch
 
 from .builders import build_pipeline
-from .errors import InvalidArgumentError, InvalidSizeError, UnknownChoiceError
+from .errors import InvalidArgumentError, InvalidSizeError, UnknownChoiceError, check_choice
 from .eval.timing import alternate, machine
 
-__all__ = ["ARCHITECTURES", "BENCH_PROMPT", "bench", "build_adapter", "build_architecture", "describe", "format_table",
+__all__ = ["ARCHITECTURES", "BENCH_PROMPT", "VAES", "bench", "build_adapter", "build_architecture", "describe", "format_table",
            "parse_bench_size"]
 
 BENCH_PROMPT = "a red triangle on a blue background"
@@ -100,27 +100,44 @@ def describe(name: str, reduced: bool) -> str:
     return text + (", reduced depth" if reduced and name != "toy" else "")
 
 
+#: ``build_adapter(vae=...)``: the builders' small stand-in VAE, or one of the released layout
+VAES = ("stand-in", "released")
+
+
 def build_adapter(name: str, *, reduced: bool, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32):
-    """The model adapter of architecture ``name`` (the toy loads with its folder defaults)."""
+                  dtype: torch.dtype = torch.float32, vae: str = "stand-in"):
+    """The model adapter of architecture ``name`` (the toy loads with its folder defaults).
+
+    ``vae="released"`` swaps the builders' small stand-in VAE for one of the released layout with
+    random weights (:func:`anysize.builders.parts.released_vae`), for figures where the decode's
+    time or memory matters; the toy model has its own trained VAE and takes only the default."""
     from .models import adapt
 
+    check_choice("vae", vae, VAES)
     if name == "toy":
+        if vae != "stand-in":
+            raise InvalidArgumentError("the toy model has its own trained VAE; vae='released' is for the real architectures")
         from . import api
 
         return api.load(None, dtype=dtype, device=str(device))
-    return adapt(build_architecture(name, reduced=reduced, device=device, dtype=dtype))
+    pipe = build_architecture(name, reduced=reduced, device=device, dtype=dtype)
+    if vae == "released":
+        from .builders.parts import released_vae
+
+        pipe.vae = released_vae(pipe.vae, device=device, dtype=dtype)
+    return adapt(pipe)
 
 
 def _methods_for(adapter, methods: Sequence[str] | None, height: int, width: int,
-                 steps: int) -> tuple[list[str], dict[str, str]]:
+                 steps: int, baseline: bool = True) -> tuple[list[str], dict[str, str]]:
     from . import methods as registry
     from .errors import AnysizeError
 
     names = list(methods) if methods else registry.names()
-    if "direct" in names:
-        names.remove("direct")
-    names.insert(0, "direct")  # the baseline of every ratio
+    if baseline:
+        if "direct" in names:
+            names.remove("direct")
+        names.insert(0, "direct")  # the baseline of every ratio
     usable, skipped = [], {}
     for n in names:
         try:
@@ -134,27 +151,48 @@ def _methods_for(adapter, methods: Sequence[str] | None, height: int, width: int
 
 def bench_one(adapter, *, methods: Sequence[str] | None, width: int, height: int, steps: int,
               guidance: float | None = None, repeats: int = 3, warmup: int = 1, seed: int = 0,
-              prompt: str = BENCH_PROMPT) -> dict[str, Any]:
-    """Time the methods on one adapter at one size; returns a JSON-ready record."""
+              prompt: str = BENCH_PROMPT, baseline: bool = True, warmup_steps: int | None = None) -> dict[str, Any]:
+    """Time the methods on one adapter at one size; returns a JSON-ready record.
+
+    ``baseline=False`` does not add ``direct``: ``ratio_to_direct`` is then None unless ``direct``
+    is among ``methods``. ``warmup_steps`` (default ``steps``): the steps of the untimed warm-up
+    runs; a run's first-use costs (kernels, allocator growth) are per tensor shape, which a shorter
+    schedule of the same method at the same size meets as well.
+    """
     from . import api
 
     adapter.check_size(height, width)
-    names, skipped = _methods_for(adapter, methods, height, width, steps)
-    if "direct" not in names:  # the baseline itself cannot run: nothing to compare
+    names, skipped = _methods_for(adapter, methods, height, width, steps, baseline)
+    if baseline and "direct" not in names:  # the baseline itself cannot run: nothing to compare
         raise InvalidArgumentError(f"direct cannot run at {width}x{height}: {skipped['direct']}")
+    if not names:
+        raise InvalidArgumentError(f"none of the methods can run at {width}x{height}: "
+                                   + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
+    warm_steps = steps if warmup_steps is None else warmup_steps
+    if warmup and warm_steps != steps:
+        from . import methods as registry
+        from .errors import AnysizeError
+
+        for n in names:  # a method that cannot run the shorter warm-up is refused before any timing
+            try:
+                registry.create(n).check(adapter, height, width, warm_steps)
+            except AnysizeError as e:
+                raise InvalidArgumentError(f"warm-up of {warm_steps} steps: {n} cannot run it ({e})") from None
     calls: dict[str, list[int]] = {n: [] for n in names}
 
-    def run(n):
+    def run(n, k=steps, record=True):
         def go():
-            r = api.generate(adapter, prompt, width=width, height=height, method=n, steps=steps, guidance=guidance,
+            r = api.generate(adapter, prompt, width=width, height=height, method=n, steps=k, guidance=guidance,
                              seed=seed, progress=False, output_type="np")
-            calls[n].append(r.network_calls)
+            if record:
+                calls[n].append(r.network_calls)
             return r
 
         return go
 
-    t = alternate({n: run(n) for n in names}, repeats=repeats, warmup=warmup, device=adapter.device)
-    base = t.median("direct")
+    warmups = None if warm_steps == steps else {n: run(n, warm_steps, record=False) for n in names}
+    t = alternate({n: run(n) for n in names}, repeats=repeats, warmup=warmup, device=adapter.device, warmups=warmups)
+    base = t.median("direct") if "direct" in names else None
     rows = []
     for n in names:
         if len(set(calls[n])) != 1:  # a method must be deterministic in its work
@@ -163,7 +201,7 @@ def bench_one(adapter, *, methods: Sequence[str] | None, width: int, height: int
             "method": n,
             "seconds": round(t.median(n), 4),
             "seconds_all": [round(s, 4) for s in t.seconds[n]],
-            "ratio_to_direct": round(t.median(n) / base, 3),
+            "ratio_to_direct": None if base is None else round(t.median(n) / base, 3),
             "network_calls": calls[n][0],
             "peak_memory_mib": round(t.peak_mib(n), 1),
         })
@@ -207,12 +245,18 @@ def bench(
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
     versus: Sequence[tuple[str, str]] = (),
+    baseline: bool = True,
+    warmup_steps: int | None = None,
+    vae: str = "stand-in",
     progress=None,
 ) -> dict[str, Any]:
     """Run the bench; returns ``{"machine", "config", "results": [...]}`` (one result per arch × size).
 
     ``versus``: pairs (A, B) whose time ratio A / B each result also gives (both are added to
-    ``methods`` when that is a list)."""
+    ``methods`` when that is a list). ``baseline=False``: ``direct`` is not added (see
+    :func:`bench_one`, also for ``warmup_steps``). ``vae``: the builders' stand-in VAE or one of the
+    released layout (:func:`build_adapter`)."""
+    check_choice("vae", vae, VAES)
     for a in architectures:
         if a not in ARCHITECTURES:
             raise UnknownChoiceError("architecture", a, ARCHITECTURES)
@@ -220,12 +264,16 @@ def bench(
         parse_bench_size(s)
     if steps < 1 or repeats < 1 or warmup < 0:
         raise InvalidArgumentError(f"steps and repeats must be positive and warmup >= 0, got {steps}, {repeats}, {warmup}")
-    if methods is not None:
-        methods = list(dict.fromkeys([*methods, *(m for pair in versus for m in pair)]))
+    if warmup_steps is not None and warmup_steps < 1:
+        raise InvalidArgumentError(f"warmup_steps must be a positive integer, got {warmup_steps}")
+    if not baseline and not methods and not versus:
+        raise InvalidArgumentError("without the baseline, name the methods to time (methods or versus)")
+    if methods is not None or not baseline:
+        methods = list(dict.fromkeys([*(methods or ()), *(m for pair in versus for m in pair)]))
     results = []
     for a in architectures:
         t0 = time.perf_counter()
-        adapter = build_adapter(a, reduced=reduced, device=device, dtype=dtype)
+        adapter = build_adapter(a, reduced=reduced, device=device, dtype=dtype, vae=vae)
         build_s = time.perf_counter() - t0
         params = sum(p.numel() for p in adapter.network.parameters())
         for s in sizes:
@@ -233,7 +281,7 @@ def bench(
             if progress:
                 progress(f"{a} {w}x{h}")
             rec = bench_one(adapter, methods=methods, width=w, height=h, steps=steps, guidance=guidance,
-                            repeats=repeats, warmup=warmup, seed=seed)
+                            repeats=repeats, warmup=warmup, seed=seed, baseline=baseline, warmup_steps=warmup_steps)
             if versus:
                 rec["versus"] = versus_rows(rec, versus)
             results.append({"architecture": a, "description": describe(a, reduced), "denoiser_params": params,
@@ -244,11 +292,18 @@ def bench(
     return {
         "machine": machine(device),
         "config": {"architectures": list(architectures), "sizes": list(sizes), "methods": methods or "all registered",
-                   "versus": [list(p) for p in versus], "steps": steps, "guidance": guidance, "repeats": repeats, "warmup": warmup, "reduced": reduced,
+                   "versus": [list(p) for p in versus], "baseline": "direct" if baseline else None, "steps": steps,
+                   "guidance": guidance, "repeats": repeats, "warmup": warmup,
+                   "warmup_steps": steps if warmup_steps is None else warmup_steps, "reduced": reduced, "vae": vae,
                    "dtype": str(dtype).replace("torch.", ""), "seed": seed, "prompt": BENCH_PROMPT,
                    "timed": "anysize.generate end to end: prompt encoding, denoising loop, VAE decode"},
         "results": results,
     }
+
+
+def _warmup_steps_note(cfg: dict[str, Any]) -> str:
+    k = cfg.get("warmup_steps", cfg["steps"])
+    return "" if k == cfg["steps"] or not cfg["warmup"] else f" of {k} steps"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -260,7 +315,8 @@ def format_table(report: dict[str, Any]) -> str:
         for m in r["methods"]:
             lines.append("| " + " | ".join([
                 r["architecture"], f"{r['width']}x{r['height']}", m["method"], f"{m['seconds']:.3f}",
-                f"{m['ratio_to_direct']:.2f}", str(m["network_calls"]), f"{m['peak_memory_mib']:.0f}",
+                "–" if m["ratio_to_direct"] is None else f"{m['ratio_to_direct']:.2f}", str(m["network_calls"]),
+                f"{m['peak_memory_mib']:.0f}",
             ]) + " |")
         for name, why in r.get("skipped", {}).items():  # a method that cannot run at these settings says why
             lines.append(f"| {r['architecture']} | {r['width']}x{r['height']} | {name} | not run¹ | | | |")
@@ -273,11 +329,16 @@ def format_table(report: dict[str, Any]) -> str:
     mach = report["machine"]
     where = mach.get("gpu") or f"{mach['cpu']} ({mach['torch_threads']} torch threads)"
     cfg = report["config"]
+    if any(m["ratio_to_direct"] is None for r in report["results"] for m in r["methods"]):
+        notes.append("× direct: – where direct was not run (no baseline: --no-baseline without direct in --methods)")
     lines.append("")
     lines += notes + ([""] if notes else [])
     real = any(r["architecture"] != "toy" for r in report["results"])
     depth = f"{'reduced-depth' if cfg['reduced'] else 'full-depth'} random-weight denoisers; " if real else ""
+    if real and cfg.get("vae") == "released":
+        depth += "random VAE of the released layout; "
     lines.append(f"Machine: {where}; torch {mach['torch']}, diffusers {mach['diffusers']}; {cfg['dtype']}, "
-                 f"{cfg['steps']} steps, median of {cfg['repeats']} alternating runs after {cfg['warmup']} warm-up; "
+                 f"{cfg['steps']} steps, median of {cfg['repeats']} alternating runs after {cfg['warmup']} warm-up"
+                 f"{_warmup_steps_note(cfg)}; "
                  f"{depth}peak memory = {'CUDA allocator' if 'gpu' in mach else 'process RSS'}.")
     return "\n".join(lines)

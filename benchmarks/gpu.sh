@@ -29,17 +29,24 @@
 #   field     issue 22's comparison table of the field on the toy world, every registered method at n = 64
 #             (field_2x: 2x the side and 2:1 / 1:2; field_4x: 4x the side), and the speed ratios of the
 #             peers on SDXL at 2x the side in one alternating run (bench_peers); about 11 minutes.
+#   perf      issue 23's GPU goals 4, 5 and 7 on the SDXL architecture (random weights, the released VAE
+#             layout): the share of wall time inside the denoiser and the VAE for every method at 2048²
+#             (network_share), the CUDA allocator peak of an 8192² image with fstd, multidiffusion,
+#             scalediff and asd in fp16 (memory_8192), a 16384² fstd upscale (upscale_16384), and the
+#             headline: scalediff at 4096², 50 steps (headline); limits 600 s in all, about 5 minutes
+#             expected on an H200 (benchmarks/README.md says how that was estimated).
 set -u
 
 # ------------------------------------------------------------------------------------------ the parts
 # name, default limit (s), command ("$RES" is where result files go)
 
 PARTS=(hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096 bench_sdxl hidiffusion_fair composition_512
-       elastic_512 elastic_vb scalediff field_2x field_4x bench_peers)
+       elastic_512 elastic_vb scalediff field_2x field_4x bench_peers network_share memory_8192 upscale_16384 headline)
 SET_run="hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096 bench_sdxl"
 SET_followup="hidiffusion_fair composition_512 elastic_512"
 SET_next="hidiffusion_fair elastic_vb scalediff"
 SET_field="field_2x field_4x bench_peers"
+SET_perf="network_share memory_8192 upscale_16384 headline"
 
 limit_of() {
   case $1 in
@@ -47,6 +54,7 @@ limit_of() {
     hidiffusion_4096) echo 70 ;; bench_sdxl) echo 50 ;; hidiffusion_fair) echo 100 ;; composition_512) echo 45 ;;
     elastic_512) echo 35 ;; elastic_vb) echo 200 ;; scalediff) echo 150 ;;
     field_2x) echo 200 ;; field_4x) echo 330 ;; bench_peers) echo 120 ;;
+    network_share) echo 130 ;; memory_8192) echo 170 ;; upscale_16384) echo 160 ;; headline) echo 140 ;;
   esac
 }
 
@@ -94,6 +102,23 @@ command_of() {
     # issue 22: the peers against each other on SDXL at 2x the side, one alternating run
     bench_peers) echo "python3 -m anysize bench --arch sdxl --size 2x --steps 5 --repeats 2 --device cuda --dtype bf16 \
 --methods direct --versus scalediff:demofusion rectifiedhr:demofusion --out $RES/bench_gpu_sdxl_peers.json" ;;
+    # issue 23.4: time inside the denoiser and the VAE vs the whole call, every method that runs on SDXL, 2048²
+    network_share) echo "python3 benchmarks/network_share/network_share.py --arch sdxl --size 2048x2048 --steps 5 \
+--warmup 1 --repeats 1 --device cuda --dtype bf16 --vae released --out $RES/network_share_sdxl_2048.json" ;;
+    # issue 23.5: CUDA allocator peak of one 8192² image per method, fp16, decode included (fast tiled VAE: the
+    # same one-tile working set as the default exact statistics, ~16x fewer decoder passes; MultiDiffusion at
+    # stride = window: its peak does not depend on the stride, its default would make 3249 calls per step)
+    memory_8192) echo "python3 benchmarks/gpu_memory/gpu_memory.py --arch sdxl --size 8192x8192 --methods fstd \
+multidiffusion scalediff asd --steps 2 --dtype fp16 --vae released --tiled-vae fast --set multidiffusion.stride=128 \
+--device cuda --out $RES/memory_8192.json" ;;
+    # issue 23.5: a 16384² fstd upscale of a random 2048² image, fp16: peak and time
+    upscale_16384) echo "python3 benchmarks/gpu_memory/gpu_memory.py --arch sdxl --methods --upscale-to 16384x16384 \
+--upscale-from 2048 --upscale-steps 4 --upscale-strength 0.4 --dtype fp16 --vae released --tiled-vae fast \
+--device cuda --out $RES/upscale_16384.json" ;;
+    # issue 23.7: the headline, SDXL 4096² with scalediff, 50 steps (warm-up of 5 steps: every stage's shapes)
+    headline) echo "python3 -m anysize bench --arch sdxl --size 4096x4096 --methods scalediff --no-baseline \
+--steps 50 --repeats 1 --warmup 1 --warmup-steps 5 --vae released --device cuda --dtype bf16 \
+--out $RES/headline_scalediff_4096.json" ;;
   esac
 }
 
@@ -104,6 +129,7 @@ ARAD_WORK=${ARAD_WORK:-/tmp/arad-gpu}
 if [ "${1:-}" = "--list" ]; then
   for p in "${PARTS[@]}"; do echo "$p (limit $(limit_of "$p") s): $(command_of "$p")"; done
   echo; echo "run: $SET_run"; echo "followup: $SET_followup"; echo "next: $SET_next"; echo "field: $SET_field"
+  echo "perf: $SET_perf"
   exit 0
 fi
 OUT_DIR=${1:?usage: gpu.sh OUTDIR [PART|SET ...] (default: next), or gpu.sh --list}
@@ -116,7 +142,7 @@ for name in "${@:-next}"; do
   elif [ -n "$(limit_of "$name")" ]; then
     selected+=("$name")
   else
-    echo "unknown part or set '$name'; parts: ${PARTS[*]}; sets: run followup next field" >&2
+    echo "unknown part or set '$name'; parts: ${PARTS[*]}; sets: run followup next field perf" >&2
     exit 2
   fi
 done

@@ -162,6 +162,8 @@ def test_bench_cli_writes_json_and_markdown(capsys, tmp_path):
     (["bench", "--out", "x.txt"], "must end in .json"),
     (["bench", "--versus", "scalediff"], "must be two different methods as A:B"),
     (["bench", "--versus", "scalediff:nope"], "unknown method 'nope'"),
+    (["bench", "--vae", "real"], "unknown vae 'real'; valid choices: released, stand-in"),
+    (["bench", "--vae", "released"], "--vae released is for the real architectures"),
 ])
 def test_bench_cli_bad_input(capsys, tmp_path, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
@@ -238,3 +240,90 @@ def test_versus_is_the_ratio_of_two_methods_from_the_same_rounds(capsys, tmp_pat
     assert v["ratio"] == pytest.approx(rows["fstd"]["seconds"] / rows["multidiffusion"]["seconds"], rel=0.01)
     assert v["network_calls"] == [rows["fstd"]["network_calls"], rows["multidiffusion"]["network_calls"]]
     assert f"toy 128x128: fstd takes {v['ratio']:.3f}x the time of multidiffusion" in captured.out
+
+
+def test_no_baseline_times_only_the_methods_asked_and_gives_no_ratios(tiny):
+    adapter = adapt(tiny("sd1"))
+    rec = bench.bench_one(adapter, methods=["fstd"], width=128, height=128, steps=2, repeats=1, warmup=0,
+                          baseline=False)
+    (row,) = rec["methods"]
+    assert row["method"] == "fstd" and row["ratio_to_direct"] is None and row["network_calls"] > 0
+    table = bench.format_table({"results": [{"architecture": "tiny", **rec}], "config": {
+        "reduced": True, "dtype": "float32", "steps": 2, "repeats": 1, "warmup": 0},
+        "machine": {"cpu": "x", "torch_threads": 1, "torch": "t", "diffusers": "d"}})
+    assert "| tiny | 128x128 | fstd |" in table and "| – |" in table and "--no-baseline" in table
+    # direct named explicitly still gives the ratios, from the same rounds
+    rec = bench.bench_one(adapter, methods=["fstd", "direct"], width=128, height=128, steps=2, repeats=1, warmup=0,
+                          baseline=False)
+    assert [m["method"] for m in rec["methods"]] == ["fstd", "direct"]
+    assert all(m["ratio_to_direct"] is not None for m in rec["methods"])
+
+
+def test_no_baseline_refuses_nothing_to_time(tiny):
+    adapter = adapt(tiny("sd1"))
+    with pytest.raises(InvalidArgumentError, match="none of the methods can run"):
+        bench.bench_one(adapter, methods=["asd"], width=256, height=256, steps=1, repeats=1, warmup=0, baseline=False)
+    with pytest.raises(InvalidArgumentError, match="name the methods"):
+        bench.bench(["toy"], baseline=False)
+
+
+def test_warmup_steps_run_the_warmup_with_their_own_steps(tiny, monkeypatch):
+    import anysize.api
+
+    adapter = adapt(tiny("sd1"))
+    seen = []
+    real = anysize.api.generate
+    monkeypatch.setattr(anysize.api, "generate", lambda *a, **k: seen.append(k["steps"]) or real(*a, **k))
+    rec = bench.bench_one(adapter, methods=["fstd"], width=128, height=128, steps=3, repeats=2, warmup=1,
+                          baseline=False, warmup_steps=1)
+    assert seen == [1, 3, 3]
+    # the warm-up's network calls are not the timed runs' (recording them would fail the determinism check)
+    assert rec["methods"][0]["network_calls"] == (3 + 1) * 2  # PNDM: steps + 1 evaluations, CFG
+    # a method that cannot run the shorter warm-up is refused before anything is timed
+    seen.clear()
+    with pytest.raises(InvalidArgumentError, match="warm-up of 1 steps: asd"):
+        bench.bench_one(adapter, methods=["asd"], width=256, height=256, steps=4, repeats=1, warmup=1,
+                        baseline=False, warmup_steps=1)
+    assert seen == []
+
+
+def test_alternate_warmups_replace_the_candidates_in_the_warmup_only():
+    order = []
+    t = timing.alternate({"a": lambda: order.append("a") or "A"}, repeats=2, warmup=1,
+                         warmups={"a": lambda: order.append("a-warm")})
+    assert order == ["a-warm", "a", "a"] and t.results["a"] == "A"
+
+
+def test_bench_cli_no_baseline(capsys, tmp_path):
+    out = tmp_path / "n.json"
+    rc = cli.main(["bench", "--arch", "toy", "--size", "native", "--steps", "2", "--repeats", "1", "--warmup", "1",
+                   "--warmup-steps", "1", "--methods", "fstd", "--no-baseline", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    report = json.loads(out.read_text())
+    assert report["config"]["baseline"] is None and report["config"]["warmup_steps"] == 1
+    (res,) = report["results"]
+    assert [m["method"] for m in res["methods"]] == ["fstd"] and res["methods"][0]["ratio_to_direct"] is None
+    assert "| toy | 128x128 | fstd |" in captured.out and "after 1 warm-up of 1 steps" in captured.out
+    rc = cli.main(["bench", "--no-baseline", "--out", str(tmp_path / "m.json")])
+    assert rc == 2 and "--no-baseline needs --methods" in capsys.readouterr().err
+    rc = cli.main(["bench", "--warmup-steps", "0", "--out", str(tmp_path / "m.json")])
+    assert rc == 2 and "--warmup-steps must be a positive integer" in capsys.readouterr().err
+
+
+def test_the_released_vae_replaces_the_stand_in_with_the_real_layout(tiny, monkeypatch):
+    pipe = tiny("sdxl")
+    stand_in = pipe.vae
+    monkeypatch.setattr(bench, "build_architecture", lambda *a, **k: pipe)
+    adapter = bench.build_adapter("sdxl", reduced=True, vae="released")
+    vae = adapter.vae
+    assert vae is not stand_in and adapter.pipe.vae is vae
+    assert tuple(vae.config.block_out_channels) == (128, 256, 512, 512) and vae.config.layers_per_block == 2
+    assert round(sum(p.numel() for p in vae.parameters()) / 1e5) == 837  # the released SDXL VAE: 83.65M
+    for key in ("latent_channels", "scaling_factor", "force_upcast", "use_quant_conv"):
+        assert vae.config[key] == stand_in.config[key]
+    assert adapter.vae_factor == 8 and sum(p.numel() for p in stand_in.parameters()) < 1e6
+    with pytest.raises(InvalidArgumentError, match="own trained VAE"):
+        bench.build_adapter("toy", reduced=True, vae="released")
+    with pytest.raises(UnknownChoiceError, match="stand-in"):
+        bench.build_adapter("sdxl", reduced=True, vae="real")

@@ -16,7 +16,7 @@ import torch
 
 __all__ = [
     "CLIP_L", "OPENCLIP_G", "OPENCLIP_H", "PROFILES", "T5_XXL", "Width", "clip_text", "draw", "finish",
-    "prediction_type_kwargs", "refill_zeros", "sd_betas", "seeded", "t5_encoder", "vae",
+    "prediction_type_kwargs", "refill_zeros", "released_vae", "sd_betas", "seeded", "t5_encoder", "vae",
 ]
 
 PROFILES = ("tiny", "reduced", "full")
@@ -155,6 +155,25 @@ def vae(profile: str, *, latent_channels: int, scaling_factor: float, shift_fact
         use_post_quant_conv=quant_convs,
         **(tiny if profile == "tiny" else {}),
     ), profile)
+
+
+#: the released SD 1.x / 2.x / SDXL / SD3 / FLUX autoencoders' layout (all five share it)
+RELEASED_VAE_LAYOUT = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, norm_num_groups=32)
+
+
+def released_vae(stand_in, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
+    """An ``AutoencoderKL`` of the released layout (:data:`RELEASED_VAE_LAYOUT`: 83.7M parameters,
+    the decoder 49.5M) with random weights drawn from ``seed``, taking everything else from the
+    small ``stand_in`` the builders put in a pipeline (latent channels, scaling and shift factors,
+    quant convs, ``force_upcast``), so a pipeline's decode and encode cost what the real VAE's do.
+    Drawn directly on ``device`` in ``dtype`` (random weights: timing and memory only)."""
+    from diffusers import AutoencoderKL
+
+    config = {k: v for k, v in dict(stand_in.config).items() if not k.startswith("_")}
+    config.update(RELEASED_VAE_LAYOUT)
+    device = torch.device(device)
+    with seeded(seed, device, dtype), device:
+        return AutoencoderKL.from_config(config).eval()
 
 
 def sd_betas() -> dict[str, Any]:

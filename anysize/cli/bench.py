@@ -20,6 +20,8 @@ examples:
   anysize bench --arch sd1.5 sdxl sd3 flux --size native 2x --steps 10 --device cuda --dtype fp16
   anysize bench --arch sd1.5 --size 256x256 --depth reduced --steps 2 --repeats 2 --out bench.json
   anysize bench --arch toy --size 4x --methods direct --versus scalediff:demofusion   # one method vs another
+  anysize bench --arch sdxl --size 4096x4096 --methods scalediff --no-baseline --steps 50 --vae released --device cuda
+  anysize bench --arch toy --size 4x --methods scalediff --no-baseline --warmup-steps 2 --repeats 1
 """
 
 
@@ -34,7 +36,9 @@ Time whole-image generation (prompt encoding, the denoising loop, VAE decode) of
 method, or --methods, for each architecture and size; report each method's median seconds per
 image, its ratio to 'direct' measured in the same run, the network evaluations per image and the
 peak memory (CUDA allocator on a GPU, process RSS on a CPU). Methods alternate run by run after
-one warm-up each, so machine drift cancels in the ratios.
+one warm-up each, so machine drift cancels in the ratios. --no-baseline times only --methods (the
+ratios to direct are then left out unless direct is one of them): for one method's absolute time
+where a direct run at that size would cost more than the method itself.
 
 architectures (all but toy: the real denoiser configuration with random weights, built offline;
 text encoders and VAE are one-layer stand-ins with the real widths, so the denoiser dominates):
@@ -46,13 +50,23 @@ FLUX: 1+2 blocks) so a CPU can run it; auto = reduced on a CPU, full on a GPU.""
     p.add_argument("--size", nargs="+", default=["native"], metavar="S",
                    help="sizes: native, a scale of the native side like 2x, or WxH (default: native)")
     p.add_argument("--methods", nargs="+", default=None, metavar="NAME",
-                   help="methods (default: every registered method; direct is always included)")
+                   help="methods (default: every registered method; direct is always included, "
+                        "unless --no-baseline)")
+    p.add_argument("--no-baseline", action="store_true",
+                   help="do not add direct, the baseline of the ratios (no ratios unless direct is in --methods)")
     p.add_argument("--versus", nargs="+", default=[], metavar="A:B",
                    help="also give method A's time over method B's, both from the same rounds (added to --methods)")
     p.add_argument("--steps", type=int, default=4, help="denoising steps (default: 4)")
     p.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model's)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs per method (default: 3)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs per method first (default: 1)")
+    p.add_argument("--warmup-steps", type=int, default=None, metavar="N",
+                   help="denoising steps of the warm-up runs (default: --steps); a shorter warm-up at the same "
+                        "size meets the same first-use costs, which are per tensor shape")
+    p.add_argument("--vae", default="stand-in", metavar="V",
+                   help="the VAE of the real architectures: stand-in (the builders' small one: the decode costs "
+                        "almost nothing) or released (the released layout, 83.7M parameters, random weights: the "
+                        "decode and encode cost what the real ones do) (default: stand-in)")
     p.add_argument("--depth", default="auto", metavar="D",
                    help=f"{', '.join(DEPTHS[:-1])} or {DEPTHS[-1]} (default: auto)")
     p.add_argument("--dtype", metavar="T", default="fp32", help=f"{', '.join(DTYPES)} (default: fp32)")
@@ -84,8 +98,15 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidArgumentError(f"{name} must be a positive integer, got {v}")
     if args.warmup < 0:
         raise InvalidArgumentError(f"--warmup must be >= 0, got {args.warmup}")
+    if args.warmup_steps is not None and args.warmup_steps <= 0:
+        raise InvalidArgumentError(f"--warmup-steps must be a positive integer, got {args.warmup_steps}")
+    if args.no_baseline and not args.methods and not args.versus:
+        raise InvalidArgumentError("--no-baseline needs --methods (or --versus): the methods to time without direct")
     check_seed(args.seed)
     check_choice("depth", args.depth, DEPTHS)
+    check_choice("vae", args.vae, bench.VAES)
+    if args.vae != "stand-in" and "toy" in args.arch:
+        raise InvalidArgumentError("--vae released is for the real architectures; the toy model has its own trained VAE")
     check_choice("dtype", args.dtype, DTYPES)
     device = check_device(args.device or default_device(), "none")
     out = Path(args.out)
@@ -101,7 +122,8 @@ def run(args: argparse.Namespace) -> int:
         report = bench.bench(
             args.arch, sizes=args.size, methods=args.methods, steps=args.steps, guidance=args.guidance,
             repeats=args.repeats, warmup=args.warmup, reduced=reduced, device=device, dtype=resolve_dtype(args.dtype),
-            seed=args.seed, versus=versus, progress=None if args.quiet else (lambda msg: note(False, f"bench {msg}")),
+            seed=args.seed, versus=versus, baseline=not args.no_baseline, warmup_steps=args.warmup_steps, vae=args.vae,
+            progress=None if args.quiet else (lambda msg: note(False, f"bench {msg}")),
         )
     table = bench.format_table(report)
     save_json(report, out, force=args.force)

@@ -129,19 +129,23 @@ def alternate(
     repeats: int = 3,
     warmup: int = 1,
     device: torch.device | str | None = None,
+    warmups: Mapping[str, Callable[[], object]] | None = None,
 ) -> Timings:
     """Time every candidate ``repeats`` times, interleaved, after ``warmup`` untimed runs each.
 
     Odd rounds run the candidates in reverse order, so none always runs first or right after a
     particular other one. The device is synchronised before and after each timed run.
+    ``warmups`` (name -> callable) replaces a candidate in its warm-up runs, e.g. by a shorter run
+    of the same work.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     names = list(candidates)
     out = Timings({n: [] for n in names}, {n: [] for n in names})
+    warm = {**candidates, **(warmups or {})}
     for _ in range(warmup):
         for n in names:
-            out.results[n] = candidates[n]()
+            warm[n]()
     for r in range(repeats):
         for n in names if r % 2 == 0 else names[::-1]:
             synchronize(device)
