@@ -261,3 +261,28 @@ def test_model_folder_declares_its_sampling_defaults(tmp_path):
     (folder / MODEL_DEFAULTS_FILE).write_text('{"default_steps": "many"}')
     with pytest.raises(ModelLoadError, match="anysize.json"):
         anysize.load(folder)
+
+
+@pytest.mark.parametrize("family", ["sd1", "sdxl", "sd3", "flux"])
+def test_the_device_is_diffusers_execution_device_without_walking_modules(tiny, family, monkeypatch):
+    """Without offload hooks the adapter's device is the network's, as diffusers' _execution_device
+    says (which walks every module: it is asked only when a hook is there)."""
+    from diffusers.hooks import apply_group_offloading
+
+    adapter = adapt(tiny(family))
+    pipe = adapter.pipe
+    expected = pipe._execution_device
+    asked = []
+    real = type(pipe)._execution_device
+    monkeypatch.setattr(type(pipe), "_execution_device", property(lambda p: (asked.append(1), real.fget(p))[1]))
+    assert adapter.device == expected and not asked
+    # a diffusers hook (group offloading here, the CPU as both devices) sends it to _execution_device
+    net = adapter.network
+    apply_group_offloading(net, onload_device=torch.device("cpu"), offload_device=torch.device("cpu"),
+                           offload_type="block_level", num_blocks_per_group=1)
+    try:
+        assert adapter.device == expected and asked
+    finally:
+        from diffusers.hooks import HookRegistry
+
+        HookRegistry.check_if_exists_or_initialize(net).remove_hook("group_offloading", recurse=True)

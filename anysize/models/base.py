@@ -197,7 +197,18 @@ class ModelAdapter:
 
     @property
     def device(self) -> torch.device:
-        return self.pipe._execution_device
+        """Where the run's tensors go: diffusers' ``_execution_device`` when a component is offloaded
+        (an accelerate or diffusers hook on it: the hooks' device), else the network's own device.
+        ``_execution_device`` walks every module of every component (its group-offload checks:
+        15–30 ms a call on a CPU host, several calls a run), so it is asked only when it can differ."""
+        pipe = self.pipe
+        for part in pipe.components.values():
+            if isinstance(part, torch.nn.Module) and (hasattr(part, "_hf_hook") or hasattr(part, "_diffusers_hook")):
+                return pipe._execution_device
+        try:
+            return next(self.network.parameters()).device
+        except StopIteration:  # pragma: no cover - a network without parameters
+            return pipe._execution_device
 
     @property
     def dtype(self) -> torch.dtype:
