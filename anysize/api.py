@@ -636,6 +636,9 @@ def _config(adapter, request: Request, m, s: _Settings, loras: Sequence[LoraFile
         "tiled_vae": s.tiled_vae,
         "versions": _versions(),
     }
+    runtime = getattr(adapter, "runtime", None)
+    if runtime is not None and not runtime.is_default:  # absent: eager, torch's own SDPA choice
+        config["runtime"] = runtime.describe()
     if controls is not None:
         config["controls"] = controls.describe()
         if controls.guess_mode:

@@ -104,6 +104,12 @@ def infotext(config: dict) -> str:
         if c.get("mode") is not None:
             fields.append(("Control Mode", c.get("mode")))
         pairs.append((f"ControlNet {i}", ", ".join(f"{k}: {_fmt(v)}" for k, v in fields)))
+    runtime = config.get("runtime")
+    if runtime:  # how the network ran, when not the default (eager, torch's SDPA choice)
+        if runtime.get("compile"):
+            pairs.append(("Compile", runtime.get("compile_backend") or "inductor"))
+        if runtime.get("sdpa", "auto") != "auto":
+            pairs.append(("SDPA", runtime.get("sdpa")))
     version = (config.get("versions") or {}).get("anysize")
     if version is None:
         from . import __version__ as version

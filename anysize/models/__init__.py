@@ -9,6 +9,7 @@ from ..errors import InvalidArgumentError, ModelLoadError, UnknownChoiceError, c
 from ..lazy import lazy_module
 from .base import Conditioning, ModelAdapter, PromptEmbeds, Window
 from .config_files import check_pipeline_folder, config_file, pipeline_components
+from .runtime import SDPA_BACKENDS, Runtime, check_compile, check_sdpa
 from .dit import FluxAdapter, SD3Adapter
 from .sd import SD2Adapter, SDAdapter, SDX4UpscalerAdapter
 from .sdxl import SDXLAdapter
@@ -128,16 +129,26 @@ def load(
     native_size=None,
     variant: str | None = None,
     local_files_only: bool | None = None,
+    compile: bool = False,
+    sdpa: str = "auto",
 ) -> ModelAdapter:
     """Load a diffusers pipeline from a hub id or a local folder and wrap it in its adapter.
 
     ``offload`` is "none", "model" (whole components move to the GPU when used) or "sequential"
-    (layer by layer: slowest, least memory).
+    (layer by layer: slowest, least memory). ``compile`` and ``sdpa`` are the adapter's runtime
+    settings (:meth:`ModelAdapter.set_runtime`): ``torch.compile`` of the denoiser, compiled once
+    per input shape on its first call; the attention kernel, one of ``auto, flash, efficient,
+    cudnn, math``.
     """
     if isinstance(model, bool) or not isinstance(model, (str, os.PathLike)) or not os.fspath(model):
         raise InvalidArgumentError(f"model must be a hub id or the path of a diffusers pipeline folder, got {model!r}")
     torch_dtype = resolve_dtype(dtype)
     check_choice("offload", offload, OFFLOADS)
+    check_compile(compile)
+    check_sdpa(sdpa)  # both before any weights load; whether the kernel runs is checked after
+    if compile and offload != "none":
+        raise InvalidArgumentError(f"compile needs the weights on the device for the whole run; use offload='none', "
+                                   f"not {offload!r}")
     if family is not None:
         check_choice("family", family, FAMILIES)
     if device is not None:
@@ -169,6 +180,8 @@ def load(
     adapter.source = str(model)
     if looks_local:
         _apply_folder_defaults(adapter, path / MODEL_DEFAULTS_FILE)
+    if compile or sdpa != "auto":
+        adapter.set_runtime(compile=compile, sdpa=sdpa)
     return adapter
 
 
@@ -234,6 +247,6 @@ def _apply_folder_defaults(adapter: ModelAdapter, file: Path) -> None:
 
 
 __all__ = [
-    "ADAPTERS", "FAMILIES", "DTYPES", "OFFLOADS", "Conditioning", "FamilyMismatchError", "ModelAdapter", "PromptEmbeds",
-    "Window", "adapt", "check_device", "detect_family", "load", "resolve_dtype", "UnknownChoiceError",
+    "ADAPTERS", "FAMILIES", "DTYPES", "OFFLOADS", "SDPA_BACKENDS", "Conditioning", "FamilyMismatchError", "ModelAdapter", "PromptEmbeds",
+    "Runtime", "Window", "adapt", "check_device", "detect_family", "load", "resolve_dtype", "UnknownChoiceError",
 ]

@@ -18,6 +18,7 @@ from ..lazy import lazy_module
 from ..noise import NoiseSpace
 from ..prompts import check_prompts
 from . import control
+from .runtime import Runtime, attention
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -156,6 +157,8 @@ class ModelAdapter:
         else:
             self._native_latent = self._default_native_latent()
         self.calls = 0  # network evaluations (one per sample in a batch), for benchmarks and tests
+        self.runtime = Runtime()  # eager, torch's SDPA choice: see set_runtime
+        self._compiled_call = None
 
     # ---------------------------------------------------------------- properties
     @property
@@ -267,6 +270,44 @@ class ModelAdapter:
     ) -> Conditioning:
         raise NotImplementedError
 
+    # ---------------------------------------------------------------- runtime
+    def set_runtime(self, *, compile: bool | None = None, sdpa: str | None = None,
+                    compile_backend: Any = None) -> Runtime:
+        """Set how the network runs (:mod:`anysize.models.runtime`); None keeps a setting as it is.
+
+        ``compile``: run the network call through ``torch.compile`` (``dynamic=False``: the first
+        call of each input shape compiles, later ones of that shape reuse it). ``sdpa``: one of
+        ``auto, flash, efficient, cudnn, math`` (:data:`~anysize.models.runtime.SDPA_BACKENDS`),
+        refused here when it cannot run on this device and dtype. ``compile_backend``: the
+        torch.compile backend (default ``inductor``; tests pass a counting one). Returns the new
+        :class:`~anysize.models.runtime.Runtime`.
+        """
+        from dataclasses import replace
+
+        from . import runtime as rt
+
+        now = self.runtime
+        new = replace(
+            now,
+            compile=now.compile if compile is None else rt.check_compile(compile),
+            sdpa=now.sdpa if sdpa is None else rt.check_sdpa(sdpa),
+            compile_backend=now.compile_backend if compile_backend is None else compile_backend,
+        )
+        if new.sdpa != now.sdpa:
+            rt.check_sdpa_runs(new.sdpa, self.device, self.dtype)
+        if new.compile and (self._compiled_call is None or new.compile_backend != now.compile_backend):
+            self._compiled_call = rt.compiled_caller(new)
+        elif not new.compile:
+            self._compiled_call = None
+        self.runtime = new
+        return new
+
+    def _run_network(self, *args, **kwargs):
+        """The network's call for ``_forward``: eager, or through the compiled caller."""
+        if self._compiled_call is None:
+            return self.network(*args, **kwargs)
+        return self._compiled_call(self.network, self.runtime.sdpa, args, kwargs)
+
     # ---------------------------------------------------------------- network
     def predict(self, x: Tensor, t: Tensor, embeds: PromptEmbeds,
                 window: Window | Sequence[Window] | None = None, *, view: ControlView | None = None) -> Tensor:
@@ -304,7 +345,10 @@ class ModelAdapter:
             inputs = controls.inputs(windows if len(set(windows)) > 1 else windows[:1], x.shape[0], view)
             embeds = PromptEmbeds(embeds.embeds, embeds.pooled, {**embeds.extra, control.CONTROL_INPUTS: inputs},
                                   embeds.unbatched | {control.CONTROL_INPUTS})
-        return self._forward(x, t, embeds, window)
+        if self.runtime.sdpa == "auto":
+            return self._forward(x, t, embeds, window)
+        with attention(self.runtime.sdpa):  # around the ControlNets' calls too
+            return self._forward(x, t, embeds, window)
 
     def _forward(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, window: Window) -> Tensor:
         raise NotImplementedError

@@ -188,7 +188,7 @@ class SD3Adapter(DiTAdapter):
             residuals = samples if residuals is None else [a + b for a, b in zip(residuals, samples)]
         extra = {} if residuals is None else {"block_controlnet_hidden_states": residuals}
         with self._positions(window):
-            return self.network(
+            return self._run_network(
                 hidden_states=x,
                 timestep=timestep,
                 encoder_hidden_states=embeds.embeds,
@@ -280,7 +280,7 @@ class FluxAdapter(DiTAdapter):
         if blocks is not None:
             extra = {"controlnet_block_samples": blocks, "controlnet_single_block_samples": singles,
                      "controlnet_blocks_repeat": False}
-        out = self.network(
+        out = self._run_network(
             hidden_states=packed,
             timestep=timestep / 1000,
             guidance=guidance,

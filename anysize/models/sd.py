@@ -41,7 +41,7 @@ class UNetAdapter(ModelAdapter):
         inputs = embeds.extra.get(CONTROL_INPUTS)
         if inputs:
             kwargs.update(self._control_residuals(x, t, embeds, kwargs, inputs))
-        return self.network(x, t, encoder_hidden_states=embeds.embeds, return_dict=False, **kwargs)[0]
+        return self._run_network(x, t, encoder_hidden_states=embeds.embeds, return_dict=False, **kwargs)[0]
 
     def _control_residuals(self, x: Tensor, t: Tensor, embeds: PromptEmbeds, kwargs: dict, inputs) -> dict:
         """The summed residuals of the ControlNets acting on this call, as the diffusers ControlNet
@@ -152,7 +152,7 @@ class SDX4UpscalerAdapter(SDAdapter):
                 "the sd-x4-upscaler model needs a low-resolution image: use anysize.upscale or 'anysize upscale IMAGE'"
             )
         image = window.crop(embeds.extra["image"]).to(x.dtype)
-        return self.network(
+        return self._run_network(
             torch.cat([x, image], dim=1), t, encoder_hidden_states=embeds.embeds,
             class_labels=embeds.extra["noise_level"], return_dict=False,
         )[0]
