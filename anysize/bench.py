@@ -248,6 +248,8 @@ def bench(
     baseline: bool = True,
     warmup_steps: int | None = None,
     vae: str = "stand-in",
+    compile: bool = False,
+    sdpa: str = "auto",
     progress=None,
 ) -> dict[str, Any]:
     """Run the bench; returns ``{"machine", "config", "results": [...]}`` (one result per arch × size).
@@ -255,8 +257,14 @@ def bench(
     ``versus``: pairs (A, B) whose time ratio A / B each result also gives (both are added to
     ``methods`` when that is a list). ``baseline=False``: ``direct`` is not added (see
     :func:`bench_one`, also for ``warmup_steps``). ``vae``: the builders' stand-in VAE or one of the
-    released layout (:func:`build_adapter`)."""
+    released layout (:func:`build_adapter`). ``compile`` / ``sdpa``: every adapter's runtime settings
+    (:meth:`~anysize.models.base.ModelAdapter.set_runtime`); with compile the warm-up runs are where
+    each shape compiles, so the timed runs are the compiled steady state."""
+    from .models.runtime import check_compile, check_sdpa
+
     check_choice("vae", vae, VAES)
+    check_compile(compile)
+    check_sdpa(sdpa)
     for a in architectures:
         if a not in ARCHITECTURES:
             raise UnknownChoiceError("architecture", a, ARCHITECTURES)
@@ -275,6 +283,8 @@ def bench(
         t0 = time.perf_counter()
         adapter = build_adapter(a, reduced=reduced, device=device, dtype=dtype, vae=vae)
         build_s = time.perf_counter() - t0
+        if compile or sdpa != "auto":
+            adapter.set_runtime(compile=compile, sdpa=sdpa)
         params = sum(p.numel() for p in adapter.network.parameters())
         for s in sizes:
             w, h = parse_bench_size(s, adapter.native_size, adapter.size_multiple)
@@ -295,7 +305,7 @@ def bench(
                    "versus": [list(p) for p in versus], "baseline": "direct" if baseline else None, "steps": steps,
                    "guidance": guidance, "repeats": repeats, "warmup": warmup,
                    "warmup_steps": steps if warmup_steps is None else warmup_steps, "reduced": reduced, "vae": vae,
-                   "dtype": str(dtype).replace("torch.", ""), "seed": seed, "prompt": BENCH_PROMPT,
+                   "dtype": str(dtype).replace("torch.", ""), "compile": compile, "sdpa": sdpa, "seed": seed, "prompt": BENCH_PROMPT,
                    "timed": "anysize.generate end to end: prompt encoding, denoising loop, VAE decode"},
         "results": results,
     }
@@ -337,7 +347,9 @@ def format_table(report: dict[str, Any]) -> str:
     depth = f"{'reduced-depth' if cfg['reduced'] else 'full-depth'} random-weight denoisers; " if real else ""
     if real and cfg.get("vae") == "released":
         depth += "random VAE of the released layout; "
-    lines.append(f"Machine: {where}; torch {mach['torch']}, diffusers {mach['diffusers']}; {cfg['dtype']}, "
+    runtime = "".join([", torch.compile" if cfg.get("compile") else "",
+                       f", SDPA {cfg['sdpa']}" if cfg.get("sdpa", "auto") != "auto" else ""])
+    lines.append(f"Machine: {where}; torch {mach['torch']}, diffusers {mach['diffusers']}; {cfg['dtype']}{runtime}, "
                  f"{cfg['steps']} steps, median of {cfg['repeats']} alternating runs after {cfg['warmup']} warm-up"
                  f"{_warmup_steps_note(cfg)}; "
                  f"{depth}peak memory = {'CUDA allocator' if 'gpu' in mach else 'process RSS'}.")

@@ -169,3 +169,15 @@ def test_readme_upscale_methods_are_the_refining_methods(start, end):
     i = README.index(start)
     listed = [n for n in ticked(README[i:README.index(end, i)]) if n != "anysize upscale"]
     assert sorted(listed) == sorted(refining_methods())
+
+
+def test_sdpa_choices_in_the_readme_and_help_are_the_code(capsys):
+    from anysize.models import SDPA_BACKENDS
+
+    assert readme_bullet("`--compile`").count(f"`--sdpa {'|'.join(SDPA_BACKENDS)}`") == 1
+    m = re.search(r"and `sdpa`\s+\(([^)]*)\)", README)
+    assert m and ticked(m.group(1)) == list(SDPA_BACKENDS)
+    for command in (["generate"], ["upscale"], ["batch"], ["app"], ["bench"]):
+        out = " ".join(help_of(capsys, *command).split())
+        assert f"--sdpa BACKEND attention kernel of every network call: {', '.join(SDPA_BACKENDS)} (default: auto" in out
+        assert "--compile torch.compile the denoiser (opt-in): the first network call of each input shape" in out

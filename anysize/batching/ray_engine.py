@@ -43,7 +43,8 @@ class _Worker:
 
         torch.set_num_threads(threads)
         self.adapter = api.load(load.get("model"), family=load.get("family"), dtype=load.get("dtype", "fp32"),
-                                device=load.get("device"), offload=load.get("offload", "none"))
+                                device=load.get("device"), offload=load.get("offload", "none"),
+                                compile=load.get("compile", False), sdpa=load.get("sdpa", "auto"))
 
     def check(self, parsed, errors, out):
         from . import finish_checks

@@ -170,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
 
             result = run_ray(
                 parsed, errors, out, load={"model": args.model, "family": args.family, "dtype": args.dtype,
-                                           "device": args.device, "offload": args.offload},
+                                           "device": args.device, "offload": args.offload,
+                                           "compile": args.compile, "sdpa": args.sdpa},
                 batch=args.batch, workers=args.workers, worker_gpus=args.worker_gpus, worker_cpus=args.worker_cpus,
                 address=args.ray_address or os.environ.get("RAY_ADDRESS"), threads=args.threads,
                 fail_fast=args.fail_fast, progress=not quiet, tiled_vae=tiled, report=report,

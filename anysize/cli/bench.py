@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..errors import InvalidArgumentError, OutputError, check_choice
 from .console import EXIT_OK, library_output, note
-from .model_options import DEFAULT_DEVICE_ORDER, check_device, check_seed, default_device
+from .model_options import DEFAULT_DEVICE_ORDER, add_speed_options, check_device, check_seed, default_device
 
 HELP = "time every method on real architectures, as ratios to direct"
 
@@ -22,6 +22,7 @@ examples:
   anysize bench --arch toy --size 4x --methods direct --versus scalediff:demofusion   # one method vs another
   anysize bench --arch sdxl --size 4096x4096 --methods scalediff --no-baseline --steps 50 --vae released --device cuda
   anysize bench --arch toy --size 4x --methods scalediff --no-baseline --warmup-steps 2 --repeats 1
+  anysize bench --arch sdxl --size 2x --methods direct fstd --device cuda --dtype bf16 --compile --warmup 2
 """
 
 
@@ -72,6 +73,7 @@ FLUX: 1+2 blocks) so a CPU can run it; auto = reduced on a CPU, full on a GPU.""
     p.add_argument("--dtype", metavar="T", default="fp32", help=f"{', '.join(DTYPES)} (default: fp32)")
     p.add_argument("--device", metavar="DEV", default=None,
                    help=f"cpu, cuda, cuda:N, mps (default: {DEFAULT_DEVICE_ORDER})")
+    add_speed_options(p)  # with --compile the warm-up runs compile, the timed runs are the compiled ones
     p.add_argument("--seed", type=int, default=0, help="seed of every run (default: 0)")
     p.add_argument("--out", default="anysize-bench.json",
                    help="JSON results; a Markdown table goes beside it as .md (default: %(default)s)")
@@ -84,6 +86,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import bench, methods
     from ..bench import ARCHITECTURES
     from ..models import DTYPES, resolve_dtype
+    from ..models.runtime import check_sdpa
     from ..output import check_writable, save_json, save_text
 
     for a in args.arch:
@@ -108,6 +111,9 @@ def run(args: argparse.Namespace) -> int:
     if args.vae != "stand-in" and "toy" in args.arch:
         raise InvalidArgumentError("--vae released is for the real architectures; the toy model has its own trained VAE")
     check_choice("dtype", args.dtype, DTYPES)
+    check_sdpa(args.sdpa)
+    if args.compile and args.warmup < 1:
+        raise InvalidArgumentError("--compile needs --warmup 1 or more: the first run of each shape compiles")
     device = check_device(args.device or default_device(), "none")
     out = Path(args.out)
     if out.suffix.lower() != ".json":
@@ -123,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
             args.arch, sizes=args.size, methods=args.methods, steps=args.steps, guidance=args.guidance,
             repeats=args.repeats, warmup=args.warmup, reduced=reduced, device=device, dtype=resolve_dtype(args.dtype),
             seed=args.seed, versus=versus, baseline=not args.no_baseline, warmup_steps=args.warmup_steps, vae=args.vae,
-            progress=None if args.quiet else (lambda msg: note(False, f"bench {msg}")),
+            compile=args.compile, sdpa=args.sdpa, progress=None if args.quiet else (lambda msg: note(False, f"bench {msg}")),
         )
     table = bench.format_table(report)
     save_json(report, out, force=args.force)

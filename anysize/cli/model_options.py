@@ -1,6 +1,7 @@
 """The options several commands share, declared once and checked before any model loads.
 
-Which model (``--model``, ``--family``), how it runs (``--dtype``, ``--device``, ``--offload``) and
+Which model (``--model``, ``--family``), how it runs (``--dtype``, ``--device``, ``--offload``,
+``--compile``, ``--sdpa``) and
 how it samples (``--scheduler``, ``--tiled-vae``, ``--steps``, ``--guidance``, ``--seed``); then
 the load itself. The valid choices in every help text come from the code that defines them.
 """
@@ -38,6 +39,37 @@ def add_runtime_options(p) -> None:
                    help=f"cpu, cuda, cuda:N, mps (default: {DEFAULT_DEVICE_ORDER})")
     p.add_argument("--offload", metavar="MODE", default="none",
                    help=f"{', '.join(OFFLOADS)}: move weights to the GPU only while used (default: none)")
+    add_speed_options(p)
+
+
+#: what --compile costs and gains, said once for every command that has it
+COMPILE_HELP = (
+    "torch.compile the denoiser (opt-in): the first network call of each input shape (window size, "
+    "batch) compiles, from tens of seconds to minutes per shape; every later step and tile of that "
+    "shape reuses the compiled graph (the GPU speed-up: benchmarks/compile_speed); outputs match eager "
+    "within float rounding"
+)
+
+
+def sdpa_help() -> str:
+    from ..models import SDPA_BACKENDS
+
+    return (f"attention kernel of every network call: {', '.join(SDPA_BACKENDS)} (default: auto, torch's "
+            "own choice); a kernel this device or dtype cannot run is refused before the run")
+
+
+def add_speed_options(p) -> None:
+    """--compile and --sdpa: how the denoiser runs (generate, upscale, batch, app, eval, demo, bench)."""
+    p.add_argument("--compile", action="store_true", help=COMPILE_HELP)
+    p.add_argument("--sdpa", metavar="BACKEND", default="auto", help=sdpa_help())
+
+
+def check_speed_options(args) -> None:
+    from ..models.runtime import check_sdpa
+
+    check_sdpa(args.sdpa)
+    if args.compile and getattr(args, "offload", "none") != "none":
+        raise InvalidArgumentError(f"--compile needs the weights on the device for the whole run; drop --offload {args.offload}")
 
 
 def scheduler_help() -> str:
@@ -85,6 +117,7 @@ def check_model_options(args) -> str:
 
     check_choice("dtype", args.dtype, DTYPES)
     check_choice("offload", args.offload, OFFLOADS)
+    check_speed_options(args)
     if args.family is not None:
         check_choice("family", args.family, FAMILIES)
     device = check_device(args.device or default_device(), args.offload)
@@ -126,4 +159,5 @@ def load_model(args, device: str):
     from .. import api
 
     # a --family that does not fit the pipeline's layout is refused by the load (FamilyMismatchError)
-    return api.load(args.model, family=args.family, dtype=args.dtype, device=device, offload=args.offload)
+    return api.load(args.model, family=args.family, dtype=args.dtype, device=device, offload=args.offload,
+                    compile=args.compile, sdpa=args.sdpa)
