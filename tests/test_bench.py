@@ -327,3 +327,20 @@ def test_the_released_vae_replaces_the_stand_in_with_the_real_layout(tiny, monke
         bench.build_adapter("toy", reduced=True, vae="released")
     with pytest.raises(UnknownChoiceError, match="stand-in"):
         bench.build_adapter("sdxl", reduced=True, vae="real")
+def test_bench_sets_and_records_the_runtime_settings(tiny, monkeypatch, capsys, tmp_path):
+    built = []
+
+    def build_adapter(name, **kw):
+        built.append(adapt(tiny("sd1"), native_size=16))
+        return built[-1]
+
+    monkeypatch.setattr(bench, "build_adapter", build_adapter)
+    report = bench.bench(["sd1.5"], sizes=["native"], methods=["direct"], steps=1, repeats=1, warmup=0, sdpa="math")
+    assert built[0].runtime.sdpa == "math" and not built[0].runtime.compile
+    assert (report["config"]["compile"], report["config"]["sdpa"]) == (False, "math")
+    assert "float32, SDPA math, 1 steps" in bench.format_table(report)
+    with pytest.raises(InvalidArgumentError, match="valid choices: auto, flash, efficient, cudnn, math"):
+        bench.bench(["sd1.5"], sdpa="fastest")
+    assert len(built) == 1  # refused before any architecture is built
+    assert cli.main(["bench", "--compile", "--warmup", "0", "--out", str(tmp_path / "b.json")]) != 0
+    assert "--compile needs --warmup 1 or more" in capsys.readouterr().err

@@ -257,6 +257,21 @@ def test_compiled_runs_with_a_lora_and_after_removing_it_match_eager(compiled, e
     assert _close(_run(adapter), eager_refs["direct"])
 
 
+def test_compiled_runs_with_a_controlnet_match_eager(small, compiled):
+    # the ControlNet runs eagerly; its residuals enter the compiled U-Net wrapped (FittingResidual)
+    from PIL import Image
+
+    from anysize.builders.controlnet import tiny_controlnet
+
+    net = tiny_controlnet(small)
+    image = Image.fromarray(np.random.default_rng(5).integers(0, 256, (NATIVE, NATIVE, 3), dtype=np.uint8))
+    control = anysize.Control(net, image, 0.8)
+    ref = _run(adapt(small), control=control)
+    assert not _close(ref, _run(adapt(small)))  # the control changes the result: the test can fail
+    adapter, _ = compiled
+    assert _close(_run(adapter, control=control), ref)
+
+
 @pytest.mark.skipif(not os.environ.get("ANYSIZE_INDUCTOR_TEST"),
                     reason="inductor compiles C++ kernels: minutes on a shared CPU; set ANYSIZE_INDUCTOR_TEST=1")
 def test_inductor_compiled_direct_matches_eager(small, eager_refs):
