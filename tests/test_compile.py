@@ -198,6 +198,31 @@ def test_compiled_direct_and_fstd_match_eager_and_compile_once_per_shape(compile
     assert out.config["runtime"] == {"compile": True, "sdpa": "auto", "compile_backend": "counting"}
 
 
+def test_the_kernel_choice_is_part_of_each_compiled_graph(monkeypatch):
+    # on a one-attention module (tracing a U-Net costs seconds): each kernel its own graph, and the
+    # kernel restricted inside the graph, so a graph never runs another choice's kernel
+    from anysize.models import runtime
+
+    class Attend(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q = torch.nn.Linear(64, 64)
+
+        def forward(self, x):
+            return torch.nn.functional.scaled_dot_product_attention(self.q(x), x, x)
+
+    module, x = Attend(), torch.randn(1, 2, 16, 64)
+    backend = CountingBackend()
+    call = runtime.compiled_caller(Runtime(compile=True, compile_backend=backend))
+    with torch.no_grad():
+        for name in ("math", "flash", "math"):
+            torch.testing.assert_close(call(module, name, (x,), {}), module(x))
+        assert len(backend.graphs) == 2
+        monkeypatch.setitem(runtime.SDPA_BACKENDS, "cudnn", "EFFICIENT_ATTENTION")  # torch refuses it on a CPU
+        with pytest.raises(Exception, match="No viable backend|fake tensor"):
+            call(module, "cudnn", (x,), {})
+
+
 def test_metadata_records_the_settings(compiled, tmp_path):
     from anysize.output import infotext, parse_infotext, read_metadata, read_parameters
 
