@@ -303,7 +303,8 @@ def test_inductor_compiled_direct_matches_eager(small, eager_refs):
     adapter = adapt(small)
     adapter.set_runtime(compile=True)
     out = _run(adapter)
-    np.testing.assert_allclose(out.images.numpy(), eager_refs["direct"].images.numpy(), atol=1e-4)
+    # inductor fuses normalisations and reorders reductions: fp32 rounding, not bit equality
+    np.testing.assert_allclose(out.images.numpy(), eager_refs["direct"].images.numpy(), atol=1e-3)
     assert out.config["runtime"] == {"compile": True, "sdpa": "auto", "compile_backend": "inductor"}
 
 
