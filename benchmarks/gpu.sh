@@ -35,18 +35,24 @@
 #             scalediff and asd in fp16 (memory_8192), a 16384² fstd upscale (upscale_16384), and the
 #             headline: scalediff at 4096², 50 steps (headline); limits 600 s in all, about 5 minutes
 #             expected on an H200 (benchmarks/README.md says how that was estimated).
+#   compile   issue 23's goal 6 on SDXL at 2048², bf16: --compile vs eager for direct and fstd (compile), the
+#             SDPA kernels eager for direct, hidiffusion and fstd (sdpa), --compile with hidiffusion
+#             (compile_hidiffusion, ~38 graphs); limits 960 s: more than one session's device time, so
+#             run compile and sdpa first and compile_hidiffusion in another session.
 set -u
 
 # ------------------------------------------------------------------------------------------ the parts
 # name, default limit (s), command ("$RES" is where result files go)
 
 PARTS=(hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096 bench_sdxl hidiffusion_fair composition_512
-       elastic_512 elastic_vb scalediff field_2x field_4x bench_peers network_share memory_8192 upscale_16384 headline)
+       elastic_512 elastic_vb scalediff field_2x field_4x bench_peers network_share memory_8192 upscale_16384 headline
+       compile sdpa compile_hidiffusion)
 SET_run="hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096 bench_sdxl"
 SET_followup="hidiffusion_fair composition_512 elastic_512"
 SET_next="hidiffusion_fair elastic_vb scalediff"
 SET_field="field_2x field_4x bench_peers"
 SET_perf="network_share memory_8192 upscale_16384 headline"
+SET_compile="compile sdpa compile_hidiffusion"
 
 limit_of() {
   case $1 in
@@ -55,6 +61,7 @@ limit_of() {
     elastic_512) echo 35 ;; elastic_vb) echo 200 ;; scalediff) echo 150 ;;
     field_2x) echo 200 ;; field_4x) echo 330 ;; bench_peers) echo 120 ;;
     network_share) echo 130 ;; memory_8192) echo 170 ;; upscale_16384) echo 160 ;; headline) echo 140 ;;
+    compile) echo 420 ;; sdpa) echo 180 ;; compile_hidiffusion) echo 360 ;;
   esac
 }
 
@@ -119,6 +126,17 @@ multidiffusion scalediff asd --steps 2 --dtype fp16 --vae released --tiled-vae f
     headline) echo "python3 -m anysize bench --arch sdxl --size 4096x4096 --methods scalediff --no-baseline \
 --steps 50 --repeats 1 --warmup 1 --warmup-steps 5 --vae released --device cuda --dtype bf16 \
 --out $RES/headline_scalediff_4096.json" ;;
+    # issue 23.6: --compile vs eager for direct and fstd, SDXL 2048², bf16 (compile time apart from steady state)
+    compile) echo "python3 benchmarks/compile_speed/compile_speed.py --arch sdxl --size 2x --methods direct fstd \
+--steps 5 --repeats 3 --device cuda --dtype bf16 --variants compiled/auto --out $RES/compile_sdxl_2048.json" ;;
+    # issue 23.6: the SDPA kernels, eager, for direct, hidiffusion and fstd, SDXL 2048², bf16
+    sdpa) echo "python3 benchmarks/compile_speed/compile_speed.py --arch sdxl --size 2x --methods direct hidiffusion \
+fstd --steps 5 --repeats 3 --device cuda --dtype bf16 --variants eager/flash eager/efficient eager/cudnn \
+--out $RES/sdpa_sdxl_2048.json" ;;
+    # issue 23.6: --compile with hidiffusion (its patches' phases split the U-Net into ~38 graphs: compiles longest)
+    compile_hidiffusion) echo "python3 benchmarks/compile_speed/compile_speed.py --arch sdxl --size 2x --methods \
+hidiffusion --steps 5 --repeats 3 --device cuda --dtype bf16 --variants compiled/auto \
+--out $RES/compile_sdxl_2048_hidiffusion.json" ;;
   esac
 }
 
@@ -129,7 +147,7 @@ ARAD_WORK=${ARAD_WORK:-/tmp/arad-gpu}
 if [ "${1:-}" = "--list" ]; then
   for p in "${PARTS[@]}"; do echo "$p (limit $(limit_of "$p") s): $(command_of "$p")"; done
   echo; echo "run: $SET_run"; echo "followup: $SET_followup"; echo "next: $SET_next"; echo "field: $SET_field"
-  echo "perf: $SET_perf"
+  echo "perf: $SET_perf"; echo "compile: $SET_compile"
   exit 0
 fi
 OUT_DIR=${1:?usage: gpu.sh OUTDIR [PART|SET ...] (default: next), or gpu.sh --list}
@@ -142,7 +160,7 @@ for name in "${@:-next}"; do
   elif [ -n "$(limit_of "$name")" ]; then
     selected+=("$name")
   else
-    echo "unknown part or set '$name'; parts: ${PARTS[*]}; sets: run followup next field perf" >&2
+    echo "unknown part or set '$name'; parts: ${PARTS[*]}; sets: run followup next field perf compile" >&2
     exit 2
   fi
 done
