@@ -149,6 +149,10 @@ class ModelAdapter:
     #: whether one call may take a different window for each batch element (``predict`` with a list
     #: of windows): true where the place enters only as per-sample conditioning (SDXL's time ids)
     per_sample_windows: bool = False
+    #: how the network runs (eager, torch's SDPA choice unless :meth:`set_runtime` says otherwise);
+    #: class defaults, so an adapter that does not call this __init__ (a test's stand-in) runs eagerly
+    runtime: Runtime = Runtime()
+    _compiled_call = None
 
     def __init__(self, pipe, *, native_size: int | tuple[int, int] | None = None):
         self.pipe = pipe
