@@ -8,6 +8,7 @@ starts it at zero, which would change nothing), saved with the pipeline class's 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -462,6 +463,40 @@ def test_batch_attaches_a_lora_once_for_consecutive_chunks(tmp_path, lora_of, mo
         assert (np.asarray(Image.open(out / f"{job}.png")) == np.asarray(ref.images[0])).all(), job
     assert read_metadata(out / "plain.png")["loras"] == [] and read_metadata(out / "b.png")["loras"][0]["path"] == b
     assert adapter.pipe.get_list_adapters() == {}
+
+
+def test_a_ray_worker_keeps_a_lora_attached_over_its_consecutive_chunks(tmp_path, lora_of, monkeypatch):
+    # the actor class itself, in this process (a Ray actor runs the same methods in its own)
+    from PIL import Image
+
+    from anysize.batching.plan import make_chunks
+    from anysize.batching.ray_engine import _Worker
+    from anysize.builders import save_tiny_pipeline
+
+    model = save_tiny_pipeline("sd1", tmp_path / "m")
+    a, b = str(lora_of("sd1")), str(lora_of("sd1", seed=1))
+    rows = [{"id": f"a{i}", "prompt": "a cat", "seed": i, "lora": f"{a}:0.5", "steps": 2} for i in range(3)]
+    rows += [{"id": "b", "prompt": "a cat", "lora": b, "steps": 2}, {"id": "plain", "prompt": "a cat", "steps": 2}]
+    worker = _Worker({"model": str(model), "device": "cpu"}, 1)
+    out = tmp_path / "out"
+    jobs, errors = worker.check(*anysize.batching.read_jobs(rows), str(out))
+    assert not errors
+    loads, removals = [], []
+    pipe_class = type(worker.adapter.pipe)
+    real_load, real_unload = pipe_class.load_lora_weights, pipe_class.unload_lora_weights
+    monkeypatch.setattr(pipe_class, "load_lora_weights", lambda pipe, *x, **k: (loads.append(x[0]), real_load(pipe, *x, **k))[1])
+    monkeypatch.setattr(pipe_class, "unload_lora_weights", lambda pipe, *x, **k: (removals.append(1), real_unload(pipe, *x, **k))[1])
+    records = [r for chunk in make_chunks(jobs, 1) for r in worker.run(chunk, str(out), "auto", {"engine": "ray"})]
+    assert [r["status"] for r in records] == ["done"] * 5
+    # a0 a1 a2 share one attachment; b replaces it; plain removes it
+    assert [os.path.dirname(x) for x in loads] == [a, b] and len(removals) == 2, loads
+    monkeypatch.setattr(pipe_class, "load_lora_weights", real_load)
+    monkeypatch.setattr(pipe_class, "unload_lora_weights", real_unload)
+    for job, lora in (("a2", [(a, 0.5)]), ("b", [b]), ("plain", None)):
+        ref = anysize.generate(worker.adapter, "a cat", seed=jobs[[j.id for j in jobs].index(job)].seed, steps=2,
+                               lora=lora, progress=False)
+        assert (np.asarray(Image.open(out / f"{job}.png")) == np.asarray(ref.images[0])).all(), job
+    assert worker.adapter.pipe.get_list_adapters() == {}
 
 
 # ------------------------------------------------------------------------------------------ threads

@@ -34,7 +34,8 @@ def require_ray():
 
 
 class _Worker:
-    """One actor: loads the model once, then checks jobs and runs chunks."""
+    """One actor: loads the model once, then checks jobs and runs chunks; a LoRA set stays attached
+    over the consecutive chunks it gets that share it, as in the local engine (:class:`KeptLoras`)."""
 
     def __init__(self, load: dict[str, Any], threads: int):
         import torch
@@ -45,6 +46,9 @@ class _Worker:
         self.adapter = api.load(load.get("model"), family=load.get("family"), dtype=load.get("dtype", "fp32"),
                                 device=load.get("device"), offload=load.get("offload", "none"),
                                 compile=load.get("compile", False), sdpa=load.get("sdpa", "auto"))
+        from .runner import KeptLoras
+
+        self.kept = KeptLoras(self.adapter)
 
     def check(self, parsed, errors, out):
         from . import finish_checks
@@ -54,6 +58,7 @@ class _Worker:
     def run(self, chunk, out, tiled_vae, who):
         from .runner import run_chunk
 
+        self.kept.keep(chunk.jobs[0].loras)
         return run_chunk(self.adapter, chunk, Path(out), tiled_vae=tiled_vae, who=who)
 
 
