@@ -10,6 +10,8 @@
 # seconds overrides the default, e.g. LIMIT_elastic_vb=240), so one slow part cannot take the others'
 # results with it; its log ($RES/<part>.log) and result files go to OUTDIR/results.tgz, re-packed after
 # every part. The machine (GPU, driver, library versions) is recorded first, in machine.txt.
+# tests/test_gpu_script.py checks on the CPU that every part's command passes its own argument parser
+# and that every set names existing parts; --list gives each set's sum of limits.
 #
 # Sets:
 #   run       the first GPU call of 2026-11-30: hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096
@@ -53,6 +55,7 @@ SET_next="hidiffusion_fair elastic_vb scalediff"
 SET_field="field_2x field_4x bench_peers"
 SET_perf="network_share memory_8192 upscale_16384 headline"
 SET_compile="compile sdpa compile_hidiffusion"
+SETS=(run followup next field perf compile)
 
 limit_of() {
   case $1 in
@@ -146,8 +149,12 @@ RES=${RES:-/tmp/anysize-gpu}
 ARAD_WORK=${ARAD_WORK:-/tmp/arad-gpu}
 if [ "${1:-}" = "--list" ]; then
   for p in "${PARTS[@]}"; do echo "$p (limit $(limit_of "$p") s): $(command_of "$p")"; done
-  echo; echo "run: $SET_run"; echo "followup: $SET_followup"; echo "next: $SET_next"; echo "field: $SET_field"
-  echo "perf: $SET_perf"; echo "compile: $SET_compile"
+  echo
+  for name in "${SETS[@]}"; do  # with the sum of its parts' limits: what it may take of a session's device time
+    set_var="SET_$name"; total=0
+    for p in ${!set_var}; do total=$((total + $(limit_of "$p"))); done
+    echo "$name (limits $total s): ${!set_var}"
+  done
   exit 0
 fi
 OUT_DIR=${1:?usage: gpu.sh OUTDIR [PART|SET ...] (default: next), or gpu.sh --list}
@@ -160,7 +167,7 @@ for name in "${@:-next}"; do
   elif [ -n "$(limit_of "$name")" ]; then
     selected+=("$name")
   else
-    echo "unknown part or set '$name'; parts: ${PARTS[*]}; sets: run followup next field perf compile" >&2
+    echo "unknown part or set '$name'; parts: ${PARTS[*]}; sets: ${SETS[*]}" >&2
     exit 2
   fi
 done
