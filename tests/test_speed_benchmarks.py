@@ -1,0 +1,45 @@
+"""The speed benchmarks of the GPU parts (benchmarks/gpu.sh: hidiffusion_*, elastic*), run whole on the CPU
+at the smallest widths: a script that breaks must break here, not in a GPU session's 15 minutes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(path: str, *args: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, str(ROOT / path), *args], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_hidiffusion_speed_matches_the_official_package_on_both_architectures(tmp_path):
+    out = tmp_path / "h.json"
+    run_script("benchmarks/hidiffusion_speed/hidiffusion_speed.py", "--archs", "sd15", "sdxl", "--width-div", "16",
+               "--steps", "1", "--repeats", "1", "--sd15-scale", "2", "--sdxl-scale", "2", "--json", str(out))
+    results = json.loads(out.read_text())["results"]
+    assert [r["architecture"] for r in results] == ["sd15", "sdxl"]
+    for r in results:
+        assert set(r["median_seconds"]) == {"direct", "anysize", "official"}
+        assert all(s > 0 for s in r["median_seconds"].values())
+        assert r["max_abs_diff_vs_official"] <= 1e-5, r
+
+
+def test_elastic_speed_rows_and_agreement_with_the_official_loop(tmp_path):
+    out = tmp_path / "e.json"
+    run_script("benchmarks/elastic_speed/elastic_speed.py", "--archs", "sd2.1", "--width-div", "16", "--sd21-size",
+               "128x64", "--steps", "1", "--repeats", "1", "--no-multidiffusion", "--official-vb", "1", "16",
+               "--json", str(out))
+    (result,) = json.loads(out.read_text())["results"]
+    rows = {r["method"]: r for r in result["rows"]}
+    assert list(rows) == ["direct", "elastic", "elastic (official loop, vb 1)", "elastic (official loop, vb 16)"]
+    assert rows["direct"]["evals_per_step"] == 2
+    # equal settings: the same evaluations per step in every elastic candidate, and the same latents
+    assert len({r["evals_per_step"] for m, r in rows.items() if m != "direct"}) == 1
+    assert result["max_abs_diff_elastic_vs_official_loop"] <= 1e-4
