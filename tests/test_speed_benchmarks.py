@@ -43,3 +43,18 @@ def test_elastic_speed_rows_and_agreement_with_the_official_loop(tmp_path):
     # equal settings: the same evaluations per step in every elastic candidate, and the same latents
     assert len({r["evals_per_step"] for m, r in rows.items() if m != "direct"}) == 1
     assert result["max_abs_diff_elastic_vs_official_loop"] <= 1e-4
+
+
+def test_compile_speed_rows_per_method_and_variant(tmp_path):
+    # eager kernels only: a compiled variant takes minutes per shape on a CPU (tests/test_compile.py checks it)
+    out = tmp_path / "c.json"
+    run_script("benchmarks/compile_speed/compile_speed.py", "--arch", "toy", "--reduced", "--size", "native",
+               "--methods", "direct", "fstd", "--steps", "1", "--repeats", "1", "--variants", "eager/math",
+               "--out", str(out))
+    rows = json.loads(out.read_text())["results"]
+    # eager/auto is the reference every variant is compared with
+    assert [(r["method"], r["variant"]) for r in rows] == [
+        ("direct", "eager/auto"), ("direct", "eager/math"), ("fstd", "eager/auto"), ("fstd", "eager/math")]
+    assert all(r["seconds"] > 0 and r["graphs"] == 0 for r in rows)
+    assert all(r["max_abs_diff"] == 0 for r in rows if r["variant"] == "eager/auto")
+    assert all(0 <= r["max_abs_diff"] <= 1e-3 for r in rows)
