@@ -18,7 +18,7 @@
 #             bench_sdxl
 #   followup  the second, shorter call of 2026-11-30: hidiffusion_fair composition_512 elastic_512
 #   next      the GPU checks still pending after 2026-11-30, in order of importance, for the next
-#             session that is lent a GPU (about 8 minutes on an H200, plus the machine's start):
+#             session that is lent a GPU (about 10 minutes on an H200, plus the machine's start):
 #             1. hidiffusion_fair: HiDiffusion vs the official package after the change that stopped
 #                reading the device-side timestep at every U-Net call (SDXL was 3 % slower than the
 #                package before it; issue 6);
@@ -28,6 +28,7 @@
 #                -- both also after b398ed3, which removed every per-step host/device wait of the
 #                methods (benchmarks/host_syncs/README.md);
 #             3. scalediff: ScaleDiff's NPA vs full attention at full depth (scalediff_speed.py --gpu).
+#             4. peers_4096: scalediff / demofusion seconds at SDXL 4096² in one run (the paper: 8.9x faster).
 #   field     issue 22's comparison table of the field on the toy world, every registered method at n = 64
 #             (field_2x: 2x the side and 2:1 / 1:2; field_4x: 4x the side), and the speed ratios of the
 #             peers on SDXL at 2x the side in one alternating run (bench_peers); about 11 minutes.
@@ -47,11 +48,11 @@ set -u
 # name, default limit (s), command ("$RES" is where result files go)
 
 PARTS=(hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096 bench_sdxl hidiffusion_fair composition_512
-       elastic_512 elastic_vb scalediff field_2x field_4x bench_peers network_share memory_8192 upscale_16384 headline
+       elastic_512 elastic_vb scalediff peers_4096 field_2x field_4x bench_peers network_share memory_8192 upscale_16384 headline
        compile sdpa compile_hidiffusion)
 SET_run="hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096 bench_sdxl"
 SET_followup="hidiffusion_fair composition_512 elastic_512"
-SET_next="hidiffusion_fair elastic_vb scalediff"
+SET_next="hidiffusion_fair elastic_vb scalediff peers_4096"
 SET_field="field_2x field_4x bench_peers"
 SET_perf="network_share memory_8192 upscale_16384 headline"
 SET_compile="compile sdpa compile_hidiffusion"
@@ -61,7 +62,7 @@ limit_of() {
   case $1 in
     hidiffusion_2048) echo 110 ;; elastic) echo 170 ;; arad) echo 90 ;; bench_sd15) echo 70 ;;
     hidiffusion_4096) echo 70 ;; bench_sdxl) echo 50 ;; hidiffusion_fair) echo 100 ;; composition_512) echo 45 ;;
-    elastic_512) echo 35 ;; elastic_vb) echo 200 ;; scalediff) echo 150 ;;
+    elastic_512) echo 35 ;; elastic_vb) echo 200 ;; scalediff) echo 150 ;; peers_4096) echo 150 ;;
     field_2x) echo 200 ;; field_4x) echo 330 ;; bench_peers) echo 120 ;;
     network_share) echo 130 ;; memory_8192) echo 170 ;; upscale_16384) echo 160 ;; headline) echo 140 ;;
     compile) echo 420 ;; sdpa) echo 180 ;; compile_hidiffusion) echo 360 ;;
@@ -104,6 +105,12 @@ command_of() {
 --steps 4 --repeats 1 --no-multidiffusion --official-vb 1 16 --json $RES/elastic_vb.json" ;;
     # ScaleDiff's NPA vs full attention vs MultiDiffusion windows at full depth, 2048² and 4096²
     scalediff) echo "python3 benchmarks/scalediff_speed/scalediff_speed.py --gpu --out $RES/scalediff_speed_gpu.md" ;;
+    # issue 23.3: scalediff / demofusion seconds at SDXL 4096² in one alternating run (ScaleDiff's paper: 8.9x
+    # faster); 10 steps a stage, the released VAE layout (scalediff decodes and re-encodes between stages,
+    # demofusion upsamples latents and decodes once)
+    peers_4096) echo "python3 -m anysize bench --arch sdxl --size 4096x4096 --no-baseline --versus scalediff:demofusion \
+--steps 10 --repeats 1 --warmup 1 --warmup-steps 2 --vae released --device cuda --dtype bf16 \
+--out $RES/bench_gpu_sdxl_4096_peers.json" ;;
     # issue 22: every registered method on the toy world, n = 64 per cell (the field's comparison table)
     field_2x) echo "python3 -m anysize eval composition --method all --size 256x256 256x128 128x256 --n 64 --batch 16 \
 --device cuda --out $RES/field_2x_n64.json -q" ;;
