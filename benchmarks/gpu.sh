@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU benchmark driver: every GPU figure in benchmarks/ comes from one of its parts.
 #
-#   bash benchmarks/gpu.sh OUTDIR [PART|SET ...]     # default: next
+#   bash benchmarks/gpu.sh OUTDIR [PART|SET ...]     # default: field
 #   bash benchmarks/gpu.sh --list                     # parts, their limits and commands, and the sets
 #
 # Runs on a machine with one CUDA GPU, torch and transformers installed, from the repository root.
@@ -17,21 +17,21 @@
 #   run       the first GPU call of 2026-11-30: hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096
 #             bench_sdxl
 #   followup  the second, shorter call of 2026-11-30: hidiffusion_fair composition_512 elastic_512
-#   next      the GPU checks still pending after 2026-11-30, in order of importance, for the next
-#             session that is lent a GPU (about 10 minutes on an H200, plus the machine's start):
-#             1. hidiffusion_fair: HiDiffusion vs the official package after the change that stopped
-#                reading the device-side timestep at every U-Net call (SDXL was 3 % slower than the
-#                package before it; issue 6);
+#   next      issue 23's goals 1-3, in order of importance (limits 580 s):
+#             1. hidiffusion_fair, hidiffusion_fair_4096: HiDiffusion vs the official package at SD 1.5 and
+#                SDXL 2048², and SDXL 4096², whole-run warm-ups and alternating order, after the change
+#                that stopped reading the device-side timestep at every U-Net call (SDXL was 3 % slower
+#                than the package before it at 2048², 5 % at 4096² in a fixed-order run);
 #             2. elastic_vb: Elastic vs the official loop structure at generate_image()'s own
 #                view_batch_size 1 as well as the CLI's 16 (issue 7's 3x goal was measured against 16
 #                only);
 #                -- both also after b398ed3, which removed every per-step host/device wait of the
 #                methods (benchmarks/host_syncs/README.md);
-#             3. scalediff: ScaleDiff's NPA vs full attention at full depth (scalediff_speed.py --gpu).
-#             4. peers_4096: scalediff / demofusion seconds at SDXL 4096² in one run (the paper: 8.9x faster).
+#             3. peers_4096: scalediff / demofusion seconds at SDXL 4096² in one run (the paper: 8.9x faster).
 #   field     issue 22's comparison table of the field on the toy world, every registered method at n = 64
 #             (field_2x: 2x the side and 2:1 / 1:2; field_4x: 4x the side), and the speed ratios of the
-#             peers on SDXL at 2x the side in one alternating run (bench_peers); about 11 minutes.
+#             peers on SDXL at 2x the side in one alternating run (bench_peers); limits 650 s, about 11
+#             minutes expected: it closes issue 22, so it goes first.
 #   perf      issue 23's GPU goals 4, 5 and 7 on the SDXL architecture (random weights, the released VAE
 #             layout): the share of wall time inside the denoiser and the VAE for every method at 2048²
 #             (network_share), the CUDA allocator peak of an 8192² image with fstd, multidiffusion,
@@ -39,30 +39,35 @@
 #             headline: scalediff at 4096², 50 steps (headline); limits 600 s in all, about 5 minutes
 #             expected on an H200 (benchmarks/README.md says how that was estimated).
 #   compile   issue 23's goal 6 on SDXL at 2048², bf16: --compile vs eager for direct and fstd (compile), the
-#             SDPA kernels eager for direct, hidiffusion and fstd (sdpa), --compile with hidiffusion
-#             (compile_hidiffusion, ~38 graphs); limits 960 s: more than one session's device time, so
-#             run compile and sdpa first and compile_hidiffusion in another session.
+#             SDPA kernels eager for direct, hidiffusion and fstd (sdpa); limits 600 s.
+#   final     the rest of issue 23: ScaleDiff's NPA vs full attention at full depth (scalediff,
+#             scalediff_speed.py --gpu; goal 3) and --compile with hidiffusion (compile_hidiffusion, its
+#             patches' phases make ~38 graphs; goal 6); limits 510 s.
+#
+# Each set fits one session's 15 device minutes with the machine's start; run them in the order
+# field, next, perf, compile, final.
 set -u
 
 # ------------------------------------------------------------------------------------------ the parts
 # name, default limit (s), command ("$RES" is where result files go)
 
 PARTS=(hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096 bench_sdxl hidiffusion_fair composition_512
-       elastic_512 elastic_vb scalediff peers_4096 field_2x field_4x bench_peers network_share memory_8192 upscale_16384 headline
+       elastic_512 elastic_vb scalediff hidiffusion_fair_4096 peers_4096 field_2x field_4x bench_peers network_share memory_8192 upscale_16384 headline
        compile sdpa compile_hidiffusion)
 SET_run="hidiffusion_2048 elastic arad bench_sd15 hidiffusion_4096 bench_sdxl"
 SET_followup="hidiffusion_fair composition_512 elastic_512"
-SET_next="hidiffusion_fair elastic_vb scalediff peers_4096"
+SET_next="hidiffusion_fair hidiffusion_fair_4096 elastic_vb peers_4096"
 SET_field="field_2x field_4x bench_peers"
 SET_perf="network_share memory_8192 upscale_16384 headline"
-SET_compile="compile sdpa compile_hidiffusion"
-SETS=(run followup next field perf compile)
+SET_compile="compile sdpa"
+SET_final="scalediff compile_hidiffusion"
+SETS=(run followup next field perf compile final)
 
 limit_of() {
   case $1 in
     hidiffusion_2048) echo 110 ;; elastic) echo 170 ;; arad) echo 90 ;; bench_sd15) echo 70 ;;
     hidiffusion_4096) echo 70 ;; bench_sdxl) echo 50 ;; hidiffusion_fair) echo 100 ;; composition_512) echo 45 ;;
-    elastic_512) echo 35 ;; elastic_vb) echo 200 ;; scalediff) echo 150 ;; peers_4096) echo 150 ;;
+    elastic_512) echo 35 ;; elastic_vb) echo 200 ;; scalediff) echo 150 ;; hidiffusion_fair_4096) echo 130 ;; peers_4096) echo 150 ;;
     field_2x) echo 200 ;; field_4x) echo 330 ;; bench_peers) echo 120 ;;
     network_share) echo 130 ;; memory_8192) echo 170 ;; upscale_16384) echo 160 ;; headline) echo 140 ;;
     compile) echo 420 ;; sdpa) echo 180 ;; compile_hidiffusion) echo 360 ;;
@@ -105,6 +110,9 @@ command_of() {
 --steps 4 --repeats 1 --no-multidiffusion --official-vb 1 16 --json $RES/elastic_vb.json" ;;
     # ScaleDiff's NPA vs full attention vs MultiDiffusion windows at full depth, 2048² and 4096²
     scalediff) echo "python3 benchmarks/scalediff_speed/scalediff_speed.py --gpu --out $RES/scalediff_speed_gpu.md" ;;
+    # issue 23.1 at SDXL 4096², the fair way (whole-run warm-ups, alternating order; 2026-11-30's 4096² run was not)
+    hidiffusion_fair_4096) echo "python3 benchmarks/hidiffusion_speed/hidiffusion_speed.py --device cuda --dtype bf16 \
+--width-div 1 --archs sdxl --sdxl-scale 4 --steps 10 --repeats 2 --warmup-steps 0 --json $RES/hidiffusion_fair_4096.json" ;;
     # issue 23.3: scalediff / demofusion seconds at SDXL 4096² in one alternating run (ScaleDiff's paper: 8.9x
     # faster); 10 steps a stage, the released VAE layout (scalediff decodes and re-encodes between stages,
     # demofusion upsamples latents and decodes once)
@@ -164,10 +172,10 @@ if [ "${1:-}" = "--list" ]; then
   done
   exit 0
 fi
-OUT_DIR=${1:?usage: gpu.sh OUTDIR [PART|SET ...] (default: next), or gpu.sh --list}
+OUT_DIR=${1:?usage: gpu.sh OUTDIR [PART|SET ...] (default: field), or gpu.sh --list}
 shift
 selected=()
-for name in "${@:-next}"; do
+for name in "${@:-field}"; do
   set_var="SET_$name"
   if [ -n "${!set_var:-}" ]; then
     selected+=(${!set_var})
