@@ -149,3 +149,29 @@ def test_every_family_and_the_shipped_model_pass(tmp_path):
 def test_intact_folder_still_loads(folder):
     adapter = anysize.load(folder)
     assert adapter.family == "sd1" and adapter.source == str(folder)
+
+
+def test_loading_shows_no_library_bars_or_torchvision_notice(folder, capfd):
+    import logging
+
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    anysize.load(folder)
+    err = capfd.readouterr().err
+    assert "Loading pipeline components" not in err and "Loading weights" not in err, err
+    # the libraries' own settings are as they were (on: their default) for the user's other loads
+    assert diffusers_logging.is_progress_bar_enabled() and transformers_logging.is_progress_bar_enabled()
+    # transformers warns once per process, so the filter is checked on its logger directly
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("transformers.utils.import_utils")
+    logger.addHandler(handler)
+    try:
+        logger.warning("`CLIPImageProcessor` requires torchvision (not installed); falling back to "
+                       "`CLIPImageProcessorPil` for backward compatibility.")
+        logger.warning("another notice")
+    finally:
+        logger.removeHandler(handler)
+    assert seen == ["another notice"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +17,37 @@ from .sd import SD2Adapter, SDAdapter, SDX4UpscalerAdapter
 from .sdxl import SDXLAdapter
 
 torch = lazy_module("torch")
+
+
+class _NoTorchvisionFallbackNotice(logging.Filter):
+    """transformers >= 5 warns, on every load of a pipeline that lists an image processor, that the
+    processor falls back to its PIL backend without torchvision. anysize never runs those processors
+    (safety-checker and IP-adapter inputs), so the notice only buries the run's own output."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionFallbackNotice())
+
+
+@contextlib.contextmanager
+def _quiet_component_bars():
+    """No "Loading pipeline components" / "Loading weights" bars of diffusers and transformers while a
+    pipeline loads (a run shows one bar of its own; the hub's download bars are not affected)."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    were = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if were[0]:
+            diffusers_logging.enable_progress_bar()
+        if were[1]:
+            transformers_logging.enable_progress_bar()
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     "sd1": SDAdapter,
@@ -163,10 +196,11 @@ def load(
     else:
         _check_reachable(str(model), local_files_only)
     try:
-        pipe = DiffusionPipeline.from_pretrained(
-            str(path) if looks_local else str(model), torch_dtype=torch_dtype, variant=variant,
-            local_files_only=bool(local_files_only),
-        )
+        with _quiet_component_bars():
+            pipe = DiffusionPipeline.from_pretrained(
+                str(path) if looks_local else str(model), torch_dtype=torch_dtype, variant=variant,
+                local_files_only=bool(local_files_only),
+            )
     except (OSError, ValueError, EnvironmentError) as e:
         raise ModelLoadError(f"cannot load {model!s} as a diffusers pipeline: {e}") from e
     if offload == "model":
