@@ -22,6 +22,7 @@ from anysize.tiling_grids import overlap_origins
 from _tiling_helpers import generate_latents, spy_windows
 
 UNETS = ["sd1", "sd2", "sdxl"]
+DITS = ["sd3", "flux"]
 STEPS = 2
 
 
@@ -42,7 +43,7 @@ def gen(adapter, method="demofusion", **kw):
     return generate_latents(adapter, method, **kw)
 
 
-@pytest.mark.parametrize("family", UNETS)
+@pytest.mark.parametrize("family", UNETS + DITS)
 def test_native_size_and_below_is_direct(adapters, family):
     adapter = adapters(family)
     for h, w in ((128, 128), (96, 128)):
@@ -148,9 +149,9 @@ def test_bad_options_and_families(adapters, tiny):
         assert words in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(InvalidArgumentError, match="stride 32 is larger than the local view"):
         gen(adapters("sd1"), h=256, w=256, stride=32)
-    for family in ("sd3", "flux"):
-        with pytest.raises(InvalidArgumentError, match=f"supports sd1, sd2, sdxl, not {family}"):
-            gen(adapt(tiny(family), native_size=16), h=256, w=256)
+    with pytest.raises(InvalidArgumentError, match=r"stride 7 must be a multiple of 2 latent pixels for flux \(its token grid\)$"):
+        gen(adapters("flux"), h=256, w=256, stride=7)
+    assert gen(adapters("sd1"), h=256, w=256, stride=7, steps=1).latents.isfinite().all()  # any stride on a U-Net
 
 
 def test_defaults_are_the_officials(adapters):
@@ -180,6 +181,62 @@ def test_jitter_moves_border_views_outward_only():
     assert (first, middle, last) == ({-2, -1, 0}, {-2, -1, 0, 1, 2}, {0, 1, 2})
     state = g.get_state()
     assert df.axis_jitter(g, 0, 16, 16, 2) == 0 and torch.equal(g.get_state(), state)  # no draw
+
+
+def test_jitter_in_patch_units_on_a_dit():
+    g = torch.Generator().manual_seed(0)
+    first = {df.axis_jitter(g, 0, 16, 40, 4, 2) for _ in range(200)}
+    middle = {df.axis_jitter(g, 8, 24, 40, 4, 2) for _ in range(200)}
+    last = {df.axis_jitter(g, 24, 40, 40, 4, 2) for _ in range(200)}
+    assert (first, middle, last) == ({-4, -2, 0}, {-4, -2, 0, 2, 4}, {0, 2, 4})
+    state = g.get_state()
+    assert df.axis_jitter(g, 8, 24, 40, 1, 2) == 0 and torch.equal(g.get_state(), state)  # under a patch: no draw
+
+
+@pytest.mark.parametrize("family", DITS)
+@pytest.mark.parametrize("h,w", [(256, 256), (208, 320), (384, 256)])  # 2x; 26x40 latent (2.5x, odd halves); 3x by 2x
+def test_dit_views_sit_on_the_token_grid(adapters, family, h, w):
+    adapter = adapters(family)
+    method = methods.create("demofusion")
+    sizes = method.phase_sizes(adapter, h // 8, w // 8)
+    steps, shapes = [], []
+    predict = adapter.predict
+
+    def record(x, t, embeds, window=None, **k):
+        shapes.append((tuple(x.shape[-2:]), window))
+        return predict(x, t, embeds, window, **k)
+
+    adapter.predict = record
+    try:
+        res = gen(adapter, h=h, w=w, callback=lambda info: steps.append((info.stage, len(shapes))))
+    finally:
+        del adapter.predict
+    assert res.latents.shape[-2:] == (h // 8, w // 8) and torch.isfinite(res.latents).all()
+    windows = [x for _, win in shapes for x in (win if isinstance(win, list) else [win]) if x is not None]
+    assert windows and all(v % 2 == 0 for x in windows for v in (x.top, x.left, x.height, x.width, *x.canvas))
+    assert all(a % 2 == 0 and b % 2 == 0 and a <= 16 and b <= 16 for (a, b), _ in shapes)
+    # the jitter moves views off the plain grid, in whole tokens (the positions above are all even)
+    moved = False
+    for size in sizes[1:]:
+        (th, tw), (sh, sw), (jh, jw) = method.views(adapter, *size)
+        assert jh % 2 == 0 and jw % 2 == 0 and (jh, jw) != (0, 0)
+        plain = {(jh + r, jw + c) for r in overlap_origins(size[0], th, sh) for c in overlap_origins(size[1], tw, sw)}
+        local = [x for x in windows if x.canvas == (size[0] + 2 * jh, size[1] + 2 * jw)]
+        assert local
+        moved |= any((x.top, x.left) not in plain for x in local)
+    assert moved
+    # network samples per step of each phase: (local views + s²), x2 with CFG (SD3; FLUX's guidance is embedded)
+    cfg = 2 if family == "sd3" else 1
+    with spy_windows(adapter) as seen:
+        gen(adapter, h=h, w=w, steps=1, callback=lambda info: steps.append(("count", sum(n for _, _, n in seen))))
+    counts = [n for stage, n in steps if stage == "count"]
+    per_phase = [b - a for a, b in zip([0] + counts, counts)]
+    expected = [cfg]
+    for size in sizes[1:]:
+        (th, tw), (sh, sw), _ = method.views(adapter, *size)
+        local = len(overlap_origins(size[0], th, sh)) * len(overlap_origins(size[1], tw, sw))
+        expected.append((local + method.dilation(adapter, size) ** 2) * cfg)
+    assert per_phase == expected
 
 
 def test_local_views_cover_the_canvas_and_jitter_without_it(adapters, monkeypatch):

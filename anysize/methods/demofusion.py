@@ -26,11 +26,19 @@ scale)`` doublings, as ScaleDiff's stages). A phase's dilation ``s`` is its scal
 size (rounded up when the last phase is not an integer multiple). Network calls per step of a phase: (local views + s²) per image (×2 with CFG), grouped
 ``view_batch_size`` views per call.
 
-Families: the U-Nets (sd1, sd2, sdxl). Every part would apply to SD3 and FLUX too (the re-noising,
-skip residual and mixing are scheduler-space arithmetic; local views are windows, which the DiT
-adapters take with their positions; the dilated views are native-size images), but a DiT's views
-must sit on its 2-px token grid (even jitter, padding to a multiple of 2s) and its flow shift
-pinned per phase, none of which is checked against anything yet, so they are refused.
+Families: all five. Every part applies to SD3 and FLUX as to the U-Nets: the re-noising, skip
+residual and mixing are arithmetic on the scheduler's own x0 ↔ state conversion (flow: ``z_t =
+(1 − σ)·z + σ·n``, and ``cf`` reads the flow timestep σ·T), the local views are windows, which the
+DiT adapters take with their canvas positions (FLUX's RoPE ids, SD3's slice of its position table),
+and the dilated views are native-size images. A DiT's windows must sit on its 2-latent-px token
+grid, so there the stride, the jitter and its border are multiples of the patch (the jitter drawn in
+patch units) and the dilated canvas is padded to a multiple of ``p·s`` so that every sub-grid is
+whole tokens (p = 1 on the U-Nets: nothing changes there). Every phase after the first runs the
+schedule of the native size, also where a flow model shifts its schedule by resolution (FLUX): each
+network input is a native-size view, so the native shift is the one its training matches; phase 1
+is plain generation at its own size. There is no official DiT code to compare with (the official
+pipeline is SDXL's): the DiT runs are held to the method contract and to the token-grid and
+call-count tests of ``tests/test_demofusion.py``.
 
 Checked against the official code (PRIS-CV/DemoFusion ``pipeline_demofusion_sdxl.py`` at 5024487)
 in ``benchmarks/demofusion_fidelity``: with its noise and jitter pinned, every phase's latents agree
@@ -68,8 +76,10 @@ out). Deliberate differences, each with a test in ``tests/test_demofusion.py``:
   the library's output path.
 * ``sigma`` defaults to 0.8, the value of the official README and demos (the pipeline's signature
   says 1.0) (test_defaults_are_the_officials).
-* SD 1.x/2.x are supported (official: SDXL only); ``progression="doubling"`` and ``jitter=false``
-  are additions (test_doubling_progression, test_local_views_cover_the_canvas_and_jitter_without_it).
+* SD 1.x/2.x, SD3 and FLUX are supported (official: SDXL only;
+  test_native_size_and_below_is_direct, test_dit_views_sit_on_the_token_grid);
+  ``progression="doubling"`` and ``jitter=false`` are additions (test_doubling_progression,
+  test_local_views_cover_the_canvas_and_jitter_without_it).
 * ControlNet (not in the official code): a jittered view gets the crop of the control image under
   it (none in the zero border), a dilated view the control blocks of the latent pixels it samples,
   each phase the original image resized to its canvas
@@ -151,14 +161,15 @@ def draw_jitter(generator, low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, (1,), generator=generator))
 
 
-def axis_jitter(generator, start: int, end: int, length: int, limit: int) -> int:
+def axis_jitter(generator, start: int, end: int, length: int, limit: int, unit: int = 1) -> int:
     """A view's jitter along one axis, as the official code draws it: a view at a border only moves
     out, into the zero border, so the border stays covered (a view at both borders does not move,
-    and draws nothing)."""
+    and draws nothing). ``unit``: the jitter is a multiple of it (a DiT's patch; ``limit`` is one too)."""
     first, last = start == 0, end == length
-    if first and last or limit == 0:
+    reach = limit // unit
+    if first and last or reach == 0:
         return 0
-    return draw_jitter(generator, 0 if last else -limit, 0 if first else limit)
+    return unit * draw_jitter(generator, 0 if last else -reach, 0 if first else reach)
 
 
 def gaussian_smooth(x: Tensor, size: int, std: float) -> Tensor:
@@ -186,7 +197,7 @@ class DemoFusion(Method):
     name = "demofusion"
     summary = "progressive upscaling with skip residuals, jittered local views and dilated sampling (DemoFusion)"
     Options = DemoFusionOptions
-    families = ("sd1", "sd2", "sdxl")
+    families = ("sd1", "sd2", "sdxl", "sd3", "flux")
     refines = False  # its phases start from its own native-size first phase
 
     @classmethod
@@ -211,18 +222,24 @@ class DemoFusion(Method):
         return max(1, math.ceil(cascade_scale(adapter, *size) - 1e-6))
 
     def views(self, adapter, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int], tuple[int, int]]:
-        """((window h, w), (stride h, w), (jitter range h, w)) of the local views, in latent px."""
+        """((window h, w), (stride h, w), (jitter range h, w)) of the local views, in latent px, all
+        multiples of the token patch (1 on the U-Nets)."""
+        p = latent_patch(adapter)
         th, tw = tile_size(adapter, None, height, width, "window")
         stride = self.options.stride
         if stride is None:
-            strides = (max(1, th // 2), max(1, tw // 2))
+            strides = (max(p, th // 2 // p * p), max(p, tw // 2 // p * p))
         else:
             if stride > min(th, tw):
                 raise InvalidArgumentError(f"demofusion stride {stride} is larger than the local view "
                                            f"({th}x{tw} latent px): pixels would be skipped")
+            if stride % p:
+                raise InvalidArgumentError(f"demofusion stride {stride} must be a multiple of {p} latent pixels "
+                                           f"for {adapter.family} (its token grid)")
             strides = (stride, stride)
-        ranges = ((th - strides[0]) // 4, (tw - strides[1]) // 4) if self.options.jitter else (0, 0)
-        return (th, tw), strides, ranges
+        if not self.options.jitter:
+            return (th, tw), strides, (0, 0)
+        return (th, tw), strides, ((th - strides[0]) // 4 // p * p, (tw - strides[1]) // 4 // p * p)
 
     def geometry(self, adapter, height: int, width: int) -> list[tuple[int, int]]:
         sizes = self.phase_sizes(adapter, height, width)
@@ -285,12 +302,13 @@ class DemoFusion(Method):
         padded = F.pad(x_in, (jw, jw, jh, jh))  # the jitter may move a border view into zeros
         canvas = (h + 2 * jh, w + 2 * jw)
         places = [(r, c) for r in overlap_origins(h, th, sh) for c in overlap_origins(w, tw, sw)]
+        p = latent_patch(ctx.adapter)
         windows = []
         for i in range(b):
             gen = phase.jitter_generators[i]
             for r, c in places:
-                dx = axis_jitter(gen, c, c + tw, w, jw)  # the official order: across, then down
-                dy = axis_jitter(gen, r, r + th, h, jh)
+                dx = axis_jitter(gen, c, c + tw, w, jw, p)  # the official order: across, then down
+                dy = axis_jitter(gen, r, r + th, h, jh, p)
                 windows.append(ImageWindow(i, Window(r + dy + jh, c + dx + jw, th, tw, canvas)))
         weights = {(th, tw): fusion_weights(th, tw, "uniform", device=x_in.device)}
         num, den = fuse(ctx, padded, windows, self.options.view_batch_size * b, weights, frame=(jh, jw))
@@ -299,8 +317,9 @@ class DemoFusion(Method):
     def dilated_views(self, ctx: StepContext, x_in: Tensor, s: int, std: float) -> Tensor:
         """Dilated sampling: the guided outputs of the s² smoothed sub-grids, put back in place."""
         b, c, h, w = x_in.shape
-        ph, pw = -h % s, -w % s
-        padded = F.pad(x_in, (pw, 0, ph, 0))  # to a multiple of s, at the top/left
+        unit = s * latent_patch(ctx.adapter)  # every sub-grid whole tokens on a DiT
+        ph, pw = -h % unit, -w % unit
+        padded = F.pad(x_in, (pw, 0, ph, 0))  # to a multiple of s (p·s), at the top/left
         smooth = gaussian_smooth(padded, 2 * s - 1, std)
         grids = [(dy, dx) for dy in range(s) for dx in range(s)]
         out = torch.zeros(padded.shape, device=x_in.device, dtype=torch.float32)
