@@ -197,7 +197,6 @@ class DemoFusion(Method):
     name = "demofusion"
     summary = "progressive upscaling with skip residuals, jittered local views and dilated sampling (DemoFusion)"
     Options = DemoFusionOptions
-    families = ("sd1", "sd2", "sdxl", "sd3", "flux")
     refines = False  # its phases start from its own native-size first phase
 
     @classmethod
