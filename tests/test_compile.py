@@ -68,8 +68,8 @@ def _run(adapter, method="direct", size=NATIVE, **kw):
                             output_type="latent", progress=False, **kw)
 
 
-def _close(a, b):
-    return (a.images - b.images).abs().max().item() <= 1e-5
+def _close(a, b, tol=1e-5):
+    return (a.images - b.images).abs().max().item() <= tol
 
 
 # ------------------------------------------------------------------------------------------ settings
@@ -116,7 +116,9 @@ def test_sdpa_math_and_flash_match_the_default_and_are_recorded(small, tmp_path)
     for name in ("math", "flash"):
         adapter.set_runtime(sdpa=name)
         out = _run(adapter)
-        assert _close(out, ref), name
+        # another kernel rounds the softmax differently: 7.6e-6 alone, above 1e-5 in a loaded xdist
+        # worker, on latents up to 6.5 in size (the flash kernel is the CPU default: 0 there)
+        assert _close(out, ref, tol=1e-4), name
         assert out.config["runtime"] == {"compile": False, "sdpa": name}
     adapter.set_runtime(sdpa="auto")
     assert torch.equal(_run(adapter).images, ref.images)  # back to exactly the default path
