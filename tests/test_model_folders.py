@@ -151,17 +151,28 @@ def test_intact_folder_still_loads(folder):
     assert adapter.family == "sd1" and adapter.source == str(folder)
 
 
-def test_loading_shows_no_library_bars_or_torchvision_notice(folder, capfd):
+def test_loading_shows_no_library_bars_or_torchvision_notice(folder, capfd, monkeypatch):
     import logging
 
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
+    from huggingface_hub import utils as hub_utils
+
+    import diffusers
+
+    hub_during = []
+    original = diffusers.DiffusionPipeline.from_pretrained
+    monkeypatch.setattr(diffusers.DiffusionPipeline, "from_pretrained", lambda *a, **k: (
+        hub_during.append(hub_utils.are_progress_bars_disabled()), original(*a, **k))[1])
+    hub_off = hub_utils.are_progress_bars_disabled()
     anysize.load(folder)
     err = capfd.readouterr().err
     assert "Loading pipeline components" not in err and "Loading weights" not in err, err
-    # the libraries' own settings are as they were (on: their default) for the user's other loads
+    # the libraries' own settings are as they were (on: their default) for the user's other loads, and a
+    # download during the load keeps the hub's bar
     assert diffusers_logging.is_progress_bar_enabled() and transformers_logging.is_progress_bar_enabled()
+    assert hub_during == [hub_off] and hub_utils.are_progress_bars_disabled() == hub_off
     # transformers warns once per process, so the filter is checked on its logger directly
     seen = []
     handler = logging.Handler()

@@ -34,13 +34,21 @@ logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionFal
 @contextlib.contextmanager
 def _quiet_component_bars():
     """No "Loading pipeline components" / "Loading weights" bars of diffusers and transformers while a
-    pipeline loads (a run shows one bar of its own; the hub's download bars are not affected)."""
+    pipeline loads (a run shows one bar of its own). The hub's download bars stay as they were:
+    transformers' switch also turns those off and on, so their state is put back each time."""
     from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as transformers_logging
 
+    def keep_hub_bars(disabled: bool) -> None:
+        if hub_utils.are_progress_bars_disabled() != disabled:
+            (hub_utils.disable_progress_bars if disabled else hub_utils.enable_progress_bars)()
+
+    hub_off = hub_utils.are_progress_bars_disabled()
     were = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
     diffusers_logging.disable_progress_bar()
     transformers_logging.disable_progress_bar()
+    keep_hub_bars(hub_off)  # a download still shows its bar
     try:
         yield
     finally:
@@ -48,6 +56,7 @@ def _quiet_component_bars():
             diffusers_logging.enable_progress_bar()
         if were[1]:
             transformers_logging.enable_progress_bar()
+        keep_hub_bars(hub_off)
 
 ADAPTERS: dict[str, type[ModelAdapter]] = {
     "sd1": SDAdapter,
