@@ -1,5 +1,5 @@
-"""The speed benchmarks of the GPU parts (benchmarks/gpu.sh: hidiffusion_*, elastic*), run whole on the CPU
-at the smallest widths: a script that breaks must break here, not in a GPU session's 15 minutes."""
+"""The speed benchmarks of the GPU parts (benchmarks/gpu.sh: hidiffusion_*, elastic*, compile*, scalediff), run
+whole on the CPU at the smallest widths: a script that breaks must break here, not in a GPU session's 15 minutes."""
 
 from __future__ import annotations
 
@@ -58,3 +58,16 @@ def test_compile_speed_rows_per_method_and_variant(tmp_path):
     assert all(r["seconds"] > 0 and r["graphs"] == 0 for r in rows)
     assert all(r["max_abs_diff"] == 0 for r in rows if r["variant"] == "eager/auto")
     assert all(0 <= r["max_abs_diff"] <= 1e-3 for r in rows)
+
+
+def test_scalediff_speed_rows_for_both_architectures(tmp_path):
+    # gpu.sh's scalediff part times FLUX as a whole network too (the CPU profile does not by default)
+    out = tmp_path / "s.md"
+    run_script("benchmarks/scalediff_speed/scalediff_speed.py", "--archs", "sdxl", "flux", "--image-archs",
+               "sdxl", "flux", "--scales", "2", "--native-attn", "8", "--native-image", "8", "--repeats", "1",
+               "--out", str(out))
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith(("| sdxl", "| flux"))]
+    assert [(r[0], r[3].split(" (")[0]) for r in rows] == [
+        ("| sdxl", "attention layer"), ("| sdxl", "whole network, 1 step(s)"),
+        ("| flux", "attention layer"), ("| flux", "whole network, 1 step(s)")]
+    assert all(float(x) > 0 for r in rows for x in r[4:7]), rows

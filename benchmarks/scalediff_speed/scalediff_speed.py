@@ -69,15 +69,16 @@ def md_attention(call, x: torch.Tensor, grid, win: int, extra=None):
     return (num / den).view(B, L, C)
 
 
-def attention_bench(arch: str, pipe, native: int, scale: int, repeats: int, device, dtype, text_tokens: int | None):
+def attention_bench(arch: str, adapter, native: int, scale: int, repeats: int, device, dtype, text_tokens: int | None):
     g = torch.Generator(device="cpu").manual_seed(0)
+    pipe = adapter.pipe
     if arch == "sdxl":
         attn = pipe.unet.down_blocks[1].attentions[0].transformer_blocks[0].attn1
         win = native // 2  # this block's map at the native size
         grid = (win * scale, win * scale)
         C = attn.to_q.in_features
         x = torch.randn(2, grid[0] * grid[1], C, generator=g).to(device, dtype)
-        patch = NPAPatch(pipe, window=native)
+        patch = NPAPatch(adapter, window=native)
 
         def full():
             return attn(x)
@@ -108,7 +109,7 @@ def attention_bench(arch: str, pipe, native: int, scale: int, repeats: int, devi
         rope = net.pos_embed(ids(0, 0, *grid))
         rows, cols = windows(grid, win)
         ropes = {(r, c): net.pos_embed(ids(r, c, win, win)) for r in rows for c in cols}
-        patch = NPAPatch(pipe, window=native)
+        patch = NPAPatch(adapter, window=native)
 
         def full():
             return attn(torch.cat([text, x], 1), image_rotary_emb=rope)[:, lt:]
@@ -190,7 +191,8 @@ def main(argv=None) -> int:
         adapter = adapt(pipe, native_size=native)
         print(describe(arch, reduced), flush=True)
         for s in a.scales:
-            t, grid, win, n_md, lt = attention_bench(arch, pipe, native_attn, s, a.repeats, device, dtype, a.text_tokens)
+            t, grid, win, n_md, lt = attention_bench(arch, adapter, native_attn, s, a.repeats, device, dtype,
+                                                     a.text_tokens)
             text = f" + {lt} text" if lt else ""
             row = (f"| {arch} | {s}x | {native_attn * s * 8}² px | attention layer ({grid[0]}x{grid[1]} tokens{text}, "
                    f"window {win}², {n_md} MD windows) | {t.median('full'):.3f} | {t.median('npa'):.3f} | "
