@@ -378,6 +378,25 @@ def test_bad_options_are_clear_errors(tiny, options, message):
             anysize.patch(adapter, "hidiffusion", **patch_options)
 
 
+def test_a_unet_without_the_patched_layers_is_refused_before_any_work():
+    # e.g. a 1-layer-per-block U-Net (anysize bench's reduced depth): no pair of attention layers to pool between
+    from anysize.builders import tiny_pipeline
+    from anysize.methods import create
+
+    pipe = tiny_pipeline("sd1")
+    pipe.unet.down_blocks[1].attentions = torch.nn.ModuleList(pipe.unet.down_blocks[1].attentions[:1])
+    adapter = adapt(pipe)
+    calls = []
+    pipe.unet.register_forward_pre_hook(lambda *a: calls.append(1))
+    message = "down_blocks.1 has fewer than 2 attention layers for the pool"
+    with pytest.raises(InvalidArgumentError, match=message):
+        create("hidiffusion").check(adapter, 256, 256, 4)  # what bench, eval and the front ends ask first
+    with pytest.raises(InvalidArgumentError, match=message):
+        anysize.generate(adapter, "a cat", width=256, height=256, method="hidiffusion", steps=2, progress=False)
+    assert calls == []
+    create("hidiffusion", raunet=False).check(adapter, 256, 256, 4)  # windowed attention alone needs no pool
+
+
 def test_bad_patch_targets_and_names(tiny):
     with pytest.raises(UnknownChoiceError, match="hidiffusion"):
         anysize.patch(tiny("sd1"), "deepshrink")

@@ -65,6 +65,7 @@ class HiDiffusion(Method):
 
     def check(self, adapter, height: int, width: int, steps: int | None = None) -> None:
         super().check(adapter, height, width, steps)
+        HiDiffusionPatch.check_layout(adapter, self.options)  # the options are the patch's settings too
         self.inner.check(adapter, height, width, steps)
 
     def session(self, request):

@@ -163,13 +163,10 @@ class HiDiffusionPatch(ReversiblePatch):
         self.unet, self.family = adapter.network, adapter.family
         self.native = tuple(adapter.native_latent_size)
         profile = FAMILY_PROFILES[self.family]
-        s = self.settings
         self.primary = profile["primary"]
-        self.rad_block = profile["rad_block"] if s.rad_block is None else s.rad_block
-        self.pool_block = profile["pool_block"] if s.pool_block is None else s.pool_block
-        self.window_block = profile["window_block"] if s.window_block is None else s.window_block
+        self.rad_block, self.pool_block, self.window_block = self._blocks(self.family, self.settings)
         self.profiles = profile["low"], profile["high"]
-        self._check_layout()
+        self.check_layout(adapter, self.settings)
         # per U-Net call
         self.latent_hw: tuple[int, int] | None = None
         self.rad_on = self.pool_on = self.windows_on = False
@@ -180,8 +177,19 @@ class HiDiffusionPatch(ReversiblePatch):
         self.log: list[tuple] = []
 
     # ------------------------------------------------------------------ layout
-    def _check_layout(self) -> None:
-        unet = self.unet
+    @staticmethod
+    def _blocks(family: str, settings: HiDiffusionSettings) -> tuple[int, int, int]:
+        """The RAD, pool and window block indices: the settings', else the family's."""
+        profile = FAMILY_PROFILES[family]
+        return tuple(profile[k] if getattr(settings, k) is None else getattr(settings, k)
+                     for k in ("rad_block", "pool_block", "window_block"))
+
+    @classmethod
+    def check_layout(cls, adapter, settings: HiDiffusionSettings) -> None:
+        """Refuse, before any work, a U-Net without the blocks the chosen parts patch (e.g. a
+        1-layer-per-block U-Net has no pair of attention layers to pool between)."""
+        unet = adapter.network
+        rad_block, pool_block, window_block = cls._blocks(adapter.family, settings)
         down, up = getattr(unet, "down_blocks", None), getattr(unet, "up_blocks", None)
         if down is None or up is None or len(down) != len(up):
             raise InvalidArgumentError("hidiffusion needs a U-Net with matching down_blocks and up_blocks")
@@ -191,18 +199,17 @@ class HiDiffusionPatch(ReversiblePatch):
             if not cond:
                 raise InvalidArgumentError(f"hidiffusion cannot patch this U-Net: {what}")
 
-        s = self.settings
-        if s.raunet:
-            b = self.rad_block
+        if settings.raunet:
+            b = rad_block
             need(b < n - 1 and getattr(down[b], "downsamplers", None), f"down_blocks.{b} has no down-sampler for RAD")
             need(isinstance(down[b].downsamplers[0].conv, nn.Conv2d) and down[b].downsamplers[0].conv.stride == (2, 2),
                  f"down_blocks.{b}.downsamplers.0.conv is not a stride-2 Conv2d")
-            p, q = self.pool_block, n - 1 - self.pool_block
+            p, q = pool_block, n - 1 - pool_block
             need(p < n and len(getattr(down[p], "attentions", ()) or ()) >= 2,
                  f"down_blocks.{p} has fewer than 2 attention layers for the pool")
             need(len(getattr(up[q], "attentions", ()) or ()) >= 2, f"up_blocks.{q} has fewer than 2 attention layers for the un-pool")
-        if s.msw_msa:
-            w, v = self.window_block, n - 1 - self.window_block
+        if settings.msw_msa:
+            w, v = window_block, n - 1 - window_block
             need(w < n and getattr(down[w], "attentions", None) and getattr(up[v], "attentions", None),
                  f"down_blocks.{w} / up_blocks.{v} have no attention layers for windowed attention")
 
