@@ -136,6 +136,34 @@ def test_network_share_on_the_toy_model(tmp_path, toy_once):
     assert no_hooks(toy_once.network, toy_once.vae.decoder) and "decode" not in vars(toy_once)
 
 
+def test_network_share_keeps_the_table_when_a_method_runs_out_of_memory(tmp_path, monkeypatch, toy_once):
+    ns = script("network_share")
+    real = ns.api.generate
+
+    def out_of_memory_for_fstd(*a, **k):
+        if k.get("method") == "fstd":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ns.api, "generate", out_of_memory_for_fstd)
+    out = tmp_path / "ns.json"
+    report = ns.main(["--arch", "toy", "--size", "128x128", "--steps", "1", "--warmup", "0", "--methods", "fstd",
+                      "direct", "--out", str(out)])
+    assert [r["method"] for r in report["methods"]] == ["direct"]  # the method after the failure still ran
+    assert report["skipped"]["fstd"].startswith("failed during the run: OutOfMemoryError: CUDA out of memory")
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    assert "| fstd | not run: failed during the run: OutOfMemoryError" in out.with_suffix(".md").read_text()
+    assert no_hooks(toy_once.network, toy_once.vae.decoder)
+
+    def broken(*a, **k):
+        raise ValueError("a bug")  # anything else is a bug: it raises
+
+    monkeypatch.setattr(ns.api, "generate", broken)
+    with pytest.raises(ValueError, match="a bug"):
+        ns.main(["--arch", "toy", "--size", "128x128", "--steps", "1", "--warmup", "0", "--methods", "direct"])
+    assert no_hooks(toy_once.network, toy_once.vae.decoder)
+
+
 def test_gpu_memory_rows_and_an_out_of_memory_row(tmp_path, monkeypatch, toy_once):
     gm = script("gpu_memory")
     real = gm.api.generate

@@ -25,7 +25,7 @@ from typing import Callable, Mapping
 
 import torch
 
-__all__ = ["PeakMemory", "Timings", "alternate", "machine", "synchronize"]
+__all__ = ["PeakMemory", "Timings", "alternate", "is_out_of_memory", "machine", "synchronize"]
 
 
 def synchronize(device: torch.device | str | None) -> None:
@@ -65,6 +65,14 @@ def _reset_rss_peak() -> bool:
 def _maxrss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocator's out-of-memory error (CUDA's, or the CPU's plain RuntimeError)."""
+    if isinstance(e, torch.OutOfMemoryError):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 class PeakMemory:

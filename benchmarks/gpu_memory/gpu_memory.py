@@ -45,7 +45,7 @@ from anysize import bench as _bench  # noqa: E402
 from anysize import methods as registry  # noqa: E402
 from anysize.cli.inputs import parse_set  # noqa: E402
 from anysize.errors import AnysizeError, InvalidArgumentError  # noqa: E402
-from anysize.eval.timing import PeakMemory, _status_kb, machine, synchronize  # noqa: E402
+from anysize.eval.timing import PeakMemory, _status_kb, is_out_of_memory, machine, synchronize  # noqa: E402
 
 PROMPT = _bench.BENCH_PROMPT
 DEFAULT_METHODS = ("fstd", "multidiffusion", "scalediff", "asd")
@@ -64,13 +64,6 @@ def in_use_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.memory_allocated(device) / 2**20
     return (_status_kb("VmRSS") or 0) / 1024
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    if isinstance(e, torch.OutOfMemoryError):
-        return True
-    text = str(e)  # the CPU allocator's error is a plain RuntimeError
-    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 def measure(device: torch.device, what: str, call) -> dict:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import json
 import pstats
 import sys
@@ -50,7 +51,7 @@ from anysize import bench as _bench  # noqa: E402
 from anysize import methods as registry  # noqa: E402
 from anysize.errors import AnysizeError  # noqa: E402
 from anysize.eval.module_timing import ModuleTimer  # noqa: E402
-from anysize.eval.timing import machine, synchronize  # noqa: E402
+from anysize.eval.timing import is_out_of_memory, machine, synchronize  # noqa: E402
 
 PROMPT = _bench.BENCH_PROMPT
 
@@ -212,14 +213,6 @@ def main(argv=None) -> dict:
     adapter.check_size(height, width)
     names = args.methods or registry.names()
     rows, skipped = [], {}
-    for name in names:
-        try:
-            registry.create(name).check(adapter, height, width, args.steps)
-        except AnysizeError as e:
-            skipped[name] = str(e)
-            continue
-        print(f"network_share: {name} at {width}x{height}", file=sys.stderr, flush=True)
-        rows.append(run_method(adapter, name, args, width, height))
     report = {
         "machine": machine(args.device),
         "config": {"architecture": args.arch, "description": _bench.describe(args.arch, reduced), "width": width,
@@ -230,14 +223,38 @@ def main(argv=None) -> dict:
         "methods": rows,
         "skipped": skipped,
     }
-    table = format_table(report)
-    print(table)
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
-        out.with_suffix(".md").write_text(table + "\n", encoding="utf-8")
+    for name in names:
+        try:
+            registry.create(name).check(adapter, height, width, args.steps)
+        except AnysizeError as e:
+            skipped[name] = str(e)
+            continue
+        print(f"network_share: {name} at {width}x{height}", file=sys.stderr, flush=True)
+        try:
+            rows.append(run_method(adapter, name, args, width, height))
+        except Exception as e:  # noqa: BLE001 -- a method out of memory or refused mid-run is a row; the rest raise
+            if not (is_out_of_memory(e) or isinstance(e, AnysizeError)):
+                raise
+            skipped[name] = f"failed during the run: {type(e).__name__}: {str(e).splitlines()[0][:300]}"
+            print(f"network_share: {name}: {skipped[name]}", file=sys.stderr, flush=True)
+            del e  # the traceback holds the frames' tensors: drop it before freeing
+            gc.collect()
+            if torch.device(args.device).type == "cuda":
+                torch.cuda.empty_cache()
+        write(report, args.out)  # after every method, so a part stopped by its time limit keeps its rows
+    print(format_table(report))
+    write(report, args.out)
     return report
+
+
+def write(report: dict, out: str | None) -> None:
+    """The JSON report and its .md table (nothing without ``--out``)."""
+    if out is None:
+        return
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    out.with_suffix(".md").write_text(format_table(report) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
