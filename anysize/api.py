@@ -24,7 +24,9 @@ from typing import Any, Sequence
 import torch
 
 from . import methods as _methods
-from .errors import AnysizeError, InvalidArgumentError, InvalidSizeError, UnknownChoiceError, check_choice
+from .errors import (
+    AnysizeError, InvalidArgumentError, InvalidSizeError, OutOfMemoryError, UnknownChoiceError, check_choice,
+)
 from .images import load_image  # noqa: F401  (anysize.api.load_image: part of the API)
 from .lora import LoraFile, check_loras
 from .models import ModelAdapter, adapt
@@ -244,15 +246,19 @@ def generate(
     loras = check_loras(lora)  # before the controls: a ControlNet named by path is loaded there
     controls = _controls(adapter, control, control_guess_mode)
 
+    def work():
+        with torch.no_grad(), _network_for(adapter, loras):
+            request = _request(adapter, prompts, negative, height, width, settings, callback, cancel, progress, controls)
+            if regions is not None:
+                plan = _regions.plan(adapter, regions, prompts, negative, request.cond, width, height, request.seeds)
+                request.cond = dataclasses.replace(request.cond, regions=plan)
+            latents = m.run(request)
+            return request, latents, _finish(adapter, latents, settings, progress, wrap=m.wraps)
+
     start = time.perf_counter()
     calls0 = adapter.calls
-    with torch.no_grad(), _network_for(adapter, loras):
-        request = _request(adapter, prompts, negative, height, width, settings, callback, cancel, progress, controls)
-        if regions is not None:
-            plan = _regions.plan(adapter, regions, prompts, negative, request.cond, width, height, request.seeds)
-            request.cond = dataclasses.replace(request.cond, regions=plan)
-        latents = m.run(request)
-        images = _finish(adapter, latents, settings, progress, wrap=m.wraps)
+    what = f"generating {len(prompts)} {width}x{height} image{'s' if len(prompts) > 1 else ''} with {m.name}"
+    request, latents, images = _within_memory(adapter, what, _memory_tips(adapter, m, settings, len(prompts)), work)
     seconds = time.perf_counter() - start
     config = _config(adapter, request, m, settings, loras, controls)
     if regions is not None:
@@ -402,28 +408,32 @@ def upscale(
     loras = check_loras(lora)  # before the controls: a ControlNet named by path is loaded there
     controls = _controls(adapter, control, control_guess_mode, source_image=source)
 
+    def work():
+        with torch.no_grad(), _network_for(adapter, loras):
+            request = _request(adapter, [prompt], None if negative_prompt is None else [negative_prompt], height, width,
+                               settings, callback, cancel, progress, controls)
+            if regions is not None:
+                plan = _regions.plan(adapter, regions, [prompt], None if negative_prompt is None else [negative_prompt],
+                                     request.cond, width, height, request.seeds)
+                request.cond = dataclasses.replace(request.cond, regions=plan)
+            if conditioned:  # the low-res image, noised once, conditions every window (drawn first, as the pipeline does)
+                low_res = image_to_tensor(source, height // f, width // f)
+                request.cond = adapter.condition_on_image(request.cond, low_res, noise_level, request.generators)
+            if conditioned and strength == 1.0:
+                latents = m.run(request)  # from pure noise, exactly as the stock pipeline
+            else:
+                pixels = image_to_tensor(source, height, width)
+                tiled, kw = _vae_tiling(tiled_vae)
+                # the posterior sample draws from the image's generator first, as the diffusers img2img pipelines do
+                clean = adapter.encode(pixels, generator=request.generators[0], tiled=tiled, progress=progress, **kw)
+                del pixels
+                latents = m.refine(request, clean, strength)
+            return request, latents, _finish(adapter, latents, settings, progress, wrap=m.wraps)
+
     start = time.perf_counter()
     calls0 = adapter.calls
-    with torch.no_grad(), _network_for(adapter, loras):
-        request = _request(adapter, [prompt], None if negative_prompt is None else [negative_prompt], height, width,
-                   settings, callback, cancel, progress, controls)
-        if regions is not None:
-            plan = _regions.plan(adapter, regions, [prompt], None if negative_prompt is None else [negative_prompt],
-                                 request.cond, width, height, request.seeds)
-            request.cond = dataclasses.replace(request.cond, regions=plan)
-        if conditioned:  # the low-res image, noised once, conditions every window (drawn first, as the pipeline does)
-            low_res = image_to_tensor(source, height // f, width // f)
-            request.cond = adapter.condition_on_image(request.cond, low_res, noise_level, request.generators)
-        if conditioned and strength == 1.0:
-            latents = m.run(request)  # from pure noise, exactly as the stock pipeline
-        else:
-            pixels = image_to_tensor(source, height, width)
-            tiled, kw = _vae_tiling(tiled_vae)
-            # the posterior sample draws from the image's generator first, as the diffusers img2img pipelines do
-            clean = adapter.encode(pixels, generator=request.generators[0], tiled=tiled, progress=progress, **kw)
-            del pixels
-            latents = m.refine(request, clean, strength)
-        images = _finish(adapter, latents, settings, progress, wrap=m.wraps)
+    what = f"upscaling to {width}x{height} with {m.name}"
+    request, latents, images = _within_memory(adapter, what, _memory_tips(adapter, m, settings, 1), work)
     seconds = time.perf_counter() - start
     config = _config(adapter, request, m, settings, loras, controls)
     name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "") or ""
@@ -591,6 +601,45 @@ def _request(adapter, prompts, negative, height, width, s: _Settings, callback, 
         adapter, prompts, negative, height, width, s.steps, s.guidance, seeds, s.scheduler, cond, generators,
         callback, cancel, progress,
     )
+
+
+#: the methods whose working set is one window batch whatever the canvas (the advice after an out-of-memory error)
+BOUNDED_METHODS = ("fstd", "multidiffusion")
+
+
+def _memory_tips(adapter, m, s: _Settings, batch: int) -> list[tuple[str, str, str]]:
+    """The ways out of an out-of-memory error that this run has not taken yet, as (Python, CLI, web UI)."""
+    tips = []
+    if batch > 1:
+        tips.append(("fewer prompts per call", "--batch 1", "fewer images at once"))
+    if adapter.dtype == torch.float32 and torch.device(adapter.device).type == "cuda":
+        tips.append(("dtype='fp16' in anysize.load", "--dtype fp16", "starting the app with --dtype fp16"))
+    if s.tiled_vae not in (True, "fast") and s.output_type != "latent":
+        tips.append(("tiled_vae='fast'", "--tiled-vae fast", "tiled VAE: fast"))
+    if m.name not in BOUNDED_METHODS:
+        bounded = "(its memory is one window batch at any size)"
+        tips.append((f"method='fstd' {bounded}", f"--method fstd {bounded}", f"method: fstd {bounded}"))
+    tips.append(("a smaller size", "a smaller --size", "a smaller size"))
+    return tips
+
+
+def _within_memory(adapter, what: str, tips, work):
+    """``work()``, with the allocator's out-of-memory error turned into an :class:`OutOfMemoryError`
+    that says what was asked (``what``) and the ways out (``tips``), after the failed run's memory
+    is given back."""
+    from .devices import is_out_of_memory, release_memory
+
+    try:
+        return work()
+    except RuntimeError as e:  # torch.OutOfMemoryError is one
+        if not is_out_of_memory(e):
+            raise
+        # CUDA's message is one long line: what it tried to allocate and what was free are its first sentences
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+        detail = ". ".join(first.split(". ")[:3])[:240]
+    # outside the handler, the failed run's frames and their tensors are gone: their memory can go back
+    release_memory(adapter.device)
+    raise OutOfMemoryError(f"on {adapter.device} {what}", detail, tips)
 
 
 def _vae_tiling(tiled_vae) -> tuple[bool | str, dict]:

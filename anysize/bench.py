@@ -191,7 +191,11 @@ def bench_one(adapter, *, methods: Sequence[str] | None, width: int, height: int
         return go
 
     warmups = None if warm_steps == steps else {n: run(n, warm_steps, record=False) for n in names}
-    t = alternate({n: run(n) for n in names}, repeats=repeats, warmup=warmup, device=adapter.device, warmups=warmups)
+    t = alternate({n: run(n) for n in names}, repeats=repeats, warmup=warmup, device=adapter.device, warmups=warmups,
+                  drop_out_of_memory=True)
+    for n, why in t.failed.items():  # too big for the device: a 'not run' row, the others timed as usual
+        skipped[n] = f"failed during the run: {why}"
+    names = [n for n in names if n not in t.failed]
     base = t.median("direct") if "direct" in names else None
     rows = []
     for n in names:
@@ -340,7 +344,8 @@ def format_table(report: dict[str, Any]) -> str:
     where = mach.get("gpu") or f"{mach['cpu']} ({mach['torch_threads']} torch threads)"
     cfg = report["config"]
     if any(m["ratio_to_direct"] is None for r in report["results"] for m in r["methods"]):
-        notes.append("× direct: – where direct was not run (no baseline: --no-baseline without direct in --methods)")
+        notes.append("× direct: – where direct was not run (--no-baseline without direct in --methods, or direct "
+                     "failed during the run)")
     lines.append("")
     lines += notes + ([""] if notes else [])
     real = any(r["architecture"] != "toy" for r in report["results"])

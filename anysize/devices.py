@@ -6,10 +6,13 @@ window call that leaves the GPU idle while the host catches up. With ``non_block
 driver stages the bytes at once and queues the copy behind the running kernels, so the source may
 be freed or reused right after the call (the copy reads the staged bytes). On a CPU it is a no-op.
 ``anysize.testing.syncs`` finds the places that still wait.
+
+Also here: what a device's out-of-memory error looks like, and giving its memory back after one.
 """
 
 from __future__ import annotations
 
+import gc
 import weakref
 from typing import TYPE_CHECKING
 
@@ -64,3 +67,22 @@ class TensorKeyed:
 
 
 _MISSING = object()
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """Whether ``e`` is an allocator's out-of-memory error (CUDA's, the CPU's plain RuntimeError, or
+    :class:`~anysize.errors.OutOfMemoryError`, which anysize raises in their place)."""
+    from .errors import OutOfMemoryError
+
+    if isinstance(e, (torch.OutOfMemoryError, OutOfMemoryError)):
+        return True
+    text = str(e)
+    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def release_memory(device) -> None:
+    """Collect Python's garbage, then give the CUDA allocator's cached blocks back. Call it after the
+    failed run's exception is gone: its traceback holds the frames, and so the tensors, of that run."""
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()

@@ -54,6 +54,28 @@ class UnknownChoiceError(InvalidArgumentError):
         super().__init__(f"unknown {kind} {value!r}; valid choices: {', '.join(map(str, self.choices))}{extra}")
 
 
+class OutOfMemoryError(AnysizeError):
+    """A run the device's memory could not hold (the allocator's own error, turned into one line that
+    says what was asked and what would fit better). The failed run's memory is released before it is
+    raised, so the next run starts from the cache as it was. ``tips`` are the ways out, each spelt
+    (Python, command line, web UI): the message names the Python ones, :meth:`for_cli` the command
+    line's, :meth:`for_app` the page's."""
+
+    def __init__(self, what: str, detail: str, tips: Iterable[tuple[str, str, str]] = ()):
+        self.what, self.detail, self.tips = what, detail, list(tips)
+        super().__init__(self._text(0))
+
+    def _text(self, spelling: int) -> str:
+        tips = ", ".join(t[spelling] for t in self.tips)
+        return f"out of memory {self.what} ({self.detail})" + (f"; try {tips}" if tips else "")
+
+    def for_cli(self) -> str:
+        return self._text(1)
+
+    def for_app(self) -> str:
+        return self._text(2)
+
+
 class Cancelled(RuntimeError):
     """Raised inside the sampling loop when the caller's callback asks to stop."""
 

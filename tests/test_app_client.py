@@ -132,6 +132,31 @@ def test_still_serving_after_bad_input(app, client):
     still_serving(app, client)
 
 
+def test_out_of_memory_is_one_line_in_the_page_spelling_and_the_app_keeps_serving(app, client, monkeypatch):
+    import torch
+    from gradio_client.exceptions import AppError
+
+    from anysize.methods.direct import Direct
+
+    def refused(self, ctx, x_in):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 30.00 GiB")
+
+    monkeypatch.setattr(Direct, "predict", refused)
+    with pytest.raises(AppError) as e:
+        client.predict(PROMPT, steps=1, method="direct", api_name="/generate")
+    text = str(e.value)
+    assert "out of memory on cpu generating 1 128x128 image with direct (CUDA out of memory. Tried to allocate 30.00 GiB)" \
+        in text and "try tiled VAE: fast, method: fstd (its memory is one window batch at any size), a smaller size" in text
+    assert "\n" not in text and "--" not in text and "Traceback" not in text
+    # in a comparison the method that ran out is a row that says so, the others run
+    pngs, records = client.predict(PROMPT, methods=["direct", "fstd"], steps=1, api_name="/compare")
+    assert [r["method"] for r in records] == ["direct", "fstd"] and len(pngs) == 1
+    assert records[0]["error"].startswith("out of memory on cpu generating 1 128x128 image with direct (CUDA")
+    assert "method: fstd" in records[0]["error"] and records[1]["error"] is None
+    monkeypatch.undo()
+    still_serving(app, client)
+
+
 def test_password(app, loopback_only):
     """--auth: the page and the API ask for the password."""
     from gradio_client.exceptions import AuthenticationError

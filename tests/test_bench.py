@@ -59,6 +59,52 @@ def test_alternate_interleaves_and_reverses():
     assert len(t.seconds["a"]) == 3 and len(t.peak_bytes["b"]) == 3
 
 
+def test_alternate_drops_a_candidate_out_of_memory_and_times_the_others():
+    order = []
+
+    def big():
+        order.append("b")
+        if len(order) > 2:  # its warm-up fits, its first timed run does not
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB\nmore detail")
+        return "B"
+
+    t = timing.alternate({"a": lambda: order.append("a") or "A", "b": big}, repeats=3, warmup=1,
+                         drop_out_of_memory=True)
+    assert order == ["a", "b", "a", "b", "a", "a"]  # b leaves the rounds after its failure
+    assert t.failed == {"b": "CUDA out of memory. Tried to allocate 8.00 GiB"}
+    assert list(t.seconds) == ["a"] and len(t.seconds["a"]) == 3 and "b" not in t.results
+    # without the switch (and for any other error) the failure is the caller's
+    order.clear()
+    with pytest.raises(torch.OutOfMemoryError):
+        timing.alternate({"a": lambda: order.append("a"), "b": big}, repeats=3, warmup=1)
+    with pytest.raises(ZeroDivisionError):
+        timing.alternate({"a": lambda: 1 / 0}, repeats=1, warmup=0, drop_out_of_memory=True)
+
+
+def test_bench_keeps_the_table_when_a_method_runs_out_of_memory(tiny, monkeypatch):
+    from anysize.methods import METHODS
+    from anysize.methods.direct import Direct
+
+    class TooBig(Direct):
+        name = "test-too-big"
+        summary = "out of memory on every run (test only)"
+
+        def predict(self, ctx, x_in):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 64.00 GiB")
+
+    monkeypatch.setitem(METHODS, TooBig.name, TooBig)
+    adapter = adapt(tiny("sd1"))
+    rec = bench.bench_one(adapter, methods=["test-too-big", "fstd"], width=128, height=128, steps=2, repeats=2,
+                          warmup=1)
+    assert [m["method"] for m in rec["methods"]] == ["direct", "fstd"]
+    assert rec["skipped"]["test-too-big"].startswith(
+        "failed during the run: out of memory on cpu generating 1 128x128 image with test-too-big (CUDA out of memory.")
+    table = bench.format_table({"results": [{"architecture": "tiny", **rec}], "machine": timing.machine(), "config": {
+        "steps": 2, "repeats": 2, "warmup": 1, "reduced": True, "dtype": "float32"}})
+    assert "| tiny | 128x128 | test-too-big | not run¹ | | | |" in table
+    assert "¹ test-too-big at 128x128: failed during the run: out of memory" in table
+
+
 def test_peak_memory_sees_an_allocation():
     with timing.PeakMemory("cpu") as small:
         pass

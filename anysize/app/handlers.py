@@ -785,8 +785,8 @@ class Service:
                     result = api.generate(self.adapter, prompt, negative_prompt=negative, width=w, height=h,
                                           method=method, method_options=checked[method], callback=step,
                                           cancel=cancel, progress=False, **s, **more)
-                except AnysizeError as e:  # this method cannot run here: say why, run the others
-                    rows.append(CompareRow(method, error=str(e)))
+                except AnysizeError as e:  # this method cannot run here (or ran out of memory): say why, run the others
+                    rows.append(CompareRow(method, error=e.for_app() if callable(getattr(e, "for_app", None)) else str(e)))
                     continue
                 path = self._save(result)
                 rows.append(CompareRow(method, RunOutput(path, result.config_for(0), result.seconds,

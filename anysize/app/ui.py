@@ -54,8 +54,9 @@ CANCEL_WAIT = 5.0
 
 def _error(e: BaseException) -> gr.Error:
     """One line for the page: the library's message, or one line for an unexpected failure."""
-    if isinstance(e, (AnysizeError, Busy)):
-        return gr.Error(str(e), title="anysize", print_exception=False)
+    if isinstance(e, (AnysizeError, Busy)):  # out of memory: the ways out as the page names its controls
+        text = e.for_app() if callable(getattr(e, "for_app", None)) else str(e)
+        return gr.Error(text, title="anysize", print_exception=False)
     log.error("unexpected error in the app:\n%s", traceback.format_exc())
     first = (str(e).strip().splitlines() or [""])[0]
     return gr.Error(f"internal error: {type(e).__name__}: {first} (details in the server's log)", title="anysize",

@@ -99,8 +99,8 @@ def run_chunk(adapter, chunk: Chunk, out: Path, *, tiled_vae="auto", who: dict[s
                 write_job(out, job, result.images[i], job_config(result, i))
     except (KeyboardInterrupt, Cancelled):
         raise
-    except Exception as e:  # noqa: BLE001  (a run-time failure of this chunk: recorded, the run goes on)
-        _free_memory(adapter, e)
+    except Exception as e:  # noqa: BLE001  (a run-time failure of this chunk: recorded, the run goes on;
+        # out of memory, anysize.generate has given the failed chunk's memory back already)
         seconds = time.perf_counter() - start
         msg = f"{type(e).__name__}: {e}".splitlines()[0][:500]
         return [{"id": j.id, "row": j.row, "status": "failed", "error": msg, "stage": "run",
@@ -129,15 +129,6 @@ def _job_controls(adapter, job: Job) -> list | None:
             _CONTROLNETS[key] = control.load_controlnet(c["model"], control.CLASSES.get(adapter.family, ()), adapter)
         out.append(control.Control(_CONTROLNETS[key], c["image"], c["scale"], c["start"], c["end"], c.get("mode")))
     return out
-
-
-def _free_memory(adapter, error: Exception) -> None:
-    """After an out-of-memory error, give the cached blocks back so the next chunk can run."""
-    if "out of memory" in str(error).lower():
-        import torch
-
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
 
 
 def progress_bar(total: int, initial: int, world: World, all_jobs: int, enabled: bool):

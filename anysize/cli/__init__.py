@@ -6,7 +6,8 @@ lists them. Only the chosen subcommand's parser is configured: the others' help 
 method registry, the schedulers and the model families, whose modules import torch, so
 ``anysize --help`` answers at once. Everything that can be checked is checked before a model is
 loaded; every user error ends as one line ``anysize: error: <message>`` on stderr with exit code
-2, Ctrl-C as exit code 130, and neither leaves a file behind.
+2, a run the device's memory cannot hold as one such line (with the ways out) and exit code 1,
+Ctrl-C as exit code 130, and none leaves a file behind.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from types import ModuleType
 from typing import Iterable, Sequence
 
 from .. import __version__
-from ..errors import AnysizeError, Cancelled
+from ..errors import AnysizeError, Cancelled, OutOfMemoryError
 from . import app, batch, bench, demo, generate, methods, train_arad, upscale
 from . import eval as eval_
-from .console import EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, Parser, UsageError, error
+from .console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, Parser, UsageError, error
 from .inputs import fix_negative_sizes, parse_set, parse_size  # noqa: F401  (parse_*: part of anysize.cli)
 
 #: subcommand name -> its module (HELP, configure(parser), run(args))
@@ -109,7 +110,8 @@ def _chosen_command(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 bad input, 130 interrupted)."""
+    """Run the command line; returns the exit code (0 ok, 1 failed: out of memory, failed jobs; 2 bad
+    input, 130 interrupted)."""
     argv = fix_negative_sizes(list(sys.argv[1:] if argv is None else argv))
     try:
         chosen = _chosen_command(argv)
@@ -122,6 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else error(str(e.code)))
     except UsageError as e:
         return error(str(e))
+    except OutOfMemoryError as e:  # valid input this device cannot hold: not a usage error
+        return error(e.for_cli(), EXIT_FAILED)
     except AnysizeError as e:  # errors that name a way out (force=True, family=...) say it in the CLI's spelling
         return error(e.for_cli() if callable(getattr(e, "for_cli", None)) else str(e))
     except (KeyboardInterrupt, Cancelled):
@@ -144,5 +148,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["COMMANDS", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "PROG", "build_parser", "main", "parse_set",
+__all__ = ["COMMANDS", "EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "PROG", "build_parser", "main", "parse_set",
            "parse_size", "size_factor", "version_line"]

@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from ..errors import InvalidArgumentError, check_choice
-from .console import EXIT_OK, PROG, library_output, note
+from .console import EXIT_FAILED, EXIT_OK, PROG, library_output, note
 from .inputs import check_text_option, parse_set, parse_size
 from .model_options import (
     TILED_VAE_MODES, add_model_options, add_runtime_options, check_model_options, check_seed,
@@ -16,7 +16,6 @@ from .model_options import (
 HELP = "run a file of generation jobs into a directory (resumable; torchrun/accelerate/srun/Ray)"
 
 #: the exit code when the run finished but some jobs failed (run time, or --skip-invalid rows)
-EXIT_FAILED = 1
 
 ENGINES = ("local", "ray")
 

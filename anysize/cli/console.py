@@ -12,7 +12,8 @@ import sys
 import warnings
 
 PROG = "anysize"
-EXIT_OK, EXIT_USAGE, EXIT_INTERRUPTED = 0, 2, 130
+#: 1: the work was valid but did not complete (out of memory; failed batch jobs or evaluation cells)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 class UsageError(Exception):
@@ -24,9 +25,9 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def error(message: str) -> int:
+def error(message: str, code: int = EXIT_USAGE) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
-    return EXIT_USAGE
+    return code
 
 
 def note(quiet: bool, message: str) -> None:

@@ -25,7 +25,7 @@ from typing import Callable, Mapping
 
 import torch
 
-__all__ = ["PeakMemory", "Timings", "alternate", "is_out_of_memory", "machine", "synchronize"]
+__all__ = ["PeakMemory", "Timings", "alternate", "machine", "synchronize"]
 
 
 def synchronize(device: torch.device | str | None) -> None:
@@ -65,14 +65,6 @@ def _reset_rss_peak() -> bool:
 def _maxrss_bytes() -> int:
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024
-
-
-def is_out_of_memory(e: BaseException) -> bool:
-    """Whether ``e`` is an allocator's out-of-memory error (CUDA's, or the CPU's plain RuntimeError)."""
-    if isinstance(e, torch.OutOfMemoryError):
-        return True
-    text = str(e)
-    return isinstance(e, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
 
 
 class PeakMemory:
@@ -119,6 +111,7 @@ class Timings:
     seconds: dict[str, list[float]] = field(default_factory=dict)
     peak_bytes: dict[str, list[int]] = field(default_factory=dict)
     results: dict[str, object] = field(default_factory=dict)  # each candidate's last return value
+    failed: dict[str, str] = field(default_factory=dict)  # candidates dropped out of memory: the allocator's message
     memory_kind: str = "rss"
 
     def median(self, name: str) -> float:
@@ -138,33 +131,59 @@ def alternate(
     warmup: int = 1,
     device: torch.device | str | None = None,
     warmups: Mapping[str, Callable[[], object]] | None = None,
+    drop_out_of_memory: bool = False,
 ) -> Timings:
     """Time every candidate ``repeats`` times, interleaved, after ``warmup`` untimed runs each.
 
     Odd rounds run the candidates in reverse order, so none always runs first or right after a
     particular other one. The device is synchronised before and after each timed run.
     ``warmups`` (name -> callable) replaces a candidate in its warm-up runs, e.g. by a shorter run
-    of the same work.
+    of the same work. ``drop_out_of_memory``: a candidate that runs out of memory (in a warm-up or
+    a timed run) leaves the rounds, its memory given back, with the allocator's message in
+    ``failed``; the others go on, so one method too big for the device does not cost the table.
     """
+    from ..devices import is_out_of_memory, release_memory
+
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got {repeats}, {warmup}")
     names = list(candidates)
     out = Timings({n: [] for n in names}, {n: [] for n in names})
     warm = {**candidates, **(warmups or {})}
+
+    def attempt(n: str, fn: Callable[[], object]) -> tuple[bool, object]:
+        try:
+            return True, fn()
+        except Exception as e:  # noqa: BLE001 -- only out of memory is kept; the rest re-raised
+            if not (drop_out_of_memory and is_out_of_memory(e)):
+                raise
+            out.failed[n] = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        release_memory(device if device is not None else "cpu")  # the failed run's frames are gone by now
+        return False, None
+
     for _ in range(warmup):
         for n in names:
-            warm[n]()
+            if n not in out.failed:
+                attempt(n, warm[n])
     for r in range(repeats):
         for n in names if r % 2 == 0 else names[::-1]:
+            if n in out.failed:
+                continue
             synchronize(device)
             with PeakMemory(device) as mem:
                 t0 = time.perf_counter()
-                out.results[n] = candidates[n]()
+                ok, result = attempt(n, candidates[n])
                 synchronize(device)
                 elapsed = time.perf_counter() - t0
+            if not ok:
+                continue
+            out.results[n] = result
             out.seconds[n].append(elapsed)
             out.peak_bytes[n].append(mem.peak_bytes)
             out.memory_kind = mem.kind
+    for n in out.failed:  # a dropped candidate has no figures (not a partial median)
+        out.seconds.pop(n)
+        out.peak_bytes.pop(n)
+        out.results.pop(n, None)
     return out
 
 

@@ -45,7 +45,8 @@ from anysize import bench as _bench  # noqa: E402
 from anysize import methods as registry  # noqa: E402
 from anysize.cli.inputs import parse_set  # noqa: E402
 from anysize.errors import AnysizeError, InvalidArgumentError  # noqa: E402
-from anysize.eval.timing import PeakMemory, _status_kb, is_out_of_memory, machine, synchronize  # noqa: E402
+from anysize.devices import is_out_of_memory  # noqa: E402
+from anysize.eval.timing import PeakMemory, _status_kb, machine, synchronize  # noqa: E402
 
 PROMPT = _bench.BENCH_PROMPT
 DEFAULT_METHODS = ("fstd", "multidiffusion", "scalediff", "asd")

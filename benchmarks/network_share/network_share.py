@@ -51,7 +51,8 @@ from anysize import bench as _bench  # noqa: E402
 from anysize import methods as registry  # noqa: E402
 from anysize.errors import AnysizeError  # noqa: E402
 from anysize.eval.module_timing import ModuleTimer  # noqa: E402
-from anysize.eval.timing import is_out_of_memory, machine, synchronize  # noqa: E402
+from anysize.devices import is_out_of_memory  # noqa: E402
+from anysize.eval.timing import machine, synchronize  # noqa: E402
 
 PROMPT = _bench.BENCH_PROMPT
 
