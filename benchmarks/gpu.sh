@@ -10,6 +10,9 @@
 # seconds overrides the default, e.g. LIMIT_elastic_vb=240), so one slow part cannot take the others'
 # results with it; its log ($RES/<part>.log) and result files go to OUTDIR/results.tgz, re-packed after
 # every part. The machine (GPU, driver, library versions) is recorded first, in machine.txt.
+# RESUME=DIR copies DIR's *.json results into the fresh results folder first: the field parts run with
+# --resume, so a table an earlier session's time limit stopped goes on from its last saved cell (carry
+# the unpacked results.tgz of that session, e.g. as DIR=.gpu-resume with run's carry).
 # tests/test_gpu_script.py checks on the CPU that every part's command passes its own argument parser
 # and that every set names existing parts; --list gives each set's sum of limits.
 #
@@ -120,10 +123,11 @@ command_of() {
 --steps 10 --repeats 1 --warmup 1 --warmup-steps 2 --vae released --device cuda --dtype bf16 \
 --out $RES/bench_gpu_sdxl_4096_peers.json" ;;
     # issue 22: every registered method on the toy world, n = 64 per cell (the field's comparison table)
+    # (--resume: the cells of an earlier, stopped run that RESUME=DIR brought along are kept)
     field_2x) echo "python3 -m anysize eval composition --method all --size 256x256 256x128 128x256 --n 64 --batch 16 \
---device cuda --out $RES/field_2x_n64.json -q" ;;
+--device cuda --out $RES/field_2x_n64.json --resume -q" ;;
     field_4x) echo "python3 -m anysize eval composition --method all --size 512x512 --n 64 --batch 16 --device cuda \
---out $RES/field_4x_n64.json -q" ;;
+--out $RES/field_4x_n64.json --resume -q" ;;
     # issue 22: the peers against each other on SDXL at 2x the side, one alternating run
     bench_peers) echo "python3 -m anysize bench --arch sdxl --size 2x --steps 5 --repeats 2 --device cuda --dtype bf16 \
 --methods direct --versus scalediff:demofusion rectifiedhr:demofusion --out $RES/bench_gpu_sdxl_peers.json" ;;
@@ -190,6 +194,10 @@ done
 # ------------------------------------------------------------------------------------------ setup
 
 rm -rf "$RES"; mkdir -p "$RES" "$OUT_DIR"
+if [ -n "${RESUME:-}" ]; then
+  cp "$RESUME"/*.json "$RES"/ || exit 1
+  echo "resuming from $RESUME: $(cd "$RES" && ls -- *.json | tr '\n' ' ')"
+fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1

@@ -10,9 +10,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import anysize
 from anysize import api, cli
+from anysize.errors import InvalidArgumentError
 from anysize.methods import METHODS
 from anysize.methods.base import MethodOptions
 from anysize.methods.direct import Direct
@@ -522,6 +524,74 @@ def test_eval_composition_all_runs_the_registry_for_the_model(capsys, model_dir,
     rc, out, err = run(capsys, "eval", "composition", "--model", model_dir, "--method", "all", "--set", "boost=2",
                        "--n", "1", "--steps", "1", "-q", "--out", "x.json")
     assert rc == 2 and "direct" in err and "boost" in err
+
+
+class _WideOnlyOutOfMemory(Direct):
+    """Refuses canvases taller than wide (a 'not run' cell, named up front); runs out of memory on
+    the second network call of a wide canvas while ``OOM`` is set (a cell that fails mid-run)."""
+
+    name = "test-wide"
+    summary = "direct on wide canvases (test only)"
+    OOM = True
+
+    def check(self, adapter, height, width, steps=None):
+        super().check(adapter, height, width, steps)
+        if height > width:
+            raise InvalidArgumentError(f"test-wide needs a wide canvas, not {width}x{height}")
+
+    def predict(self, ctx, x_in):
+        if self.OOM and x_in.shape[-1] > x_in.shape[-2] and ctx.index == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return super().predict(ctx, x_in)
+
+
+def test_eval_composition_cells_not_run_and_resume(capsys, model_dir, _workdir, monkeypatch):
+    import json
+
+    from anysize.toy import benchmark as toy_benchmark
+
+    for name in list(METHODS):
+        if name != "direct":
+            monkeypatch.delitem(METHODS, name)
+    monkeypatch.setitem(METHODS, _WideOnlyOutOfMemory.name, _WideOnlyOutOfMemory)
+    ran = []
+    real = toy_benchmark.composition_benchmark
+    monkeypatch.setattr(toy_benchmark, "composition_benchmark",
+                        lambda adapter, **kw: ran.append((kw["method"], kw["width"], kw["height"])) or real(adapter, **kw))
+    args = ["eval", "composition", "--model", model_dir, "--method", "all", "--size", "128x64", "64x128",
+            "--n", "2", "--steps", "2", "--out", "field.json", "-q"]
+    rc, out, err = run(capsys, *args)
+    # the refused cell is named up front and not run; the one out of memory fails alone, the others run
+    assert ran == [("direct", 128, 64), ("direct", 64, 128), ("test-wide", 128, 64)]
+    assert rc == 1 and err.count("\n") == 2, err
+    assert "test-wide at 128x64: failed during the run: out of memory on cpu generating 2 128x64 images" in err
+    assert err.splitlines()[-1].startswith("anysize: error: 1 of 4 cells failed during the run")
+    results = json.loads((_workdir / "field.json").read_text())["results"]
+    assert [("not_run" in r, r["config"]["method"], r["config"]["width"]) for r in results] == [
+        (False, "direct", 128), (False, "direct", 64), (True, "test-wide", 128), (True, "test-wide", 64)]
+    assert results[2]["not_run"].startswith("failed during the run: out of memory") and "--method fstd" in results[2]["not_run"]
+    assert results[3]["not_run"] == "test-wide needs a wide canvas, not 64x128"
+    table = out.split("\n\n")
+    assert "| test-wide | 128x64 | 2 | not run (1) |" in table[0]
+    assert "2. test-wide at 64x128: test-wide needs a wide canvas, not 64x128" in table[1]
+    assert table[2].splitlines()[3] == "| test-wide | not run | not run |"
+    # --resume runs only what is missing: the failed cell, now that it fits
+    monkeypatch.setattr(_WideOnlyOutOfMemory, "OOM", False)
+    ran.clear()
+    rc, out, err = run(capsys, *args, "--resume")
+    assert rc == 0, err
+    assert ran == [("test-wide", 128, 64)]
+    again = json.loads((_workdir / "field.json").read_text())["results"]
+    assert again[:2] == results[:2] and again[2]["summary"]["n"] == 2 and "not_run" in again[3]
+    # other settings than the saved cells': refused before any work, the file kept
+    rc, out, err = run(capsys, *args[:-5], "--n", "3", "--steps", "2", "--out", "field.json", "-q", "--resume")
+    assert rc == 2 and "--resume: field.json has direct at 128x64 with other settings (n 2, now 3)" in err
+    assert json.loads((_workdir / "field.json").read_text())["results"] == again
+    rc, out, err = run(capsys, *args, "--resume", "--force")
+    assert rc == 2 and "give one of them" in err
+    (_workdir / "other.json").write_text('{"cells": []}')
+    rc, out, err = run(capsys, *args[:-3], "--out", "other.json", "-q", "--resume")
+    assert rc == 2 and "other.json is not an 'eval composition' results file" in err
 
 
 TOY_COMMANDS_BAD = [  # all fail before the model is loaded

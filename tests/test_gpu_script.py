@@ -107,3 +107,36 @@ def test_an_unknown_part_or_set_is_refused_before_any_setup(tmp_path, args):
                           text=True, timeout=60, env={**os.environ, "RES": str(tmp_path / "res")})
     assert done.returncode == 2 and "unknown part or set 'bogus'" in done.stderr and "sets: run followup" in done.stderr
     assert not out.exists() and not (tmp_path / "res").exists()
+
+
+def test_resume_brings_an_earlier_runs_tables_and_the_field_parts_go_on_from_them(tmp_path):
+    # python3 and nvidia-smi are stand-ins that record their arguments: the driver itself runs as on the GPU
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for name in ("python3", "nvidia-smi"):
+        (stubs / name).write_text(f'#!/bin/sh\necho "{name} $*" >> "$CALLS"\n')
+        (stubs / name).chmod(0o755)
+    earlier = tmp_path / "earlier"  # an earlier session's unpacked results.tgz
+    earlier.mkdir()
+    (earlier / "field_4x_n64.json").write_text('{"results": []}\n')
+    (earlier / "field_4x.log").write_text("not a result\n")
+    res, out, calls = tmp_path / "res", tmp_path / "out", tmp_path / "calls"
+    env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}", "RES": str(res), "RESUME": str(earlier),
+           "CALLS": str(calls)}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu.sh"), str(out), "field_4x"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"resuming from {earlier}: field_4x_n64.json" in done.stdout
+    assert (res / "field_4x_n64.json").read_text() == '{"results": []}\n'
+    assert (res / "field_4x.log").read_text() == ""  # the part's own (empty) log: only the results are brought
+    (run,) = [line for line in calls.read_text().splitlines() if "eval composition" in line]
+    assert run.endswith(f"--out {res}/field_4x_n64.json --resume -q")
+    import tarfile
+
+    with tarfile.open(out / "results.tgz") as packed:
+        assert "./field_4x_n64.json" in packed.getnames()
+    # without RESUME the results folder starts empty
+    env.pop("RESUME")
+    done = subprocess.run(["bash", str(ROOT / "benchmarks/gpu.sh"), str(out), "field_4x"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0 and not (res / "field_4x_n64.json").exists()

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InvalidArgumentError, OutputError, check_choice
-from .console import EXIT_OK, PROG, error, library_output, note
+from .console import EXIT_FAILED, EXIT_OK, PROG, error, library_output, note
 from .inputs import parse_set, parse_size
 from .model_options import (
     add_model_options, add_runtime_options, check_model_options, check_seed, check_sizes, load_model,
@@ -36,12 +36,16 @@ size and count, by image analysis, the prompted objects in every image: the shar
 object, with several (duplication, the seeds' failure mode), with none, and with the prompted
 colour and shape. Prompt i is toy caption i (--prompt-seed), generated with seed S + i.
 --method all runs every registered method that supports the model; with several methods and sizes
-a second table gives, per method and size, the share with one object / with duplicates.""",
+a second table gives, per method and size, the share with one object / with duplicates. A method
+that cannot run at a size, or runs out of memory there, is a "not run" cell that says why, and the
+others go on (exit code 1 if one failed during the run); the results file is saved after every
+cell, and --resume reruns only the cells it lacks.""",
         epilog="""\
 examples:
   anysize eval composition --method direct --size 128x128 256x256 --n 64 --seed 0
   anysize eval composition --method direct --size 256x128 --n 16 --out wide.json
   anysize eval composition --method all --size 256x256 512x512 256x128 128x256 --n 64   # the field's table
+  anysize eval composition --method all --size 512x512 --n 64 --out field.json --resume  # go on after a stop
 """,
     )
     c.add_argument("--method", nargs="+", default=["direct"], metavar="NAME",
@@ -60,14 +64,19 @@ examples:
     c.add_argument("--out", default=None,
                    help="JSON results (default: anysize-eval-composition-<first method>-n<N>-s<S>.json)")
     c.add_argument("--force", action="store_true", help="overwrite an existing file")
+    c.add_argument("--resume", action="store_true",
+                   help="keep the cells (method x size) already measured in --out with the same settings and run "
+                   "the others, failed ones included; the file is saved after every cell, so a long table "
+                   "stopped part-way goes on from there")
     c.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     c.set_defaults(func=run_composition)
 
 
 def run_composition(args: argparse.Namespace) -> int:
     from .. import methods
-    from ..toy.benchmark import composition_benchmark, format_method_size_table, format_table
+    from ..errors import AnysizeError
     from ..output import check_writable, save_json
+    from ..toy.benchmark import cell_config, composition_benchmark, format_method_size_table, format_table
 
     for m in args.method:
         if m != "all":
@@ -82,14 +91,17 @@ def run_composition(args: argparse.Namespace) -> int:
             raise InvalidArgumentError(f"{name} must be a positive integer, got {v}")
     if args.steps is not None and args.steps <= 0:
         raise InvalidArgumentError(f"--steps must be a positive integer, got {args.steps}")
+    if args.resume and args.force:
+        raise InvalidArgumentError("--resume keeps the cells already in --out, --force starts over: give one of them")
     check_seed(args.seed, args.n)  # image i uses seed + i
     device = check_model_options(args)
     check_sizes(args, sizes)
     out = Path(args.out or f"anysize-eval-composition-{args.method[0]}-n{args.n}-s{args.seed}.json")
     if out.suffix.lower() != ".json":
         raise OutputError(f"--out {out} must end in .json")
-    check_writable(out, args.force)
-    results = []
+    earlier = _saved_cells(out) if args.resume and out.exists() else []
+    check_writable(out, args.force or args.resume)
+    results, failed = [], 0
     with library_output(args.quiet):
         adapter = load_model(args, device)
         for size in sizes:
@@ -99,23 +111,100 @@ def run_composition(args: argparse.Namespace) -> int:
         if options:  # --set with 'all': every method must take the options (error names the one that does not)
             for m in names:
                 methods.create(m, **options)
-        for m in names:
-            for size in sizes:
-                w, h = size if size is not None else (None, None)
-                results.append(composition_benchmark(
-                    adapter, method=m, width=w, height=h, n=args.n, seed=args.seed, prompt_seed=args.prompt_seed,
-                    steps=args.steps, guidance=args.guidance, batch=args.batch, method_options=options,
-                    progress=not args.quiet,
-                ))
-                # after every cell, so a long table stopped part-way keeps what it measured (the file
-                # is this run's own from the first save on: checked writable above)
-                save_json({"results": results}, out, force=args.force or len(results) > 1)
+        cells = [cell_config(adapter, method=m, width=(size or (None, None))[0], height=(size or (None, None))[1],
+                             n=args.n, seed=args.seed, prompt_seed=args.prompt_seed, steps=args.steps,
+                             guidance=args.guidance, method_options=options)
+                 for m in names for size in sizes]
+        kept = _resumed(earlier, cells, out)  # cell index -> its saved result (checked before any work)
+        refused = {}
+        for k, c in enumerate(cells):  # a method that cannot run at a size is a 'not run' cell, named up front
+            try:
+                methods.create(c["method"], **options).check(adapter, c["height"], c["width"], c["steps"])
+            except AnysizeError as e:
+                refused[k] = str(e)
+        if len(refused) == len(cells):
+            raise InvalidArgumentError("no method can run at these settings: " + "; ".join(
+                f"{cells[k]['method']} at {cells[k]['width']}x{cells[k]['height']}: {why}" for k, why in refused.items()))
+        if kept:
+            note(args.quiet, f"--resume: {len(kept)} of {len(cells)} cells already in {out}")
+        for k, c in enumerate(cells):
+            if k in kept:
+                results.append(kept[k])
+            elif k in refused:
+                results.append({"config": c, "not_run": refused[k]})
+            else:
+                try:
+                    results.append(composition_benchmark(
+                        adapter, method=c["method"], width=c["width"], height=c["height"], n=args.n, seed=args.seed,
+                        prompt_seed=args.prompt_seed, steps=args.steps, guidance=args.guidance, batch=args.batch,
+                        method_options=options, progress=not args.quiet,
+                    ))
+                except AnysizeError as e:  # out of memory (or refused mid-run): this cell says so, the others run
+                    failed += 1
+                    why = e.for_cli() if callable(getattr(e, "for_cli", None)) else str(e)
+                    results.append({"config": c, "not_run": f"failed during the run: {why}"})
+                    note(False, f"{c['method']} at {c['width']}x{c['height']}: {results[-1]['not_run']}")
+            # after every cell, so a long table stopped part-way keeps what it measured (and --resume
+            # goes on from there); the file is this run's own from the first save on
+            save_json({"results": results + _others(earlier, cells)}, out,
+                      force=args.force or args.resume or len(results) > 1)
     print(format_table(results))
     if len({r["config"]["method"] for r in results}) > 1 and len(sizes) > 1:
         print()
         print(format_method_size_table(results))
     print(out)
+    if failed:
+        return error(f"{failed} of {len(cells)} cells failed during the run (see the table); rerun with --resume "
+                     "to run only those", EXIT_FAILED)
     return EXIT_OK
+
+
+#: what identifies a cell of ``eval composition``: a saved cell with the same values is the same work
+CELL_KEYS = ("method", "width", "height")
+CELL_SETTINGS = ("method_options", "n", "seed", "prompt_seed", "steps", "guidance", "model")
+
+
+def _saved_cells(out: Path) -> list[dict]:
+    import json
+
+    try:
+        results = json.loads(out.read_text(encoding="utf-8"))["results"]
+        if not all(isinstance(r, dict) and isinstance(r.get("config"), dict) for r in results):
+            raise ValueError("a result without its config")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OutputError(f"--resume: {out} is not an 'eval composition' results file ({e}); choose another --out "
+                          "or pass --force to replace it") from None
+    return results
+
+
+def _resumed(earlier: list[dict], cells: list[dict], out: Path) -> dict[int, dict]:
+    """The cells of this run already measured in ``earlier`` (by index in ``cells``); a saved cell of
+    the same method and size measured with other settings is refused: mixing them would make one table
+    of two experiments."""
+    import json
+
+    kept = {}
+    for k, c in enumerate(cells):
+        c = json.loads(json.dumps(c, default=str))  # as it would be saved (tuples as lists)
+        for r in earlier:
+            saved = r["config"]
+            if tuple(saved.get(key) for key in CELL_KEYS) != tuple(c[key] for key in CELL_KEYS):
+                continue
+            differ = [key for key in CELL_SETTINGS if saved.get(key) != c[key]]
+            if differ:
+                raise InvalidArgumentError(
+                    f"--resume: {out} has {c['method']} at {c['width']}x{c['height']} with other settings ("
+                    + ", ".join(f"{key} {saved.get(key)!r}, now {c[key]!r}" for key in differ)
+                    + "); choose another --out, or pass --force to start over")
+            if "not_run" not in r:  # a cell that failed or was refused runs again
+                kept[k] = r
+    return kept
+
+
+def _others(earlier: list[dict], cells: list[dict]) -> list[dict]:
+    """Saved cells of methods or sizes this run does not ask for: kept in the file as they were."""
+    asked = {tuple(c[key] for key in CELL_KEYS) for c in cells}
+    return [r for r in earlier if tuple(r["config"].get(key) for key in CELL_KEYS) not in asked]
 
 
 def expand_methods(requested: list[str], family: str) -> list[str]:

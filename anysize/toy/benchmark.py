@@ -20,6 +20,20 @@ def toy_prompts(n: int, prompt_seed: int = 0) -> list[str]:
     return [make_sample(prompt_seed, i, size=8)[1].caption for i in range(n)]
 
 
+def cell_config(adapter, *, method: str, width: int | None, height: int | None, n: int, seed: int = 0,
+                prompt_seed: int = 0, steps: int | None = None, guidance: float | None = None,
+                method_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What identifies one cell of the benchmark (a method at a size with these settings): the
+    ``config`` of its result, and what ``eval composition --resume`` matches a saved cell on."""
+    nh, nw = adapter.native_size
+    return {
+        "method": method, "method_options": dict(method_options or {}), "width": width or nw, "height": height or nh,
+        "n": n, "seed": seed, "prompt_seed": prompt_seed, "steps": steps or adapter.default_steps,
+        "guidance": adapter.default_guidance if guidance is None else guidance,
+        "model": getattr(adapter, "source", ""), "native_size": [nw, nh],
+    }
+
+
 def composition_benchmark(
     adapter,
     *,
@@ -42,8 +56,9 @@ def composition_benchmark(
 
     if n < 1 or batch < 1:
         raise InvalidArgumentError(f"n and batch must be positive, got n={n}, batch={batch}")
-    nh, nw = adapter.native_size
-    width, height = width or nw, height or nh
+    config = cell_config(adapter, method=method, width=width, height=height, n=n, seed=seed, prompt_seed=prompt_seed,
+                         steps=steps, guidance=guidance, method_options=method_options)
+    width, height, nh = config["width"], config["height"], config["native_size"][1]
     prompts = toy_prompts(n, prompt_seed)
     analyses, calls = [], 0
     t0 = time.perf_counter()
@@ -60,12 +75,7 @@ def composition_benchmark(
             bar.update(len(chunk))
     seconds = time.perf_counter() - t0
     return {
-        "config": {
-            "method": method, "method_options": method_options or {}, "width": width, "height": height, "n": n,
-            "seed": seed, "prompt_seed": prompt_seed, "steps": steps or adapter.default_steps,
-            "guidance": adapter.default_guidance if guidance is None else guidance,
-            "model": getattr(adapter, "source", ""), "native_size": [nw, nh],
-        },
+        "config": config,
         "summary": {**summarise(analyses), "seconds_per_image": round(seconds / n, 3),
                     "network_calls": calls},
         "images": [dict(prompt=p, seed=seed + i, **a.to_dict()) for i, (p, a) in enumerate(zip(prompts, analyses))],
@@ -88,23 +98,31 @@ def format_table(results: list[dict]) -> str:
     """A markdown table, one row per benchmark result."""
     head = ["method", "size", "n"] + [c[0] for c in SUMMARY_COLUMNS]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    notes = []
     for r in results:
-        c, s = r["config"], r["summary"]
+        c = r["config"]
         cells = [c["method"], f"{c['width']}x{c['height']}", str(c["n"])]
-        cells += [fmt.format(s[key]) if s.get(key) is not None else "-" for _, key, fmt in SUMMARY_COLUMNS]
+        if "not_run" in r:  # refused at these settings, or failed during the run: says why below the table
+            notes.append(f"{len(notes) + 1}. {c['method']} at {c['width']}x{c['height']}: {r['not_run']}")
+            cells += [f"not run ({len(notes)})"] + [""] * (len(SUMMARY_COLUMNS) - 1)
+        else:
+            s = r["summary"]
+            cells += [fmt.format(s[key]) if s.get(key) is not None else "-" for _, key, fmt in SUMMARY_COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def format_method_size_table(results: list[dict]) -> str:
     """A markdown table with a row per method and a column per size: "one object / duplicated" shares
-    (the field's comparison table, on the toy world); a cell not run is "-"."""
+    (the field's comparison table, on the toy world); a cell not asked for is "-", one that did not
+    run (refused or failed, see :func:`format_table`) is "not run"."""
     sizes = list(dict.fromkeys(f"{r['config']['width']}x{r['config']['height']}" for r in results))
     rows: dict[str, dict[str, str]] = {}
     for r in results:
-        c, s = r["config"], r["summary"]
+        c = r["config"]
+        s = r.get("summary")
         rows.setdefault(c["method"], {})[f"{c['width']}x{c['height']}"] = (
-            f"{s['single_object_rate']:.0%} / {s['duplication_rate']:.0%}")
+            "not run" if "not_run" in r else f"{s['single_object_rate']:.0%} / {s['duplication_rate']:.0%}")
     head = ["method (one object / duplicated)"] + sizes
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for method, cells in rows.items():
