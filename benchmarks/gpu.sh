@@ -11,7 +11,7 @@
 # results with it; its log ($RES/<part>.log) and result files go to OUTDIR/results.tgz, re-packed after
 # every part. The machine (GPU, driver, library versions) is recorded first, in machine.txt.
 # RESUME=DIR copies DIR's *.json results into the fresh results folder first: the field parts run with
-# --resume, so a table an earlier session's time limit stopped goes on from its last saved cell (carry
+# --resume, so a table an earlier session's time limit stopped goes on from its last saved batch (carry
 # the unpacked results.tgz of that session, e.g. as DIR=.gpu-resume with run's carry).
 # tests/test_gpu_script.py checks on the CPU that every part's command passes its own argument parser
 # and that every set names existing parts; --list gives each set's sum of limits.

@@ -594,6 +594,53 @@ def test_eval_composition_cells_not_run_and_resume(capsys, model_dir, _workdir, 
     assert rc == 2 and "other.json is not an 'eval composition' results file" in err
 
 
+class _StopsAtImage(Direct):
+    """Direct, with Ctrl-C pressed while image ``STOP_AT`` is generated (None: never)."""
+
+    name = "test-stops"
+    summary = "direct, interrupted at one image (test only)"
+    STOP_AT = None
+
+    def predict(self, ctx, x_in):
+        if self.STOP_AT is not None and self.STOP_AT in ctx.seeds:
+            raise KeyboardInterrupt
+        return super().predict(ctx, x_in)
+
+
+def test_eval_composition_resume_goes_on_from_the_last_saved_batch_with_the_same_images(capsys, model_dir, _workdir,
+                                                                                         monkeypatch):
+    import json
+
+    monkeypatch.setitem(METHODS, _StopsAtImage.name, _StopsAtImage)
+    seeds = []
+    real = api.generate
+    monkeypatch.setattr(api, "generate", lambda *a, **k: seeds.append(k["seed"]) or real(*a, **k))
+    args = ["eval", "composition", "--model", model_dir, "--method", "direct", "test-stops", "--size", "128x64",
+            "--n", "5", "--batch", "2", "--steps", "2", "-q"]
+    rc, out, err = run(capsys, *args, "--out", "whole.json")
+    assert rc == 0, err
+    whole = json.loads((_workdir / "whole.json").read_text())["results"]
+    monkeypatch.setattr(_StopsAtImage, "STOP_AT", 3)  # Ctrl-C in the second batch of test-stops (images 2, 3)
+    seeds.clear()
+    rc, out, err = run(capsys, *args, "--out", "stopped.json")
+    assert rc == 130 and seeds == [[0, 1], [2, 3], [4], [0, 1], [2, 3]]
+    saved = json.loads((_workdir / "stopped.json").read_text())["results"]
+    assert saved[0]["images"] == whole[0]["images"] and set(saved[1]) == {"config", "partial"}
+    assert [i["seed"] for i in saved[1]["partial"]["images"]] == [0, 1]
+    # --resume: direct is kept, test-stops goes on from image 2, and the cell is the one a whole run makes
+    monkeypatch.setattr(_StopsAtImage, "STOP_AT", None)
+    seeds.clear()
+    rc, out, err = run(capsys, *args[:-1], "--out", "stopped.json", "--resume")  # not quiet: the note says what is kept
+    assert rc == 0, err
+    assert seeds == [[2, 3], [4]]
+    resumed = json.loads((_workdir / "stopped.json").read_text())["results"]
+    assert resumed[0] == saved[0] and "direct at 128x64" not in err  # kept as it was
+    assert "--resume: 1 of 2 cells already in stopped.json; test-stops at 128x64 goes on from image 2" in err
+    assert resumed[1]["images"] == whole[1]["images"] and resumed[1]["summary"]["resumed_at_image"] == 2
+    same = {k: v for k, v in resumed[1]["summary"].items() if k not in ("seconds_per_image", "resumed_at_image")}
+    assert same == {k: v for k, v in whole[1]["summary"].items() if k != "seconds_per_image"}
+
+
 TOY_COMMANDS_BAD = [  # all fail before the model is loaded
     (["demo", "--methods", "nope"], "unknown method 'nope'; valid choices: asd, demofusion, direct"),
     (["demo", "--steps", "0"], "--steps must be a positive integer"),

@@ -477,3 +477,16 @@ def test_bad_input_is_rejected_with_clear_errors():
         summarise([])
     with pytest.raises(InvalidArgumentError, match="ImageAnalysis"):
         summarise([{"n_objects": 1}])
+
+
+def test_an_analysis_read_back_from_its_json_is_the_same_analysis():
+    # eval composition --resume summarises the images of a stopped run from their saved records
+    img = blank(256, 128, ("white", "gray"))
+    draw(img, "circle", "red", 20, 30, 50)
+    draw(img, "square", "red", 170, 40, 48)
+    a = analyse(img.astype(np.uint8), "a red circle on a white and gray background", native_size=NATIVE,
+                boundaries_x=[128])
+    assert a.seam is not None and a.n_objects == 2
+    record = json.loads(json.dumps({"prompt": "p", "seed": 3, **a.to_dict()}))  # lists for tuples, as saved
+    back = ImageAnalysis.from_dict(record)
+    assert back == a and summarise([back]) == summarise([a])

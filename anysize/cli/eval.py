@@ -39,7 +39,7 @@ colour and shape. Prompt i is toy caption i (--prompt-seed), generated with seed
 a second table gives, per method and size, the share with one object / with duplicates. A method
 that cannot run at a size, or runs out of memory there, is a "not run" cell that says why, and the
 others go on (exit code 1 if one failed during the run); the results file is saved after every
-cell, and --resume reruns only the cells it lacks.""",
+batch, and --resume runs only the images it lacks.""",
         epilog="""\
 examples:
   anysize eval composition --method direct --size 128x128 256x256 --n 64 --seed 0
@@ -66,8 +66,8 @@ examples:
     c.add_argument("--force", action="store_true", help="overwrite an existing file")
     c.add_argument("--resume", action="store_true",
                    help="keep the cells (method x size) already measured in --out with the same settings and run "
-                   "the others, failed ones included; the file is saved after every cell, so a long table "
-                   "stopped part-way goes on from there")
+                   "the others, failed ones included; the file is saved after every batch of images, so a long "
+                   "table stopped part-way goes on from its last saved batch")
     c.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     c.set_defaults(func=run_composition)
 
@@ -115,7 +115,7 @@ def run_composition(args: argparse.Namespace) -> int:
                              n=args.n, seed=args.seed, prompt_seed=args.prompt_seed, steps=args.steps,
                              guidance=args.guidance, method_options=options)
                  for m in names for size in sizes]
-        kept = _resumed(earlier, cells, out)  # cell index -> its saved result (checked before any work)
+        kept, partial = _resumed(earlier, cells, out)  # cell index -> its saved result (checked before any work)
         refused = {}
         for k, c in enumerate(cells):  # a method that cannot run at a size is a 'not run' cell, named up front
             try:
@@ -125,8 +125,19 @@ def run_composition(args: argparse.Namespace) -> int:
         if len(refused) == len(cells):
             raise InvalidArgumentError("no method can run at these settings: " + "; ".join(
                 f"{cells[k]['method']} at {cells[k]['width']}x{cells[k]['height']}: {why}" for k, why in refused.items()))
-        if kept:
-            note(args.quiet, f"--resume: {len(kept)} of {len(cells)} cells already in {out}")
+        if kept or partial:
+            note(args.quiet, f"--resume: {len(kept)} of {len(cells)} cells already in {out}"
+                 + "".join(f"; {cells[k]['method']} at {cells[k]['width']}x{cells[k]['height']} goes on from image "
+                           f"{len(r['partial']['images'])}" for k, r in partial.items()))
+        saved = []
+
+        def save(running=()):
+            # after every cell and every batch, so a long table stopped part-way keeps what it measured
+            # (and --resume goes on from there); the file is this run's own from the first save on
+            save_json({"results": results + list(running) + _others(earlier, cells)}, out,
+                      force=args.force or args.resume or bool(saved))
+            saved.append(True)
+
         for k, c in enumerate(cells):
             if k in kept:
                 results.append(kept[k])
@@ -137,17 +148,15 @@ def run_composition(args: argparse.Namespace) -> int:
                     results.append(composition_benchmark(
                         adapter, method=c["method"], width=c["width"], height=c["height"], n=args.n, seed=args.seed,
                         prompt_seed=args.prompt_seed, steps=args.steps, guidance=args.guidance, batch=args.batch,
-                        method_options=options, progress=not args.quiet,
+                        method_options=options, progress=not args.quiet, resume_from=partial.get(k),
+                        on_batch=lambda cell: save([cell]),
                     ))
                 except AnysizeError as e:  # out of memory (or refused mid-run): this cell says so, the others run
                     failed += 1
                     why = e.for_cli() if callable(getattr(e, "for_cli", None)) else str(e)
                     results.append({"config": c, "not_run": f"failed during the run: {why}"})
                     note(False, f"{c['method']} at {c['width']}x{c['height']}: {results[-1]['not_run']}")
-            # after every cell, so a long table stopped part-way keeps what it measured (and --resume
-            # goes on from there); the file is this run's own from the first save on
-            save_json({"results": results + _others(earlier, cells)}, out,
-                      force=args.force or args.resume or len(results) > 1)
+            save()
     print(format_table(results))
     if len({r["config"]["method"] for r in results}) > 1 and len(sizes) > 1:
         print()
@@ -177,13 +186,13 @@ def _saved_cells(out: Path) -> list[dict]:
     return results
 
 
-def _resumed(earlier: list[dict], cells: list[dict], out: Path) -> dict[int, dict]:
-    """The cells of this run already measured in ``earlier`` (by index in ``cells``); a saved cell of
-    the same method and size measured with other settings is refused: mixing them would make one table
-    of two experiments."""
+def _resumed(earlier: list[dict], cells: list[dict], out: Path) -> tuple[dict[int, dict], dict[int, dict]]:
+    """The cells of this run already measured in ``earlier`` and those stopped part-way (each by index
+    in ``cells``); a saved cell of the same method and size measured with other settings is refused:
+    mixing them would make one table of two experiments."""
     import json
 
-    kept = {}
+    kept, partial = {}, {}
     for k, c in enumerate(cells):
         c = json.loads(json.dumps(c, default=str))  # as it would be saved (tuples as lists)
         for r in earlier:
@@ -196,9 +205,11 @@ def _resumed(earlier: list[dict], cells: list[dict], out: Path) -> dict[int, dic
                     f"--resume: {out} has {c['method']} at {c['width']}x{c['height']} with other settings ("
                     + ", ".join(f"{key} {saved.get(key)!r}, now {c[key]!r}" for key in differ)
                     + "); choose another --out, or pass --force to start over")
-            if "not_run" not in r:  # a cell that failed or was refused runs again
+            if "partial" in r:  # stopped between two batches: goes on from the next image
+                partial[k] = r
+            elif "not_run" not in r:  # a cell that failed or was refused runs again
                 kept[k] = r
-    return kept
+    return kept, partial
 
 
 def _others(earlier: list[dict], cells: list[dict]) -> list[dict]:

@@ -8,10 +8,10 @@ so any single image can be regenerated alone. Images are generated in batches; t
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import InvalidArgumentError
-from .composition import analyse, summarise
+from .composition import ImageAnalysis, analyse, summarise
 
 
 def toy_prompts(n: int, prompt_seed: int = 0) -> list[str]:
@@ -48,8 +48,16 @@ def composition_benchmark(
     batch: int = 8,
     method_options: dict[str, Any] | None = None,
     progress: bool = True,
+    resume_from: dict[str, Any] | None = None,
+    on_batch: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict:
-    """Run the benchmark; returns a JSON-ready dict: config, summary and per-image analyses."""
+    """Run the benchmark; returns a JSON-ready dict: config, summary and per-image analyses.
+
+    ``on_batch(partial)`` gets, after every batch but the last, the cell so far: ``{"config",
+    "partial": {"images", "network_calls", "seconds"}}``; given back as ``resume_from``, the run goes
+    on from the next image (image i is prompt i with seed + i whatever the batching, so the images
+    are the ones a whole run makes), and the summary's time covers the batches of both runs.
+    """
     from tqdm.auto import tqdm
 
     from .. import api
@@ -60,26 +68,33 @@ def composition_benchmark(
                          steps=steps, guidance=guidance, method_options=method_options)
     width, height, nh = config["width"], config["height"], config["native_size"][1]
     prompts = toy_prompts(n, prompt_seed)
-    analyses, calls = [], 0
-    t0 = time.perf_counter()
-    with tqdm(total=n, desc=f"{method} {width}x{height}", disable=not progress, unit="img") as bar:
-        for start in range(0, n, batch):
+    done = (resume_from or {}).get("partial") or {"images": [], "network_calls": 0, "seconds": 0.0}
+    if len(done["images"]) >= n or [i.get("seed") for i in done["images"]] != [seed + i for i in range(len(done["images"]))]:
+        raise InvalidArgumentError(f"the partial cell to resume does not continue images 0.. of {n} with seeds from {seed}")
+    records = list(done["images"])
+    analyses = [ImageAnalysis.from_dict(r) for r in records]
+    calls, seconds = done["network_calls"], done["seconds"]
+    with tqdm(total=n, initial=len(records), desc=f"{method} {width}x{height}", disable=not progress, unit="img") as bar:
+        for start in range(len(records), n, batch):
+            t0 = time.perf_counter()
             chunk = prompts[start:start + batch]
             result = api.generate(
                 adapter, chunk, width=width, height=height, method=method, steps=steps, guidance=guidance,
                 seed=[seed + start + i for i in range(len(chunk))], progress=False, method_options=method_options,
             )
             calls += result.network_calls
-            for image, prompt in zip(result.images, chunk):
+            for i, (image, prompt) in enumerate(zip(result.images, chunk)):
                 analyses.append(analyse(image, prompt, native_size=nh))
+                records.append(dict(prompt=prompt, seed=seed + start + i, **analyses[-1].to_dict()))
+            seconds += time.perf_counter() - t0
             bar.update(len(chunk))
-    seconds = time.perf_counter() - t0
-    return {
-        "config": config,
-        "summary": {**summarise(analyses), "seconds_per_image": round(seconds / n, 3),
-                    "network_calls": calls},
-        "images": [dict(prompt=p, seed=seed + i, **a.to_dict()) for i, (p, a) in enumerate(zip(prompts, analyses))],
-    }
+            if on_batch is not None and len(records) < n:
+                on_batch({"config": config, "partial": {"images": list(records), "network_calls": calls,
+                                                        "seconds": round(seconds, 4)}})
+    summary = {**summarise(analyses), "seconds_per_image": round(seconds / n, 3), "network_calls": calls}
+    if resume_from is not None:
+        summary["resumed_at_image"] = len(done["images"])
+    return {"config": config, "summary": summary, "images": records}
 
 
 SUMMARY_COLUMNS = (

@@ -52,7 +52,7 @@ JSON-ready.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from typing import Any, Iterable, Sequence
 
@@ -142,6 +142,15 @@ class ImageAnalysis:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ImageAnalysis:
+        """The analysis :meth:`to_dict` wrote (other keys, e.g. a record's prompt and seed, are ignored)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: v for k, v in d.items() if k in names}
+        if values.get("seam") is not None:
+            values["seam"] = SeamScore(**values["seam"])
+        return cls(**values)
 
 
 # ------------------------------------------------------------------------------------------ analysis
