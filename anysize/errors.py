@@ -1,7 +1,8 @@
 """Typed errors: every user mistake gets one clear message naming the valid choices.
 
 All derive from :class:`AnysizeError` (itself a ``ValueError``) so callers can catch one type;
-the CLI maps them to exit code 2.
+the CLI maps them to exit code 2, and :class:`RunFailedError` (valid work that did not complete:
+out of memory) to 1.
 """
 
 from __future__ import annotations
@@ -54,7 +55,12 @@ class UnknownChoiceError(InvalidArgumentError):
         super().__init__(f"unknown {kind} {value!r}; valid choices: {', '.join(map(str, self.choices))}{extra}")
 
 
-class OutOfMemoryError(AnysizeError):
+class RunFailedError(AnysizeError):
+    """Valid work that did not complete (the command line's exit code 1, not 2): the device's memory
+    could not hold it, or a job of a longer run failed and what came before it is kept."""
+
+
+class OutOfMemoryError(RunFailedError):
     """A run the device's memory could not hold (the allocator's own error, turned into one line that
     says what was asked and what would fit better). The failed run's memory is released before it is
     raised, so the next run starts from the cache as it was. ``tips`` are the ways out, each spelt

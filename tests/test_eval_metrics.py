@@ -446,3 +446,34 @@ def test_cli_images_smaller_than_the_crop(capsys, tmp_path, monkeypatch, net):
                    "--reference", "ref", "--crop-size", "128", "--metrics", "fid_c", "--out", "o"])
     err = capsys.readouterr().err
     assert rc == 2 and "is 64x64, smaller than the 128 px crop" in err and err.count("\n") == 1
+
+
+def test_cli_eval_metrics_out_of_memory_is_one_line_and_a_rerun_goes_on(capsys, tmp_path, monkeypatch, model_dir,
+                                                                       net):
+    from anysize.methods.direct import Direct
+
+    monkeypatch.setattr(M, "default_extractor", lambda device="cpu", weights=None: net)
+    monkeypatch.chdir(tmp_path)
+    manifest = _manifest(tmp_path, 3)
+    real = Direct.predict
+
+    def too_big_for_p1(self, ctx, x_in):  # the second row (seed 11) does not fit
+        if 11 in ctx.seeds:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 12.00 GiB")
+        return real(self, ctx, x_in)
+
+    monkeypatch.setattr(Direct, "predict", too_big_for_p1)
+    args = ["eval", "metrics", "--model", str(model_dir), "--prompts", str(manifest), "--steps", "1",
+            "--metrics", "is", "--warmup", "0", "--out", "run", "-q"]
+    rc = cli.main(args)
+    out, err = capsys.readouterr()
+    assert rc == 1 and out == "" and err.count("\n") == 1, err
+    assert err.startswith("anysize: error: generating p1 failed: OutOfMemoryError: out of memory on cpu generating 1 "
+                          "128x128 image with direct (CUDA out of memory. Tried to allocate 12.00 GiB)")
+    assert "the 1 images before it are kept, rerun the same command to go on" in err
+    assert sorted(p.name for p in (tmp_path / "run" / "images").glob("*.png")) == ["p0.png"]
+    monkeypatch.setattr(Direct, "predict", real)
+    rc = cli.main(args)
+    assert rc == 0, capsys.readouterr().err
+    summary = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert summary["speed"]["resumed_images"] == 1 and summary["config"]["n"] == 3

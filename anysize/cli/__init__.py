@@ -20,7 +20,7 @@ from types import ModuleType
 from typing import Iterable, Sequence
 
 from .. import __version__
-from ..errors import AnysizeError, Cancelled, OutOfMemoryError
+from ..errors import AnysizeError, Cancelled, RunFailedError
 from . import app, batch, bench, demo, generate, methods, train_arad, upscale
 from . import eval as eval_
 from .console import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, PROG, Parser, UsageError, error
@@ -124,8 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else error(str(e.code)))
     except UsageError as e:
         return error(str(e))
-    except OutOfMemoryError as e:  # valid input this device cannot hold: not a usage error
-        return error(e.for_cli(), EXIT_FAILED)
+    except RunFailedError as e:  # valid input that did not complete (out of memory): not a usage error
+        return error(e.for_cli() if callable(getattr(e, "for_cli", None)) else str(e), EXIT_FAILED)
     except AnysizeError as e:  # errors that name a way out (force=True, family=...) say it in the CLI's spelling
         return error(e.for_cli() if callable(getattr(e, "for_cli", None)) else str(e))
     except (KeyboardInterrupt, Cancelled):

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..errors import InvalidArgumentError
+from ..errors import InvalidArgumentError, RunFailedError
 from . import metrics as M
 from .timing import PeakMemory, machine, synchronize
 
@@ -109,8 +109,9 @@ def _generate_set(adapter, rows, folder: Path, *, method: str, width: int, heigh
                 (rec,) = run_chunk(adapter, Chunk(i, (job,)), folder, who={"rank": 0, "world_size": 1, "engine": "eval"},
                                    todo=[job])
                 synchronize(adapter.device)
-            if rec["status"] != "done":
-                raise RuntimeError(f"generating {job.id}: {rec['error']}")
+            if rec["status"] != "done":  # the images before it are complete files: a rerun resumes after them
+                raise RunFailedError(f"generating {job.id} failed: {rec['error']}; the {len(records)} images before it "
+                                     "are kept, rerun the same command to go on")
             log.append(rec)
             records.append({"file": str(png_path(folder, job.id)), "seconds": rec["seconds"],
                             "network_calls": rec["network_calls"], "peak_memory_mib": mem.peak_mib, "memory": mem.kind})
