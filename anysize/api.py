@@ -605,6 +605,8 @@ def _request(adapter, prompts, negative, height, width, s: _Settings, callback, 
 
 #: the methods whose working set is one window batch whatever the canvas (the advice after an out-of-memory error)
 BOUNDED_METHODS = ("fstd", "multidiffusion")
+#: method options that set how many windows (views, tiles, patches) go into one network call
+WINDOW_BATCH_OPTIONS = ("view_batch_size", "tile_batch_size")
 
 
 def _memory_tips(adapter, m, s: _Settings, batch: int) -> list[tuple[str, str, str]]:
@@ -612,6 +614,10 @@ def _memory_tips(adapter, m, s: _Settings, batch: int) -> list[tuple[str, str, s
     tips = []
     if batch > 1:
         tips.append(("fewer prompts per call", "--batch 1", "fewer images at once"))
+    options = m.options.as_dict() if getattr(m, "options", None) is not None else {}
+    for key in WINDOW_BATCH_OPTIONS:  # fewer windows per network call: the same image, a smaller working set
+        if isinstance(options.get(key), int) and options[key] > 1:
+            tips.append((f"method_options={{'{key}': 1}}", f"--set {key}=1", f"{m.name} option {key}: 1"))
     if adapter.dtype == torch.float32 and torch.device(adapter.device).type == "cuda":
         tips.append(("dtype='fp16' in anysize.load", "--dtype fp16", "starting the app with --dtype fp16"))
     if s.tiled_vae not in (True, "fast") and s.output_type != "latent":

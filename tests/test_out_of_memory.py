@@ -97,6 +97,25 @@ def test_the_tips_leave_out_what_the_run_already_does(tiny, registered):
     assert "try method='fstd'" in text
 
 
+def test_a_window_method_is_told_to_batch_fewer_windows(tiny, registered, monkeypatch):
+    from anysize.methods.multidiffusion import MultiDiffusion
+
+    def refused(self, *a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 3.00 GiB")
+
+    monkeypatch.setattr(MultiDiffusion, "predict", refused)
+    with pytest.raises(OutOfMemoryError) as info:
+        api.generate(tiny("sd1"), "a cat", width=256, height=128, method="multidiffusion", steps=2, progress=False)
+    e = info.value
+    assert "try method_options={'view_batch_size': 1}, tiled_vae='fast', a smaller size" in str(e)
+    assert "try --set view_batch_size=1, --tiled-vae fast, a smaller --size" in e.for_cli()
+    assert "try multidiffusion option view_batch_size: 1, tiled VAE: fast" in e.for_app()
+    with pytest.raises(OutOfMemoryError) as info:  # already one window a call: not suggested again
+        api.generate(tiny("sd1"), "a cat", width=256, height=128, method="multidiffusion", steps=2, progress=False,
+                     method_options={"view_batch_size": 1})
+    assert "view_batch_size" not in str(info.value)
+
+
 def test_a_bug_that_is_not_about_memory_keeps_its_own_error(tiny, registered):
     with pytest.raises(RuntimeError, match="shape mismatch in the test method") as info:
         api.generate(tiny("sd1"), "a cat", method="test-broken", steps=2, progress=False)
