@@ -103,9 +103,16 @@ def external(urls, app_url):
     return sorted({u for u in urls if not (u.startswith(origin + "/") or u == origin or u.startswith(("data:", "blob:")))})
 
 
+def element(driver, selector, timeout=10):
+    """The element at ``selector`` once the page shows it (a just-opened accordion or tab renders its
+    contents asynchronously: on a loaded machine they appear a moment after the click)."""
+    return wait_for(lambda: next((e for e in driver.find_elements(By.CSS_SELECTOR, selector) if e.is_displayed()), None),
+                    timeout, f"{selector} on the page")
+
+
 def pick(driver, elem_id, label_start):
     """Choose the option of a dropdown whose text starts with ``label_start``."""
-    driver.find_element(By.CSS_SELECTOR, f"#{elem_id} input").click()
+    element(driver, f"#{elem_id} input").click()
     options = wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, f"#{elem_id} li[role=option]"), 10,
                        f"{elem_id}'s options")
     labels = [o.get_attribute("aria-label") for o in options]
@@ -117,7 +124,7 @@ def pick(driver, elem_id, label_start):
 
 
 def type_into(driver, selector, text):
-    box = driver.find_element(By.CSS_SELECTOR, selector)
+    box = element(driver, selector)
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(Keys.DELETE)
     box.send_keys(text)
@@ -266,7 +273,7 @@ def test_upscale_tab_and_a_bad_input_message(app, browser, tmp_path):
 def test_a_lora_and_a_region_from_the_accordion(app, browser, tmp_path, loopback_only):
     driver, urls = browser
     open_tab(driver, "Generate")
-    driver.find_element(By.CSS_SELECTOR, "#gen-extras button").click()  # open "LoRA, ControlNet, regions"
+    element(driver, "#gen-extras button").click()  # open "LoRA, ControlNet, regions"
     pick(driver, "gen-lora-pick", "style.safetensors")
     value = lambda sel: driver.find_element(By.CSS_SELECTOR, sel).get_attribute("value")  # noqa: E731
     wait_for(lambda: value("#gen-loras textarea") == "style.safetensors:1", 10, "the pick to write its line")
