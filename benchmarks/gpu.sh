@@ -136,10 +136,12 @@ command_of() {
 --warmup 1 --repeats 1 --device cuda --dtype bf16 --vae released --out $RES/network_share_sdxl_2048.json" ;;
     # issue 23.5: CUDA allocator peak of one 8192² image per method, fp16, decode included (fast tiled VAE: the
     # same one-tile working set as the default exact statistics, ~16x fewer decoder passes; MultiDiffusion at
-    # stride = window: its peak does not depend on the stride, its default would make 3249 calls per step)
+    # stride = window: its peak does not depend on the stride, its default would make 3249 calls per step), with
+    # the allocator capped at 24 GB as on a card of that size (activation_peak.py: scalediff's whole-canvas CFG call
+    # needs ~25 GiB batched, ~15 GiB as two halves, which predict_guided falls back to)
     memory_8192) echo "python3 benchmarks/gpu_memory/gpu_memory.py --arch sdxl --size 8192x8192 --methods fstd \
 multidiffusion scalediff asd --steps 2 --dtype fp16 --vae released --tiled-vae fast --set multidiffusion.stride=128 \
---device cuda --out $RES/memory_8192.json" ;;
+--memory-limit 24 --device cuda --out $RES/memory_8192.json" ;;
     # issue 23.5: a 16384² fstd upscale of a random 2048² image, fp16: peak and time
     upscale_16384) echo "python3 benchmarks/gpu_memory/gpu_memory.py --arch sdxl --methods --upscale-to 16384x16384 \
 --upscale-from 2048 --upscale-steps 4 --upscale-strength 0.4 --dtype fp16 --vae released --tiled-vae fast \

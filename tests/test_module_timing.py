@@ -187,3 +187,10 @@ def test_gpu_memory_rows_and_an_out_of_memory_row(tmp_path, monkeypatch, toy_onc
     assert "| fstd upscale from 64² | 256x256 |" in md and "OutOfMemoryError" in md
     with pytest.raises(SystemExit):
         gm.main(["--arch", "toy", "--methods"])  # nothing to measure
+
+
+def test_gpu_memory_limit_caps_the_cuda_allocator_only(capsys):
+    gm = script("gpu_memory")
+    with pytest.raises(SystemExit):
+        gm.main(["--arch", "toy", "--methods", "fstd", "--memory-limit", "24", "--device", "cpu"])
+    assert "--memory-limit caps the CUDA allocator: it needs --device cuda" in capsys.readouterr().err

@@ -163,3 +163,41 @@ def test_a_batch_records_the_chunk_as_failed_and_runs_the_others(capsys, model_d
     assert records["ok"]["status"] == "done"
     assert records["big"]["status"] == "failed"
     assert records["big"]["error"].startswith("OutOfMemoryError: out of memory on cpu generating 1 128x128 image")
+
+
+def test_a_guided_call_too_big_for_the_device_runs_its_halves_one_after_the_other(tiny, monkeypatch):
+    from anysize.models import adapt
+
+    adapter = adapt(tiny("sd1"))
+    real = adapter._forward
+    batches = []
+
+    def limited(x, t, embeds, window):  # this "device" holds one 256² sample at a time, two 128² ones
+        batches.append((x.shape[0], x.shape[-1]))
+        if x.shape[0] * x.shape[-1] * x.shape[-2] > 32 * 32:
+            canvas = torch.zeros(1 << 20)  # the failed call's activations, to see them freed
+            TENSORS.append(weakref.ref(canvas))
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+        return real(x, t, embeds, window)
+
+    expected = api.generate(adapter, "a cat", width=256, height=256, steps=2, progress=False, output_type="latent")
+    assert batches == [] and adapter._split_guidance == set()
+    TENSORS.clear()
+    monkeypatch.setattr(adapter, "_forward", limited)
+    got = api.generate(adapter, "a cat", width=256, height=256, steps=2, progress=False, output_type="latent")
+    # the first step's batched call fails once; from then on the halves run one after the other
+    assert batches == [(2, 32), (1, 32), (1, 32)] + [(1, 32)] * 4
+    assert torch.allclose(got.images, expected.images, atol=1e-4, rtol=0)  # float rounding of batch 1 vs 2 (1.3e-5 here)
+    assert got.network_calls == expected.network_calls  # the failed call evaluated nothing
+    assert all(ref() is None for ref in TENSORS)
+    assert adapter._split_guidance == {((1, 4, 32, 32), torch.float32)}
+    # known for this shape now: no failed attempt in the next run; a smaller canvas is still batched
+    batches.clear()
+    api.generate(adapter, "a cat", width=256, height=256, steps=2, progress=False, output_type="latent")
+    assert batches == [(1, 32)] * 6
+    batches.clear()
+    api.generate(adapter, "a cat", width=128, height=128, steps=2, progress=False, output_type="latent")
+    assert batches == [(2, 16)] * 3
+    # a canvas whose halves do not fit either is the one-line error
+    with pytest.raises(OutOfMemoryError, match=r"^out of memory on cpu generating 1 512x256 image with direct"):
+        api.generate(adapter, "a cat", width=512, height=256, steps=2, progress=False)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from ..devices import upload
+from ..devices import is_out_of_memory, release_memory, upload
 from ..errors import InvalidArgumentError, InvalidSizeError
 from ..lazy import lazy_module
 from ..noise import NoiseSpace
@@ -110,8 +110,9 @@ class Conditioning:
 
     With classifier-free guidance (``negative`` set), the guided prediction is
     ``uncond + scale * (cond - uncond)``, computed from one batched call on [negative; positive]
-    exactly as the diffusers pipelines do. ``network_guidance`` is the distilled guidance value fed
-    into the network itself (FLUX.1-dev), independent of CFG.
+    exactly as the diffusers pipelines do (two calls where that one does not fit the device's
+    memory). ``network_guidance`` is the distilled guidance value fed into the network itself
+    (FLUX.1-dev), independent of CFG.
     """
 
     positive: PromptEmbeds
@@ -153,6 +154,9 @@ class ModelAdapter:
     #: class defaults, so an adapter that does not call this __init__ (a test's stand-in) runs eagerly
     runtime: Runtime = Runtime()
     _compiled_call = None
+    #: (latent shape, dtype) of the guided calls whose batched [negative; positive] call ran out of
+    #: this device's memory: their two halves run one after the other from then on (see predict_guided)
+    _split_guidance: set | None = None
 
     def __init__(self, pipe, *, native_size: int | tuple[int, int] | None = None):
         self.pipe = pipe
@@ -163,6 +167,7 @@ class ModelAdapter:
         self.calls = 0  # network evaluations (one per sample in a batch), for benchmarks and tests
         self.runtime = Runtime()  # eager, torch's SDPA choice: see set_runtime
         self._compiled_call = None
+        self._split_guidance = set()
 
     # ---------------------------------------------------------------- properties
     @property
@@ -379,15 +384,35 @@ class ModelAdapter:
         """The guided prediction for latents x of batch ``cond.batch``, one network call.
 
         With CFG the call runs on [x; x] with [negative; positive] embeddings, like the diffusers
-        pipelines, so results agree with them to float rounding.
+        pipelines, so results agree with them to float rounding. Where that batched call runs out
+        of the device's memory (a whole 8192² canvas on a 24 GB card), the failed call's memory is
+        given back and the two halves run one after the other, for this latent shape from then on:
+        the same prediction to float rounding (every sample is computed on its own) with half the
+        activations, at the cost of one failed attempt per shape and process.
         """
         if not cond.do_cfg:
             return self.predict(x, t, cond.positive, window, **control.view_kwargs(view))
-        if window is not None and not isinstance(window, Window):
-            window = list(window) * 2  # [negative; positive] halves see the same windows
-        out = self.predict(torch.cat([x, x]), t, cond.for_cfg(), window,
-                           **control.view_kwargs(None if view is None else view.repeat(2)))
-        uncond, text = out.chunk(2)
+        key = (tuple(x.shape), x.dtype)
+        if self._split_guidance is None or key not in self._split_guidance:
+            calls = self.calls
+            both = window if window is None or isinstance(window, Window) else list(window) * 2
+            try:  # [negative; positive] halves see the same windows
+                out = self.predict(torch.cat([x, x]), t, cond.for_cfg(), both,
+                                   **control.view_kwargs(None if view is None else view.repeat(2)))
+            except RuntimeError as e:  # torch.OutOfMemoryError is one
+                if not is_out_of_memory(e):
+                    raise
+            else:
+                uncond, text = out.chunk(2)
+                return uncond + cond.guidance_scale * (text - uncond)
+            # out of the handler, the failed call's frames and activations are gone
+            self.calls = calls  # it evaluated nothing
+            release_memory(self.device)
+            if self._split_guidance is None:
+                self._split_guidance = set()
+            self._split_guidance.add(key)
+        uncond = self.predict(x, t, cond.negative, window, **control.view_kwargs(view))
+        text = self.predict(x, t, cond.positive, window, **control.view_kwargs(view))
         return uncond + cond.guidance_scale * (text - uncond)
 
     # ---------------------------------------------------------------- schedules

@@ -145,6 +145,9 @@ def format_table(report: dict) -> str:
               f"tiled VAE {cfg['tiled_vae']}, method options: {opts}; weights etc. in use after the build: "
               f"{cfg['in_use_after_build_mib']:.0f} MiB. Machine: {where}; torch {mach['torch']}, "
               f"diffusers {mach['diffusers']}."]
+    if cfg.get("memory_limit_gb"):
+        lines.append(f"The CUDA allocator was capped at {cfg['memory_limit_gb']:g} GB for the whole run "
+                     "(torch.cuda.set_per_process_memory_fraction), as on a card of that size.")
     if cfg.get("upscale_to"):
         lines.append(f"Upscale: a random {cfg['upscale_from']}² source image to {cfg['upscale_to']} with fstd, "
                      f"{cfg['upscale_steps']} steps at strength {cfg['upscale_strength']}, no prompt (no CFG).")
@@ -173,6 +176,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--vae", default="stand-in", choices=list(_bench.VAES))
     ap.add_argument("--tiled-vae", default="auto", choices=["auto", "on", "off", "fast"],
                     help="as anysize generate --tiled-vae (default: auto: tiled above 2048² px, exact statistics)")
+    ap.add_argument("--memory-limit", type=float, default=None, metavar="GB",
+                    help="cap the CUDA allocator at GB (10^9 bytes) for the whole run "
+                    "(torch.cuda.set_per_process_memory_fraction): a card of that size, on a larger one")
     ap.add_argument("--out", default=None, help="JSON report (a .md table beside it)")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.upscale_steps < 1:
@@ -186,6 +192,15 @@ def main(argv=None) -> dict:
     tiled = {"on": True, "off": False}.get(args.tiled_vae, args.tiled_vae)
     device = torch.device(args.device)
     reduced = args.depth == "reduced" or (args.depth == "auto" and device.type == "cpu")
+    if args.memory_limit is not None:
+        if device.type != "cuda":
+            ap.error("--memory-limit caps the CUDA allocator: it needs --device cuda")
+        total = torch.cuda.get_device_properties(device).total_memory
+        if not 0 < args.memory_limit * 1e9 <= total:
+            ap.error(f"--memory-limit {args.memory_limit:g} GB: the device has {total / 1e9:.1f} GB")
+        # beyond it the allocator raises out of memory as a card of that size would (anysize's fallbacks
+        # then run: the CFG halves one after the other, see ModelAdapter.predict_guided)
+        torch.cuda.set_per_process_memory_fraction(args.memory_limit * 1e9 / total, device)
 
     t0 = time.perf_counter()
     adapter = _bench.build_adapter(args.arch, reduced=reduced, device=device, dtype=resolve_dtype(args.dtype), vae=args.vae)
@@ -224,6 +239,7 @@ def main(argv=None) -> dict:
         "config": {"architecture": args.arch, "description": _bench.describe(args.arch, reduced), "dtype": args.dtype,
                    "steps": args.steps, "vae": args.vae, "tiled_vae": args.tiled_vae, "method_options": options,
                    "seed": args.seed, "prompt": PROMPT, "build_seconds": round(build_s, 1),
+                   "memory_limit_gb": args.memory_limit,
                    "in_use_after_build_mib": round(after_build, 1),
                    "upscale_to": None if args.upscale_to is None else f"{args.upscale_to[0]}x{args.upscale_to[1]}",
                    "upscale_from": args.upscale_from, "upscale_steps": args.upscale_steps,
