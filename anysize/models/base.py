@@ -388,7 +388,9 @@ class ModelAdapter:
         of the device's memory (a whole 8192² canvas on a 24 GB card), the failed call's memory is
         given back and the two halves run one after the other, for this latent shape from then on:
         the same prediction to float rounding (every sample is computed on its own) with half the
-        activations, at the cost of one failed attempt per shape and process.
+        activations, at the cost of one failed attempt per shape and process. (A patch that draws
+        random numbers per network call draws once per half then: NPA's optional query shift,
+        off by default where CFG is used, gives the two halves their own offsets.)
         """
         if not cond.do_cfg:
             return self.predict(x, t, cond.positive, window, **control.view_kwargs(view))
