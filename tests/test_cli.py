@@ -641,6 +641,25 @@ def test_eval_composition_resume_goes_on_from_the_last_saved_batch_with_the_same
     assert same == {k: v for k, v in whole[1]["summary"].items() if k != "seconds_per_image"}
 
 
+def test_eval_composition_resume_takes_the_embedded_model_saved_on_another_machine(capsys, _workdir, monkeypatch):
+    import json
+
+    args = ["eval", "composition", "--n", "1", "--steps", "1", "--size", "128x128", "--out", "t.json", "-q"]
+    rc, out, err = run(capsys, *args)
+    assert rc == 0, err
+    saved = json.loads((_workdir / "t.json").read_text())
+    # the GPU machine's checkout lies elsewhere: its path of the same embedded model
+    saved["results"][0]["config"]["model"] = "/root/gpu-checkout/anysize/toy/model"
+    (_workdir / "t.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(api, "generate", lambda *a, **k: pytest.fail("generated again"))
+    rc, out, err = run(capsys, *args, "--resume")
+    assert rc == 0, err
+    saved["results"][0]["config"]["model"] = "/root/other-model"  # a different model is not the same cell
+    (_workdir / "t.json").write_text(json.dumps(saved))
+    rc, out, err = run(capsys, *args, "--resume")
+    assert rc == 2 and "with other settings (model '/root/other-model', now " in err
+
+
 TOY_COMMANDS_BAD = [  # all fail before the model is loaded
     (["demo", "--methods", "nope"], "unknown method 'nope'; valid choices: asd, demofusion, direct"),
     (["demo", "--steps", "0"], "--steps must be a positive integer"),

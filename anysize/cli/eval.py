@@ -199,7 +199,8 @@ def _resumed(earlier: list[dict], cells: list[dict], out: Path) -> tuple[dict[in
             saved = r["config"]
             if tuple(saved.get(key) for key in CELL_KEYS) != tuple(c[key] for key in CELL_KEYS):
                 continue
-            differ = [key for key in CELL_SETTINGS if saved.get(key) != c[key]]
+            differ = [key for key in CELL_SETTINGS if saved.get(key) != c[key]
+                      and not (key == "model" and _same_model(saved.get(key), c[key]))]
             if differ:
                 raise InvalidArgumentError(
                     f"--resume: {out} has {c['method']} at {c['width']}x{c['height']} with other settings ("
@@ -210,6 +211,15 @@ def _resumed(earlier: list[dict], cells: list[dict], out: Path) -> tuple[dict[in
             elif "not_run" not in r:  # a cell that failed or was refused runs again
                 kept[k] = r
     return kept, partial
+
+
+def _same_model(saved, now) -> bool:
+    """The embedded default model is the same model wherever the package lies: a table saved on
+    another machine (a GPU run's checkout) names it by that machine's path."""
+    from ..defaults import default_model_path
+
+    default = default_model_path()
+    return isinstance(saved, str) and now == str(default) and Path(saved).parts[-3:] == default.parts[-3:]
 
 
 def _others(earlier: list[dict], cells: list[dict]) -> list[dict]:
