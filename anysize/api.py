@@ -603,8 +603,6 @@ def _request(adapter, prompts, negative, height, width, s: _Settings, callback, 
     )
 
 
-#: the methods whose working set is one window batch whatever the canvas (the advice after an out-of-memory error)
-BOUNDED_METHODS = ("fstd", "multidiffusion")
 #: method options that set how many windows (views, tiles, patches) go into one network call
 WINDOW_BATCH_OPTIONS = ("view_batch_size", "tile_batch_size")
 
@@ -622,9 +620,11 @@ def _memory_tips(adapter, m, s: _Settings, batch: int) -> list[tuple[str, str, s
         tips.append(("dtype='fp16' in anysize.load", "--dtype fp16", "starting the app with --dtype fp16"))
     if s.tiled_vae not in (True, "fast") and s.output_type != "latent":
         tips.append(("tiled_vae='fast'", "--tiled-vae fast", "tiled VAE: fast"))
-    if m.name not in BOUNDED_METHODS:
-        bounded = "(its memory is one window batch at any size)"
-        tips.append((f"method='fstd' {bounded}", f"--method fstd {bounded}", f"method: fstd {bounded}"))
+    bounded = [n for n in _methods.names() if _methods.get(n).bounded_memory
+               and (_methods.get(n).families is None or adapter.family in _methods.get(n).families)]
+    if not m.bounded_memory and bounded:
+        why = "(its memory is one window batch at any size)"
+        tips.append((f"method='{bounded[0]}' {why}", f"--method {bounded[0]} {why}", f"method: {bounded[0]} {why}"))
     tips.append(("a smaller size", "a smaller --size", "a smaller size"))
     return tips
 

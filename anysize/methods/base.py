@@ -47,6 +47,9 @@ class Method:
     #: whether the method fuses regional prompts (``regions=`` of :func:`anysize.generate`; see
     #: :mod:`anysize.regions`): the window methods, through :func:`anysize.methods._windows.fuse`
     takes_regions: ClassVar[bool] = False
+    #: whether the network's working set is one batch of native-size windows whatever the canvas (the
+    #: way out of an out-of-memory error that anysize.generate names)
+    bounded_memory: ClassVar[bool] = False
 
     @property
     def wraps(self) -> bool:

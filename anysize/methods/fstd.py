@@ -102,6 +102,7 @@ class FSTD(Method):
     summary = "non-overlapping tiles on a grid shifted randomly every step (Any-Size-Diffusion's FSTD)"
     Options = FSTDOptions
     takes_regions = True
+    bounded_memory = True
 
     def geometry(self, adapter, height: int, width: int) -> tuple[tuple[int, int], tuple[int, int]]:
         """((tile h, w), (offset range h, w)) in latent px for a latent canvas of height×width."""

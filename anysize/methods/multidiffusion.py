@@ -104,6 +104,7 @@ class MultiDiffusion(Method):
     summary = "overlapping native-size windows fused every step (MultiDiffusion / Mixture of Diffusers)"
     Options = MultiDiffusionOptions
     takes_regions = True
+    bounded_memory = True
 
     @property
     def wraps(self) -> bool:
