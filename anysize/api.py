@@ -258,7 +258,7 @@ def generate(
     start = time.perf_counter()
     calls0 = adapter.calls
     what = f"generating {len(prompts)} {width}x{height} image{'s' if len(prompts) > 1 else ''} with {m.name}"
-    request, latents, images = _within_memory(adapter, what, _memory_tips(adapter, m, settings, len(prompts)), work)
+    request, latents, images = _within_memory(adapter, what, lambda: _memory_tips(adapter, m, settings, len(prompts)), work)
     seconds = time.perf_counter() - start
     config = _config(adapter, request, m, settings, loras, controls)
     if regions is not None:
@@ -433,7 +433,7 @@ def upscale(
     start = time.perf_counter()
     calls0 = adapter.calls
     what = f"upscaling to {width}x{height} with {m.name}"
-    request, latents, images = _within_memory(adapter, what, _memory_tips(adapter, m, settings, 1), work)
+    request, latents, images = _within_memory(adapter, what, lambda: _memory_tips(adapter, m, settings, 1), work)
     seconds = time.perf_counter() - start
     config = _config(adapter, request, m, settings, loras, controls)
     name = os.fspath(image) if isinstance(image, (str, os.PathLike)) else getattr(image, "filename", "") or ""
@@ -631,8 +631,8 @@ def _memory_tips(adapter, m, s: _Settings, batch: int) -> list[tuple[str, str, s
 
 def _within_memory(adapter, what: str, tips, work):
     """``work()``, with the allocator's out-of-memory error turned into an :class:`OutOfMemoryError`
-    that says what was asked (``what``) and the ways out (``tips``), after the failed run's memory
-    is given back."""
+    that says what was asked (``what``) and the ways out (``tips()``, worked out only then), after
+    the failed run's memory is given back."""
     from .devices import is_out_of_memory, release_memory
 
     try:
@@ -645,7 +645,7 @@ def _within_memory(adapter, what: str, tips, work):
         detail = ". ".join(first.split(". ")[:3])[:240]
     # outside the handler, the failed run's frames and their tensors are gone: their memory can go back
     release_memory(adapter.device)
-    raise OutOfMemoryError(f"on {adapter.device} {what}", detail, tips)
+    raise OutOfMemoryError(f"on {adapter.device} {what}", detail, tips())
 
 
 def _vae_tiling(tiled_vae) -> tuple[bool | str, dict]:
