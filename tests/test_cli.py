@@ -585,8 +585,12 @@ def test_eval_composition_cells_not_run_and_resume(capsys, model_dir, _workdir, 
     again = json.loads((_workdir / "field.json").read_text())["results"]
     assert again[:2] == results[:2] and again[2]["summary"]["n"] == 2 and "not_run" in again[3]
     # other settings than the saved cells': refused before any work, the file kept
-    rc, out, err = run(capsys, *args[:-5], "--n", "3", "--steps", "2", "--out", "field.json", "-q", "--resume")
-    assert rc == 2 and "--resume: field.json has direct at 128x64 with other settings (n 2, now 3)" in err
+    rc, out, err = run(capsys, *args[:-5], "--n", "2", "--steps", "3", "--out", "field.json", "-q", "--resume")
+    assert rc == 2 and "--resume: field.json has direct at 128x64 with other settings (steps 2, now 3)" in err
+    rc, out, err = run(capsys, *args[:-5], "--n", "1", "--steps", "2", "--out", "field.json", "-q", "--resume")
+    assert rc == 2 and "with other settings (n 2, now 1)" in err  # a smaller n does not shrink the saved cells
+    rc, out, err = run(capsys, *args[:-5], "--n", "3", "--steps", "3", "--out", "field.json", "-q", "--resume")
+    assert rc == 2 and "with other settings (n 2, now 3, steps 2, now 3)" in err  # a larger n grows only the same cell
     assert json.loads((_workdir / "field.json").read_text())["results"] == again
     rc, out, err = run(capsys, *args, "--resume", "--force")
     assert rc == 2 and "give one of them" in err
@@ -640,6 +644,36 @@ def test_eval_composition_resume_goes_on_from_the_last_saved_batch_with_the_same
     assert resumed[1]["images"] == whole[1]["images"] and resumed[1]["summary"]["resumed_at_image"] == 2
     same = {k: v for k, v in resumed[1]["summary"].items() if k not in ("seconds_per_image", "resumed_at_image")}
     assert same == {k: v for k, v in whole[1]["summary"].items() if k != "seconds_per_image"}
+
+
+def test_eval_composition_resume_with_a_larger_n_grows_the_saved_cells_with_the_images_a_whole_run_makes(
+        capsys, model_dir, _workdir, monkeypatch):
+    import json
+
+    seeds = []
+    real = api.generate
+    monkeypatch.setattr(api, "generate", lambda *a, **k: seeds.append(k["seed"]) or real(*a, **k))
+    args = ["eval", "composition", "--model", model_dir, "--method", "direct", "--size", "128x64", "64x128",
+            "--batch", "2", "--steps", "2", "-q"]
+    rc, out, err = run(capsys, *args, "--n", "5", "--out", "whole.json")
+    assert rc == 0, err
+    whole = json.loads((_workdir / "whole.json").read_text())["results"]
+    rc, out, err = run(capsys, *args, "--n", "3", "--out", "grown.json")
+    assert rc == 0, err
+    small = json.loads((_workdir / "grown.json").read_text())["results"]
+    seeds.clear()
+    rc, out, err = run(capsys, *args[:-1], "--n", "5", "--out", "grown.json", "--resume")
+    assert rc == 0, err
+    assert seeds == [[3, 4], [3, 4]]  # only the images the saved cells lack
+    assert "128x64 goes on from image 3; direct at 64x128 goes on from image 3" in err
+    grown = json.loads((_workdir / "grown.json").read_text())["results"]
+    for g, w, s in zip(grown, whole, small):
+        assert g["config"] == w["config"] and g["images"] == w["images"] and g["images"][:3] == s["images"]
+        assert g["summary"]["resumed_at_image"] == 3
+        same = {k: v for k, v in g["summary"].items() if k not in ("seconds_per_image", "resumed_at_image")}
+        assert same == {k: v for k, v in w["summary"].items() if k != "seconds_per_image"}
+        # the saved images' time is kept: the grown cell's time covers the 3 saved images and the 2 new ones
+        assert g["summary"]["seconds_per_image"] * 5 > s["summary"]["seconds_per_image"] * 3
 
 
 def test_eval_composition_resume_takes_the_embedded_model_saved_on_another_machine(capsys, _workdir, monkeypatch):

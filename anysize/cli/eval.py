@@ -39,13 +39,14 @@ colour and shape. Prompt i is toy caption i (--prompt-seed), generated with seed
 a second table gives, per method and size, the share with one object / with duplicates. A method
 that cannot run at a size, or runs out of memory there, is a "not run" cell that says why, and the
 others go on (exit code 1 if one failed during the run); the results file is saved after every
-batch, and --resume runs only the images it lacks.""",
+batch, and --resume runs only the images it lacks (with a larger --n, it grows the saved cells).""",
         epilog="""\
 examples:
   anysize eval composition --method direct --size 128x128 256x256 --n 64 --seed 0
   anysize eval composition --method direct --size 256x128 --n 16 --out wide.json
   anysize eval composition --method all --size 256x256 512x512 256x128 128x256 --n 64   # the field's table
   anysize eval composition --method all --size 512x512 --n 64 --out field.json --resume  # go on after a stop
+  anysize eval composition --method all --size 512x512 --n 128 --out field.json --resume # 64 more images per cell
 """,
     )
     c.add_argument("--method", nargs="+", default=["direct"], metavar="NAME",
@@ -67,7 +68,7 @@ examples:
     c.add_argument("--resume", action="store_true",
                    help="keep the cells (method x size) already measured in --out with the same settings and run "
                    "the others, failed ones included; the file is saved after every batch of images, so a long "
-                   "table stopped part-way goes on from its last saved batch")
+                   "table stopped part-way goes on from its last saved batch; a larger --n adds images to the saved cells")
     c.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     c.set_defaults(func=run_composition)
 
@@ -201,6 +202,11 @@ def _resumed(earlier: list[dict], cells: list[dict], out: Path) -> tuple[dict[in
                 continue
             differ = [key for key in CELL_SETTINGS if saved.get(key) != c[key]
                       and not (key == "model" and _same_model(saved.get(key), c[key]))]
+            if differ == ["n"] and isinstance(saved.get("n"), int) and saved["n"] < c["n"] and "not_run" not in r:
+                # a larger --n grows the cell: image i does not depend on n, so the saved images are
+                # the first ones of the larger cell and it goes on from the next
+                partial[k] = {"config": c, "partial": r.get("partial") or _as_partial(r)}
+                continue
             if differ:
                 raise InvalidArgumentError(
                     f"--resume: {out} has {c['method']} at {c['width']}x{c['height']} with other settings ("
@@ -211,6 +217,13 @@ def _resumed(earlier: list[dict], cells: list[dict], out: Path) -> tuple[dict[in
             elif "not_run" not in r:  # a cell that failed or was refused runs again
                 kept[k] = r
     return kept, partial
+
+
+def _as_partial(result: dict) -> dict:
+    """A finished cell as the partial cell its images begin (its time back as seconds in all)."""
+    summary = result["summary"]
+    return {"images": result["images"], "network_calls": summary["network_calls"],
+            "seconds": summary["seconds_per_image"] * len(result["images"])}
 
 
 def _same_model(saved, now) -> bool:
