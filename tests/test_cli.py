@@ -676,6 +676,30 @@ def test_eval_composition_resume_with_a_larger_n_grows_the_saved_cells_with_the_
         assert g["summary"]["seconds_per_image"] * 5 > s["summary"]["seconds_per_image"] * 3
 
 
+@pytest.mark.parametrize("n", ["2", "3"])  # the saved cells kept as they are, or grown to a larger n
+def test_eval_composition_stopped_before_the_saved_cells_it_resumes_keeps_them_in_the_file(capsys, model_dir, _workdir,
+                                                                                            monkeypatch, n):
+    import json
+
+    monkeypatch.setitem(METHODS, _StopsAtImage.name, _StopsAtImage)
+    args = ["eval", "composition", "--model", model_dir, "--size", "128x64", "64x128", "--steps", "2", "-q",
+            "--out", "field.json"]
+    rc, out, err = run(capsys, *args, "--method", "direct", "--n", "2")
+    assert rc == 0, err
+    saved = json.loads((_workdir / "field.json").read_text())["results"]
+    # test-stops runs first and is stopped at its first image: direct's cells, not reached yet, stay in the file
+    monkeypatch.setattr(_StopsAtImage, "STOP_AT", 0)
+    rc, out, err = run(capsys, *args, "--method", "test-stops", "direct", "--n", n, "--batch", "1", "--resume")
+    assert rc == 130
+    assert json.loads((_workdir / "field.json").read_text())["results"] == saved
+    # and stopped in its second batch: its first image is saved next to them
+    monkeypatch.setattr(_StopsAtImage, "STOP_AT", 1)
+    rc, out, err = run(capsys, *args, "--method", "test-stops", "direct", "--n", n, "--batch", "1", "--resume")
+    assert rc == 130
+    now = json.loads((_workdir / "field.json").read_text())["results"]
+    assert now[1:] == saved and [i["seed"] for i in now[0]["partial"]["images"]] == [0]
+
+
 def test_eval_composition_resume_takes_the_embedded_model_saved_on_another_machine(capsys, _workdir, monkeypatch):
     import json
 

@@ -135,7 +135,8 @@ def run_composition(args: argparse.Namespace) -> int:
         def save(running=()):
             # after every cell and every batch, so a long table stopped part-way keeps what it measured
             # (and --resume goes on from there); the file is this run's own from the first save on
-            save_json({"results": results + list(running) + _others(earlier, cells)}, out,
+            reached = cells[:len(results) + len(running)]
+            save_json({"results": results + list(running) + _not_reached(earlier, reached)}, out,
                       force=args.force or args.resume or bool(saved))
             saved.append(True)
 
@@ -235,10 +236,11 @@ def _same_model(saved, now) -> bool:
     return isinstance(saved, str) and now == str(default) and Path(saved).parts[-3:] == default.parts[-3:]
 
 
-def _others(earlier: list[dict], cells: list[dict]) -> list[dict]:
-    """Saved cells of methods or sizes this run does not ask for: kept in the file as they were."""
-    asked = {tuple(c[key] for key in CELL_KEYS) for c in cells}
-    return [r for r in earlier if tuple(r["config"].get(key) for key in CELL_KEYS) not in asked]
+def _not_reached(earlier: list[dict], reached: list[dict]) -> list[dict]:
+    """The saved cells this run has not come to yet, and those of methods or sizes it does not ask
+    for: kept in the file as they were, so a run stopped early loses none of them."""
+    done = {tuple(c[key] for key in CELL_KEYS) for c in reached}
+    return [r for r in earlier if tuple(r["config"].get(key) for key in CELL_KEYS) not in done]
 
 
 def expand_methods(requested: list[str], family: str) -> list[str]:
