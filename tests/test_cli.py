@@ -597,6 +597,13 @@ def test_eval_composition_cells_not_run_and_resume(capsys, model_dir, _workdir, 
     (_workdir / "other.json").write_text('{"cells": []}')
     rc, out, err = run(capsys, *args[:-3], "--out", "other.json", "-q", "--resume")
     assert rc == 2 and "other.json is not an 'eval composition' results file" in err
+    # a cell that did not run has no images to mix: at other settings it runs (here: is refused) again
+    rc, out, err = run(capsys, *args[:7], "64x128", "--n", "3", "--steps", "2", "--out", "field.json", "-q", "--resume")
+    assert rc == 0, err
+    grown = json.loads((_workdir / "field.json").read_text())["results"]
+    assert [(r["config"]["method"], r["config"]["width"], r["config"]["n"], "not_run" in r) for r in grown] == [
+        ("direct", 64, 3, False), ("test-wide", 64, 3, True), ("direct", 128, 2, False), ("test-wide", 128, 2, False)]
+    assert grown[0]["images"][:2] == again[1]["images"]
 
 
 class _StopsAtImage(Direct):

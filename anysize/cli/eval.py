@@ -201,9 +201,11 @@ def _resumed(earlier: list[dict], cells: list[dict], out: Path) -> tuple[dict[in
             saved = r["config"]
             if tuple(saved.get(key) for key in CELL_KEYS) != tuple(c[key] for key in CELL_KEYS):
                 continue
+            if "not_run" in r:  # a cell that failed or was refused has no images: it runs again, at these settings
+                continue
             differ = [key for key in CELL_SETTINGS if saved.get(key) != c[key]
                       and not (key == "model" and _same_model(saved.get(key), c[key]))]
-            if differ == ["n"] and isinstance(saved.get("n"), int) and saved["n"] < c["n"] and "not_run" not in r:
+            if differ == ["n"] and isinstance(saved.get("n"), int) and saved["n"] < c["n"]:
                 # a larger --n grows the cell: image i does not depend on n, so the saved images are
                 # the first ones of the larger cell and it goes on from the next
                 partial[k] = {"config": c, "partial": r.get("partial") or _as_partial(r)}
@@ -215,7 +217,7 @@ def _resumed(earlier: list[dict], cells: list[dict], out: Path) -> tuple[dict[in
                     + "); choose another --out, or pass --force to start over")
             if "partial" in r:  # stopped between two batches: goes on from the next image
                 partial[k] = r
-            elif "not_run" not in r:  # a cell that failed or was refused runs again
+            else:
                 kept[k] = r
     return kept, partial
 
