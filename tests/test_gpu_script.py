@@ -76,6 +76,8 @@ def test_every_part_has_a_limit_and_every_set_names_parts():
     assert {"next", "field", "perf", "compile"} <= set(sets)
     for name, members in sets.items():
         assert members and set(members) <= set(parts), (name, set(members) - set(parts))
+        # one set is one device call, and the device stops a command at 600 s
+        assert sum(parts[p][0] for p in members) <= 600, (name, sum(parts[p][0] for p in members))
 
 
 def test_every_part_command_passes_its_own_argument_parser():
