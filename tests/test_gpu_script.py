@@ -78,6 +78,8 @@ def test_every_part_has_a_limit_and_every_set_names_parts():
         assert members and set(members) <= set(parts), (name, set(members) - set(parts))
         # one set is one device call, and the device stops a command at 600 s
         assert sum(parts[p][0] for p in members) <= 600, (name, sum(parts[p][0] for p in members))
+    # the default set measures what issue 22 still lacks: the field at 4x the side (512²), n = 64
+    assert "field_4x" in sets["field"] and "--size 512x512 --n 64" in parts["field_4x"][1]
 
 
 def test_every_part_command_passes_its_own_argument_parser():
