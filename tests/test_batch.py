@@ -7,6 +7,7 @@ one binds only 127.0.0.1 and is compared byte for byte with an in-process run of
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -192,6 +193,39 @@ def test_csv_and_prompt_files_with_flag_defaults(capsys, model, model_dir, tmp_p
     assert rc == 0
     (png,) = (tmp_path / "txt").glob("*.png")
     assert png.read_bytes() == (tmp_path / "csv" / "first.png").read_bytes()  # same job, same bytes
+
+
+def test_a_json_file_is_an_array_of_jobs_or_one_job(tmp_path):
+    from anysize.batching.jobs import read_rows
+    from anysize.errors import InvalidArgumentError
+
+    (tmp_path / "jobs.json").write_text('[\n  {"id": "a", "prompt": "x"},\n  {"prompt": "y", "seed": 2},\n  3\n]\n')
+    rows, errors = read_rows(tmp_path / "jobs.json")
+    assert [(r.number, r.line, dict(r.values)) for r in rows] == [(1, 2, {"id": "a", "prompt": "x"}),
+                                                                 (2, 3, {"prompt": "y", "seed": 2})]
+    assert [(e.row, e.line) for e in errors] == [(3, 4)] and "a job is a JSON object" in errors[0].message
+    (tmp_path / "one.json").write_text('{"id": "z", "prompt": "x"}')
+    rows, errors = read_rows(tmp_path / "one.json")
+    assert [dict(r.values) for r in rows] == [{"id": "z", "prompt": "x"}] and not errors
+    for text, message in [('[{"prompt": "x"}', "not closed"), ('[{"prompt": "x"}] []', "followed by more"),
+                          ('[{"prompt": "x"} {"prompt": "y"}]', "expected ',' or ']' at line 1"),
+                          ('"a cat"', "holds a JSON str"), ('{"prompt": "x"}\n{"prompt": "y"}', ".jsonl"),
+                          ('{"prompt": x}', "not JSON"), ("[]", "has no jobs")]:
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(InvalidArgumentError, match=re.escape(message)):
+            read_rows(tmp_path / "bad.json")
+
+
+def test_a_prompt_file_line_that_is_a_json_job_is_refused(capsys, tmp_path):
+    # it would otherwise run with the JSON text as its prompt
+    (tmp_path / "jobs.txt").write_text('a cat\n{"id": "z", "prompt": "x"}\n')
+    rc = cli.main(["batch", str(tmp_path / "jobs.txt"), "--out", str(tmp_path / "o"), "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "line 2 is a JSON object" in err and ".jsonl" in err and not (tmp_path / "o").exists()
+    (tmp_path / "braces.txt").write_text("{a cat}\n")  # not JSON: an ordinary prompt
+    from anysize.batching.jobs import read_rows
+
+    assert [dict(r.values) for r in read_rows(tmp_path / "braces.txt")[0]] == [{"prompt": "{a cat}"}]
 
 
 def test_a_batch_of_one_writes_what_generate_writes(capsys, model_dir, tmp_path):

@@ -1,8 +1,9 @@
 """Batch jobs: reading a jobs file and checking every row before any work.
 
-A jobs file is JSONL (``.jsonl``/``.ndjson``: one object per line), CSV (``.csv``: a header row,
-then one job per row; an empty cell is an absent field, ``options`` a JSON object) or a plain
-prompt file (anything else: one prompt per non-empty line). The fields (:data:`FIELDS`) are those
+A jobs file is JSONL (``.jsonl``/``.ndjson``: one object per line), JSON (``.json``: an array of
+job objects, or one object), CSV (``.csv``: a header row, then one job per row; an empty cell is an
+absent field, ``options`` a JSON object) or a plain prompt file (anything else: one prompt per
+non-empty line; a line that is a JSON object is refused, since it is a job in the wrong file). The fields (:data:`FIELDS`) are those
 of :func:`anysize.generate`; a field a row leaves out takes the command's default (the CLI's flags),
 and a missing seed is ``seed + i`` for job ``i`` (0-based), as ``anysize generate`` numbers several
 prompts.
@@ -44,7 +45,7 @@ ALIASES = {"negative_prompt": "negative", "method_options": "options"}
 #: start with "."), at most 200 characters (as the ids of ``anysize eval`` manifests, which name files too)
 ID_RE = re.compile(r"^[^./\\\x00-\x1f][^/\\\x00-\x1f]{0,199}$")
 #: file suffix -> format
-FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,10 +164,10 @@ def read_rows(path: str | Path) -> tuple[list[Row], list[JobError]]:
         raise InvalidArgumentError(f"cannot read jobs file {path}: {e.strerror or e}") from None
     text = decode_prompt_file(data, str(path))
     kind = FORMATS.get(path.suffix.lower(), "prompts")
-    rows, errors = {"jsonl": _jsonl_rows, "csv": _csv_rows, "prompts": _prompt_rows}[kind](text, path)
+    rows, errors = {"jsonl": _jsonl_rows, "json": _json_rows, "csv": _csv_rows, "prompts": _prompt_rows}[kind](text, path)
     if not rows and not errors:
-        what = {"jsonl": "one JSON object per line", "csv": "a header, then one row per job",
-                "prompts": "one prompt per non-empty line"}[kind]
+        what = {"jsonl": "one JSON object per line", "json": "an array of job objects",
+                "csv": "a header, then one row per job", "prompts": "one prompt per non-empty line"}[kind]
         raise InvalidArgumentError(f"jobs file {path} has no jobs ({what})")
     return rows, errors
 
@@ -186,6 +187,58 @@ def _jsonl_rows(text: str, path: Path):
             errors.append(JobError(number, line_no, f"a job is a JSON object {{\"prompt\": ...}}, got {type(value).__name__}"))
             continue
         rows.append(Row(number, line_no, value))
+    return rows, errors
+
+
+def _json_rows(text: str, path: Path):
+    """A ``.json`` file: an array of job objects (each element a row, its line where it starts) or one object."""
+    decoder = json.JSONDecoder()
+
+    def line_of(pos: int) -> int:
+        return text.count("\n", 0, pos) + 1
+
+    def skip_space(pos: int) -> int:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        return pos
+
+    def bad(e: json.JSONDecodeError):
+        return InvalidArgumentError(f"jobs file {path} is not JSON: {e.msg} at line {e.lineno} column {e.colno}")
+
+    start = skip_space(0)
+    if start == len(text):
+        return [], []
+    if text[start] != "[":  # one job object (or a wrong value, refused below)
+        try:
+            value, end = decoder.raw_decode(text, start)
+        except json.JSONDecodeError as e:
+            raise bad(e) from None
+        if skip_space(end) != len(text):
+            raise InvalidArgumentError(f"jobs file {path}: more after the JSON value at line {line_of(skip_space(end))}"
+                                       " (for one job per line name the file .jsonl)")
+        if not isinstance(value, dict):
+            raise InvalidArgumentError(f"jobs file {path} holds a JSON {type(value).__name__}: give an array of job "
+                                       "objects [{\"prompt\": ...}, ...]")
+        return [Row(1, line_of(start), value)], []
+    rows, errors = [], []
+    pos = skip_space(start + 1)
+    while pos < len(text) and text[pos] != "]":
+        try:
+            value, end = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise bad(e) from None
+        number = len(rows) + len(errors) + 1
+        if isinstance(value, dict):
+            rows.append(Row(number, line_of(pos), value))
+        else:
+            errors.append(JobError(number, line_of(pos), f"a job is a JSON object {{\"prompt\": ...}}, got {type(value).__name__}"))
+        pos = skip_space(end)
+        if pos < len(text) and text[pos] == ",":
+            pos = skip_space(pos + 1)
+        elif pos < len(text) and text[pos] != "]":
+            raise InvalidArgumentError(f"jobs file {path} is not JSON: expected ',' or ']' at line {line_of(pos)}")
+    if pos >= len(text) or skip_space(pos + 1) != len(text):
+        raise InvalidArgumentError(f"jobs file {path} is not JSON: the array {'is not closed' if pos >= len(text) else 'is followed by more'}")
     return rows, errors
 
 
@@ -221,8 +274,22 @@ def _prompt_rows(text: str, path: Path):
     rows = []
     for line_no, line in enumerate(text.splitlines(), 1):
         if line.strip():
+            if _is_json_object(line):  # a job in a prompt file would run with its JSON text as the prompt
+                raise InvalidArgumentError(
+                    f"jobs file {path}: line {line_no} is a JSON object, but a {path.suffix or 'suffix-less'} file is read "
+                    "as one prompt per line; name it .jsonl (one job per line) or .json (an array of jobs)")
             rows.append(Row(len(rows) + 1, line_no, {"prompt": line.strip()}))
     return rows, []
+
+
+def _is_json_object(line: str) -> bool:
+    line = line.strip()
+    if not (line.startswith("{") and line.endswith("}")):
+        return False
+    try:
+        return isinstance(json.loads(line), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 def rows_from_dicts(jobs: Iterable[Mapping[str, Any]]) -> tuple[list[Row], list[JobError]]:

@@ -24,8 +24,8 @@ Run every job of JOBS and write DIR/<id>.png (the same metadata as 'anysize gene
 DIR/<id>.json (the job and its full config) per job, and DIR/summary.jsonl: one record per job with
 its status (done, failed, pending), error, seconds, network calls and the rank that ran it.
 
-JOBS is JSONL (.jsonl: one object per line), CSV (.csv: a header row, options as a JSON cell) or a
-plain prompt file (one prompt per line). Fields: id, prompt, negative, seed, size (WxH) or
+JOBS is JSONL (.jsonl: one object per line), JSON (.json: an array of job objects), CSV (.csv: a
+header row, options as a JSON cell) or a plain prompt file (one prompt per line). Fields: id, prompt, negative, seed, size (WxH) or
 width/height, method, options, steps, guidance, scheduler, lora ("PATH[:SCALE]", or a list of such
 strings and {"path": ..., "scale": ...} objects; in CSV the text or a JSON list; any method), regions
 (a list of regional prompts, e.g. [{"box": [0, 0, 128, 128], "prompt": "a red circle"}], as in
@@ -61,7 +61,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     from .. import methods
 
     p.description, p.epilog, p.formatter_class = DESCRIPTION, EPILOG, argparse.RawDescriptionHelpFormatter
-    p.add_argument("jobs", metavar="JOBS", help="the jobs: a .jsonl, .csv or plain prompt file")
+    p.add_argument("jobs", metavar="JOBS", help="the jobs: a .jsonl, .json, .csv or plain prompt file")
     p.add_argument("--out", metavar="DIR", required=True, help="the directory of the jobs' files (created if needed)")
     add_model_options(p)
     add_runtime_options(p)
