@@ -172,6 +172,11 @@ def weights_file(path: str) -> Path:
     if p.is_file():
         return p
     if not p.exists():
+        head, sep, tail = str(path).rpartition(":")
+        if sep and head and Path(head).expanduser().exists():  # PATH:SCALE whose scale is not a number
+            raise InvalidArgumentError(
+                f"LoRA {path}: {head} exists, but {tail!r} after the last ':' is not a scale (a finite number, e.g. "
+                f"{head}:0.8)")
         raise InvalidArgumentError(
             f"LoRA {path} does not exist (give a .safetensors file or a folder; a scale goes after the last ':', "
             "e.g. style.safetensors:0.8)")

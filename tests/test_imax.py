@@ -354,6 +354,11 @@ def test_the_demo_sheet_skips_it_on_the_toy_model(tiny):
 
     assert "imax" not in demo_methods(adapt(tiny("sd1")))
     assert "imax" in demo_methods(adapt(tiny("flux")))
+    # asked for by name on a model it cannot run on: refused with the family it needs, not dropped
+    for chosen in (["imax"], ["direct", "imax"]):
+        with pytest.raises(InvalidArgumentError, match=r"^method 'imax' supports flux, not sd1 \(the demo's model\)$"):
+            demo_methods(adapt(tiny("sd1")), chosen)
+    assert demo_methods(adapt(tiny("flux")), ["direct", "imax"]) == ["direct", "imax"]
 
 
 def test_a_controlnet_sees_the_canvas_control_framed_on_the_swin_padded_steps(flux, monkeypatch):

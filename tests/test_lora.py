@@ -338,7 +338,14 @@ def test_cli_generate_and_upscale_take_repeated_loras(capsys, tmp_path, monkeypa
     capsys.readouterr()
     assert cli.main(["generate", "a cat", *common, "--lora", f"{a}:abc"]) == 2
     err = capsys.readouterr().err
-    assert f"LoRA {a}:abc does not exist" in err and "a scale goes after the last ':'" in err and not list(tmp_path.glob("anysize-*.png"))
+    assert f"LoRA {a}:abc: {a} exists, but 'abc' after the last ':' is not a scale" in err
+    assert not list(tmp_path.glob("anysize-*.png"))
+    for bad in ("nan", "inf"):  # not finite: not a scale either
+        assert cli.main(["generate", "a cat", *common, "--lora", f"{a}:{bad}"]) == 2
+        assert f"'{bad}' after the last ':' is not a scale" in capsys.readouterr().err
+    assert cli.main(["generate", "a cat", *common, "--lora", "missing.safetensors:abc"]) == 2
+    err = capsys.readouterr().err
+    assert "LoRA missing.safetensors:abc does not exist" in err and "a scale goes after the last ':'" in err
 
 
 # ------------------------------------------------------------------------------------------ batch rows

@@ -69,7 +69,12 @@ def demo_methods(adapter, methods: Sequence[str] | None = None) -> list[str]:
         for m in methods:
             registry.get(m)  # unknown name -> error with the valid choices
         names = list(methods)
-    return [n for n in names if not registry.get(n).families or adapter.family in registry.get(n).families]
+    fits = [n for n in names if not registry.get(n).families or adapter.family in registry.get(n).families]
+    unfit = [n for n in names if n not in fits]
+    if methods and unfit:  # a method asked for by name is refused, not left off the sheet unsaid
+        need = "; ".join(f"method {n!r} supports {', '.join(registry.get(n).families)}" for n in unfit)
+        raise InvalidArgumentError(f"{need}, not {adapter.family} (the demo's model)")
+    return fits
 
 
 def run_demo(
