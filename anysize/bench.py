@@ -26,11 +26,11 @@ import re
 import time
 from typing import Any, Sequence
 
-import torch
-
-from .builders import build_pipeline
 from .errors import InvalidArgumentError, InvalidSizeError, UnknownChoiceError, check_choice
 from .eval.timing import alternate, machine
+from .lazy import lazy_module
+
+torch = lazy_module("torch")  # `anysize bench --help` reads ARCHITECTURES without paying for torch
 
 __all__ = ["ARCHITECTURES", "BENCH_PROMPT", "VAES", "bench", "build_adapter", "build_architecture", "describe", "format_table",
            "parse_bench_size"]
@@ -78,13 +78,16 @@ def parse_bench_size(text: str, native: tuple[int, int] | None = None, multiple:
 
 
 def build_architecture(name: str, *, reduced: bool = False, device: str | torch.device = "cpu",
-                       dtype: torch.dtype = torch.float32, seed: int = 0):
-    """The pipeline of architecture ``name`` (see :data:`ARCHITECTURES`), on ``device`` in ``dtype``:
-    :func:`anysize.builders.build_pipeline` at the ``reduced`` or ``full`` profile, weights drawn from
-    ``seed``; ``toy`` loads the embedded model instead."""
+                       dtype: torch.dtype | None = None, seed: int = 0):
+    """The pipeline of architecture ``name`` (see :data:`ARCHITECTURES`), on ``device`` in ``dtype``
+    (default float32): :func:`anysize.builders.build_pipeline` at the ``reduced`` or ``full`` profile,
+    weights drawn from ``seed``; ``toy`` loads the embedded model instead."""
+    dtype = torch.float32 if dtype is None else dtype
     if name not in ARCHITECTURES:
         raise UnknownChoiceError("architecture", name, ARCHITECTURES)
     if name != "toy":
+        from .builders import build_pipeline
+
         return build_pipeline(name, "reduced" if reduced else "full", seed=seed, device=device, dtype=dtype)
     from diffusers import DiffusionPipeline
 
@@ -105,14 +108,16 @@ VAES = ("stand-in", "released")
 
 
 def build_adapter(name: str, *, reduced: bool, device: str | torch.device = "cpu",
-                  dtype: torch.dtype = torch.float32, vae: str = "stand-in"):
-    """The model adapter of architecture ``name`` (the toy loads with its folder defaults).
+                  dtype: torch.dtype | None = None, vae: str = "stand-in"):
+    """The model adapter of architecture ``name`` (the toy loads with its folder defaults), in
+    ``dtype`` (default float32).
 
     ``vae="released"`` swaps the builders' small stand-in VAE for one of the released layout with
     random weights (:func:`anysize.builders.parts.released_vae`), for figures where the decode's
     time or memory matters; the toy model has its own trained VAE and takes only the default."""
     from .models import adapt
 
+    dtype = torch.float32 if dtype is None else dtype
     check_choice("vae", vae, VAES)
     if name == "toy":
         if vae != "stand-in":
@@ -246,7 +251,7 @@ def bench(
     warmup: int = 1,
     reduced: bool = True,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
     seed: int = 0,
     versus: Sequence[tuple[str, str]] = (),
     baseline: bool = True,
@@ -266,6 +271,7 @@ def bench(
     each shape compiles, so the timed runs are the compiled steady state."""
     from .models.runtime import check_compile, check_sdpa
 
+    dtype = torch.float32 if dtype is None else dtype
     check_choice("vae", vae, VAES)
     check_compile(compile)
     check_sdpa(sdpa)

@@ -6,6 +6,7 @@ A tiny random-weight SD 1.x pipeline saved to a folder is loaded through the rea
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 
@@ -166,6 +167,13 @@ def test_parse_set_and_size():
     }
     assert cli.parse_size("4096x2048") == (4096, 2048)
     assert cli.parse_size(" 640 X 480 ") == (640, 480)
+    from anysize.errors import InvalidSizeError
+
+    for text, part in [("1_28x128", "'1_28'"), ("+256x+128", "'+256'"), ("256x1e2", "'1e2'"), ("٢٥٦x128", "'٢٥٦'")]:
+        with pytest.raises(InvalidSizeError, match=re.escape(f"{part} is not an integer; give WIDTHxHEIGHT")):
+            cli.parse_size(text)
+    with pytest.raises(InvalidSizeError, match="width must be a positive number of pixels, got -5"):
+        cli.parse_size("-5x5")
 
 
 # ------------------------------------------------------------------------------------------ help, methods, version

@@ -50,16 +50,21 @@ def test_help_imports_no_torch_and_prints_no_warnings():
     assert err == ""
 
 
-#: the commands whose --help needs nothing heavy (eval, bench and train-arad read tables that live
-#: beside torch code and still import it, about 1.2 s)
-LIGHT_HELP = ["generate", "upscale", "batch", "demo", "app", "methods"]
+#: every command's --help needs nothing heavy (the tables that eval, bench and train-arad print live in
+#: torch-free modules: anysize.eval.protocol, anysize.bench's lazy torch, anysize.train.config)
+LIGHT_HELP = ["generate", "upscale", "batch", "demo", "app", "methods", "eval", "eval composition", "eval metrics",
+              "eval plot", "eval manifest", "bench", "train-arad"]
 
 
 @pytest.mark.parametrize("command", LIGHT_HELP)
 def test_command_help_imports_no_torch(command):
-    rc, out, err, heavy = run_main([command, "--help"])
+    rc, out, err, heavy = run_main([*command.split(), "--help"])
     assert rc == 0 and f"usage: anysize {command}" in out
     assert heavy == []
+
+
+def test_every_command_is_checked_for_a_light_help():
+    assert set(cli.COMMANDS) == {c.split()[0] for c in LIGHT_HELP}
 
 
 def test_methods_lists_every_option_without_importing_torch():

@@ -260,7 +260,7 @@ def expand_methods(requested: list[str], family: str) -> list[str]:
 
 
 def _add_metrics(evsub) -> None:
-    from ..eval.metrics import CLIP_MODEL, METRICS
+    from ..eval.protocol import CLIP_MODEL, METRICS
 
     c = evsub.add_parser(
         "metrics", formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -21,12 +21,10 @@ def parse_size(text: str) -> tuple[int, int]:
         raise InvalidSizeError(f"size {text!r} is not WIDTHxHEIGHT (e.g. 1024x768)")
     out = []
     for name, part in zip(("width", "height"), m.groups()):
-        try:
-            v = int(part)
-        except ValueError:
+        if not re.fullmatch(r"-?[0-9]+", part):  # int() would also take '1_28', '+256' and other scripts' digits
             raise InvalidSizeError(
-                f"size {text!r}: {name} {part!r} is not an integer; give WIDTHxHEIGHT in pixels, e.g. 1024x768"
-            ) from None
+                f"size {text!r}: {name} {part!r} is not an integer; give WIDTHxHEIGHT in pixels, e.g. 1024x768")
+        v = int(part)
         if v <= 0:
             raise InvalidSizeError(f"size {text!r}: {name} must be a positive number of pixels, got {v}")
         out.append(v)

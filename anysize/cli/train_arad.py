@@ -21,7 +21,7 @@ examples:
 
 def configure(p: argparse.ArgumentParser) -> None:
     from ..buckets import PAPER_BUCKETS, RULES
-    from ..train.arad import DEFAULT_TARGETS, MIXED_PRECISION, AradConfig
+    from ..train.config import DEFAULT_TARGETS, MIXED_PRECISION, AradConfig
 
     d = AradConfig(data="", out="")
     table = ", ".join(str(b) for b in PAPER_BUCKETS)

@@ -23,7 +23,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
-import torch
+from ..lazy import lazy_module
+
+torch = lazy_module("torch")  # imported by `anysize bench`'s parser too: torch on first use
 
 __all__ = ["PeakMemory", "Timings", "alternate", "machine", "synchronize"]
 
