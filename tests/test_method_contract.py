@@ -152,3 +152,32 @@ def test_one_method_object_serves_two_threads_at_once(name):
         t.join()
     assert not errors, errors
     assert torch.equal(results[0], alone[0]) and torch.equal(results[1], alone[1])
+
+
+@pytest.mark.parametrize("name", methods.names())
+def test_runs_on_one_pipeline_from_three_threads_get_what_they_get_alone(name):
+    # a network-patching method holds the network to itself while patched (as a LoRA run does): the
+    # plain run beside it waits rather than run through the patched network, and a second patching
+    # run waits its turn rather than find the network taken
+    adapter = adapt(tiny_pipeline(_family(name)), native_size=16)
+    method = methods.create(name, **methods.get(name).demo_options(adapter))
+    jobs = [(method, "a red circle", 5), (method, "a blue square", 9), ("direct", "a green star", 3)]
+    alone = [_gen(adapter, m, prompt=prompt, seed=seed).latents for m, prompt, seed in jobs]
+    results, errors = [None] * len(jobs), []
+    start = threading.Barrier(len(jobs))
+
+    def run(i, m, prompt, seed):
+        try:
+            start.wait()
+            results[i] = _gen(adapter, m, prompt=prompt, seed=seed).latents
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i, *job)) for i, job in enumerate(jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert all(torch.equal(r, a) for r, a in zip(results, alone))
+    assert adapter.network_lock.holders() == (0, False)

@@ -46,6 +46,12 @@ class ReversiblePatch:
     Subclasses set ``name`` (for messages) and ``self.network``, and implement :meth:`_install`,
     recording every change in the given :class:`Undo`; :meth:`_opening` / :meth:`_closed` reset
     per-run state. One anysize patch at a time per network; a failed install is rolled back.
+
+    While open, the patch holds the network's lock (:func:`anysize.models.lora.network_lock`)
+    exclusively, as a run with LoRAs does: a patched network is not the one a plain run on another
+    thread expects, so plain runs wait for the patch to close (and it for them), and a second
+    thread's patch waits its turn instead of finding the network taken. A patch opened again on the
+    same thread (the lock is re-entrant) still meets the mark and is refused.
     """
 
     name = "patch"
@@ -64,22 +70,33 @@ class ReversiblePatch:
     def __enter__(self):
         from ..errors import InvalidArgumentError
 
+        from ..models.lora import network_lock
+
         if self._active:
             raise InvalidArgumentError(f"this {self.name} patch is already open")
-        if getattr(self.network, MARK, None) is not None:
-            raise InvalidArgumentError("this network is already patched by anysize; close that patch first")
-        self._undo = Undo()
-        self._opening()
+        hold = network_lock(self.network).exclusive()
+        hold.__enter__()
         try:
-            self._undo.mark(self.network, self)
-            self._install(self._undo)
+            if getattr(self.network, MARK, None) is not None:
+                raise InvalidArgumentError("this network is already patched by anysize; close that patch first")
+            self._undo = Undo()
+            self._opening()
+            try:
+                self._undo.mark(self.network, self)
+                self._install(self._undo)
+            except BaseException:
+                self._undo.undo_all()
+                raise
         except BaseException:
-            self._undo.undo_all()
+            hold.__exit__(None, None, None)
             raise
-        self._active = True
+        self._hold, self._active = hold, True
         return self
 
     def __exit__(self, *exc) -> None:
-        self._undo.undo_all()
-        self._active = False
-        self._closed()
+        try:
+            self._undo.undo_all()
+            self._active = False
+            self._closed()
+        finally:
+            self._hold.__exit__(None, None, None)
