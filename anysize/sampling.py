@@ -54,6 +54,9 @@ class StepContext:
     image_seeds: tuple[int, ...] | None = None
     #: a value the method's run passed to this loop (e.g. ScaleDiff's upscaling stage), else None
     extra: Any = None
+    #: every image's generator (``generator`` is the first): a stochastic scheduler's step noise is
+    #: drawn image by image from them, so an image of a batch is the image its seed gives alone
+    generators: tuple = ()
 
     @property
     def seeds(self) -> tuple[int, ...]:
@@ -92,7 +95,9 @@ class StepContext:
 
     def scheduler_step(self, out: Tensor, x: Tensor) -> Tensor:
         """scheduler.step with the same extra arguments the diffusers pipelines pass."""
-        return self.scheduler.step(out, self.t, x, **_step_kwargs(self.scheduler, self.generator), return_dict=False)[0]
+        gens = self.generators  # one per image, as diffusers' pipelines pass a list of generators
+        generator = list(gens) if len(gens) > 1 and len(gens) == x.shape[0] else self.generator
+        return self.scheduler.step(out, self.t, x, **_step_kwargs(self.scheduler, generator), return_dict=False)[0]
 
 
 @dataclass
@@ -135,6 +140,7 @@ def sample(
     *,
     seeds: Sequence[int] | None = None,
     generator: torch.Generator | None = None,
+    generators: Sequence[torch.Generator] = (),
     callback: StepCallback | None = None,
     cancel: threading.Event | None = None,
     progress: bool = True,
@@ -145,6 +151,8 @@ def sample(
     """Denoise ``latents`` along ``timesteps`` (already set on ``scheduler``) with ``method``.
 
     ``seeds`` are the images' seeds (methods derive their per-image random streams from them);
+    ``generators`` the images' generators, from which a stochastic scheduler draws each image's step
+    noise (else all of it comes from ``generator``);
     ``extra`` is handed to every step as ``ctx.extra``. ``timesteps`` may be the tail of the
     scheduler's schedule (img2img / SDEdit); ``begin_index`` is then where it starts in
     ``scheduler.timesteps`` (see :func:`partial_schedule`), so multistep schedulers read the
@@ -165,7 +173,8 @@ def sample(
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"cancelled before step {i + 1}/{n}")
                 _position.value = StepPosition(i, n, loop)
-                ctx = StepContext(adapter, scheduler, cond, timesteps, i, generator, state, image_seeds, extra)
+                ctx = StepContext(adapter, scheduler, cond, timesteps, i, generator, state, image_seeds, extra,
+                                  tuple(generators))
                 latents = method.step(ctx, latents)
                 bar.update()
                 if callback is not None:

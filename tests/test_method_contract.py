@@ -99,6 +99,18 @@ def test_an_image_of_a_batch_is_that_image_alone_and_runs_are_repeatable(adapter
         assert (batch.latents[i] - alone).abs().max() <= 1e-3, (i, (batch.latents[i] - alone).abs().max())
 
 
+@pytest.mark.parametrize("name", [m for m in methods.names() if (m, "sd1") in CASES])
+@pytest.mark.parametrize("scheduler", ["euler_a", "ddpm"])
+def test_with_a_stochastic_scheduler_an_image_of_a_batch_is_still_that_image_alone(adapters, name, scheduler):
+    # the step noise of image i comes from image i's generator, as diffusers draws it from a list of them
+    adapter = adapters("sd1")
+    quick = methods.get(name).demo_options(adapter) or None
+    batch = _gen(adapter, name, prompt=["a red circle", "a blue square"], seed=[5, 9], options=quick, scheduler=scheduler)
+    for i, (prompt, seed) in enumerate((("a red circle", 5), ("a blue square", 9))):
+        alone = _gen(adapter, name, prompt=prompt, seed=seed, options=quick, scheduler=scheduler).latents[0]
+        assert (batch.latents[i] - alone).abs().max() <= 1e-3, (i, (batch.latents[i] - alone).abs().max())
+
+
 @pytest.mark.parametrize("name,family", CASES, ids=IDS)
 def test_no_step_waits_for_the_device(adapters, name, family):
     """On a CPU, :class:`~anysize.testing.syncs.HostSyncAudit` follows the tensors that would live on

@@ -118,8 +118,8 @@ class Method:
         with self.session(request):
             return sample(
                 self, request.adapter, latents, request.cond, scheduler, timesteps, seeds=request.seeds,
-                generator=request.generators[0], callback=request.callback, cancel=request.cancel,
-                progress=request.progress, stage=stage, begin_index=begin_index, extra=extra,
+                generator=request.generators[0], generators=request.generators, callback=request.callback,
+                cancel=request.cancel, progress=request.progress, stage=stage, begin_index=begin_index, extra=extra,
             )
 
     @classmethod
