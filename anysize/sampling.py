@@ -20,7 +20,7 @@ from .lazy import lazy_module
 from .models.base import Conditioning, ModelAdapter
 from .noise import NoiseSpace
 from .patches.steps import StepPosition
-from .progress import current_run, run_progress  # noqa: F401  (the job's bar, also for the library's users)
+from .progress import run_progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
