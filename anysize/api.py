@@ -35,6 +35,7 @@ from .models import control as _control
 from .models.base import Conditioning, as_list
 from .models.control import Control  # noqa: F401  (anysize.Control: part of the API)
 from .options import require
+from .progress import run_progress
 from .prompts import check_prompt
 from .request import Request
 from .sampling import StepCallback, check_strength, current_step, make_generators, partial_schedule
@@ -247,7 +248,8 @@ def generate(
     controls = _controls(adapter, control, control_guess_mode)
 
     def work():
-        with torch.no_grad(), _network_for(adapter, loras):
+        # one bar for the call: every sampling loop and tiled VAE pass of the method counts in it
+        with torch.no_grad(), _network_for(adapter, loras), run_progress(m.name, progress):
             request = _request(adapter, prompts, negative, height, width, settings, callback, cancel, progress, controls)
             if regions is not None:
                 plan = _regions.plan(adapter, regions, prompts, negative, request.cond, width, height, request.seeds)
@@ -409,7 +411,8 @@ def upscale(
     controls = _controls(adapter, control, control_guess_mode, source_image=source)
 
     def work():
-        with torch.no_grad(), _network_for(adapter, loras):
+        # one bar for the call: every sampling loop and tiled VAE pass of the method counts in it
+        with torch.no_grad(), _network_for(adapter, loras), run_progress(m.name, progress):
             request = _request(adapter, [prompt], None if negative_prompt is None else [negative_prompt], height, width,
                                settings, callback, cancel, progress, controls)
             if regions is not None:

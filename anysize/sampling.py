@@ -3,7 +3,8 @@
 It walks the scheduler's timesteps and asks the method for each step; it knows no method. Methods
 see a :class:`StepContext` (adapter, scheduler, conditioning, step position, the images' seeds)
 and return the next state. Progress, per-step callbacks, cancellation and the step position that
-network patches are handed (:func:`current_step`) live here once, for every method.
+network patches are handed (:func:`current_step`) live here once, for every method. Inside a job's
+:func:`run_progress` the loop counts its steps in the job's one bar; outside one it shows its own.
 """
 
 from __future__ import annotations
@@ -14,13 +15,12 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from tqdm.auto import tqdm
-
 from .errors import Cancelled, InvalidArgumentError
 from .lazy import lazy_module
 from .models.base import Conditioning, ModelAdapter
 from .noise import NoiseSpace
 from .patches.steps import StepPosition
+from .progress import run_progress
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import Tensor
@@ -157,7 +157,9 @@ def sample(
     scheduler's schedule (img2img / SDEdit); ``begin_index`` is then where it starts in
     ``scheduler.timesteps`` (see :func:`partial_schedule`), so multistep schedulers read the
     right sigmas. ``callback(StepInfo)`` runs after each step; returning ``False`` from it, or
-    setting ``cancel``, stops the run with :class:`~anysize.errors.Cancelled`.
+    setting ``cancel``, stops the run with :class:`~anysize.errors.Cancelled`. Inside a job's
+    :func:`run_progress` its steps count in the job's bar (named ``<job> · <stage>``), else
+    ``progress`` shows a bar of its own (``<method> · <stage>``).
     """
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(begin_index)
@@ -165,10 +167,10 @@ def sample(
     if image_seeds is not None and len(image_seeds) != latents.shape[0]:
         raise InvalidArgumentError(f"{len(image_seeds)} seeds for a batch of {latents.shape[0]} images")
     state: dict = {}
-    desc = f"{method.name}{' · ' + stage if stage else ''}"
     n, loop, outer = len(timesteps), next(_loops), current_step()
     try:
-        with torch.no_grad(), tqdm(total=n, desc=desc, disable=not progress, leave=False) as bar:
+        with torch.no_grad(), run_progress(method.name, progress) as bar:
+            bar.part(n, stage)
             for i in range(n):
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"cancelled before step {i + 1}/{n}")

@@ -177,6 +177,19 @@ def test_cli_reports_bad_rows_and_skip_invalid_runs_the_rest(capsys, model_dir, 
     assert len(failed) == len(BAD_ROWS) + 1 and all(r["stage"] == "validation" and r["error"] for r in failed)
 
 
+def test_cli_draws_the_bars_final_line_once(capsys, model_dir, tmp_path):
+    from _progress_helpers import bar_lines
+
+    (tmp_path / "p.txt").write_text("a cat\na dog\n")
+    rc = cli.main(["batch", str(tmp_path / "p.txt"), "--out", str(tmp_path / "out"), "--model", str(model_dir),
+                   "--steps", "2"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    lines = [ln for ln in bar_lines(err) if ln["desc"] == "batch"]
+    assert lines and [ln["n"] for ln in lines].count(2) == 1, err
+    assert len(bar_lines(err)) == len(lines)  # its jobs' runs show no bars of their own
+
+
 def test_csv_and_prompt_files_with_flag_defaults(capsys, model, model_dir, tmp_path):
     (tmp_path / "jobs.csv").write_text('id,prompt,seed,size,options\nfirst,"a cat, red",4,,\n,a dog,,64x64,{}\n')
     rc = cli.main(["batch", str(tmp_path / "jobs.csv"), "--out", str(tmp_path / "csv"), "--model", str(model_dir),

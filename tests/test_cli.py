@@ -112,6 +112,22 @@ def test_several_prompts_default_directory(capsys, model_dir, _workdir):
     assert files(_workdir) == ["anysize-out", "anysize-out/000-s0.png", "anysize-out/001-s1.png"]
 
 
+def test_several_prompts_show_one_bar(capsys, model_dir, _workdir):
+    from _progress_helpers import bar_lines, opened
+
+    args = ["generate", "a cat", "a dog", "--model", model_dir, "--method", "asd", "--size", "192x128", "--steps", "2"]
+    rc, out, err = run(capsys, *args)
+    assert rc == 0, err
+    assert out.split() == [os.path.join("anysize-out", f) for f in ("000-s0.png", "001-s1.png")]
+    lines = bar_lines(err)
+    assert opened(lines) == 1, err  # not one bar per prompt, nor one per stage
+    assert {ln["desc"] for ln in lines} == {"asd", "asd · stage II (fstd)"}
+    assert {ln["postfix"] for ln in lines} == {"[1/2] a cat", "[2/2] a dog"}
+    assert len({ln["total"] for ln in lines}) == 4  # grown by each prompt's two loops
+    rc, out, err = run(capsys, *args, "--force", "-q")
+    assert rc == 0 and err == ""
+
+
 def test_default_model_size_and_name(capsys, model_dir, _workdir):
     """No --model, --size, --out: the shipped toy model at its native size, default file name."""
     from anysize.defaults import SHIPPED_MODEL
@@ -497,6 +513,24 @@ def test_eval_composition_table_and_json(capsys, model_dir, _workdir):
     rc, out, err = run(capsys, "eval", "composition", "--model", model_dir, "--n", "1", "--steps", "1",
                        "--seed", "7", "--out", lines[-1], "-q")
     assert rc == 2 and "already exists" in err
+
+
+def test_eval_composition_shows_one_bar_over_the_cells(capsys, model_dir, _workdir):
+    from _progress_helpers import bar_lines, opened
+
+    args = ["eval", "composition", "--model", model_dir, "--method", "direct", "--size", "128x128", "256x128",
+            "--batch", "2", "--steps", "1", "--out", "c.json"]
+    rc, out, err = run(capsys, *args, "--n", "2")
+    assert rc == 0, err
+    lines = bar_lines(err)
+    assert opened(lines) == 1, err
+    assert {ln["total"] for ln in lines} == {4}  # cells x n, known from the start
+    assert {ln["desc"] for ln in lines} == {"composition · direct 128x128", "composition · direct 256x128"}
+    assert [ln["n"] for ln in lines].count(4) == 1  # the final line once
+    # --resume with a larger n: only the images still to make are counted
+    rc, out, err = run(capsys, *args, "--n", "3", "--resume")
+    assert rc == 0, err
+    assert {ln["total"] for ln in bar_lines(err)} == {2}
 
 
 class _FluxOnly(Direct):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import Cancelled
+from ..progress import advance
 from .jobs import Job, JobError
 from .plan import Chunk, World, make_chunks, shard
 from .store import is_complete, job_config, remove_job_temps, write_job
@@ -60,7 +61,7 @@ class BatchResult:
         failed = [r for r in records if r["status"] == "failed"]
         self.ran += len(records) - len(failed)
         self.failed_here += len(failed)
-        bar.update(len(records))
+        advance(bar, len(records))  # the last chunk's final line is drawn once, by the bar's close
         if failed and note is not None:
             note(f"chunk {records[0]['chunk']} ({len(failed)} job{'s' if len(failed) != 1 else ''}) failed: "
                  f"{failed[0]['error']}")

@@ -77,6 +77,7 @@ def run_composition(args: argparse.Namespace) -> int:
     from .. import methods
     from ..errors import AnysizeError
     from ..output import check_writable, save_json
+    from ..progress import run_progress
     from ..toy.benchmark import cell_config, composition_benchmark, format_method_size_table, format_table
 
     for m in args.method:
@@ -140,25 +141,29 @@ def run_composition(args: argparse.Namespace) -> int:
                       force=args.force or args.resume or bool(saved))
             saved.append(True)
 
-        for k, c in enumerate(cells):
-            if k in kept:
-                results.append(kept[k])
-            elif k in refused:
-                results.append({"config": c, "not_run": refused[k]})
-            else:
-                try:
-                    results.append(composition_benchmark(
-                        adapter, method=c["method"], width=c["width"], height=c["height"], n=args.n, seed=args.seed,
-                        prompt_seed=args.prompt_seed, steps=args.steps, guidance=args.guidance, batch=args.batch,
-                        method_options=options, progress=not args.quiet, resume_from=partial.get(k),
-                        on_batch=lambda cell: save([cell]),
-                    ))
-                except AnysizeError as e:  # out of memory (or refused mid-run): this cell says so, the others run
-                    failed += 1
-                    why = e.for_cli() if callable(getattr(e, "for_cli", None)) else str(e)
-                    results.append({"config": c, "not_run": f"failed during the run: {why}"})
-                    note(False, f"{c['method']} at {c['width']}x{c['height']}: {results[-1]['not_run']}")
-            save()
+        # one bar over the images of every cell still to run (each cell's run names it)
+        todo = sum(args.n - len((partial[k].get("partial") or {}).get("images", ())) if k in partial else args.n
+                   for k in range(len(cells)) if k not in kept and k not in refused)
+        with run_progress("composition", not args.quiet, total=todo, unit="img", leave=True):
+            for k, c in enumerate(cells):
+                if k in kept:
+                    results.append(kept[k])
+                elif k in refused:
+                    results.append({"config": c, "not_run": refused[k]})
+                else:
+                    try:
+                        results.append(composition_benchmark(
+                            adapter, method=c["method"], width=c["width"], height=c["height"], n=args.n,
+                            seed=args.seed, prompt_seed=args.prompt_seed, steps=args.steps, guidance=args.guidance,
+                            batch=args.batch, method_options=options, progress=not args.quiet,
+                            resume_from=partial.get(k), on_batch=lambda cell: save([cell]),
+                        ))
+                    except AnysizeError as e:  # out of memory (or refused mid-run): this cell says so, the others run
+                        failed += 1
+                        why = e.for_cli() if callable(getattr(e, "for_cli", None)) else str(e)
+                        results.append({"config": c, "not_run": f"failed during the run: {why}"})
+                        note(False, f"{c['method']} at {c['width']}x{c['height']}: {results[-1]['not_run']}")
+                save()
     print(format_table(results))
     if len({r["config"]["method"] for r in results}) > 1 and len(sizes) > 1:
         print()

@@ -7,7 +7,7 @@ import textwrap
 
 from ..errors import check_choice
 from ..lora import cli_loras
-from .console import EXIT_OK, library_output, note
+from .console import EXIT_OK, library_output
 from .controls import add_control_options, parse_controls
 from .inputs import check_text_option, parse_set, parse_size, read_prompts
 from .methods import method_lines
@@ -113,6 +113,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .. import api, methods
     from ..output import check_writable, save_png
+    from ..progress import run_progress
     from ..regions import check_regions
     from ..schedulers import make_scheduler
 
@@ -152,17 +153,23 @@ def run(args: argparse.Namespace) -> int:
             for path in outputs:
                 check_writable(path, args.force)
 
-        # ---- the work: one image at a time, each saved as soon as it is done
+        # ---- the work: one image at a time, each saved as soon as it is done; one bar for them all
         negative = args.negative or None
-        for i, (prompt, path) in enumerate(zip(prompts, outputs)):
-            if len(prompts) > 1:
-                note(quiet, f"[{i + 1}/{len(prompts)}] {prompt}")
-            result = api.generate(
-                adapter, prompt, negative_prompt=negative, width=width, height=height, method=args.method,
-                steps=args.steps, guidance=args.guidance, seed=args.seed + i, scheduler=args.scheduler,
-                tiled_vae=tiled, progress=not quiet, method_options=options, lora=loras, regions=regions,
-                control=controls or None, control_guess_mode=args.control_guess_mode,
-            )
-            written = save_png(result.images[0], path, result.config_for(0), force=args.force)
-            print(written, flush=True)
+        with run_progress(args.method, not quiet) as bar:
+            for i, (prompt, path) in enumerate(zip(prompts, outputs)):
+                if len(prompts) > 1:
+                    bar.set_postfix(f"[{i + 1}/{len(prompts)}] {shorten(prompt)}")
+                result = api.generate(
+                    adapter, prompt, negative_prompt=negative, width=width, height=height, method=args.method,
+                    steps=args.steps, guidance=args.guidance, seed=args.seed + i, scheduler=args.scheduler,
+                    tiled_vae=tiled, progress=not quiet, method_options=options, lora=loras, regions=regions,
+                    control=controls or None, control_guess_mode=args.control_guess_mode,
+                )
+                written = save_png(result.images[0], path, result.config_for(0), force=args.force)
+                bar.print(written)
     return EXIT_OK
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    """A prompt cut to fit beside the bar."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"

@@ -434,9 +434,11 @@ def _tiled_run(
     n_norms = len(_GroupNormSync(root).norms)
     total = len(tiles) * (n_norms + 1 if stats == "exact" else 1) + (1 if stats == "fast" else 0)
 
-    from tqdm.auto import tqdm
+    from ..progress import run_progress
 
-    with _GroupNormSync(root) as sync, tqdm(total=total, desc=desc, disable=not progress) as bar:
+    # inside a job (anysize.generate, ...) the tiles count in its one bar, else in one of their own
+    with _GroupNormSync(root) as sync, run_progress("", progress, leave=True) as bar:
+        bar.part(total, desc)
 
         def load(t: _Tile) -> Tensor:
             return x[:, :, t.box[0] : t.box[1], t.box[2] : t.box[3]].to(device, dtype)
@@ -455,8 +457,7 @@ def _tiled_run(
             else:
                 warnings.warn("tiled VAE: fast GroupNorm statistics are not finite; falling back to exact mode")
                 stats = "exact"
-                bar.total = bar.n + len(tiles) * (n_norms + 1)
-                bar.refresh()
+                bar.grow(len(tiles) * n_norms)  # each tile's GroupNorm passes, then its output pass
 
         if stats == "exact":
             sync.frozen = {}

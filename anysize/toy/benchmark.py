@@ -58,9 +58,8 @@ def composition_benchmark(
     on from the next image (image i is prompt i with seed + i whatever the batching, so the images
     are the ones a whole run makes), and the summary's time covers the batches of both runs.
     """
-    from tqdm.auto import tqdm
-
     from .. import api
+    from ..progress import run_progress
 
     if n < 1 or batch < 1:
         raise InvalidArgumentError(f"n and batch must be positive, got n={n}, batch={batch}")
@@ -74,7 +73,9 @@ def composition_benchmark(
     records = list(done["images"])
     analyses = [ImageAnalysis.from_dict(r) for r in records]
     calls, seconds = done["network_calls"], done["seconds"]
-    with tqdm(total=n, initial=len(records), desc=f"{method} {width}x{height}", disable=not progress, unit="img") as bar:
+    # within a job's bar (eval composition's, over all its cells) the cell counts there, else in its own
+    with run_progress("", progress, total=n, initial=len(records), unit="img", leave=True) as bar:
+        bar.part(n - len(records), f"{method} {width}x{height}")
         for start in range(len(records), n, batch):
             t0 = time.perf_counter()
             chunk = prompts[start:start + batch]
