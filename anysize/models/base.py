@@ -9,6 +9,8 @@ method: methods see only this surface.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -277,6 +279,18 @@ class ModelAdapter:
         *,
         guidance_scale: float,
     ) -> Conditioning:
+        """The conditioning of ``prompts`` (and ``negative``), one run of the pipeline's text encoders.
+
+        One thread at a time per pipeline: a fast (Rust) tokenizer keeps its padding and truncation
+        settings on the shared object and diffusers' ``encode_prompt`` switches them per call
+        ("max_length", then "longest" to detect truncation), so two threads encoding at once can
+        get each other's padding: embeddings of the wrong length (an error) or the wrong content (a
+        wrong image)."""
+        with _prompt_lock(self.pipe):
+            return self._encode_prompt(prompts, negative, guidance_scale=guidance_scale)
+
+    def _encode_prompt(self, prompts: Sequence[str], negative: Sequence[str] | None, *,
+                       guidance_scale: float) -> Conditioning:
         raise NotImplementedError
 
     # ---------------------------------------------------------------- runtime
@@ -571,6 +585,19 @@ def _to_pil_by_rows(image: Tensor, rows: int = 256):
         strip = strip.cpu().permute(1, 2, 0).float().numpy()
         out[top : top + rows] = (strip * 255).round().astype("uint8")
     return Image.fromarray(out)
+
+
+_prompt_locks_guard = threading.Lock()
+_prompt_locks: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _prompt_lock(pipe) -> threading.Lock:
+    """The lock around a pipeline's prompt encoding (keyed by the pipeline: every adapter of it shares it)."""
+    with _prompt_locks_guard:
+        lock = _prompt_locks.get(pipe)
+        if lock is None:
+            lock = _prompt_locks[pipe] = threading.Lock()
+        return lock
 
 
 def _pair(v) -> tuple[int, int]:

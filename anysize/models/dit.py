@@ -107,7 +107,7 @@ class SD3Adapter(DiTAdapter):
     def patch(self) -> int:
         return self.network.config.patch_size
 
-    def encode_prompt(self, prompts: Sequence[str], negative: Sequence[str] | None, *, guidance_scale: float) -> Conditioning:
+    def _encode_prompt(self, prompts: Sequence[str], negative: Sequence[str] | None, *, guidance_scale: float) -> Conditioning:
         do_cfg = guidance_scale > 1.0
         pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
             list(prompts), None, None, device=self.device, num_images_per_prompt=1,
@@ -212,7 +212,7 @@ class FluxAdapter(DiTAdapter):
     def distilled_guidance(self) -> bool:
         return bool(self.network.config.get("guidance_embeds", False))
 
-    def encode_prompt(self, prompts: Sequence[str], negative: Sequence[str] | None, *, guidance_scale: float) -> Conditioning:
+    def _encode_prompt(self, prompts: Sequence[str], negative: Sequence[str] | None, *, guidance_scale: float) -> Conditioning:
         if negative is not None and any(negative):
             raise InvalidArgumentError(
                 "FLUX.1 is guidance-distilled and takes no negative prompt here; drop --negative"

@@ -76,7 +76,7 @@ class SDAdapter(UNetAdapter):
     default_guidance = 7.5
     default_steps = 50
 
-    def encode_prompt(self, prompts: Sequence[str], negative: Sequence[str] | None, *, guidance_scale: float) -> Conditioning:
+    def _encode_prompt(self, prompts: Sequence[str], negative: Sequence[str] | None, *, guidance_scale: float) -> Conditioning:
         do_cfg = guidance_scale > 1.0
         pos, neg = self.pipe.encode_prompt(
             list(prompts), self.device, 1, do_cfg, negative_prompt=None if negative is None else list(negative)

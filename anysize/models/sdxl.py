@@ -31,7 +31,7 @@ class SDXLAdapter(UNetAdapter):
     default_guidance = 5.0
     default_steps = 50
 
-    def encode_prompt(self, prompts: Sequence[str], negative: Sequence[str] | None, *, guidance_scale: float) -> Conditioning:
+    def _encode_prompt(self, prompts: Sequence[str], negative: Sequence[str] | None, *, guidance_scale: float) -> Conditioning:
         do_cfg = guidance_scale > 1.0
         pos, neg, pooled, neg_pooled = self.pipe.encode_prompt(
             list(prompts),
