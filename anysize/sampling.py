@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from .cancel import cancel_scope
 from .errors import Cancelled, InvalidArgumentError
 from .lazy import lazy_module
 from .models.base import Conditioning, ModelAdapter
@@ -169,11 +170,13 @@ def sample(
     state: dict = {}
     n, loop, outer = len(timesteps), next(_loops), current_step()
     try:
-        with torch.no_grad(), run_progress(method.name, progress) as bar:
+        with torch.no_grad(), run_progress(method.name, progress) as bar, cancel_scope(cancel) as scope:
             bar.part(n, stage)
             for i in range(n):
                 if cancel is not None and cancel.is_set():
                     raise Cancelled(f"cancelled before step {i + 1}/{n}")
+                if scope is not None:  # a step of many network calls stops at the next one
+                    scope.where = f"step {i + 1}/{n}"
                 _position.value = StepPosition(i, n, loop)
                 ctx = StepContext(adapter, scheduler, cond, timesteps, i, generator, state, image_seeds, extra,
                                   tuple(generators))

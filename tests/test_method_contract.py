@@ -166,6 +166,35 @@ def test_one_method_object_serves_two_threads_at_once(name):
     assert torch.equal(results[0], alone[0]) and torch.equal(results[1], alone[1])
 
 
+@pytest.mark.parametrize("name", [m for m in methods.names() if (m, "sd1") in CASES])
+def test_a_cancel_stops_the_run_at_its_next_network_call_not_its_next_step(name, monkeypatch):
+    # one step of a tiling method is many network calls (minutes on a large canvas)
+    from anysize.errors import Cancelled
+
+    pipe = tiny_pipeline("sd1")
+    adapter = adapt(pipe, native_size=16)
+    quick = methods.get(name).demo_options(adapter) or None
+    state = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    event, seen = threading.Event(), []
+    real = type(adapter)._forward
+
+    def forward(self, x, *args, **kwargs):
+        seen.append(x.shape[0])
+        if len(seen) == 1:
+            event.set()  # cancelled while the first network call runs
+        return real(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(type(adapter), "_forward", forward)
+    with pytest.raises(Cancelled, match=r"^cancelled (during step 1|before step 2)/[23]$"):
+        _gen(adapter, name, size=(256, 256), options=quick, cancel=event, scheduler="ddim")
+    assert len(seen) == 1  # no network call after the cancel, though a tiling step makes many
+    monkeypatch.undo()
+    assert all(torch.equal(v, state[k]) for k, v in pipe.unet.state_dict().items())
+    assert adapter.network_lock.holders() == (0, False)
+    plain = _gen(adapter, "direct")  # the pipeline is usable and the same after
+    assert torch.equal(plain.latents, _gen(adapt(tiny_pipeline("sd1"), native_size=16), "direct").latents)
+
+
 @pytest.mark.parametrize("family", ["sd1", "sdxl", "flux"])
 def test_prompts_encoded_from_many_threads_at_once_are_what_they_are_alone(adapters, family):
     # a fast tokenizer's padding settings live on the shared object: unserialised, threads get each

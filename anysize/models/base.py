@@ -14,6 +14,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
+from ..cancel import check_cancelled
 from ..devices import is_out_of_memory, release_memory, upload
 from ..errors import InvalidArgumentError, InvalidSizeError
 from ..lazy import lazy_module
@@ -358,6 +359,7 @@ class ModelAdapter:
                 raise InvalidArgumentError(f"window {w} does not match latents of shape {tuple(x.shape)}")
         if embeds.batch != x.shape[0]:
             raise InvalidArgumentError(f"{embeds.batch} prompt embeddings for a batch of {x.shape[0]} latents")
+        check_cancelled()  # a cancelled run stops here, not only at its next step (one may be many calls)
         self.calls += x.shape[0]
         if not isinstance(window, Window) and len(set(windows)) == 1:
             window = windows[0]
