@@ -243,6 +243,7 @@ def generate(
         regions = _regions.check_regions(regions, width, height)
     settings = _settings(adapter, len(prompts), steps, guidance, seed, scheduler, tiled_vae, output_type, callback,
                          cancel, progress)
+    _check_guidance(m, settings)
     m.check(adapter, height, width, settings.steps)
     loras = check_loras(lora)  # before the controls: a ControlNet named by path is loaded there
     controls = _controls(adapter, control, control_guess_mode)
@@ -386,12 +387,13 @@ def upscale(
         )
     if conditioned:
         noise_level = adapter.check_noise_level(adapter.default_noise_level if noise_level is None else noise_level)
-    if guidance is None and not prompt and not negative_prompt:
+    if guidance is None and not prompt and not negative_prompt and not m.needs_guidance:
         guidance = 1.0  # no text: guidance would only double every call (the official upscaler: empty prompt, no CFG)
     if isinstance(seed, (list, tuple)):
         raise InvalidArgumentError(f"upscale makes one image: seed must be one integer, got {seed!r}")
     settings = _settings(adapter, 1, steps, guidance, seed, scheduler, tiled_vae, output_type, callback, cancel,
                          progress)
+    _check_guidance(m, settings)
     source = load_image(image)
     height, width, rounded = upscale_size((source.height, source.width), adapter.size_multiple, scale=scale, size=size)
     adapter.check_size(height, width)
@@ -593,6 +595,14 @@ def _controls(adapter, control, guess_mode, *, source_image=None):
         raise InvalidArgumentError(f"control_guess_mode must be True or False, got {guess_mode!r}")
     items = _control.check(adapter, control, source_image=source_image)
     return _control.prepare(adapter, items, guess_mode=guess_mode)
+
+
+def _check_guidance(m, s: _Settings) -> None:
+    """Refuse, before any work, guidance <= 1 for a method that needs classifier-free guidance."""
+    if m.needs_guidance and s.guidance <= 1:
+        raise InvalidArgumentError(
+            f"method {m.name!r} needs classifier-free guidance: give guidance > 1 (got {s.guidance:g}; the model's "
+            "default is used when none is given)")
 
 
 def _request(adapter, prompts, negative, height, width, s: _Settings, callback, cancel, progress,

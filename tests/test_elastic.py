@@ -566,9 +566,11 @@ def test_diff11_bad_inputs(sd1, opts, match):
 
 
 def test_bad_inputs_no_cfg_family_and_size(tiny, sd1):
-    with pytest.raises(InvalidArgumentError, match="needs guidance > 1"):
+    calls = sd1.calls
+    with pytest.raises(InvalidArgumentError, match=r"^method 'elastic' needs classifier-free guidance: give guidance > 1 \(got 1;"):
         anysize.generate(sd1, "a cat", height=128, width=256, steps=1, guidance=1.0, method="elastic",
                          output_type="latent", progress=False)
+    assert sd1.calls == calls  # refused before any work
     with pytest.raises(InvalidArgumentError, match="supports sd1, sd2, sdxl"):
         gen(adapt(tiny("flux"), native_size=16), h=128, w=128, steps=1)
     from anysize.errors import InvalidSizeError
@@ -606,3 +608,16 @@ def test_elastic_refines_a_latent_canvas_like_any_loop_method(tiny):
     a, b, c = m.refine(job(3), clean, 0.5), m.refine(job(3), clean, 0.5), m.refine(job(4), clean, 0.5)
     assert a.shape == clean.shape and torch.equal(a, b) and not torch.allclose(a, c)
     assert not hasattr(m, "_seeds")
+
+
+def test_an_upscale_without_a_prompt_keeps_the_guidance_elastic_needs(sd1):
+    # with neither prompt nor negative an upscale runs without CFG, except for a method that needs it
+    from PIL import Image
+
+    source = Image.new("RGB", (128, 128), (200, 40, 40))
+    out = anysize.upscale(sd1, source, scale=2, method="elastic", steps=3, progress=False, output_type="latent")
+    assert out.config["guidance"] == sd1.default_guidance > 1
+    assert anysize.upscale(sd1, source, scale=2, method="direct", steps=3, progress=False,
+                           output_type="latent").config["guidance"] == 1.0
+    with pytest.raises(InvalidArgumentError, match="needs classifier-free guidance"):
+        anysize.upscale(sd1, source, scale=2, method="elastic", steps=2, guidance=1.0, progress=False)

@@ -50,6 +50,9 @@ class Method:
     #: whether the network's working set is one batch of native-size windows whatever the canvas (the
     #: way out of an out-of-memory error that anysize.generate names)
     bounded_memory: ClassVar[bool] = False
+    #: whether the method needs classifier-free guidance (guidance > 1): the front ends refuse less
+    #: before any work, and an upscale without a prompt keeps the model's guidance for it
+    needs_guidance: ClassVar[bool] = False
 
     @property
     def wraps(self) -> bool:

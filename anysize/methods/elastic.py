@@ -287,6 +287,7 @@ class Elastic(Method):
     summary = "local unconditional patches + a global class direction from a subsampled reference (ElasticDiffusion)"
     Options = ElasticOptions
     families = ("sd1", "sd2", "sdxl")
+    needs_guidance = True  # its two terms are CFG's unconditional and class-direction parts
     # at native size the reference is the canvas: without resampling (and so without the repaint
     # pass) the two terms add up to plain CFG, and RRG pulls x0 towards itself
     native_options = {"resampling_steps": 0}
