@@ -234,7 +234,8 @@ def test_cli_upscale_help(capsys):
     (["--scale", "2", "--strength", "1.5"], r"strength must be in (0, 1]"),
     (["--scale", "2", "--strength", "0"], r"strength must be in (0, 1]"),
     (["--scale", "2", "--method", "asd"], "cannot upscale an image; use one of"),
-    (["--scale", "2", "--method", "nope"], "valid choices"),
+    (["--scale", "2", "--method", "nope"], "unknown method 'nope'; valid choices: direct, elastic, fstd, hidiffusion, "
+                                           "multidiffusion\n"),  # those that can upscale
     (["--scale", "2", "--set", "tile=0"], "tile must be an integer >= 1"),
     (["--size", "100x128"], "not a multiple of 8"),
     (["--scale", "2", "--out", "x.jpg"], "must end in .png"),

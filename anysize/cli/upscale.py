@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
     if args.scale is not None and not (math.isfinite(args.scale) and args.scale > 0):
         raise InvalidArgumentError(f"--scale must be a number > 0, got {args.scale}")
     size = parse_size(args.size) if args.size is not None else None
-    check_choice("method", args.method, methods.names())
+    if args.method not in methods.names():
+        check_choice("method", args.method, refining_methods())  # the choices are those that can upscale
     if not methods.get(args.method).refines:
         raise InvalidArgumentError(
             f"method {args.method!r} makes its own canvas in several stages and cannot upscale an image; "
