@@ -258,7 +258,8 @@ PRE_LOAD = [  # (args, fragment of the message): all must fail before any model 
     (["--out", "out.jpg"], "must end in .png"),
     (["--prompts-file", "empty.txt"], "has no prompts"),
     (["--prompts-file", "missing.txt"], "cannot read prompts file"),
-    (["--bogus"], "unrecognized arguments: --bogus"),
+    (["--bogus"], "unrecognized arguments: --bogus (see 'anysize generate --help')"),
+    (["--steps"], "expected one argument (see 'anysize generate --help')"),
 ]
 
 

@@ -113,8 +113,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 1 failed: out of memory, failed jobs; 2 bad
     input, 130 interrupted)."""
     argv = fix_negative_sizes(list(sys.argv[1:] if argv is None else argv))
+    chosen = _chosen_command(argv)
     try:
-        chosen = _chosen_command(argv)
         parser = build_parser([chosen] if chosen is not None else [])
         args = parser.parse_args(argv)
         if getattr(args, "func", None) is None:
@@ -123,7 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as e:  # --help, --version
         return e.code if isinstance(e.code, int) else (0 if e.code is None else error(str(e.code)))
     except UsageError as e:
-        return error(str(e))
+        message = str(e)
+        if chosen in COMMANDS:  # the top parser reports a command's unknown options: point at that command's help
+            message = message.replace(f"(see '{PROG} --help')", f"(see '{PROG} {chosen} --help')")
+        return error(message)
     except RunFailedError as e:  # valid input that did not complete (out of memory): not a usage error
         return error(e.for_cli() if callable(getattr(e, "for_cli", None)) else str(e), EXIT_FAILED)
     except AnysizeError as e:  # errors that name a way out (force=True, family=...) say it in the CLI's spelling
