@@ -240,6 +240,21 @@ def test_a_pipeline_lora_of_the_user_stays_as_it_was(lora_of):
     assert np.array_equal(_gen(adapter).images, theirs)  # theirs active again, at 0.3 (not reset to 1)
 
 
+def test_a_users_unet_lora_stays_and_the_text_encoder_comes_back_plain(lora_of, tmp_path):
+    # the user's LoRA wraps only the U-Net; ours wraps the text encoder too, and only ours may go
+    adapter = adapt(tiny_pipeline("sd1"), native_size=16)
+    pipe = adapter.pipe
+    pipe.load_lora_weights(str(_make_lora("sd1", tmp_path / "unet-only", seed=1)), adapter_name="mine")
+    text_state = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    unet_keys = set(pipe.unet.state_dict())
+    theirs = _gen(adapter).images
+    _gen(adapter, lora=lora_of("sd1"))
+    after = pipe.text_encoder.state_dict()
+    assert set(after) == set(text_state) and all(torch.equal(after[k], v) for k, v in text_state.items())
+    assert set(pipe.unet.state_dict()) == unet_keys and pipe.get_list_adapters() == {"unet": ["mine"]}
+    assert np.array_equal(_gen(adapter).images, theirs)
+
+
 # ------------------------------------------------------------------------------------------ errors and clean-up
 
 

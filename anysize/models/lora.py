@@ -169,9 +169,28 @@ def _loadable_parts(pipe) -> list:
 
 
 def _tuner_layers(pipe) -> list:
+    return [m for part in _loadable_parts(pipe) for m in _tuner_layers_of(part)]
+
+
+def _tuner_layers_of(part) -> list:
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return [m for part in _loadable_parts(pipe) for m in part.modules() if isinstance(m, BaseTunerLayer)]
+    return [m for m in part.modules() if isinstance(m, BaseTunerLayer)]
+
+
+def _unwrap(part) -> None:
+    """Take peft's wrapper layers out of one pipeline part (diffusers' ``unload_lora_weights``, for that part alone)."""
+    from diffusers.models.modeling_utils import ModelMixin
+
+    if isinstance(part, ModelMixin):
+        part.unload_lora()
+    else:  # a transformers text encoder
+        from diffusers.utils.peft_utils import recurse_remove_peft_layers
+
+        recurse_remove_peft_layers(part)
+        if getattr(part, "peft_config", None) is not None:
+            del part.peft_config
+            part._hf_peft_config_loaded = None
 
 
 def loaded_adapters(pipe) -> list[str]:
@@ -249,6 +268,8 @@ def _loaded(adapter: ModelAdapter, pipe, loras: Sequence[LoraFile]) -> Iterator[
     had = loaded_adapters(pipe)
     # what each layer had: its active adapters and their scales (restored exactly afterwards)
     before = [(layer, list(layer.active_adapters), dict(layer.scaling)) for layer in _tuner_layers(pipe)] if had else []
+    # the parts without peft layers yet (a user's U-Net LoRA leaves the text encoder plain): unwrapped after
+    plain_parts = [part for part in _loadable_parts(pipe) if not _tuner_layers_of(part)] if had else []
     active_before = list(pipe.get_active_adapters()) if had else []
     names: list[str] = []
     try:
@@ -277,12 +298,12 @@ def _loaded(adapter: ModelAdapter, pipe, loras: Sequence[LoraFile]) -> Iterator[
             layer.scaling.update({k: v for k, v in scaling.items() if k in layer.scaling})
         yield
     finally:
-        _remove(pipe, names, had, before, active_before)
+        _remove(pipe, names, had, before, active_before, plain_parts)
         for p, flag in grads:
             p.requires_grad_(flag)
 
 
-def _remove(pipe, names: list[str], had: list[str], before: list, active_before: list[str]) -> None:
+def _remove(pipe, names: list[str], had: list[str], before: list, active_before: list[str], plain_parts: list) -> None:
     present = [n for n in names if n in loaded_adapters(pipe)]
     if present:
         with warnings.catch_warnings():  # "Adapter ... was active which is now deleted": as meant
@@ -292,6 +313,9 @@ def _remove(pipe, names: list[str], had: list[str], before: list, active_before:
         if _tuner_layers(pipe):
             pipe.unload_lora_weights()  # peft's wrappers out: the modules are the original ones again
         return
+    for part in plain_parts:  # only our LoRA wrapped it: its wrappers out, as unload_lora_weights does per part
+        if _tuner_layers_of(part):
+            _unwrap(part)
     for layer, active, scaling in before:
         if active:
             layer.set_adapter(active)
