@@ -464,6 +464,86 @@ def test_demo_uses_and_shows_a_methods_quick_settings(model_dir):
     assert render_sheet(result).width > 256
 
 
+def _fake_demo_result():
+    """A sheet's worth of made-up cells (no generation): long captions, a long row name and setting,
+    a cell that could not run."""
+    from PIL import Image
+
+    from anysize.toy.demo import COLUMNS, DemoCell, DemoResult
+
+    long_name = "a-method-with-a-name-far-too-long-for-the-margin"
+    cells = []
+    for row, method in enumerate(["direct", long_name, "fstd"]):
+        for k, (label, mh, mw) in enumerate(COLUMNS):
+            cell = DemoCell(method, label, 128 * mw, 128 * mh, seconds=12.4 + k)
+            if method == long_name and label == "4x area":
+                cell.error = "needs a larger canvas"
+            else:  # the reviewed sheet's longest caption under the 128-px columns
+                cell.image = Image.new("RGB", (cell.width, cell.height), (40 * row, 60 * k, 200))
+                cell.analysis = {"n_objects": 2 if k == 3 else int(k == 1), "n_other_objects": 14 - k,
+                                 "fidelity": k == 1}
+            cells.append(cell)
+    options = {long_name: {"lora": "/a/very/long/path/without/any/spaces/to/a/lora.safetensors",
+                           "resampling_steps": 1, "repaint": False}}
+    return DemoResult(cells, {"method_options": options})
+
+
+def test_demo_sheet_texts_stay_in_their_column_and_apart(monkeypatch):
+    """Every text of the sheet is wrapped to its column (a caption, a column title) or to the left
+    margin (a row's name and settings), and the rows make room for the wrapped lines: no text box
+    leaves its column, meets another or covers an image (the user review: under 128-px columns each
+    caption ran into the next column's)."""
+    from PIL import Image, ImageDraw
+
+    from anysize.toy.demo import _cell_caption, render_sheet
+
+    result = _fake_demo_result()
+    title = "'" + "a red triangle on a blue background " * 6 + "'  seed 0  2 steps"
+    texts, pastes = [], []
+    draw_text, paste = ImageDraw.ImageDraw.text, Image.Image.paste
+
+    def record_text(self, xy, text, *args, **kwargs):
+        texts.append((text, self.textbbox(xy, text, font=kwargs.get("font")), kwargs.get("fill")))
+        return draw_text(self, xy, text, *args, **kwargs)
+
+    def record_paste(self, im, box=None, *args, **kwargs):
+        pastes.append((box[0], box[1], box[0] + im.width, box[1] + im.height))
+        return paste(self, im, box, *args, **kwargs)
+
+    monkeypatch.setattr(ImageDraw.ImageDraw, "text", record_text)
+    monkeypatch.setattr(Image.Image, "paste", record_paste)
+    sheet = render_sheet(result, title=title)
+    monkeypatch.undo()
+
+    assert len(pastes) == len(result.cells) - 1
+    starts = sorted({p[0] for p in pastes})  # each column's x: a column and its gutter end at the next one
+    assert len(starts) == 4
+    bounds = [0] + starts + [sheet.width]
+    first = next(i for i, (_, box, _) in enumerate(texts) if box[0] == starts[0])  # the title's lines come first
+    for text, (x0, y0, x1, y1), _ in texts:
+        assert 0 <= x0 < x1 <= sheet.width and 0 <= y0 < y1 <= sheet.height, text
+    for text, (x0, y0, x1, y1), _ in texts[first:]:
+        region = max(i for i, b in enumerate(bounds[:-1]) if b <= x0)  # the margin or a column
+        assert x1 <= bounds[region + 1], f"{text!r} ({x0}..{x1}) runs past its column ({bounds[region + 1]})"
+
+    def meet(a, b):
+        return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+    for i, (text, box, _) in enumerate(texts):
+        for other, obox, _ in texts[i + 1:]:
+            assert not meet(box, obox), f"{text!r} {box} overlaps {other!r} {obox}"
+        for image in pastes:
+            assert not meet(box, image), f"{text!r} {box} covers the image at {image}"
+    # nothing is lost in the wrapping: the captions' words, in order; a word too long is cut with an ellipsis
+    captions = [t for t, _, fill in texts if fill in ((170, 0, 0), (0, 110, 0))]
+    assert " ".join(captions) == " ".join(_cell_caption(c) for c in result.cells)
+    assert len(captions) > len(result.cells)
+    assert any(t.startswith("lora=/a/very") and t.endswith("\u2026") for t, _, _ in texts)
+    assert any(t.startswith("a-method-with") and t.endswith("\u2026") for t, _, _ in texts)
+    assert {"resampling_steps=1", "repaint=False"} <= {t for t, _, _ in texts}  # short enough: whole
+    assert first > 1  # the long title is wrapped to the sheet
+
+
 def test_demo_rows_follow_the_registry(capsys, model_dir, _workdir, monkeypatch):
     import json
 

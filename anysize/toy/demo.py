@@ -15,6 +15,7 @@ name. One progress bar counts the cells (the runs inside it show none).
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
@@ -148,8 +149,73 @@ def _cell_caption(cell: DemoCell) -> str:
     return f"{n} object{'s' if n != 1 else ''} - {verdict}, {cell.seconds:.0f}s"
 
 
+#: vertical distance between the lines of a text on the sheet (the default font is about 11 px tall)
+LINE_H = 14
+
+
+def _text_width(draw, text: str, font) -> float:
+    """How far ``text`` reaches right of where it is drawn (the advance, or the ink where it overhangs)."""
+    if not text:
+        return 0.0
+    return max(draw.textlength(text, font=font), draw.textbbox((0, 0), text, font=font)[2])
+
+
+def _ellipsis(draw, font) -> str:
+    try:
+        draw.textlength("\u2026", font=font)
+    except UnicodeEncodeError:  # Pillow's bitmap fallback font is latin-1 only
+        return "..."
+    return "\u2026"
+
+
+def _cut(draw, word: str, font, max_width: float) -> str:
+    """``word`` shortened with an ellipsis until it fits ``max_width`` (as much of the ellipsis as fits)."""
+    if _text_width(draw, word, font) <= max_width:
+        return word
+    dots = _ellipsis(draw, font)
+    for n in range(len(word) - 1, -1, -1):
+        if _text_width(draw, word[:n] + dots, font) <= max_width:
+            return word[:n] + dots
+    while dots and _text_width(draw, dots, font) > max_width:
+        dots = dots[:-1]
+    return dots
+
+
+def wrap_text(draw, text: str, font, max_width: float) -> list[str]:
+    """``text`` in lines no wider than ``max_width`` pixels, broken between words; a word too wide
+    for a line on its own is cut with an ellipsis. Every line, drawn at the same x, stays within
+    ``max_width`` of it."""
+    lines: list[str] = []
+    line = space = ""
+    for word in re.findall(r"\S+|\s+", text):
+        if word.isspace():  # kept within a line (the title's double spaces), dropped at a break
+            space = word
+            continue
+        joined = f"{line}{space}{word}" if line else word
+        space = ""
+        if _text_width(draw, joined, font) <= max_width:
+            line = joined
+            continue
+        if line:
+            lines.append(line)
+        line = _cut(draw, word, font, max_width)
+    if line:
+        lines.append(line)
+    return lines
+
+
+def _draw_lines(draw, xy: tuple[int, int], lines: Sequence[str], **kwargs) -> None:
+    x, y = xy
+    for k, line in enumerate(lines):
+        draw.text((x, y + LINE_H * k), line, **kwargs)
+
+
 def render_sheet(result: DemoResult, *, title: str | None = None):
-    """The labelled comparison sheet as a PIL image (images at their true pixel size)."""
+    """The labelled comparison sheet as a PIL image (images at their true pixel size).
+
+    Every text is wrapped to the room it has (a caption to its column, a row's label and settings
+    to the left margin, the title to the sheet) and the rows and headers are as tall as their
+    tallest text needs, so no text runs into another or into an image."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default()
@@ -159,25 +225,45 @@ def render_sheet(result: DemoResult, *, title: str | None = None):
     col_w = {col: max(grid[m, col].width for m in methods) for col in columns}
     row_h = {m: max(grid[m, col].height for col in columns) for m in methods}
     pad, label_w, head_h, text_h = 8, 110, 36, 18
-    title_h = 24 if title else 0
     width = label_w + sum(col_w[c] + pad for c in columns) + pad
-    height = title_h + head_h + sum(row_h[m] + text_h + pad for m in methods) + pad
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def wrap(text: str, max_width: float) -> list[str]:
+        return wrap_text(measure, text, font, max_width)
+
+    title_lines = wrap(title, width - 2 * pad) if title else []
+    title_h = 10 + LINE_H * len(title_lines) if title else 0
+    heads = {}
+    for col in columns:
+        any_cell = grid[methods[0], col]
+        heads[col] = (wrap(col, col_w[col]), wrap(f"{any_cell.width}x{any_cell.height}", col_w[col]))
+    head_h = max([head_h] + [8 + LINE_H * (len(a) + len(b)) for a, b in heads.values()])
+    shown_options = result.config.get("method_options", {})
+    labels, captions, row_total = {}, {}, {}
+    for m in methods:
+        labels[m] = (wrap(m, label_w - 2 * pad),
+                     [line for key, value in shown_options.get(m, {}).items()  # non-default settings
+                      for line in wrap(f"{key}={value}", label_w - 2 * pad)])
+        captions[m] = {col: wrap(_cell_caption(grid[m, col]), col_w[col]) for col in columns}
+        need = max(grid[m, col].height + 3 + LINE_H * len(captions[m][col]) for col in columns)
+        label_bottom = row_h[m] // 2 + LINE_H * (len(labels[m][0]) + len(labels[m][1]))
+        row_total[m] = max(row_h[m] + text_h, need + 1, label_bottom)
+    height = title_h + head_h + sum(row_total[m] + pad for m in methods) + pad
     sheet = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     if title:
-        draw.text((pad, 6), title, fill=(0, 0, 0), font=font)
+        _draw_lines(draw, (pad, 6), title_lines, fill=(0, 0, 0), font=font)
     x = label_w
     for col in columns:
-        any_cell = grid[methods[0], col]
-        draw.text((x, title_h + 6), col, fill=(0, 0, 0), font=font)
-        draw.text((x, title_h + 20), f"{any_cell.width}x{any_cell.height}", fill=(90, 90, 90), font=font)
+        name, size = heads[col]
+        _draw_lines(draw, (x, title_h + 6), name, fill=(0, 0, 0), font=font)
+        _draw_lines(draw, (x, title_h + 6 + LINE_H * len(name)), size, fill=(90, 90, 90), font=font)
         x += col_w[col] + pad
     y = title_h + head_h
-    shown_options = result.config.get("method_options", {})
     for m in methods:
-        draw.text((pad, y + row_h[m] // 2), m, fill=(0, 0, 0), font=font)
-        for k, (key, value) in enumerate(shown_options.get(m, {}).items()):  # non-default settings
-            draw.text((pad, y + row_h[m] // 2 + 14 * (k + 1)), f"{key}={value}", fill=(90, 90, 90), font=font)
+        name, settings = labels[m]
+        _draw_lines(draw, (pad, y + row_h[m] // 2), name, fill=(0, 0, 0), font=font)
+        _draw_lines(draw, (pad, y + row_h[m] // 2 + LINE_H * len(name)), settings, fill=(90, 90, 90), font=font)
         x = label_w
         for col in columns:
             cell = grid[m, col]
@@ -185,9 +271,11 @@ def render_sheet(result: DemoResult, *, title: str | None = None):
                 sheet.paste(cell.image.convert("RGB"), (x, y))
             else:
                 draw.rectangle([x, y, x + cell.width - 1, y + cell.height - 1], outline=(200, 200, 200))
-                draw.text((x + 4, y + 4), "cannot run at this size", fill=(150, 0, 0), font=font)
+                _draw_lines(draw, (x + 4, y + 4), wrap("cannot run at this size", cell.width - 8),
+                            fill=(150, 0, 0), font=font)
             ok = cell.analysis.get("fidelity", False)
-            draw.text((x, y + cell.height + 3), _cell_caption(cell), fill=(0, 110, 0) if ok else (170, 0, 0), font=font)
+            _draw_lines(draw, (x, y + cell.height + 3), captions[m][col],
+                        fill=(0, 110, 0) if ok else (170, 0, 0), font=font)
             x += col_w[col] + pad
-        y += row_h[m] + text_h + pad
+        y += row_total[m] + pad
     return sheet
