@@ -75,12 +75,12 @@ def test_network_calls_per_phase(adapters, family):
     steps = calls_per_step(adapter, h=384, w=384)
     cfg = 2
     # (invocations, samples) per step, 16 views per call: phase 3's 25 local views take two
-    ones = {"": (1, cfg), "phase 2/3": (2, (9 + 4) * cfg), "phase 3/3": (3, (25 + 9) * cfg)}
+    ones = {"phase 1/3": (1, cfg), "phase 2/3": (2, (9 + 4) * cfg), "phase 3/3": (3, (25 + 9) * cfg)}
     runs = 3 if family == "sd1" else STEPS  # PNDM runs one more step than asked
-    assert [s for s in steps] == [(stage, *ones[stage]) for stage in ("", "phase 2/3", "phase 3/3") for _ in range(runs)]
+    assert [s for s in steps] == [(stage, *ones[stage]) for stage in ("phase 1/3", "phase 2/3", "phase 3/3") for _ in range(runs)]
     # four views per call: local ceil(9/4) + dilated 1 calls in phase 2, ceil(25/4) + ceil(9/4) in phase 3
     steps = calls_per_step(adapter, h=384, w=384, view_batch_size=4)
-    assert {(stage, calls) for stage, calls, _ in steps} == {("", 1), ("phase 2/3", 3 + 1), ("phase 3/3", 7 + 3)}
+    assert {(stage, calls) for stage, calls, _ in steps} == {("phase 1/3", 1), ("phase 2/3", 3 + 1), ("phase 3/3", 7 + 3)}
 
 
 def test_batch_equals_alone_and_runs_repeat(adapters):

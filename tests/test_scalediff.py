@@ -418,3 +418,12 @@ def test_sd3_with_a_table_that_is_not_sin_cos_is_refused_beyond_it(tiny):
     pe.pos_embed = pe.pos_embed + 0.01  # a learned-looking table
     with pytest.raises(InvalidArgumentError, match="not the sin-cos formula"):
         gen(adapter, (1024, 256))
+
+
+def test_every_loop_is_named_for_the_callback_and_the_bar(tiny):
+    # the base pass is a stage of its own, so a callback or a progress bar can tell it from stage 1
+    adapter = adapt(tiny("sd1"), native_size=16)
+    stages = []
+    anysize.generate(adapter, "a red square", height=256, width=256, steps=3, method="scalediff", output_type="latent",
+                     progress=False, callback=lambda info: stages.append(info.stage))
+    assert stages[0] == "base" and stages[-1] == "stage 1/1" and set(stages) == {"base", "stage 1/1"}

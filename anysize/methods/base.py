@@ -89,15 +89,16 @@ class Method:
         x_in = ctx.model_input(x)
         return ctx.scheduler_step(self.predict(ctx, x_in), x)
 
-    def run(self, request) -> Tensor:
-        """Generate final latents for a :class:`~anysize.request.Request`: one loop from pure noise."""
+    def run(self, request, *, stage: str = "") -> Tensor:
+        """Generate final latents for a :class:`~anysize.request.Request`: one loop from pure noise
+        (``stage`` names it, for a recipe whose first loop this is)."""
         adapter = request.adapter
         scheduler = request.make_scheduler()
         h, w = request.latent_hw
         timesteps = adapter.set_timesteps(scheduler, request.steps, (h, w))
         latents = adapter.initial_noise((request.cond.batch, adapter.latent_channels, h, w), request.generators)
         latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)
-        return self.denoise(request, latents, scheduler, timesteps)
+        return self.denoise(request, latents, scheduler, timesteps, stage=stage)
 
     def refine(self, request, latents: Tensor, strength: float, *, steps: int | None = None, stage: str = "") -> Tensor:
         """SDEdit / img2img: re-noise clean ``latents`` (any size) to ``strength`` and denoise them.

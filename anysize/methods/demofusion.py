@@ -252,9 +252,10 @@ class DemoFusion(Method):
         f = adapter.vae_factor
         sizes = self.phase_sizes(adapter, *request.latent_hw)
         base = sizes[0]
-        z = Method.run(self, dataclasses.replace(request, height=base[0] * f, width=base[1] * f))
         if len(sizes) == 1:  # at or below the native size: plain generation
-            return z
+            return Method.run(self, request)
+        z = Method.run(self, dataclasses.replace(request, height=base[0] * f, width=base[1] * f),
+                       stage=f"phase 1/{len(sizes)}")
         dims = (1, 2, 3)
         anchor_mean, anchor_std = z.mean(dims, keepdim=True), z.std(dims, keepdim=True)
         jitter = [torch.Generator("cpu").manual_seed((s + _JITTER_SEED_SALT) % 2**63) for s in request.seeds]

@@ -271,7 +271,7 @@ class ScaleDiff(Method):
         if len(sizes) == 1:  # at or below the native size: plain generation
             return Method.run(self, request), []
         check_restart(request.steps, self.settings(adapter)["restart"])  # before any work
-        z = self.base_pass(dataclasses.replace(request, height=base[0] * f, width=base[1] * f))
+        z = self.base_pass(dataclasses.replace(request, height=base[0] * f, width=base[1] * f), stage="base")
         stages = []
         for p, size in enumerate(sizes[1:], start=1):
             stage = self.stage(request, z, size, label=f"stage {p}/{len(sizes) - 1}")
@@ -295,7 +295,7 @@ class ScaleDiff(Method):
         z_latent = F.interpolate(z.float(), size=size, mode="bicubic", align_corners=False)
         return frequency_mix(z_latent, z_pixel, cutoff)
 
-    def base_pass(self, request) -> Tensor:
+    def base_pass(self, request, *, stage: str = "") -> Tensor:
         """The base image of a cascade: one loop from pure noise on the request's (base) canvas, its
         schedule set as for the native size (a flow model's shift pinned there, as the stages')."""
         adapter = request.adapter
@@ -304,7 +304,7 @@ class ScaleDiff(Method):
         timesteps = adapter.set_timesteps(scheduler, request.steps, tuple(adapter.native_latent_size))
         latents = adapter.initial_noise((request.cond.batch, adapter.latent_channels, h, w), request.generators)
         latents = latents * getattr(scheduler, "init_noise_sigma", 1.0)
-        return self.denoise(request, latents, scheduler, timesteps)
+        return self.denoise(request, latents, scheduler, timesteps, stage=stage)
 
     def _schedule(self, request):
         """(scheduler, timesteps, begin index) of a stage (:func:`stage_schedule`)."""
