@@ -427,3 +427,14 @@ def test_every_loop_is_named_for_the_callback_and_the_bar(tiny):
     anysize.generate(adapter, "a red square", height=256, width=256, steps=3, method="scalediff", output_type="latent",
                      progress=False, callback=lambda info: stages.append(info.stage))
     assert stages[0] == "base" and stages[-1] == "stage 1/1" and set(stages) == {"base", "stage 1/1"}
+
+
+def test_more_stages_than_the_size_has_room_for_are_refused_before_any_work(tiny):
+    adapter = model(tiny, "sd1")
+    calls = adapter.calls
+    with pytest.raises(InvalidArgumentError, match=r"^scalediff stages=3: a 512x512 image has room for 2 upscaling stages "
+                                                   r"of x2 above its native-size base; use stages <= 2"):
+        gen(adapter, size=(512, 512), steps=2, stages=3)
+    assert adapter.calls == calls
+    assert gen(adapter, size=(512, 512), steps=2, stages=2).config["method_options"]["stages"] == 2
+    assert gen(adapter, size=(128, 128), steps=2, stages=3).network_calls  # native size: plain generation, as before

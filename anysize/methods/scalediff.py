@@ -251,7 +251,14 @@ class ScaleDiff(Method):
     def check(self, adapter, height: int, width: int, steps: int | None = None) -> None:
         super().check(adapter, height, width, steps)
         f = adapter.vae_factor
-        if steps is not None and len(self.stage_sizes(adapter, height // f, width // f)) > 1:
+        sizes = self.stage_sizes(adapter, height // f, width // f)
+        asked = self.options.stages
+        if asked is not None and len(sizes) > 1 and len(sizes) - 1 < asked:  # not run with fewer, unsaid
+            raise InvalidArgumentError(
+                f"scalediff stages={asked}: a {width}x{height} image has room for {len(sizes) - 1} upscaling "
+                f"stage{'s' if len(sizes) > 2 else ''} of x2 above its native-size base; use stages <= "
+                f"{len(sizes) - 1}, or leave it unset")
+        if steps is not None and len(sizes) > 1:
             check_restart(steps, self.settings(adapter)["restart"])
         if self.options.npa:  # the stages run inside the patch (which extends SD3's position table)
             NPAPatch.check_canvas(adapter, (height // f, width // f))
