@@ -403,11 +403,15 @@ def test_patch_restores_after_an_exception_and_refuses_nesting(tiny):
 @pytest.mark.parametrize("options,match", [
     ({"window": 0}, "window"), ({"window": "8"}, "window"), ({"shift": 1}, "shift"),
     ({"chunk": 0}, "chunk"), ({"apply_at_native": "yes"}, "apply_at_native"), ({"bogus": 1}, "no option bogus"),
-    ({"seed": "x"}, "seed"),
+    ({"seed": "x"}, "seed"), ({"seed": -1}, r"seed must be an integer in \[0, 9223372036854775807\]"),
+    ({"seed": [1, 2**63]}, "seed must be an integer in"),
 ])
 def test_bad_patch_options_are_refused(tiny, options, match):
     with pytest.raises(InvalidArgumentError, match=match):
         anysize.patch(tiny("sd1"), "npa", **options)
+    if "seed" in options:  # the same check in hidiffusion's patch
+        with pytest.raises(InvalidArgumentError, match=match):
+            anysize.patch(tiny("sd1"), "hidiffusion", **options)
 
 
 def test_patch_refuses_non_pipelines():

@@ -73,7 +73,7 @@ from typing import Any, Sequence
 from ..errors import InvalidArgumentError
 from ..lazy import lazy_module
 from ..options import Options, option
-from ._undo import ReversiblePatch, Undo
+from ._undo import ReversiblePatch, Undo, patch_seeds
 from .msw_msa import WindowAttentionProcessor, feature_hw, shift_index
 from .raunet import DilatedDownsampler, PoolUnpool
 from .steps import StepSource
@@ -146,9 +146,7 @@ class HiDiffusionPatch(ReversiblePatch):
 
     def __init__(self, adapter, *, position: StepSource | None = None, seed: int | Sequence[int] = 0, **options):
         self.settings = HiDiffusionSettings.from_kwargs(options, owner="patch 'hidiffusion'", also=("seed",))
-        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-            raise InvalidArgumentError(f"seed must be an integer or a list of integers, got {seed!r}")
+        seeds = patch_seeds(seed)
         if adapter.family not in FAMILIES:
             raise InvalidArgumentError(
                 f"hidiffusion works on U-Net models ({', '.join(FAMILIES)}); {adapter.family} is a transformer (DiT) model"

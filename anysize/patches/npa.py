@@ -62,7 +62,7 @@ from ..devices import TensorKeyed, upload
 from ..errors import InvalidArgumentError
 from ..lazy import lazy_module
 from ..options import Options, option
-from ._undo import ReversiblePatch, Undo
+from ._undo import ReversiblePatch, Undo, patch_seeds
 from .msw_msa import feature_hw
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -256,9 +256,7 @@ class NPAPatch(ReversiblePatch):
 
     def __init__(self, adapter, *, seed: int | Sequence[int] = 0, **options):
         self.settings = NPASettings.from_kwargs(options, owner="patch 'npa'", also=("seed",))
-        seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
-        if not seeds or any(isinstance(s, bool) or not isinstance(s, int) for s in seeds):
-            raise InvalidArgumentError(f"seed must be an integer or a list of integers, got {seed!r}")
+        seeds = patch_seeds(seed)
         if adapter.family not in FAMILIES:
             raise InvalidArgumentError(f"npa supports {', '.join(FAMILIES)}, not {adapter.family}")
         self.seeds = seeds
