@@ -7,7 +7,9 @@ of three *profiles*:
 
 ``tiny``
     Every part small: a native latent size of 16x16 (128x128 px, VAE factor 8), so a whole
-    generation at 128 px takes a fraction of a second on a CPU. The tests run on these. Parameters
+    generation at 128 px takes a fraction of a second on a CPU. The tests run on these. FLUX is
+    the exception: its pipeline fixes 1024 px (no config of it records a native size), so
+    ``adapt(pipe, native_size=16)`` (latent px) gives the tiny one its 128 px. Parameters
     that the libraries initialise to all-zeros (biases, norm shifts, ...) are re-drawn with small
     random values, so that every output depends on every input.
 ``full``
@@ -135,7 +137,8 @@ def tiny_pipeline(
     prediction_type: str | None = None,
     guidance_embeds: bool = True,
 ) -> "diffusers.DiffusionPipeline":
-    """:func:`build_pipeline` ``(family, "tiny")``: float32 on the CPU, native size 128x128 px."""
+    """:func:`build_pipeline` ``(family, "tiny")``: float32 on the CPU, native size 128x128 px (FLUX:
+    1024 px, as every FLUX pipeline; see the module doc)."""
     return build_pipeline(family, "tiny", seed=seed, prediction_type=prediction_type, guidance_embeds=guidance_embeds)
 
 

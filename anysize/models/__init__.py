@@ -116,7 +116,11 @@ class FamilyMismatchError(ModelLoadError):
 
 def adapt(pipe, *, family: str | None = None, native_size=None) -> ModelAdapter:
     """Wrap an already loaded diffusers pipeline in the adapter of its family (``family`` overrides
-    the detected one within a pipeline layout; across layouts it is a :class:`FamilyMismatchError`)."""
+    the detected one within a pipeline layout; across layouts it is a :class:`FamilyMismatchError`).
+
+    ``native_size`` overrides the model's native size, in *latent* pixels (an int or (h, w); e.g.
+    16 for a 128-px model with VAE factor 8); the adapter's ``native_size`` property reads it back in
+    image pixels and ``native_latent_size`` in latent pixels."""
     if isinstance(pipe, ModelAdapter):
         return pipe
     if family is None:
