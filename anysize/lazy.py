@@ -21,7 +21,7 @@ class LazyModule(types.ModuleType):
     """A stand-in for module ``name`` that imports it on the first attribute read."""
 
     def __getattr__(self, attr: str):
-        if attr.startswith("__") and attr.endswith("__"):
+        if attr.startswith("__") and attr.endswith("__") and attr != "__version__":
             raise AttributeError(attr)  # copy/pickle/inspect probing a stand-in: nothing to import for it
         value = getattr(importlib.import_module(self.__name__), attr)
         setattr(self, attr, value)  # later reads skip this method

@@ -154,3 +154,24 @@ def test_config_files_module_imports_no_torch():
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["True", "[]"]
+
+
+def test_a_lazy_module_reads_its_version_but_refuses_other_dunders():
+    # machine descriptions read torch.__version__ through the stand-in (anysize.eval.timing imports torch lazily)
+    proc = fresh(
+        "import sys\n"
+        "from anysize.eval.timing import machine\n"
+        "assert 'torch' not in sys.modules\n"
+        "from anysize.lazy import LazyModule\n"
+        "m = LazyModule('json')\n"
+        "import json\n"
+        "assert m.__version__ == json.__version__\n"
+        "try:\n"
+        "    m.__deepcopy__\n"
+        "except AttributeError:\n"
+        "    print('refused')\n"
+        "import torch\n"
+        "print(machine()['torch'] == torch.__version__)\n"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["refused", "True"]

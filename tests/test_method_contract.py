@@ -63,6 +63,29 @@ def _gen(adapter, method, *, size=SIZE, prompt="a red circle", seed=5, steps=STE
                             method_options=options, output_type="latent", progress=False, **kw)
 
 
+def _at_once(calls):
+    """Every call on a thread of its own, all started together; their results in order (the first
+    error raised)."""
+    results, errors = [None] * len(calls), []
+    start = threading.Barrier(len(calls))
+
+    def run(i):
+        try:
+            start.wait()
+            results[i] = calls[i]()
+        except BaseException as e:  # noqa: BLE001 - raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 def test_the_cases_cover_every_registered_method():
     assert sorted({m for m, _ in CASES}) == methods.names()
     assert all(any(c[0] == m for c in CASES) for m in methods.names())
@@ -146,23 +169,8 @@ def test_one_method_object_serves_two_threads_at_once(name):
     a, b = (adapt(tiny_pipeline(_family(name)), native_size=16) for _ in range(2))
     method = methods.create(name, **methods.get(name).demo_options(a))
     alone = [_gen(a, method, seed=5).latents, _gen(b, method, prompt="a blue square", seed=9).latents]
-    results, errors = [None, None], []
-    start = threading.Barrier(2)
-
-    def run(i, adapter, prompt, seed):
-        try:
-            start.wait()
-            results[i] = _gen(adapter, method, prompt=prompt, seed=seed).latents
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(0, a, "a red circle", 5)),
-               threading.Thread(target=run, args=(1, b, "a blue square", 9))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = _at_once([lambda: _gen(a, method, prompt="a red circle", seed=5).latents,
+                        lambda: _gen(b, method, prompt="a blue square", seed=9).latents])
     assert torch.equal(results[0], alone[0]) and torch.equal(results[1], alone[1])
 
 
@@ -203,25 +211,12 @@ def test_prompts_encoded_from_many_threads_at_once_are_what_they_are_alone(adapt
     prompts = ["a red circle", "a blue square on a very long and winding road by the sea", "x"]
     negative = None if family == "flux" else ["ugly"]  # FLUX takes no negative prompt
     alone = [adapter.encode_prompt([p], negative, guidance_scale=5.0).positive.embeds for p in prompts]
-    results, errors = [], []
-    start = threading.Barrier(6)
 
-    def run(k):
-        try:
-            start.wait()
-            for _ in range(5):
-                i = k % len(prompts)
-                results.append((i, adapter.encode_prompt([prompts[i]], negative, guidance_scale=5.0).positive.embeds))
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+    def encode_five_times(i):
+        return [adapter.encode_prompt([prompts[i]], negative, guidance_scale=5.0).positive.embeds for _ in range(5)]
 
-    threads = [threading.Thread(target=run, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
-    assert len(results) == 30 and all(torch.equal(e, alone[i]) for i, e in results)
+    results = _at_once([lambda k=k: encode_five_times(k % len(prompts)) for k in range(6)])
+    assert all(torch.equal(e, alone[k % len(prompts)]) for k, five in enumerate(results) for e in five)
 
 
 @pytest.mark.parametrize("name", methods.names())
@@ -233,21 +228,6 @@ def test_runs_on_one_pipeline_from_three_threads_get_what_they_get_alone(name):
     method = methods.create(name, **methods.get(name).demo_options(adapter))
     jobs = [(method, "a red circle", 5), (method, "a blue square", 9), ("direct", "a green star", 3)]
     alone = [_gen(adapter, m, prompt=prompt, seed=seed).latents for m, prompt, seed in jobs]
-    results, errors = [None] * len(jobs), []
-    start = threading.Barrier(len(jobs))
-
-    def run(i, m, prompt, seed):
-        try:
-            start.wait()
-            results[i] = _gen(adapter, m, prompt=prompt, seed=seed).latents
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=run, args=(i, *job)) for i, job in enumerate(jobs)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = _at_once([lambda job=job: _gen(adapter, job[0], prompt=job[1], seed=job[2]).latents for job in jobs])
     assert all(torch.equal(r, a) for r, a in zip(results, alone)), [float((r - a).abs().max()) for r, a in zip(results, alone)]
     assert adapter.network_lock.holders() == (0, False)
