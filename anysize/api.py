@@ -40,6 +40,8 @@ from .prompts import check_prompt
 from .request import Request
 from .sampling import StepCallback, check_strength, current_step, make_generators, partial_schedule
 from .schedulers import make_scheduler, scheduler_name
+from .seeds import MAX_SEED  # noqa: F401  (anysize.api.MAX_SEED: part of the API)
+
 
 def patch(target, name: str, **options: Any):
     """A context manager that patches the network of ``target`` (a diffusers pipeline or an
@@ -517,10 +519,6 @@ def _prompts(prompt, negative_prompt) -> tuple[list[str], list[str] | None]:
         raise InvalidArgumentError(f"{len(negative)} negative prompts for {len(prompts)} prompts")
     return prompts, negative
 
-
-#: the largest seed: seeds are integers in [0, MAX_SEED] in every front end (torch's manual_seed takes
-#: negative ones too, but records them as their unsigned 64-bit twin: the PNG's seed would not be the one given)
-MAX_SEED = 2**63 - 1
 
 #: the ``tiled_vae`` values of :func:`generate` and :func:`upscale`
 TILED_VAE = (True, False, "auto", "fast")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..errors import InvalidArgumentError
-
 #: the instance attribute that marks a network as patched (one anysize patch at a time)
 MARK = "_anysize_patch"
 
@@ -71,7 +69,6 @@ class ReversiblePatch:
 
     def __enter__(self):
         from ..errors import InvalidArgumentError
-
         from ..models.lora import network_lock
 
         if self._active:
@@ -102,15 +99,3 @@ class ReversiblePatch:
             self._closed()
         finally:
             self._hold.__exit__(None, None, None)
-
-
-#: the largest seed, as in every front end (torch's manual_seed takes [0, 2^63) here)
-MAX_SEED = 2**63 - 1
-
-
-def patch_seeds(seed) -> list[int]:
-    """A patch's ``seed`` (one integer, or one per image) as a list, each in [0, MAX_SEED] as ``anysize.generate`` takes them."""
-    seeds = list(seed) if isinstance(seed, (list, tuple)) else [seed]
-    if not seeds or any(isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= MAX_SEED for s in seeds):
-        raise InvalidArgumentError(f"seed must be an integer in [0, {MAX_SEED}] or a list of them, got {seed!r}")
-    return seeds

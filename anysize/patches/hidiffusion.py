@@ -73,7 +73,8 @@ from typing import Any, Sequence
 from ..errors import InvalidArgumentError
 from ..lazy import lazy_module
 from ..options import Options, option
-from ._undo import ReversiblePatch, Undo, patch_seeds
+from ..seeds import seed_list
+from ._undo import ReversiblePatch, Undo
 from .msw_msa import WindowAttentionProcessor, feature_hw, shift_index
 from .raunet import DilatedDownsampler, PoolUnpool
 from .steps import StepSource
@@ -146,7 +147,7 @@ class HiDiffusionPatch(ReversiblePatch):
 
     def __init__(self, adapter, *, position: StepSource | None = None, seed: int | Sequence[int] = 0, **options):
         self.settings = HiDiffusionSettings.from_kwargs(options, owner="patch 'hidiffusion'", also=("seed",))
-        seeds = patch_seeds(seed)
+        seeds = seed_list(seed)
         if adapter.family not in FAMILIES:
             raise InvalidArgumentError(
                 f"hidiffusion works on U-Net models ({', '.join(FAMILIES)}); {adapter.family} is a transformer (DiT) model"

@@ -62,7 +62,8 @@ from ..devices import TensorKeyed, upload
 from ..errors import InvalidArgumentError
 from ..lazy import lazy_module
 from ..options import Options, option
-from ._undo import ReversiblePatch, Undo, patch_seeds
+from ..seeds import seed_list
+from ._undo import ReversiblePatch, Undo
 from .msw_msa import feature_hw
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -256,7 +257,7 @@ class NPAPatch(ReversiblePatch):
 
     def __init__(self, adapter, *, seed: int | Sequence[int] = 0, **options):
         self.settings = NPASettings.from_kwargs(options, owner="patch 'npa'", also=("seed",))
-        seeds = patch_seeds(seed)
+        seeds = seed_list(seed)
         if adapter.family not in FAMILIES:
             raise InvalidArgumentError(f"npa supports {', '.join(FAMILIES)}, not {adapter.family}")
         self.seeds = seeds
